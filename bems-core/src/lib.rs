@@ -1,0 +1,58 @@
+//! # bems-core
+//!
+//! The invoice event of BEMS (Business Event Monitoring System) and
+//! everything about it that needs no AWS SDK: the model, its validation, its
+//! lifecycle, partition keys and the AWS envelopes it travels in.
+//!
+//! ```
+//! use bems_core::{InvoiceEvent, Validator, decode_body};
+//!
+//! let body = include_str!("../fixtures/example-eventbridge-event-invoice.json");
+//! let delivery = decode_body(body, &Validator::default()).expect("valid");
+//! assert_eq!(delivery.event.invoice_id.as_str(), "INV-2026-000123");
+//! ```
+//!
+//! ## Layout
+//!
+//! - [`event`]: [`InvoiceEvent`], schema version 1, and its parts.
+//! - [`fields`]: the text atoms (ids, names, AWS coordinates), each a type
+//!   that can only hold a valid value.
+//! - [`money`]: exact [`Amount`]s and ISO 4217 [`Currency`] codes.
+//! - [`lifecycle`]: [`Stage`], [`Status`] and the transition table.
+//! - [`validate`]: the [`Validator`] that parses the wire form and reports
+//!   every problem at once.
+//! - [`violation`]: what it reports: a [`Violation`] has a path, a stable
+//!   [`Code`] and a message.
+//! - [`partition`]: partitions, FIFO message groups and deduplication ids.
+//! - [`envelope`]: EventBridge and SNS envelopes, and [`decode_body`] for
+//!   whatever shape an SQS body has.
+//!
+//! ## Errors
+//!
+//! Validation returns [`Violations`], never panics, and never stops at the
+//! first problem. Each module with fallible operations has its own error
+//! type ([`TransitionError`], [`DecodeError`], [`FieldError`]).
+//!
+//! ## Features
+//!
+//! - `schema`: derives `schemars::JsonSchema` for the event types; used by
+//!   `bems-schema` to generate the committed JSON Schemas.
+
+pub mod envelope;
+pub mod event;
+pub mod fields;
+pub mod lifecycle;
+pub mod money;
+pub mod partition;
+#[cfg(feature = "schema")]
+mod schema_support;
+pub mod validate;
+pub mod violation;
+
+pub use envelope::{DecodeError, Delivery, EventBridgeEvent, PutEventsEntry, Shape, SnsNotification, decode_body};
+pub use event::{InvoiceEvent, Metadata, NetDays, PaymentTerms, SCHEMA_VERSION, Vendor};
+pub use lifecycle::{Stage, Status, TransitionError};
+pub use money::{Amount, Currency};
+pub use partition::{Partition, PartitionCount};
+pub use validate::{MAX_EVENT_BYTES, UnknownFields, ValidationOptions, Validator};
+pub use violation::{Code, FieldError, Violation, Violations};
