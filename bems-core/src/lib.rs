@@ -44,6 +44,7 @@ pub mod fields;
 pub mod lifecycle;
 pub mod money;
 pub mod partition;
+pub mod routing;
 #[cfg(feature = "schema")]
 mod schema_support;
 pub mod validate;

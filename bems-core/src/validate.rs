@@ -646,7 +646,8 @@ impl<'de> Deserialize<'de> for Members<'de> {
     }
 }
 
-struct Key<'a>(Cow<'a, str>);
+/// An object key, borrowed when it has no escapes.
+pub(crate) struct Key<'a>(pub(crate) Cow<'a, str>);
 
 impl<'de> Deserialize<'de> for Key<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Key<'de>, D::Error> {
