@@ -22,12 +22,14 @@
 //! ```
 
 mod builder;
+mod cell;
 mod event_pattern;
 mod filter_policy;
 mod ruleset;
 mod tree;
 
 pub use builder::{Match, PatternBuilder};
+pub use cell::{CellSpec, CellSpecError, Quotas, StageRule, Subscription};
 pub use event_pattern::EventPattern;
 pub use filter_policy::{FilterPolicy, FilterPolicyScope, MAX_COMBINATIONS, MAX_KEYS};
 pub use ruleset::{RuleSet, RuleSetError};

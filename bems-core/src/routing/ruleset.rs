@@ -223,16 +223,31 @@ fn values_at<'v>(value: &'v Value, path: &[String], out: &mut Vec<&'v Value>) {
 
 /// The field paths rules look at. `whole` keeps a value entire (a leaf);
 /// otherwise only the named children are kept.
+///
+/// Children are a short list searched linearly: events have a few dozen
+/// keys, rules name a handful, and comparing a few short strings beats
+/// hashing every key of the event.
 #[derive(Debug, Clone, Default)]
 struct Trie {
     whole: bool,
-    children: HashMap<String, Trie>,
+    children: Vec<(String, Trie)>,
 }
 
 impl Trie {
+    fn child(&self, key: &str) -> Option<&Trie> {
+        self.children.iter().find(|(k, _)| k == key).map(|(_, t)| t)
+    }
+
     fn add(&mut self, node: &Node) {
         for (key, field) in &node.fields {
-            let child = self.children.entry(key.clone()).or_default();
+            let at = match self.children.iter().position(|(k, _)| k == key) {
+                Some(i) => i,
+                None => {
+                    self.children.push((key.clone(), Trie::default()));
+                    self.children.len() - 1
+                }
+            };
+            let child = &mut self.children[at].1;
             match field {
                 Field::Nested(n) => child.add(n),
                 Field::Leaf(_) => child.whole = true,
@@ -292,7 +307,7 @@ impl<'de> Visitor<'de> for Pruned<'_> {
         let mut out = Map::new();
         while let Some(key) = map.next_key::<crate::validate::Key<'de>>()? {
             let key: Cow<'de, str> = key.0;
-            match self.0.children.get(key.as_ref()) {
+            match self.0.child(key.as_ref()) {
                 Some(child) if child.whole => {
                     out.insert(key.into_owned(), map.next_value::<Value>()?);
                 }

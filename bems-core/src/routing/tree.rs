@@ -638,24 +638,21 @@ pub(crate) fn matches(node: &Node, value: Option<&Value>, dialect: Dialect) -> b
 fn field_matches(field: &Field, value: Option<&Value>, dialect: Dialect) -> bool {
     match field {
         Field::Nested(node) => matches(node, value, dialect),
-        Field::Leaf(matchers) => {
-            let mut leaves = Vec::new();
-            collect_leaves(value, &mut leaves);
-            matchers.iter().any(|m| match m {
-                Matcher::Exists(expected) => leaves.is_empty() != *expected,
-                other => leaves.iter().any(|v| leaf_matches(other, v, dialect)),
-            })
-        }
+        Field::Leaf(matchers) => matchers.iter().any(|m| match m {
+            Matcher::Exists(expected) => any_leaf(value, &mut |_| true) == *expected,
+            other => any_leaf(value, &mut |v| leaf_matches(other, v, dialect)),
+        }),
     }
 }
 
-/// The leaf values of a field: a scalar, or the scalars of an array
-/// (nested arrays flattened). Objects are not leaves.
-fn collect_leaves<'v>(value: Option<&'v Value>, out: &mut Vec<&'v Value>) {
+/// Whether `f` holds for one of the field's leaf values: a scalar, or the
+/// scalars of an array (nested arrays flattened). Objects are not leaves.
+/// (A callback rather than a collected list: this is the hot path.)
+fn any_leaf(value: Option<&Value>, f: &mut impl FnMut(&Value) -> bool) -> bool {
     match value {
-        None | Some(Value::Object(_)) => {}
-        Some(Value::Array(items)) => items.iter().for_each(|i| collect_leaves(Some(i), out)),
-        Some(v) => out.push(v),
+        None | Some(Value::Object(_)) => false,
+        Some(Value::Array(items)) => items.iter().any(|i| any_leaf(Some(i), f)),
+        Some(v) => f(v),
     }
 }
 

@@ -1,0 +1,472 @@
+//! A cell's routing table: every name, rule, subscription and filter policy
+//! of one cell, derived from a handful of parameters.
+//!
+//! ## Topology
+//!
+//! ```text
+//! producer ─PutEvents─▶ bus bems-<cell>
+//!   rule bems-<cell>-<stage>-pNN  (stage S, partition N)  ──▶ SNS FIFO bems-<cell>-<stage>.fifo
+//!                                      MessageGroupId "<stage>-pNN" (static, per target)
+//!   SNS FIFO bems-<cell>-<stage>.fifo
+//!     ├─▶ SQS FIFO bems-<cell>-<stage>.fifo   filter: status is not terminal  (the stage's work)
+//!     │        └─ DLQ bems-<cell>-<stage>-dlq.fifo
+//!     └─▶ SQS FIFO bems-<cell>-status.fifo    no filter: every status change (Timestream writer)
+//!              └─ DLQ bems-<cell>-status-dlq.fifo
+//! ```
+//!
+//! EventBridge gives a FIFO target one static `MessageGroupId`, so ordering
+//! and parallelism come from rules: one rule per (stage, partition), each
+//! with one target whose group is `<stage>-pNN`. SNS FIFO keeps the group
+//! on delivery, so both queues see per-partition groups: an invoice's events
+//! stay in order and up to P groups per stage are processed in parallel.
+//! Terminal events (`posted`, `rejected`) travel the same way but the stage
+//! queue's filter policy keeps them away from the processors; the status
+//! queue records them.
+//!
+//! ## Quota arithmetic
+//!
+//! | partitions | stage rules (4·P) | targets per rule | fits the default 300 rules per bus |
+//! |---:|---:|---:|---|
+//! | 1 | 4 | 1 (of 5) | yes |
+//! | 16 | 64 | 1 | yes |
+//! | 75 | 300 | 1 | yes, exactly |
+//! | 99 | 396 | 1 | no: raise "Maximum number of rules per event bus" to ≥ 396 first |
+//!
+//! [`CellSpec::new`] refuses a configuration that breaks a quota it knows
+//! (rules per bus, targets per rule, pattern length, SNS filter policy
+//! limits, name lengths) unless the raised quota is declared in [`Quotas`].
+
+use serde::Serialize;
+
+use super::builder::{Match, PatternBuilder};
+use super::event_pattern::EventPattern;
+use super::filter_policy::{FilterPolicy, FilterPolicyScope};
+use super::ruleset::RuleSet;
+use crate::envelope::{DETAIL_TYPE, EVENT_SOURCE};
+use crate::fields::{AccountId, CellId, Region};
+use crate::lifecycle::{Stage, Status};
+use crate::partition::{Partition, PartitionCount, message_group_id};
+
+/// The service quotas a cell must fit. Defaults are AWS's defaults; raise
+/// one here only after raising it in Service Quotas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Quotas {
+    /// EventBridge: rules per event bus (default 300, adjustable).
+    pub rules_per_bus: u32,
+    /// EventBridge: targets per rule (5, fixed).
+    pub targets_per_rule: u32,
+    /// EventBridge: characters in an event pattern (2,048).
+    pub pattern_chars: usize,
+}
+
+impl Default for Quotas {
+    fn default() -> Quotas {
+        Quotas { rules_per_bus: 300, targets_per_rule: 5, pattern_chars: 2048 }
+    }
+}
+
+/// Why a cell specification is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CellSpecError {
+    /// The cell would need more of something than a quota allows.
+    #[error("{what}: the cell needs {needed}, the quota is {limit}. {hint}")]
+    QuotaExceeded {
+        /// Which quota.
+        what: &'static str,
+        /// How much the cell needs.
+        needed: u64,
+        /// The quota in force.
+        limit: u64,
+        /// What to do about it.
+        hint: &'static str,
+    },
+    /// A derived resource name would be too long for its service.
+    #[error("resource name '{name}' is {len} characters; {service} allows {max}")]
+    NameTooLong {
+        /// The name.
+        name: String,
+        /// Its length.
+        len: usize,
+        /// The service's limit.
+        max: usize,
+        /// Which service.
+        service: &'static str,
+    },
+}
+
+/// One EventBridge rule of the cell and its single target.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StageRule {
+    /// Rule name: `bems-<cell>-<stage>-pNN`.
+    pub name: String,
+    /// The stage it routes.
+    pub stage: Stage,
+    /// The partition it routes.
+    pub partition: Partition,
+    /// Its event pattern.
+    pub pattern: EventPattern,
+    /// The SNS FIFO topic it targets.
+    pub target_topic: String,
+    /// The static `MessageGroupId` of its target.
+    pub message_group_id: String,
+}
+
+/// One SNS subscription of the cell.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Subscription {
+    /// The topic.
+    pub topic: String,
+    /// The subscribed SQS queue.
+    pub queue: String,
+    /// The filter policy, if any (scope `MessageBody`).
+    pub filter_policy: Option<FilterPolicy>,
+    /// Raw message delivery: the queue gets the EventBridge event itself,
+    /// not an SNS envelope around it. Always on.
+    pub raw_message_delivery: bool,
+}
+
+/// Everything about one cell's routing.
+#[derive(Debug, Clone)]
+pub struct CellSpec {
+    cell_id: CellId,
+    region: Region,
+    account_id: AccountId,
+    partitions: PartitionCount,
+    quotas: Quotas,
+}
+
+const SQS_NAME_MAX: usize = 80;
+const RULE_NAME_MAX: usize = 64;
+
+impl CellSpec {
+    /// A cell with AWS's default quotas.
+    pub fn new(
+        cell_id: CellId,
+        region: Region,
+        account_id: AccountId,
+        partitions: PartitionCount,
+    ) -> Result<CellSpec, CellSpecError> {
+        CellSpec::with_quotas(cell_id, region, account_id, partitions, Quotas::default())
+    }
+
+    /// A cell in an account whose quotas have been raised to `quotas`.
+    pub fn with_quotas(
+        cell_id: CellId,
+        region: Region,
+        account_id: AccountId,
+        partitions: PartitionCount,
+        quotas: Quotas,
+    ) -> Result<CellSpec, CellSpecError> {
+        let spec = CellSpec { cell_id, region, account_id, partitions, quotas };
+        spec.check()?;
+        Ok(spec)
+    }
+
+    fn check(&self) -> Result<(), CellSpecError> {
+        let rules = u64::from(self.rule_count());
+        if rules > u64::from(self.quotas.rules_per_bus) {
+            return Err(CellSpecError::QuotaExceeded {
+                what: "EventBridge rules per event bus",
+                needed: rules,
+                limit: u64::from(self.quotas.rules_per_bus),
+                hint: "Use fewer partitions (4 rules each), or raise the quota in Service Quotas and declare it in Quotas::rules_per_bus.",
+            });
+        }
+        if self.quotas.targets_per_rule < 1 {
+            return Err(CellSpecError::QuotaExceeded {
+                what: "EventBridge targets per rule",
+                needed: 1,
+                limit: u64::from(self.quotas.targets_per_rule),
+                hint: "Every stage rule has exactly one target.",
+            });
+        }
+        for stage in Stage::ALL {
+            for name in [self.queue_name(stage), self.dlq_name(stage)] {
+                name_fits(&name, SQS_NAME_MAX, "SQS")?;
+            }
+            // Partition numbers are always two digits, so one rule name stands for all.
+            if let Some(last) = self.partitions.partitions().last() {
+                name_fits(&self.rule_name(stage, last), RULE_NAME_MAX, "EventBridge")?;
+            }
+        }
+        let longest = self.stage_rules().iter().map(|r| r.pattern.to_json().chars().count()).max().unwrap_or(0);
+        if longest > self.quotas.pattern_chars {
+            return Err(CellSpecError::QuotaExceeded {
+                what: "EventBridge event pattern characters",
+                needed: longest as u64,
+                limit: self.quotas.pattern_chars as u64,
+                hint: "Shorten the cell id.",
+            });
+        }
+        Ok(())
+    }
+
+    /// The cell id.
+    pub fn cell_id(&self) -> &CellId {
+        &self.cell_id
+    }
+    /// The Region.
+    pub fn region(&self) -> &Region {
+        &self.region
+    }
+    /// The account.
+    pub fn account_id(&self) -> &AccountId {
+        &self.account_id
+    }
+    /// The number of partitions.
+    pub fn partitions(&self) -> PartitionCount {
+        self.partitions
+    }
+    /// The quotas the spec was checked against.
+    pub fn quotas(&self) -> Quotas {
+        self.quotas
+    }
+
+    /// EventBridge rules the cell needs: one per stage and partition.
+    pub fn rule_count(&self) -> u32 {
+        4 * u32::from(self.partitions.get())
+    }
+
+    fn prefix(&self) -> String {
+        format!("bems-{}", self.cell_id)
+    }
+    /// The custom event bus.
+    pub fn bus_name(&self) -> String {
+        self.prefix()
+    }
+    /// The bus's archive (for replay).
+    pub fn archive_name(&self) -> String {
+        format!("{}-archive", self.prefix())
+    }
+    /// The stage's SNS FIFO topic.
+    pub fn topic_name(&self, stage: Stage) -> String {
+        format!("{}-{stage}.fifo", self.prefix())
+    }
+    /// The stage's SQS FIFO queue.
+    pub fn queue_name(&self, stage: Stage) -> String {
+        format!("{}-{stage}.fifo", self.prefix())
+    }
+    /// The stage queue's dead-letter queue.
+    pub fn dlq_name(&self, stage: Stage) -> String {
+        format!("{}-{stage}-dlq.fifo", self.prefix())
+    }
+    /// The status-change queue the Timestream writer reads.
+    pub fn status_queue_name(&self) -> String {
+        format!("{}-status.fifo", self.prefix())
+    }
+    /// The status-change queue's dead-letter queue.
+    pub fn status_dlq_name(&self) -> String {
+        format!("{}-status-dlq.fifo", self.prefix())
+    }
+    /// The rule for (stage, partition).
+    pub fn rule_name(&self, stage: Stage, partition: Partition) -> String {
+        format!("{}-{stage}-p{partition}", self.prefix())
+    }
+    /// ARN of the bus.
+    pub fn bus_arn(&self) -> String {
+        format!("arn:aws:events:{}:{}:event-bus/{}", self.region, self.account_id, self.bus_name())
+    }
+    /// ARN of the stage's topic.
+    pub fn topic_arn(&self, stage: Stage) -> String {
+        format!("arn:aws:sns:{}:{}:{}", self.region, self.account_id, self.topic_name(stage))
+    }
+    /// ARN of a queue of this cell, by name.
+    pub fn queue_arn(&self, queue_name: &str) -> String {
+        format!("arn:aws:sqs:{}:{}:{queue_name}", self.region, self.account_id)
+    }
+
+    /// The pattern of the (stage, partition) rule: our source and detail
+    /// type, this cell, this stage, this partition.
+    pub fn stage_pattern(&self, stage: Stage, partition: Partition) -> EventPattern {
+        PatternBuilder::default()
+            .field(&["source"], [Match::exact(EVENT_SOURCE)])
+            .field(&["detail-type"], [Match::exact(DETAIL_TYPE)])
+            .field(&["detail", "stage"], [Match::exact(stage.as_str())])
+            .field(&["detail", "metadata", "cellId"], [Match::exact(self.cell_id.as_str())])
+            .field(&["detail", "metadata", "partition"], [Match::integer(i64::from(partition.get()))])
+            .build()
+            // Every part is a validated value: the pattern is always valid.
+            .unwrap_or_else(|e| unreachable!("stage pattern is valid: {e}"))
+    }
+
+    /// Every stage rule, by stage then partition.
+    pub fn stage_rules(&self) -> Vec<StageRule> {
+        Stage::ALL
+            .into_iter()
+            .flat_map(|stage| self.partitions.partitions().map(move |p| (stage, p)))
+            .map(|(stage, partition)| StageRule {
+                name: self.rule_name(stage, partition),
+                stage,
+                partition,
+                pattern: self.stage_pattern(stage, partition),
+                target_topic: self.topic_name(stage),
+                message_group_id: message_group_id(stage, partition),
+            })
+            .collect()
+    }
+
+    /// The filter policy of a stage queue's subscription: only events the
+    /// stage must act on, so terminal statuses never reach a processor.
+    pub fn stage_filter_policy(&self) -> FilterPolicy {
+        let terminal: Vec<&str> = Status::ALL.into_iter().filter(|s| s.is_terminal()).map(Status::as_str).collect();
+        PatternBuilder::default()
+            .field(&["detail", "status"], [Match::anything_but(terminal)])
+            .build_filter_policy(FilterPolicyScope::MessageBody)
+            .unwrap_or_else(|e| unreachable!("stage filter policy is valid: {e}"))
+    }
+
+    /// Every SNS subscription: per stage, its queue (filtered) and the
+    /// status-change queue (unfiltered).
+    pub fn subscriptions(&self) -> Vec<Subscription> {
+        Stage::ALL
+            .into_iter()
+            .flat_map(|stage| {
+                [
+                    Subscription {
+                        topic: self.topic_name(stage),
+                        queue: self.queue_name(stage),
+                        filter_policy: Some(self.stage_filter_policy()),
+                        raw_message_delivery: true,
+                    },
+                    Subscription {
+                        topic: self.topic_name(stage),
+                        queue: self.status_queue_name(),
+                        filter_policy: None,
+                        raw_message_delivery: true,
+                    },
+                ]
+            })
+            .collect()
+    }
+
+    /// The stage rules as a [`RuleSet`], named by rule, for evaluating the
+    /// cell's routing locally.
+    pub fn rule_set(&self) -> RuleSet {
+        RuleSet::new(self.stage_rules().into_iter().map(|r| (r.name, r.pattern)))
+            .unwrap_or_else(|e| unreachable!("rule names are unique: {e}"))
+    }
+
+    /// Where an EventBridge event goes: the queues that receive it, after
+    /// the rules and the filter policies. Empty for events of another cell
+    /// or source.
+    pub fn destinations(&self, event: &serde_json::Value) -> Vec<String> {
+        let rules = self.stage_rules();
+        let mut out = Vec::new();
+        for rule in rules.iter().filter(|r| r.pattern.matches(event)) {
+            for sub in self.subscriptions().into_iter().filter(|s| s.topic == rule.target_topic) {
+                if sub.filter_policy.as_ref().is_none_or(|f| f.matches(event, &serde_json::Value::Null)) {
+                    out.push(sub.queue);
+                }
+            }
+        }
+        out
+    }
+}
+
+fn name_fits(name: &str, max: usize, service: &'static str) -> Result<(), CellSpecError> {
+    if name.len() > max {
+        return Err(CellSpecError::NameTooLong { name: name.to_owned(), len: name.len(), max, service });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(p: u32) -> Result<CellSpec, CellSpecError> {
+        CellSpec::new(
+            CellId::new("prod-eu-1").unwrap(),
+            Region::new("eu-west-1").unwrap(),
+            AccountId::new("123456789012").unwrap(),
+            PartitionCount::new(p).unwrap(),
+        )
+    }
+
+    #[test]
+    fn quota_arithmetic_for_1_16_75_and_99_partitions() {
+        assert_eq!(spec(1).unwrap().stage_rules().len(), 4);
+        assert_eq!(spec(16).unwrap().stage_rules().len(), 64);
+        assert_eq!(spec(75).unwrap().stage_rules().len(), 300);
+        let err = spec(99).unwrap_err();
+        assert_eq!(
+            err,
+            CellSpecError::QuotaExceeded {
+                what: "EventBridge rules per event bus",
+                needed: 396,
+                limit: 300,
+                hint: "Use fewer partitions (4 rules each), or raise the quota in Service Quotas and declare it in Quotas::rules_per_bus.",
+            }
+        );
+        let raised = CellSpec::with_quotas(
+            CellId::new("prod-eu-1").unwrap(),
+            Region::new("eu-west-1").unwrap(),
+            AccountId::new("123456789012").unwrap(),
+            PartitionCount::new(99).unwrap(),
+            Quotas { rules_per_bus: 400, ..Quotas::default() },
+        )
+        .unwrap();
+        assert_eq!(raised.rule_count(), 396);
+    }
+
+    #[test]
+    fn names_fit_their_services_at_the_longest_cell_id() {
+        let s = CellSpec::new(
+            CellId::new("abcdefghij-klmnopqrs").unwrap(),
+            Region::new("ap-southeast-4").unwrap(),
+            AccountId::new("123456789012").unwrap(),
+            PartitionCount::new(75).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(s.dlq_name(Stage::Reconciliation), "bems-abcdefghij-klmnopqrs-reconciliation-dlq.fifo");
+        assert!(s.stage_rules().iter().all(|r| r.name.len() <= 64 && r.pattern.to_json().len() <= 2048));
+    }
+
+    #[test]
+    fn each_stage_and_partition_is_its_own_group_and_rule() {
+        let s = spec(16).unwrap();
+        let rules = s.stage_rules();
+        let mut groups: Vec<(&str, &str)> =
+            rules.iter().map(|r| (r.target_topic.as_str(), r.message_group_id.as_str())).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        assert_eq!(groups.len(), 64);
+        let r = &rules[16 + 6]; // reconciliation, partition 7
+        assert_eq!(r.name, "bems-prod-eu-1-reconciliation-p07");
+        assert_eq!(r.message_group_id, "reconciliation-p07");
+        assert_eq!(r.target_topic, "bems-prod-eu-1-reconciliation.fifo");
+        assert_eq!(
+            r.pattern.to_json(),
+            r#"{"detail":{"metadata":{"cellId":["prod-eu-1"],"partition":[7]},"stage":["reconciliation"]},"detail-type":["Invoice Status Changed"],"source":["bems.invoices"]}"#
+        );
+    }
+
+    #[test]
+    fn an_event_reaches_its_stage_queue_and_the_status_queue_only() {
+        let s = spec(16).unwrap();
+        let event: serde_json::Value =
+            serde_json::from_str(include_str!("../../fixtures/example-eventbridge-event-invoice.json")).unwrap();
+        assert_eq!(s.destinations(&event), vec!["bems-prod-eu-1-reconciliation.fifo", "bems-prod-eu-1-status.fifo"]);
+        assert_eq!(s.rule_set().matching(&event), vec!["bems-prod-eu-1-reconciliation-p07"]);
+
+        let mut posted = event.clone();
+        posted["detail"]["stage"] = json!("posting");
+        posted["detail"]["status"] = json!("posted");
+        assert_eq!(
+            s.destinations(&posted),
+            vec!["bems-prod-eu-1-status.fifo"],
+            "terminal events only reach the status queue"
+        );
+
+        let mut other_cell = event.clone();
+        other_cell["detail"]["metadata"]["cellId"] = json!("prod-us-1");
+        assert!(s.destinations(&other_cell).is_empty());
+        let mut other_source = event;
+        other_source["source"] = json!("acme.invoices");
+        assert!(s.destinations(&other_source).is_empty());
+    }
+}
