@@ -26,12 +26,16 @@
 //! - [`partition`]: partitions, FIFO message groups and deduplication ids.
 //! - [`envelope`]: EventBridge and SNS envelopes, and [`decode_body`] for
 //!   whatever shape an SQS body has.
+//! - [`routing`]: EventBridge event patterns, SNS filter policies, an
+//!   indexed [`routing::RuleSet`], and the [`routing::CellSpec`] that derives a
+//!   cell's names, rules and subscriptions.
 //!
 //! ## Errors
 //!
 //! Validation returns [`Violations`], never panics, and never stops at the
 //! first problem. Each module with fallible operations has its own error
-//! type ([`TransitionError`], [`DecodeError`], [`FieldError`]).
+//! type ([`TransitionError`], [`DecodeError`], [`FieldError`],
+//! [`routing::PatternError`], [`routing::CellSpecError`]).
 //!
 //! ## Features
 //!

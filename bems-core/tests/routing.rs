@@ -315,8 +315,27 @@ fn attribute_policies_have_no_nesting_and_sns_operators_only() {
     assert_eq!((e.path.as_str(), e.kind), ("detail", PatternErrorKind::NestingNotAllowed));
     let e = FilterPolicy::from_json(r#"{"a": [{"wildcard": "x*"}]}"#, FilterPolicyScope::MessageBody).unwrap_err();
     assert_eq!(e.kind, PatternErrorKind::Unsupported("wildcard"));
-    let e = FilterPolicy::from_json(r#"{"a": [true]}"#, FilterPolicyScope::MessageAttributes).unwrap_err();
-    assert_eq!(e.kind, PatternErrorKind::Unsupported("a boolean value"));
+    let e =
+        FilterPolicy::from_json(r#"{"a": [{"anything-but": {"suffix": "x"}}]}"#, FilterPolicyScope::MessageAttributes)
+            .unwrap_err();
+    assert_eq!(e.kind, PatternErrorKind::Unsupported("anything-but with suffix"));
+    // Booleans and null are allowed (SNS filter policy constraints).
+    assert!(FilterPolicy::from_json(r#"{"a": [true, null]}"#, FilterPolicyScope::MessageBody).is_ok());
+}
+
+#[test]
+fn sns_differs_from_eventbridge_on_bare_numbers_and_null() {
+    // Found by the LocalStack differential test; see its comments.
+    let p = FilterPolicy::from_json(r#"{"price": [5.5]}"#, FilterPolicyScope::MessageAttributes).expect("valid");
+    assert!(!p.matches(&Value::Null, &attrs(&[("price", "Number", "5.5")])));
+    let p = FilterPolicy::from_json(r#"{"price": [{"numeric": ["=", 5.5]}]}"#, FilterPolicyScope::MessageAttributes)
+        .expect("valid");
+    assert!(p.matches(&Value::Null, &attrs(&[("price", "Number", "5.5")])));
+    let p =
+        FilterPolicy::from_json(r#"{"a": [{"anything-but": ["x"]}]}"#, FilterPolicyScope::MessageBody).expect("valid");
+    assert!(!p.matches(&json!({"a": null}), &Value::Null));
+    assert!(p.matches(&json!({"a": "y"}), &Value::Null));
+    check(r#"{"a": [{"anything-but": ["x"]}]}"#, json!({"a": null}), true);
 }
 
 #[test]

@@ -41,11 +41,12 @@ impl FilterPolicyScope {
 
 /// A parsed SNS filter policy, within SNS's limits.
 ///
-/// Operators: exact strings and numbers, `prefix`, `suffix` (each also with
-/// `equals-ignore-case`), `equals-ignore-case`, `anything-but` (value, list,
-/// `prefix`, `suffix`, `equals-ignore-case`), `numeric` (within ±1.0e9,
-/// five decimal places), `exists`, `cidr` and `$or`. SNS has no `wildcard`
-/// and no booleans; the attribute scope has no nesting.
+/// Operators: exact strings, numbers, booleans and `null`, `prefix`,
+/// `suffix` (each also with `equals-ignore-case`), `equals-ignore-case`,
+/// `anything-but` (value, list, `prefix`, `equals-ignore-case`), `numeric`
+/// (within ±1.0e9, five decimal places), `exists`, `cidr` and `$or`. SNS
+/// has no `wildcard` and no `anything-but` with `suffix`; the attribute scope
+/// has no nesting.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FilterPolicy {
     root: Node,

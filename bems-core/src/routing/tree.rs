@@ -479,10 +479,6 @@ fn parse_matcher(v: &Value, path: &str, dialect: Dialect) -> Result<Matcher, Pat
     let map = match v {
         Value::String(s) => return Ok(Matcher::String(s.clone())),
         Value::Number(n) => return num(n, path).map(Matcher::Number),
-        Value::Bool(b) if dialect.is_sns() => {
-            let _ = b;
-            return Err(err(path, PatternErrorKind::Unsupported("a boolean value")));
-        }
         Value::Bool(b) => return Ok(Matcher::Bool(*b)),
         Value::Null => return Ok(Matcher::Null),
         Value::Array(_) => return Err(err(path, PatternErrorKind::LeafNotArray("a nested array"))),
@@ -584,6 +580,11 @@ fn parse_anything_but(v: &Value, path: &str, dialect: Dialect) -> Result<Anythin
                     let (values, list) = strings(operand, "prefix", path)?;
                     AnythingBut::Prefix { values, list }
                 }
+                // SNS refuses anything-but with suffix (LocalStack's snapshot
+                // of AWS's answer: "Unsupported anything-but pattern: suffix").
+                "suffix" if dialect.is_sns() => {
+                    return Err(err(path, PatternErrorKind::Unsupported("anything-but with suffix")));
+                }
                 "suffix" => {
                     let (values, list) = strings(operand, "suffix", path)?;
                     AnythingBut::Suffix { values, list }
@@ -666,6 +667,10 @@ fn numbers_equal(a: f64, b: f64, dialect: Dialect) -> bool {
 fn leaf_matches(m: &Matcher, v: &Value, dialect: Dialect) -> bool {
     match m {
         Matcher::String(s) => v.as_str() == Some(s.as_str()),
+        // SNS documents numeric attribute matching only through `numeric`;
+        // a bare number does not match a Number attribute (LocalStack, whose
+        // SNS filtering is snapshot-tested against AWS, agrees).
+        Matcher::Number(_) if dialect == Dialect::SnsAttributes => false,
         Matcher::Number(n) => v.as_f64().is_some_and(|x| numbers_equal(x, n.value, dialect)),
         Matcher::Bool(b) => v.as_bool() == Some(*b),
         Matcher::Null => v.is_null(),
@@ -690,6 +695,8 @@ fn leaf_matches(m: &Matcher, v: &Value, dialect: Dialect) -> bool {
             })
         }),
         Matcher::Cidr(c) => v.as_str().is_some_and(|s| c.contains(s)),
+        // SNS: `anything-but` matches values, and `null` is not one.
+        Matcher::AnythingBut(_) if dialect.is_sns() && v.is_null() => false,
         Matcher::AnythingBut(ab) => !anything_but_excludes(ab, v, dialect),
         // Handled per field, not per value.
         Matcher::Exists(_) => false,
