@@ -103,6 +103,20 @@ fn bench(c: &mut Criterion) {
         assert!(!set.matching_json(bytes).expect("json").is_empty(), "{kind}: a rule must match");
         group.bench_function(format!("5 {kind} rules, raw JSON"), |b| b.iter(|| set.matching_json(black_box(bytes))));
     }
+    // 1,000 prefix rules, one matching: anchored on prefixes, the cost
+    // stays near five rules' instead of growing with the rule count.
+    let prefixes = (0..1000).map(|i| {
+        let prefix = if i == 500 { "INV-2026-000".to_owned() } else { format!("INV-{i:04}-") };
+        (
+            format!("p{i}"),
+            EventPattern::from_json(&format!(r#"{{"detail": {{"invoiceId": [{{"prefix": "{prefix}"}}]}}}}"#))
+                .expect("valid"),
+        )
+    });
+    let set = RuleSet::new(prefixes).expect("unique names");
+    assert_eq!(set.matching_json(bytes).expect("json"), vec!["p500"]);
+    group.bench_function("1000 prefix rules, raw JSON", |b| b.iter(|| set.matching_json(black_box(bytes))));
+
     let set = RuleSet::new(thousand_rules()).expect("unique names");
     assert_eq!(set.matching_json(bytes).expect("json"), vec!["the-one"]);
     group.bench_function("1000 rules, raw JSON", |b| b.iter(|| set.matching_json(black_box(bytes))));

@@ -222,6 +222,15 @@ fn or_at_any_level() {
     check(nested, json!({"detail": {"amount": 500}}), false);
     // "$or" that is not an array of ≥2 plain objects stays a field name (event-ruler README).
     check(r#"{"$or": ["x"]}"#, json!({"$or": "x"}), true);
+    // An invalid alternative is reported inside the $or.
+    assert_eq!(
+        invalid(r#"{"$or": [{"a": "x"}, {"b": ["y"]}]}"#, "$or[0].a"),
+        PatternErrorKind::LeafNotArray("a string")
+    );
+    assert_eq!(
+        invalid(r#"{"$or": [{"a": [{"exists": 1}]}, {"b": ["y"]}]}"#, "$or[0].a"),
+        PatternErrorKind::ExistsNotBoolean
+    );
 }
 
 #[test]
@@ -415,6 +424,8 @@ fn small_pattern() -> impl Strategy<Value = EventPattern> {
         "[ab]".prop_map(Match::exact),
         (0_i64..3).prop_map(Match::integer),
         "[ab]".prop_map(|x| Match::prefix(&x)),
+        "[ab]{0,2}".prop_map(|x| Match::suffix(&x)),
+        "[aAbB]{1,2}".prop_map(|x| Match::equals_ignore_case(&x)),
         any::<bool>().prop_map(Match::exists),
         Just(Match::numeric(&[(">", 0.5)])),
         "[ab]".prop_map(|x| Match::anything_but([x])),
@@ -434,7 +445,7 @@ fn small_pattern() -> impl Strategy<Value = EventPattern> {
 
 fn small_event() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
-        "[ab]{1,2}".prop_map(Value::String),
+        "[abAB]{1,2}".prop_map(Value::String),
         (0_i64..3).prop_map(|n| json!(n)),
         Just(Value::Null),
         prop::collection::vec("[ab]".prop_map(Value::String), 0..3).prop_map(Value::Array),

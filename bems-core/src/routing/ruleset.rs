@@ -1,11 +1,15 @@
 //! Many named patterns, matched together.
 //!
 //! Trying every rule costs time in proportion to the number of rules. A
-//! [`RuleSet`] instead indexes each rule by one of its exact-value fields
-//! (an "anchor"): the field whose values the fewest other rules share. An
-//! event looks up its own values at each anchor path and only the rules
-//! found there, plus the few rules without any exact field, are evaluated
-//! in full. With a cell's rules (one per stage and partition, anchored on
+//! [`RuleSet`] instead indexes each rule by one of its fields (an
+//! "anchor"): a field whose matchers are all exact values, prefixes,
+//! suffixes or `equals-ignore-case`, choosing the one whose values the fewest
+//! other rules share. An event looks up its own values at each anchor path
+//! (a hash probe per value, and per distinct prefix or suffix length) and
+//! only the rules found there, plus the rules with no such field (only
+//! numeric ranges, wildcards, `anything-but`, `exists` or `cidr`), are
+//! evaluated in full. Those unanchored rules are the part that still costs
+//! time per rule. With a cell's rules (one per stage and partition, anchored on
 //! the partition) an event evaluates about four rules whether the cell has
 //! 4 or 396. This is the same effect event-ruler gets from its state
 //! machine, bought with a hash map per anchor path.
@@ -41,7 +45,7 @@ pub struct RuleSet {
     fields: Trie,
 }
 
-/// The rules anchored on one path, by the exact value they require there.
+/// The rules anchored on one path, by the value they require there.
 #[derive(Debug, Clone, Default)]
 struct Anchor {
     path: Vec<String>,
@@ -49,15 +53,26 @@ struct Anchor {
     numbers: HashMap<i64, Vec<u32>>,
     bools: [Vec<u32>; 2],
     nulls: Vec<u32>,
+    prefixes: HashMap<String, Vec<u32>>,
+    suffixes: HashMap<String, Vec<u32>>,
+    /// Byte lengths of the prefixes and suffixes above: an event string is
+    /// probed once per distinct length, not once per rule.
+    prefix_lengths: Vec<usize>,
+    suffix_lengths: Vec<usize>,
+    /// `equals-ignore-case` values, case-folded.
+    folded: HashMap<String, Vec<u32>>,
 }
 
-/// An exact value a rule requires at a path.
+/// A value a rule requires at a path, one of which must be present.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 enum Key {
     Str(String),
     Num(i64),
     Bool(bool),
     Null,
+    Prefix(String),
+    Suffix(String),
+    Folded(String),
 }
 
 impl RuleSet {
@@ -114,6 +129,19 @@ impl RuleSet {
                     Key::Num(n) => anchor.numbers.entry(*n).or_default(),
                     Key::Bool(b) => &mut anchor.bools[usize::from(*b)],
                     Key::Null => &mut anchor.nulls,
+                    Key::Prefix(p) => {
+                        if !anchor.prefix_lengths.contains(&p.len()) {
+                            anchor.prefix_lengths.push(p.len());
+                        }
+                        anchor.prefixes.entry(p.clone()).or_default()
+                    }
+                    Key::Suffix(p) => {
+                        if !anchor.suffix_lengths.contains(&p.len()) {
+                            anchor.suffix_lengths.push(p.len());
+                        }
+                        anchor.suffixes.entry(p.clone()).or_default()
+                    }
+                    Key::Folded(f) => anchor.folded.entry(f.clone()).or_default(),
                 };
                 if slot.last() != Some(&rule_id) {
                     slot.push(rule_id);
@@ -146,16 +174,19 @@ impl RuleSet {
             values.clear();
             values_at(event, &anchor.path, &mut values);
             for v in &values {
-                let hits = match v {
-                    Value::String(s) => anchor.strings.get(s.as_str()),
-                    Value::Number(n) => {
-                        n.as_f64().and_then(tree::fixed_eventbridge).and_then(|k| anchor.numbers.get(&k))
-                    }
-                    Value::Bool(b) => Some(&anchor.bools[usize::from(*b)]),
-                    Value::Null => Some(&anchor.nulls),
-                    _ => None,
-                };
-                candidates.extend(hits.into_iter().flatten());
+                match v {
+                    Value::String(s) => anchor.string_hits(s, &mut candidates),
+                    Value::Number(n) => candidates.extend(
+                        n.as_f64()
+                            .and_then(tree::fixed_eventbridge)
+                            .and_then(|k| anchor.numbers.get(&k))
+                            .into_iter()
+                            .flatten(),
+                    ),
+                    Value::Bool(b) => candidates.extend(&anchor.bools[usize::from(*b)]),
+                    Value::Null => candidates.extend(&anchor.nulls),
+                    _ => {}
+                }
             }
         }
         candidates.sort_unstable();
@@ -178,8 +209,29 @@ impl RuleSet {
     }
 }
 
-/// The exact-value leaves of a pattern outside any `$or`: every event the
-/// pattern matches has one of these values at that path.
+impl Anchor {
+    /// The rules a string value selects: equal, starting or ending with a
+    /// rule's value, or equal to it ignoring case.
+    fn string_hits(&self, s: &str, out: &mut Vec<u32>) {
+        out.extend(self.strings.get(s).into_iter().flatten());
+        for &len in &self.prefix_lengths {
+            if let Some(head) = s.get(..len) {
+                out.extend(self.prefixes.get(head).into_iter().flatten());
+            }
+        }
+        for &len in &self.suffix_lengths {
+            if let Some(tail) = s.len().checked_sub(len).and_then(|at| s.get(at..)) {
+                out.extend(self.suffixes.get(tail).into_iter().flatten());
+            }
+        }
+        if !self.folded.is_empty() {
+            out.extend(self.folded.get(&tree::fold(s)).into_iter().flatten());
+        }
+    }
+}
+
+/// The indexable leaves of a pattern outside any `$or`: every event the
+/// pattern matches has, at that path, a value one of the keys selects.
 fn exact_leaves(node: &Node, path: &mut Vec<String>, out: &mut Vec<(Vec<String>, Vec<Key>)>) {
     for (key, field) in &node.fields {
         path.push(key.clone());
@@ -193,6 +245,9 @@ fn exact_leaves(node: &Node, path: &mut Vec<String>, out: &mut Vec<(Vec<String>,
                         Matcher::Number(n) => tree::fixed_eventbridge(n.value).map(Key::Num),
                         Matcher::Bool(b) => Some(Key::Bool(*b)),
                         Matcher::Null => Some(Key::Null),
+                        Matcher::Prefix { value, ignore_case: false } => Some(Key::Prefix(value.clone())),
+                        Matcher::Suffix { value, ignore_case: false } => Some(Key::Suffix(value.clone())),
+                        Matcher::EqualsIgnoreCase(value) => Some(Key::Folded(tree::fold(value))),
                         _ => None,
                     })
                     .collect();
@@ -348,6 +403,19 @@ mod tests {
         assert_eq!(set.anchors[0].path, vec!["detail".to_owned(), "partition".to_owned()]);
         assert!(set.unanchored.is_empty());
         assert_eq!(set.matching(&json!({"source": "s", "detail": {"partition": 7}})), vec!["r7"]);
+    }
+
+    #[test]
+    fn prefix_suffix_and_ignore_case_rules_are_indexed() {
+        let rules = (0..100).map(|i| (format!("p{i}"), rule(&format!(r#"{{"id": [{{"prefix": "INV-{i:03}-"}}]}}"#))));
+        let rules =
+            rules.chain((0..100).map(|i| (format!("s{i}"), rule(&format!(r#"{{"id": [{{"suffix": "-{i:03}"}}]}}"#)))));
+        let rules = rules.chain([("c".to_owned(), rule(r#"{"id": [{"equals-ignore-case": "inv-007-x"}]}"#))]);
+        let set = RuleSet::new(rules).unwrap();
+        assert!(set.unanchored.is_empty());
+        assert_eq!(set.anchors[0].prefix_lengths, vec![8]);
+        assert_eq!(set.matching(&json!({"id": "INV-007-X"})), vec!["p7", "c"]);
+        assert_eq!(set.matching(&json!({"id": "INV-007-042"})), vec!["p7", "s42"]);
     }
 
     #[test]

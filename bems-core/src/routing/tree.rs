@@ -719,7 +719,7 @@ fn anything_but_excludes(ab: &AnythingBut, v: &Value, dialect: Dialect) -> bool 
 }
 
 /// Case folding as event-ruler does it: Unicode lower case of both sides.
-fn fold(s: &str) -> String {
+pub(crate) fn fold(s: &str) -> String {
     s.to_lowercase()
 }
 
