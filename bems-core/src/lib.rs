@@ -41,6 +41,9 @@
 //!
 //! - `schema`: derives `schemars::JsonSchema` for the event types; used by
 //!   `bems-schema` to generate the committed JSON Schemas.
+//! - `aws`: the producer SDK, [`publish`] (`Publisher` over
+//!   `aws-sdk-eventbridge`). Off by default so that schema and routing users
+//!   compile no AWS SDK.
 
 pub mod envelope;
 pub mod event;
@@ -48,6 +51,8 @@ pub mod fields;
 pub mod lifecycle;
 pub mod money;
 pub mod partition;
+#[cfg(feature = "aws")]
+pub mod publish;
 pub mod routing;
 #[cfg(feature = "schema")]
 mod schema_support;

@@ -1,0 +1,30 @@
+//! # bems-cli
+//!
+//! The operator's side of BEMS, as a library and as the `bems` binary.
+//!
+//! ## Layout
+//!
+//! - [`provision`]: creates or corrects a cell's resources from its
+//!   `CellSpec`, idempotently, and reports what it did.
+//! - [`redrive`]: moves dead-lettered messages back to their queue,
+//!   FIFO-safe and loss-free.
+//! - [`shim`]: the emulator-only forwarder that stands in for EventBridge's
+//!   SNS FIFO targets on LocalStack.
+//!
+//! The binary (`src/main.rs`) only parses arguments and prints. Every
+//! command reads the standard AWS configuration chain, so
+//! `AWS_ENDPOINT_URL=http://127.0.0.1:4566` points it at LocalStack.
+
+pub mod provision;
+pub mod redrive;
+pub mod shim;
+
+/// The AWS configuration from the standard chain (environment, profile,
+/// `AWS_ENDPOINT_URL`, ...), with `region` when given.
+pub async fn aws_config(region: Option<&str>) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(region) = region {
+        loader = loader.region(aws_config::Region::new(region.to_owned()));
+    }
+    loader.load().await
+}

@@ -1,0 +1,119 @@
+//! `bems`: the BEMS operator CLI. Thin: parsing and printing only.
+//!
+//! Exit codes: 0 success, 1 the operation failed, 2 bad arguments (clap).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use bems_cli::provision::{Clients, ProvisionOptions, Targets, provision};
+use bems_core::fields::{AccountId, CellId, Region};
+use bems_core::partition::PartitionCount;
+use bems_core::routing::{CellSpec, Quotas};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "bems", version, about = "Operate BEMS cells: provision, and (on LocalStack) run the emulator shim.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create or correct every resource of a cell; safe to run again.
+    Provision {
+        #[command(flatten)]
+        cell: CellArgs,
+        /// Receives before a message moves to its dead-letter queue.
+        #[arg(long, default_value_t = 5)]
+        max_receive_count: u32,
+        /// Visibility timeout of the stage queues, in seconds.
+        #[arg(long, default_value_t = 180)]
+        visibility_timeout: u32,
+        /// Route rules through SQS shim queues (LocalStack only; see `bems shim`).
+        #[arg(long)]
+        emulator_shim: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forward shim queues to the stage topics until interrupted (LocalStack only).
+    Shim {
+        #[command(flatten)]
+        cell: CellArgs,
+    },
+}
+
+#[derive(Args)]
+struct CellArgs {
+    /// Cell id (lowercase letters, digits, inner hyphens; at most 20).
+    #[arg(long, env = "BEMS_CELL")]
+    cell: String,
+    /// AWS Region of the cell.
+    #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
+    region: String,
+    /// AWS account of the cell (LocalStack: 000000000000).
+    #[arg(long, env = "BEMS_ACCOUNT", default_value = "000000000000")]
+    account: String,
+    /// Partitions, 1-99.
+    #[arg(long, default_value_t = 16)]
+    partitions: u32,
+    /// Raised "rules per event bus" quota, if any.
+    #[arg(long, default_value_t = 300)]
+    rules_per_bus: u32,
+}
+
+impl CellArgs {
+    fn spec(&self) -> anyhow::Result<CellSpec> {
+        Ok(CellSpec::with_quotas(
+            CellId::new(&self.cell).context("--cell")?,
+            Region::new(&self.region).context("--region")?,
+            AccountId::new(&self.account).context("--account")?,
+            PartitionCount::new(self.partitions).context("--partitions")?,
+            Quotas { rules_per_bus: self.rules_per_bus, ..Quotas::default() },
+        )?)
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bems: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Provision { cell, max_receive_count, visibility_timeout, emulator_shim, json } => {
+            let spec = cell.spec()?;
+            let clients = Clients::new(&bems_cli::aws_config(Some(&cell.region)).await);
+            let options = ProvisionOptions {
+                max_receive_count,
+                visibility_timeout_secs: visibility_timeout,
+                targets: if emulator_shim { Targets::EmulatorShim } else { Targets::SnsFifo },
+                ..ProvisionOptions::default()
+            };
+            let report = provision(&clients, &spec, &options).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{report}");
+            }
+        }
+        Command::Shim { cell } => {
+            let spec = cell.spec()?;
+            let clients = Clients::new(&bems_cli::aws_config(Some(&cell.region)).await);
+            eprintln!("bems: forwarding shim queues of cell {} to its topics; Ctrl-C stops", spec.cell_id());
+            let ctrl_c = async {
+                let _ = tokio::signal::ctrl_c().await;
+            };
+            bems_cli::shim::run(clients, spec, Duration::from_millis(200), ctrl_c).await;
+        }
+    }
+    Ok(())
+}
