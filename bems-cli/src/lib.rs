@@ -6,6 +6,8 @@
 //!
 //! - [`provision`]: creates or corrects a cell's resources from its
 //!   `CellSpec`, idempotently, and reports what it did.
+//! - [`api`]: the API Gateway ingress (`POST /invoices/<stage>`), part of
+//!   provisioning.
 //! - [`redrive`]: moves dead-lettered messages back to their queue,
 //!   FIFO-safe and loss-free.
 //! - [`shim`]: the emulator-only forwarder that stands in for EventBridge's
@@ -15,6 +17,7 @@
 //! command reads the standard AWS configuration chain, so
 //! `AWS_ENDPOINT_URL=http://127.0.0.1:4566` points it at LocalStack.
 
+pub mod api;
 pub mod provision;
 pub mod redrive;
 pub mod shim;
@@ -27,4 +30,11 @@ pub async fn aws_config(region: Option<&str>) -> aws_config::SdkConfig {
         loader = loader.region(aws_config::Region::new(region.to_owned()));
     }
     loader.load().await
+}
+
+/// An AWS SDK error as one line: the service's code and message, or the
+/// transport failure (connection refused, timeout) when there is no
+/// response, so that a dead endpoint is named as such.
+pub(crate) fn describe(e: &(impl std::error::Error + 'static)) -> String {
+    aws_sdk_sqs::error::DisplayErrorContext(e).to_string()
 }

@@ -34,6 +34,9 @@ enum Command {
         /// Route rules through SQS shim queues (LocalStack only; see `bems shim`).
         #[arg(long)]
         emulator_shim: bool,
+        /// IAM role API Gateway assumes to call PutEvents (AWS; LocalStack accepts any).
+        #[arg(long)]
+        api_role_arn: Option<String>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -89,20 +92,29 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Provision { cell, max_receive_count, visibility_timeout, emulator_shim, json } => {
+        Command::Provision { cell, max_receive_count, visibility_timeout, emulator_shim, api_role_arn, json } => {
             let spec = cell.spec()?;
             let clients = Clients::new(&bems_cli::aws_config(Some(&cell.region)).await);
-            let options = ProvisionOptions {
+            let mut options = ProvisionOptions {
                 max_receive_count,
                 visibility_timeout_secs: visibility_timeout,
                 targets: if emulator_shim { Targets::EmulatorShim } else { Targets::SnsFifo },
                 ..ProvisionOptions::default()
             };
-            let report = provision(&clients, &spec, &options).await?;
+            if let Some(role) = api_role_arn {
+                options.api_role_arn = role;
+            }
+            let done = provision(&clients, &spec, &options).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                println!("{}", serde_json::to_string_pretty(&done)?);
             } else {
-                println!("{report}");
+                println!("{}", done.report);
+                println!(
+                    "ingress: REST API {} (stage {}), producer API key {}",
+                    done.ingress.rest_api_id,
+                    bems_cli::api::STAGE_NAME,
+                    done.ingress.api_key
+                );
             }
         }
         Command::Shim { cell } => {

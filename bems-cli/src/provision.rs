@@ -53,6 +53,8 @@ pub struct Clients {
     pub sns: aws_sdk_sns::Client,
     /// SQS.
     pub sqs: aws_sdk_sqs::Client,
+    /// API Gateway (REST).
+    pub apigateway: aws_sdk_apigateway::Client,
 }
 
 impl Clients {
@@ -62,6 +64,7 @@ impl Clients {
             events: aws_sdk_eventbridge::Client::new(config),
             sns: aws_sdk_sns::Client::new(config),
             sqs: aws_sdk_sqs::Client::new(config),
+            apigateway: aws_sdk_apigateway::Client::new(config),
         }
     }
 }
@@ -78,7 +81,7 @@ pub enum Targets {
 }
 
 /// Settings beyond the [`CellSpec`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProvisionOptions {
     /// Receives before a message moves to its DLQ (1–1000).
@@ -88,8 +91,12 @@ pub struct ProvisionOptions {
     pub visibility_timeout_secs: u32,
     /// Days the archive keeps events (0: forever).
     pub archive_retention_days: u32,
-    /// How rules reach the stage topics.
+    /// How rules reach the stage topics; `EmulatorShim` also selects the
+    /// API's emulator accommodations (see [`crate::api`]).
     pub targets: Targets,
+    /// The IAM role API Gateway assumes to call `PutEvents`. LocalStack
+    /// accepts any ARN; on AWS the `infra/` template creates the role.
+    pub api_role_arn: String,
 }
 
 impl Default for ProvisionOptions {
@@ -99,6 +106,7 @@ impl Default for ProvisionOptions {
             visibility_timeout_secs: 180,
             archive_retention_days: 30,
             targets: Targets::SnsFifo,
+            api_role_arn: "arn:aws:iam::000000000000:role/bems-ingress-events".to_owned(),
         }
     }
 }
@@ -134,7 +142,7 @@ pub struct Report {
 }
 
 impl Report {
-    fn push(&mut self, kind: &'static str, name: impl Into<String>, change: Change) {
+    pub(crate) fn push(&mut self, kind: &'static str, name: impl Into<String>, change: Change) {
         self.steps.push(Step { kind, name: name.into(), change });
     }
 
@@ -169,11 +177,8 @@ pub struct ProvisionError {
     pub message: String,
 }
 
-fn fail<E: ProvideErrorMetadata + std::error::Error>(step: impl Into<String>, e: &E) -> ProvisionError {
-    ProvisionError {
-        step: step.into(),
-        message: format!("{} ({})", e.message().unwrap_or("no message"), e.code().unwrap_or("no code")),
-    }
+fn fail(step: impl Into<String>, e: &(impl std::error::Error + 'static)) -> ProvisionError {
+    ProvisionError { step: step.into(), message: crate::describe(e) }
 }
 
 fn code_is<E: ProvideErrorMetadata>(e: &E, codes: &[&str]) -> bool {
@@ -190,12 +195,21 @@ pub fn bus_dlq_name(spec: &CellSpec) -> String {
     format!("bems-{}-bus-dlq", spec.cell_id())
 }
 
-/// Creates or corrects every resource of the cell.
+/// A provisioned cell: what was done, and how producers reach it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Provisioned {
+    /// Every resource and what happened to it.
+    pub report: Report,
+    /// The HTTP ingress.
+    pub ingress: crate::api::Ingress,
+}
+
+/// Creates or corrects every resource of the cell, the ingress included.
 pub async fn provision(
     clients: &Clients,
     spec: &CellSpec,
     options: &ProvisionOptions,
-) -> Result<Report, ProvisionError> {
+) -> Result<Provisioned, ProvisionError> {
     if !(1..=1000).contains(&options.max_receive_count) {
         return Err(ProvisionError {
             step: "options".into(),
@@ -240,7 +254,10 @@ pub async fn provision(
         p.rule(&mut report, &rule.name, &rule.pattern.to_json()).await?;
         p.target(&mut report, &rule.name, &target_arn, &rule.message_group_id, &bus_dlq.arn).await?;
     }
-    Ok(report)
+    let emulator = options.targets == Targets::EmulatorShim;
+    let ingress =
+        crate::api::provision_api(&clients.apigateway, spec, &options.api_role_arn, emulator, &mut report).await?;
+    Ok(Provisioned { report, ingress })
 }
 
 /// A queue's URL and ARN.

@@ -10,7 +10,6 @@
 //! after the send succeeded: a crash between the two duplicates a message,
 //! never loses one.
 
-use aws_sdk_eventbridge::error::ProvideErrorMetadata;
 use aws_sdk_sqs::types::MessageSystemAttributeName;
 
 /// A failed redrive call.
@@ -18,8 +17,8 @@ use aws_sdk_sqs::types::MessageSystemAttributeName;
 #[error("redrive: {0}")]
 pub struct RedriveError(String);
 
-fn fail<E: ProvideErrorMetadata>(what: &str, e: &E) -> RedriveError {
-    RedriveError(format!("{what}: {} ({})", e.message().unwrap_or("no message"), e.code().unwrap_or("no code")))
+fn fail(what: &str, e: &(impl std::error::Error + 'static)) -> RedriveError {
+    RedriveError(format!("{what}: {}", crate::describe(e)))
 }
 
 /// What a redrive moved.

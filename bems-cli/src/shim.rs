@@ -13,7 +13,6 @@
 use std::future::Future;
 use std::time::Duration;
 
-use aws_sdk_eventbridge::error::ProvideErrorMetadata;
 use aws_sdk_sqs::types::MessageSystemAttributeName;
 use bems_core::Stage;
 use bems_core::routing::CellSpec;
@@ -25,8 +24,8 @@ use crate::provision::{Clients, shim_queue_name};
 #[error("emulator shim: {0}")]
 pub struct ShimError(String);
 
-fn fail<E: ProvideErrorMetadata>(what: &str, e: &E) -> ShimError {
-    ShimError(format!("{what}: {} ({})", e.message().unwrap_or("no message"), e.code().unwrap_or("no code")))
+fn fail(what: &str, e: &(impl std::error::Error + 'static)) -> ShimError {
+    ShimError(format!("{what}: {}", crate::describe(e)))
 }
 
 /// Moves what the shim queues hold now to the stage topics; returns how many

@@ -8,6 +8,7 @@
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::config::Credentials;
+use bems_cli::api::Ingress;
 use bems_cli::provision::{Clients, ProvisionOptions, Report, Targets, provision};
 use bems_core::fields::{AccountId, CellId, CorrelationId, EventId, InvoiceId, Region};
 use bems_core::partition::PartitionCount;
@@ -54,6 +55,8 @@ pub struct Cell {
     pub report: Report,
     /// The options it was provisioned with.
     pub options: ProvisionOptions,
+    /// Its HTTP ingress.
+    pub ingress: Ingress,
     stop_shim: Option<oneshot::Sender<()>>,
 }
 
@@ -70,12 +73,14 @@ impl Cell {
         .expect("cell within quotas");
         let clients = Clients::new(config);
         let options = ProvisionOptions { targets: Targets::EmulatorShim, ..options };
-        let report = provision(&clients, &spec, &options).await.unwrap_or_else(|e| panic!("provisioning failed: {e}"));
+        let done = provision(&clients, &spec, &options)
+            .await
+            .unwrap_or_else(|e| panic!("provisioning failed: {e}. Is LocalStack running? (scripts/emulators status)"));
         let (stop_shim, stopped) = oneshot::channel();
         tokio::spawn(bems_cli::shim::run(clients.clone(), spec.clone(), Duration::from_millis(100), async move {
             let _ = stopped.await;
         }));
-        Cell { spec, clients, report, options, stop_shim: Some(stop_shim) }
+        Cell { spec, clients, report: done.report, options, ingress: done.ingress, stop_shim: Some(stop_shim) }
     }
 
     /// A publisher for this cell.
@@ -104,8 +109,11 @@ impl Cell {
             .to_owned()
     }
 
-    /// Receives and deletes from `queue` until `expected` messages arrived
-    /// or `quiet` passed without one; returns the bodies in receive order.
+    /// Receives and deletes from `queue` until `expected` (> 0) messages
+    /// arrived and the queue is empty, or until `quiet` passed without a
+    /// message. With `expected == 0` it always waits the full `quiet`
+    /// period, so "nothing arrived" means nothing arrived in that time.
+    /// Returns the bodies in receive order.
     pub async fn drain(&self, queue: &str, expected: usize, quiet: Duration) -> Vec<Value> {
         let url = self.queue_url(queue).await;
         let mut bodies = Vec::new();
@@ -117,12 +125,12 @@ impl Cell {
                 .receive_message()
                 .queue_url(&url)
                 .max_number_of_messages(10)
-                .wait_time_seconds(if bodies.len() >= expected { 0 } else { 1 })
+                .wait_time_seconds(if expected > 0 && bodies.len() >= expected { 0 } else { 1 })
                 .send()
                 .await
                 .unwrap_or_else(|e| panic!("receive from {queue}: {e}"));
             if batch.messages().is_empty() {
-                if bodies.len() >= expected {
+                if expected > 0 && bodies.len() >= expected {
                     break;
                 }
                 continue;

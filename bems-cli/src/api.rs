@@ -1,0 +1,548 @@
+//! The HTTP ingress: an API Gateway REST API that validates invoice events
+//! and puts them on the cell's bus, provisioned idempotently.
+//!
+//! `POST /invoices/{ingestion,reconciliation,authorization,posting}`, each
+//! with:
+//!
+//! - the stage's request model from `bems-schema` (draft-04) and a request
+//!   validator, so a malformed body gets 400 before anything reaches the bus;
+//! - an API key (usage plan with throttling sized for month-end: 1,000
+//!   requests/s steady, bursts of 2,000, i.e. the 60,000 events per minute
+//!   of the design with room to spare);
+//! - an AWS integration calling EventBridge `PutEvents` with the body as the
+//!   event's detail;
+//! - gateway responses that answer in JSON: 400 with the failing fields,
+//!   403 without a valid key, 429 when throttled.
+//!
+//! Emulator differences, used only with `emulator: true`:
+//! - LocalStack validates models with Python's `jsonschema`, whose float
+//!   `multipleOf` refuses amounts such as `19.99` (19.99 / 0.01 is not an
+//!   integer in binary floating point). The models deployed to LocalStack
+//!   leave out the per-currency `multipleOf`; decimals are still checked by
+//!   the Rust validator in the SDK and the processors.
+//! - AWS's `$util.escapeJavaScript` escapes `'` as `\'`, which is not JSON,
+//!   so the AWS template undoes it with `.replaceAll("\\'","'")`; LocalStack
+//!   escapes JSON-correctly and has no `replaceAll` on that value.
+
+use std::collections::HashMap;
+
+use aws_sdk_apigateway::types::{GatewayResponseType, IntegrationType, Op, PatchOperation};
+use aws_sdk_eventbridge::error::ProvideErrorMetadata;
+use bems_core::Stage;
+use bems_core::routing::CellSpec;
+use serde_json::Value;
+
+use crate::provision::{Change, ProvisionError, Report};
+
+/// The deployed stage name.
+pub const STAGE_NAME: &str = "v1";
+
+/// Steady requests per second the usage plan and stage allow.
+pub const RATE_LIMIT: f64 = 1000.0;
+
+/// Burst the usage plan and stage allow.
+pub const BURST_LIMIT: i32 = 2000;
+
+/// What callers need to use the API.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ingress {
+    /// The REST API id.
+    pub rest_api_id: String,
+    /// The producers' API key (send it as `x-api-key`).
+    pub api_key: String,
+}
+
+impl Ingress {
+    /// The URL of `POST /invoices/<stage>` on LocalStack at `endpoint`.
+    pub fn localstack_url(&self, endpoint: &str, stage: Stage) -> String {
+        format!(
+            "{}/restapis/{}/{STAGE_NAME}/_user_request_/invoices/{stage}",
+            endpoint.trim_end_matches('/'),
+            self.rest_api_id
+        )
+    }
+
+    /// The URL of `POST /invoices/<stage>` on AWS.
+    pub fn aws_url(&self, region: &str, stage: Stage) -> String {
+        format!("https://{}.execute-api.{region}.amazonaws.com/{STAGE_NAME}/invoices/{stage}", self.rest_api_id)
+    }
+}
+
+fn fail(step: impl Into<String>, e: &(impl std::error::Error + 'static)) -> ProvisionError {
+    ProvisionError { step: step.into(), message: crate::describe(e) }
+}
+
+fn not_found<E: ProvideErrorMetadata>(e: &E) -> bool {
+    e.code().is_some_and(|c| c.contains("NotFound"))
+}
+
+/// The model name of a stage: `InvoiceIngestionRequest`.
+pub fn model_name(stage: Stage) -> String {
+    let s = stage.as_str();
+    format!("Invoice{}{}Request", s[..1].to_uppercase(), &s[1..])
+}
+
+/// The request mapping template: one `PutEvents` entry whose detail is the
+/// body, as text.
+pub fn request_template(spec: &CellSpec, emulator: bool) -> String {
+    let detail = if emulator {
+        "$util.escapeJavaScript($input.body)".to_owned()
+    } else {
+        r#"$util.escapeJavaScript($input.body).replaceAll("\\'","'")"#.to_owned()
+    };
+    format!(
+        r#"{{"Entries":[{{"Source":"{}","DetailType":"{}","EventBusName":"{}","Detail":"{detail}"}}]}}"#,
+        bems_core::envelope::EVENT_SOURCE,
+        bems_core::envelope::DETAIL_TYPE,
+        spec.bus_name()
+    )
+}
+
+/// The response mapping template: EventBridge's result, named for producers.
+const RESPONSE_TEMPLATE: &str =
+    r#"{"failedEntryCount": $input.json('$.FailedEntryCount'), "entries": $input.json('$.Entries')}"#;
+
+/// The model to deploy for a stage (see the module docs for `emulator`).
+pub fn model(stage: Stage, emulator: bool) -> Result<Value, ProvisionError> {
+    let mut schema = bems_schema::request_schema(stage)
+        .map_err(|e| ProvisionError { step: format!("model for {stage}"), message: e.to_string() })?;
+    if emulator && let Some(Value::Array(all_of)) = schema.get_mut("allOf") {
+        // Drop the currency/decimals branch; keep the transition table.
+        all_of.retain(|branch| !branch.to_string().contains("multipleOf"));
+    }
+    Ok(schema)
+}
+
+/// Creates or completes the ingress of `spec`.
+pub async fn provision_api(
+    client: &aws_sdk_apigateway::Client,
+    spec: &CellSpec,
+    api_role_arn: &str,
+    emulator: bool,
+    report: &mut Report,
+) -> Result<Ingress, ProvisionError> {
+    let name = format!("bems-{}-ingress", spec.cell_id());
+    let api_id = rest_api(client, &name, report).await?;
+
+    // Resources: / -> /invoices -> /invoices/<stage>.
+    let resources =
+        client.get_resources().rest_api_id(&api_id).limit(500).send().await.map_err(|e| fail("list resources", &e))?;
+    let mut by_path: HashMap<String, String> =
+        resources.items().iter().filter_map(|r| Some((r.path()?.to_owned(), r.id()?.to_owned()))).collect();
+    let root = by_path
+        .get("/")
+        .cloned()
+        .ok_or_else(|| ProvisionError { step: "resources".into(), message: "no root resource".into() })?;
+    let invoices = resource(client, &api_id, &root, "invoices", "/invoices", &mut by_path, report).await?;
+
+    let validator = request_validator(client, &api_id, report).await?;
+    let mut changed = false;
+    for stage in Stage::ALL {
+        let path = format!("/invoices/{stage}");
+        let resource_id = resource(client, &api_id, &invoices, stage.as_str(), &path, &mut by_path, report).await?;
+        changed |= model_up_to_date(client, &api_id, stage, emulator, report).await?;
+        changed |=
+            method(client, spec, &api_id, &resource_id, stage, &validator, api_role_arn, emulator, report).await?;
+    }
+    changed |= gateway_responses(client, &api_id, report).await?;
+    let deployed = client.get_stage().rest_api_id(&api_id).stage_name(STAGE_NAME).send().await.is_ok();
+    if changed || !deployed {
+        client
+            .create_deployment()
+            .rest_api_id(&api_id)
+            .stage_name(STAGE_NAME)
+            .description("BEMS ingress, generated from the CellSpec and bems-schema")
+            .send()
+            .await
+            .map_err(|e| fail("deploy", &e))?;
+        client
+            .update_stage()
+            .rest_api_id(&api_id)
+            .stage_name(STAGE_NAME)
+            .patch_operations(patch("/*/*/throttling/burstLimit", &BURST_LIMIT.to_string()))
+            .patch_operations(patch("/*/*/throttling/rateLimit", &RATE_LIMIT.to_string()))
+            .send()
+            .await
+            .map_err(|e| fail("stage throttling", &e))?;
+        report.push(
+            "deployment",
+            format!("{name}/{STAGE_NAME}"),
+            if deployed { Change::Updated } else { Change::Created },
+        );
+    } else {
+        report.push("deployment", format!("{name}/{STAGE_NAME}"), Change::Unchanged);
+    }
+    let api_key = key_and_plan(client, spec, &api_id, report).await?;
+    Ok(Ingress { rest_api_id: api_id, api_key })
+}
+
+fn patch(path: &str, value: &str) -> PatchOperation {
+    PatchOperation::builder().op(Op::Replace).path(path).value(value).build()
+}
+
+async fn rest_api(
+    client: &aws_sdk_apigateway::Client,
+    name: &str,
+    report: &mut Report,
+) -> Result<String, ProvisionError> {
+    let apis = client.get_rest_apis().limit(500).send().await.map_err(|e| fail("list APIs", &e))?;
+    if let Some(id) = apis.items().iter().find(|a| a.name() == Some(name)).and_then(|a| a.id()) {
+        report.push("rest-api", name, Change::Unchanged);
+        return Ok(id.to_owned());
+    }
+    let created = client
+        .create_rest_api()
+        .name(name)
+        .description("BEMS invoice event ingress")
+        .send()
+        .await
+        .map_err(|e| fail(format!("create API {name}"), &e))?;
+    report.push("rest-api", name, Change::Created);
+    Ok(created.id().unwrap_or_default().to_owned())
+}
+
+async fn resource(
+    client: &aws_sdk_apigateway::Client,
+    api: &str,
+    parent: &str,
+    part: &str,
+    path: &str,
+    by_path: &mut HashMap<String, String>,
+    report: &mut Report,
+) -> Result<String, ProvisionError> {
+    if let Some(id) = by_path.get(path) {
+        report.push("resource", path, Change::Unchanged);
+        return Ok(id.clone());
+    }
+    let created = client
+        .create_resource()
+        .rest_api_id(api)
+        .parent_id(parent)
+        .path_part(part)
+        .send()
+        .await
+        .map_err(|e| fail(format!("create resource {path}"), &e))?;
+    let id = created.id().unwrap_or_default().to_owned();
+    by_path.insert(path.to_owned(), id.clone());
+    report.push("resource", path, Change::Created);
+    Ok(id)
+}
+
+async fn request_validator(
+    client: &aws_sdk_apigateway::Client,
+    api: &str,
+    report: &mut Report,
+) -> Result<String, ProvisionError> {
+    let all = client.get_request_validators().rest_api_id(api).send().await.map_err(|e| fail("list validators", &e))?;
+    if let Some(id) = all.items().iter().find(|v| v.name() == Some("body")).and_then(|v| v.id()) {
+        report.push("validator", "body", Change::Unchanged);
+        return Ok(id.to_owned());
+    }
+    let created = client
+        .create_request_validator()
+        .rest_api_id(api)
+        .name("body")
+        .validate_request_body(true)
+        .validate_request_parameters(false)
+        .send()
+        .await
+        .map_err(|e| fail("create validator", &e))?;
+    report.push("validator", "body", Change::Created);
+    Ok(created.id().unwrap_or_default().to_owned())
+}
+
+/// Returns whether the model changed.
+async fn model_up_to_date(
+    client: &aws_sdk_apigateway::Client,
+    api: &str,
+    stage: Stage,
+    emulator: bool,
+    report: &mut Report,
+) -> Result<bool, ProvisionError> {
+    let name = model_name(stage);
+    let wanted = model(stage, emulator)?;
+    match client.get_model().rest_api_id(api).model_name(&name).send().await {
+        Ok(found) => {
+            let current: Option<Value> = found.schema().and_then(|s| serde_json::from_str(s).ok());
+            if current.as_ref() == Some(&wanted) {
+                report.push("model", name, Change::Unchanged);
+                return Ok(false);
+            }
+            client
+                .update_model()
+                .rest_api_id(api)
+                .model_name(&name)
+                .patch_operations(patch("/schema", &wanted.to_string()))
+                .send()
+                .await
+                .map_err(|e| fail(format!("update model {name}"), &e))?;
+            report.push("model", name, Change::Updated);
+        }
+        Err(e) if not_found(&e) => {
+            client
+                .create_model()
+                .rest_api_id(api)
+                .name(&name)
+                .content_type("application/json")
+                .schema(wanted.to_string())
+                .send()
+                .await
+                .map_err(|e| fail(format!("create model {name}"), &e))?;
+            report.push("model", name, Change::Created);
+        }
+        Err(e) => return Err(fail(format!("read model {name}"), &e)),
+    }
+    Ok(true)
+}
+
+/// POST on a stage resource with its integration; returns whether anything changed.
+#[allow(clippy::too_many_arguments)]
+async fn method(
+    client: &aws_sdk_apigateway::Client,
+    spec: &CellSpec,
+    api: &str,
+    resource: &str,
+    stage: Stage,
+    validator: &str,
+    role: &str,
+    emulator: bool,
+    report: &mut Report,
+) -> Result<bool, ProvisionError> {
+    let label = format!("POST /invoices/{stage}");
+    let template = request_template(spec, emulator);
+    if let Ok(existing) = client.get_method().rest_api_id(api).resource_id(resource).http_method("POST").send().await {
+        let same = existing.api_key_required() == Some(true)
+            && existing.request_validator_id() == Some(validator)
+            && existing
+                .method_integration()
+                .and_then(|i| i.request_templates())
+                .and_then(|t| t.get("application/json"))
+                == Some(&template);
+        if same {
+            report.push("method", label, Change::Unchanged);
+            return Ok(false);
+        }
+        client
+            .delete_method()
+            .rest_api_id(api)
+            .resource_id(resource)
+            .http_method("POST")
+            .send()
+            .await
+            .map_err(|e| fail(format!("replace {label}"), &e))?;
+    }
+    client
+        .put_method()
+        .rest_api_id(api)
+        .resource_id(resource)
+        .http_method("POST")
+        .authorization_type("NONE")
+        .api_key_required(true)
+        .request_validator_id(validator)
+        .request_models("application/json", model_name(stage))
+        .send()
+        .await
+        .map_err(|e| fail(format!("create {label}"), &e))?;
+    client
+        .put_integration()
+        .rest_api_id(api)
+        .resource_id(resource)
+        .http_method("POST")
+        .r#type(IntegrationType::Aws)
+        .integration_http_method("POST")
+        .uri(format!("arn:aws:apigateway:{}:events:action/PutEvents", spec.region()))
+        .credentials(role)
+        .request_parameters("integration.request.header.X-Amz-Target", "'AWSEvents.PutEvents'")
+        .request_parameters("integration.request.header.Content-Type", "'application/x-amz-json-1.1'")
+        .request_templates("application/json", template)
+        .passthrough_behavior("NEVER")
+        .send()
+        .await
+        .map_err(|e| fail(format!("integrate {label}"), &e))?;
+    for status in ["200", "400", "403", "429", "500"] {
+        client
+            .put_method_response()
+            .rest_api_id(api)
+            .resource_id(resource)
+            .http_method("POST")
+            .status_code(status)
+            .send()
+            .await
+            .map_err(|e| fail(format!("{label} response {status}"), &e))?;
+    }
+    client
+        .put_integration_response()
+        .rest_api_id(api)
+        .resource_id(resource)
+        .http_method("POST")
+        .status_code("200")
+        .response_templates("application/json", RESPONSE_TEMPLATE)
+        .send()
+        .await
+        .map_err(|e| fail(format!("{label} integration response"), &e))?;
+    client
+        .put_integration_response()
+        .rest_api_id(api)
+        .resource_id(resource)
+        .http_method("POST")
+        .status_code("500")
+        .selection_pattern("5\\d{2}")
+        .response_templates("application/json", r#"{"message": "the event bus could not be reached; retry"}"#)
+        .send()
+        .await
+        .map_err(|e| fail(format!("{label} error response"), &e))?;
+    report.push("method", label, Change::Created);
+    Ok(true)
+}
+
+/// JSON bodies for the gateway's own answers; returns whether any changed.
+async fn gateway_responses(
+    client: &aws_sdk_apigateway::Client,
+    api: &str,
+    report: &mut Report,
+) -> Result<bool, ProvisionError> {
+    let wanted = [
+        (
+            GatewayResponseType::BadRequestBody,
+            "400",
+            r#"{"message": "the request body is not a valid invoice event", "errors": "$context.error.validationErrorString"}"#,
+        ),
+        (
+            GatewayResponseType::MissingAuthenticationToken,
+            "403",
+            r#"{"message": "no such endpoint, or no API key; send the key as x-api-key"}"#,
+        ),
+        (GatewayResponseType::InvalidApiKey, "403", r#"{"message": "the API key is not valid for this API"}"#),
+        (GatewayResponseType::Throttled, "429", r#"{"message": "too many requests; retry with backoff"}"#),
+        (GatewayResponseType::QuotaExceeded, "429", r#"{"message": "the usage plan's quota is exhausted"}"#),
+    ];
+    let mut changed = false;
+    for (kind, status, body) in wanted {
+        let current = client.get_gateway_response().rest_api_id(api).response_type(kind.clone()).send().await.ok();
+        let same = current.as_ref().is_some_and(|c| {
+            c.status_code() == Some(status)
+                && c.response_templates().and_then(|t| t.get("application/json")).map(String::as_str) == Some(body)
+        });
+        if same {
+            report.push("gateway-response", kind.as_str(), Change::Unchanged);
+            continue;
+        }
+        client
+            .put_gateway_response()
+            .rest_api_id(api)
+            .response_type(kind.clone())
+            .status_code(status)
+            .response_templates("application/json", body)
+            .send()
+            .await
+            .map_err(|e| fail(format!("gateway response {}", kind.as_str()), &e))?;
+        report.push("gateway-response", kind.as_str(), Change::Created);
+        changed = true;
+    }
+    Ok(changed)
+}
+
+async fn key_and_plan(
+    client: &aws_sdk_apigateway::Client,
+    spec: &CellSpec,
+    api: &str,
+    report: &mut Report,
+) -> Result<String, ProvisionError> {
+    use aws_sdk_apigateway::types::{ApiStage, ThrottleSettings};
+    let key_name = format!("bems-{}-producers", spec.cell_id());
+    let keys = client
+        .get_api_keys()
+        .name_query(&key_name)
+        .include_values(true)
+        .send()
+        .await
+        .map_err(|e| fail("list keys", &e))?;
+    let (key_id, key_value) = match keys.items().iter().find(|k| k.name() == Some(key_name.as_str())) {
+        Some(k) => {
+            report.push("api-key", &key_name, Change::Unchanged);
+            (k.id().unwrap_or_default().to_owned(), k.value().unwrap_or_default().to_owned())
+        }
+        None => {
+            let k = client
+                .create_api_key()
+                .name(&key_name)
+                .enabled(true)
+                .send()
+                .await
+                .map_err(|e| fail("create key", &e))?;
+            report.push("api-key", &key_name, Change::Created);
+            (k.id().unwrap_or_default().to_owned(), k.value().unwrap_or_default().to_owned())
+        }
+    };
+    let plan_name = format!("bems-{}-producers", spec.cell_id());
+    let plans = client.get_usage_plans().send().await.map_err(|e| fail("list usage plans", &e))?;
+    let plan_id = match plans.items().iter().find(|p| p.name() == Some(plan_name.as_str())).and_then(|p| p.id()) {
+        Some(id) => {
+            report.push("usage-plan", &plan_name, Change::Unchanged);
+            id.to_owned()
+        }
+        None => {
+            let p = client
+                .create_usage_plan()
+                .name(&plan_name)
+                .api_stages(ApiStage::builder().api_id(api).stage(STAGE_NAME).build())
+                .throttle(ThrottleSettings::builder().burst_limit(BURST_LIMIT).rate_limit(RATE_LIMIT).build())
+                .send()
+                .await
+                .map_err(|e| fail("create usage plan", &e))?;
+            report.push("usage-plan", &plan_name, Change::Created);
+            p.id().unwrap_or_default().to_owned()
+        }
+    };
+    let plan_keys =
+        client.get_usage_plan_keys().usage_plan_id(&plan_id).send().await.map_err(|e| fail("list plan keys", &e))?;
+    if plan_keys.items().iter().any(|k| k.id() == Some(key_id.as_str())) {
+        report.push("usage-plan-key", &key_name, Change::Unchanged);
+    } else {
+        client
+            .create_usage_plan_key()
+            .usage_plan_id(&plan_id)
+            .key_id(&key_id)
+            .key_type("API_KEY")
+            .send()
+            .await
+            .map_err(|e| fail("attach key to plan", &e))?;
+        report.push("usage-plan-key", &key_name, Change::Created);
+    }
+    Ok(key_value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bems_core::fields::{AccountId, CellId, Region};
+    use bems_core::partition::PartitionCount;
+
+    fn spec() -> CellSpec {
+        CellSpec::new(
+            CellId::new("c1").unwrap(),
+            Region::new("eu-west-1").unwrap(),
+            AccountId::new("123456789012").unwrap(),
+            PartitionCount::new(2).unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn templates_put_the_body_on_the_cells_bus() {
+        let aws = request_template(&spec(), false);
+        assert!(aws.contains(r#""EventBusName":"bems-c1""#) && aws.contains(r#"replaceAll("\\'","'")"#), "{aws}");
+        assert!(!request_template(&spec(), true).contains("replaceAll"));
+    }
+
+    #[test]
+    fn emulator_models_drop_only_the_decimal_rule() {
+        let full = model(Stage::Posting, false).unwrap();
+        let emulator = model(Stage::Posting, true).unwrap();
+        assert!(full.to_string().contains("multipleOf"));
+        assert!(!emulator.to_string().contains("multipleOf"));
+        assert_eq!(emulator["allOf"].as_array().map(Vec::len), Some(1), "the transition branch stays");
+        assert_eq!(model_name(Stage::Posting), "InvoicePostingRequest");
+    }
+}
