@@ -513,6 +513,55 @@ async fn key_and_plan(
     Ok(key_value)
 }
 
+/// Deletes the ingress of `spec`: usage plan, key and REST API.
+pub async fn teardown_api(
+    client: &aws_sdk_apigateway::Client,
+    spec: &CellSpec,
+    report: &mut Report,
+) -> Result<(), ProvisionError> {
+    let name = format!("bems-{}-producers", spec.cell_id());
+    let plans = client.get_usage_plans().send().await.map_err(|e| fail("list usage plans", &e))?;
+    for plan in plans.items().iter().filter(|p| p.name() == Some(name.as_str())) {
+        let id = plan.id().unwrap_or_default();
+        // A plan with stages attached cannot be deleted: detach them first.
+        for stage in plan.api_stages() {
+            let path = "/apiStages";
+            let value = format!("{}:{}", stage.api_id().unwrap_or_default(), stage.stage().unwrap_or_default());
+            client
+                .update_usage_plan()
+                .usage_plan_id(id)
+                .patch_operations(PatchOperation::builder().op(Op::Remove).path(path).value(value).build())
+                .send()
+                .await
+                .map_err(|e| fail("detach usage plan", &e))?;
+        }
+        client.delete_usage_plan().usage_plan_id(id).send().await.map_err(|e| fail("delete usage plan", &e))?;
+        report.push("usage-plan", &name, Change::Deleted);
+    }
+    let keys = client.get_api_keys().name_query(&name).send().await.map_err(|e| fail("list keys", &e))?;
+    for key in keys.items().iter().filter(|k| k.name() == Some(name.as_str())) {
+        client
+            .delete_api_key()
+            .api_key(key.id().unwrap_or_default())
+            .send()
+            .await
+            .map_err(|e| fail("delete key", &e))?;
+        report.push("api-key", &name, Change::Deleted);
+    }
+    let api_name = format!("bems-{}-ingress", spec.cell_id());
+    let apis = client.get_rest_apis().limit(500).send().await.map_err(|e| fail("list APIs", &e))?;
+    for api in apis.items().iter().filter(|a| a.name() == Some(api_name.as_str())) {
+        client
+            .delete_rest_api()
+            .rest_api_id(api.id().unwrap_or_default())
+            .send()
+            .await
+            .map_err(|e| fail("delete API", &e))?;
+        report.push("rest-api", &api_name, Change::Deleted);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

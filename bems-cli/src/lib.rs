@@ -10,6 +10,7 @@
 //!   provisioning.
 //! - [`redrive`]: moves dead-lettered messages back to their queue,
 //!   FIFO-safe and loss-free.
+//! - [`teardown`]: deletes a cell's resources (the inverse of provision).
 //! - [`shim`]: the emulator-only forwarder that stands in for EventBridge's
 //!   SNS FIFO targets on LocalStack.
 //!
@@ -21,6 +22,7 @@ pub mod api;
 pub mod provision;
 pub mod redrive;
 pub mod shim;
+pub mod teardown;
 
 /// The AWS configuration from the standard chain (environment, profile,
 /// `AWS_ENDPOINT_URL`, ...), with `region` when given.

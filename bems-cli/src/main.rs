@@ -13,7 +13,11 @@ use bems_core::routing::{CellSpec, Quotas};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "bems", version, about = "Operate BEMS cells: provision, and (on LocalStack) run the emulator shim.")]
+#[command(
+    name = "bems",
+    version,
+    about = "Operate BEMS cells: provision, tear down, and (on LocalStack) run the emulator shim."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -40,6 +44,14 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Delete every resource of a cell (its queues' messages included).
+    Teardown {
+        #[command(flatten)]
+        cell: CellArgs,
+        /// Required: confirms that messages in the cell's queues may be lost.
+        #[arg(long)]
+        yes: bool,
     },
     /// Forward shim queues to the stage topics until interrupted (LocalStack only).
     Shim {
@@ -116,6 +128,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     done.ingress.api_key
                 );
             }
+        }
+        Command::Teardown { cell, yes } => {
+            anyhow::ensure!(yes, "teardown deletes the cell's queues and their messages; pass --yes to confirm");
+            let spec = cell.spec()?;
+            let clients = Clients::new(&bems_cli::aws_config(Some(&cell.region)).await);
+            println!("{}", bems_cli::teardown::teardown(&clients, &spec).await?);
         }
         Command::Shim { cell } => {
             let spec = cell.spec()?;

@@ -121,6 +121,8 @@ pub enum Change {
     Updated,
     /// It existed as specified.
     Unchanged,
+    /// It existed and was removed ([`crate::teardown`]).
+    Deleted,
 }
 
 /// One line of the report.
@@ -159,10 +161,11 @@ impl fmt::Display for Report {
         }
         write!(
             f,
-            "{} created, {} updated, {} unchanged",
+            "{} created, {} updated, {} unchanged, {} deleted",
             self.count(Change::Created),
             self.count(Change::Updated),
-            self.count(Change::Unchanged)
+            self.count(Change::Unchanged),
+            self.count(Change::Deleted)
         )
     }
 }

@@ -18,31 +18,66 @@ use bems_core::{InvoiceEvent, Stage, Status};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-/// The LocalStack account and Region every test cell lives in.
-pub const ACCOUNT: &str = "000000000000";
-/// See [`ACCOUNT`].
-pub const REGION: &str = "us-east-1";
+/// Where the tests run.
+#[derive(Debug, Clone)]
+pub struct Env {
+    /// The AWS configuration.
+    pub config: aws_config::SdkConfig,
+    /// LocalStack's endpoint, or `None` on a real AWS account.
+    pub localstack: Option<String>,
+    /// The account cells are created in.
+    pub account: String,
+    /// The Region cells are created in.
+    pub region: String,
+    /// The role API Gateway assumes to call `PutEvents` (AWS only).
+    pub api_role_arn: Option<String>,
+}
 
-/// The AWS configuration for LocalStack, or `None` (test skipped) when
-/// `BEMS_LOCALSTACK_URL` is not set.
-pub async fn localstack() -> Option<aws_config::SdkConfig> {
-    let Ok(url) = std::env::var("BEMS_LOCALSTACK_URL") else {
-        eprintln!("skipped: BEMS_LOCALSTACK_URL is not set (scripts/test sets it after starting the emulators)");
-        return None;
-    };
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(url)
-        .region(aws_config::Region::new(REGION))
-        .credentials_provider(Credentials::new("test", "test", None, None, "bems-e2e"))
-        .timeout_config(
-            aws_config::timeout::TimeoutConfig::builder()
-                .operation_timeout(Duration::from_secs(30))
-                .connect_timeout(Duration::from_secs(5))
-                .build(),
-        )
-        .load()
-        .await;
-    Some(config)
+fn timeouts() -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
+        .operation_timeout(Duration::from_secs(30))
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+}
+
+/// The test environment, or `None` (the test is skipped, saying so):
+///
+/// - `BEMS_LOCALSTACK_URL` set (by `scripts/test`): LocalStack, account
+///   `000000000000`, `us-east-1`;
+/// - else `BEMS_E2E_AWS_ACCOUNT`, `BEMS_E2E_AWS_REGION` and
+///   `BEMS_E2E_API_ROLE_ARN` set: a real account through the standard
+///   credential chain. Each test creates and deletes its own cell.
+pub async fn environment() -> Option<Env> {
+    if let Ok(url) = std::env::var("BEMS_LOCALSTACK_URL") {
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(&url)
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("test", "test", None, None, "bems-e2e"))
+            .timeout_config(timeouts())
+            .load()
+            .await;
+        return Some(Env {
+            config,
+            localstack: Some(url),
+            account: "000000000000".into(),
+            region: "us-east-1".into(),
+            api_role_arn: None,
+        });
+    }
+    if let (Ok(account), Ok(region), Ok(role)) = (
+        std::env::var("BEMS_E2E_AWS_ACCOUNT"),
+        std::env::var("BEMS_E2E_AWS_REGION"),
+        std::env::var("BEMS_E2E_API_ROLE_ARN"),
+    ) {
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(region.clone()))
+            .timeout_config(timeouts())
+            .load()
+            .await;
+        return Some(Env { config, localstack: None, account, region, api_role_arn: Some(role) });
+    }
+    eprintln!("skipped: set BEMS_LOCALSTACK_URL (scripts/test does) or the BEMS_E2E_AWS_* variables");
+    None
 }
 
 /// A provisioned cell with its shim running; the shim stops on drop.
@@ -57,30 +92,39 @@ pub struct Cell {
     pub options: ProvisionOptions,
     /// Its HTTP ingress.
     pub ingress: Ingress,
+    /// Where it lives.
+    pub env: Env,
     stop_shim: Option<oneshot::Sender<()>>,
 }
 
 impl Cell {
     /// Provisions a new cell named `e2e-<random>` with `partitions` partitions.
-    pub async fn create(config: &aws_config::SdkConfig, partitions: u32, options: ProvisionOptions) -> Cell {
+    pub async fn create(env: &Env, partitions: u32, options: ProvisionOptions) -> Cell {
         let id = format!("e2e-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let spec = CellSpec::new(
             CellId::new(id).expect("cell id"),
-            Region::new(REGION).expect("region"),
-            AccountId::new(ACCOUNT).expect("account"),
+            Region::new(&env.region).expect("region"),
+            AccountId::new(&env.account).expect("account"),
             PartitionCount::new(partitions).expect("partitions"),
         )
         .expect("cell within quotas");
-        let clients = Clients::new(config);
-        let options = ProvisionOptions { targets: Targets::EmulatorShim, ..options };
+        let clients = Clients::new(&env.config);
+        let mut options = options;
+        match &env.api_role_arn {
+            Some(role) => options.api_role_arn.clone_from(role),
+            None => options.targets = Targets::EmulatorShim,
+        }
         let done = provision(&clients, &spec, &options)
             .await
             .unwrap_or_else(|e| panic!("provisioning failed: {e}. Is LocalStack running? (scripts/emulators status)"));
-        let (stop_shim, stopped) = oneshot::channel();
-        tokio::spawn(bems_cli::shim::run(clients.clone(), spec.clone(), Duration::from_millis(100), async move {
-            let _ = stopped.await;
-        }));
-        Cell { spec, clients, report: done.report, options, ingress: done.ingress, stop_shim: Some(stop_shim) }
+        let stop_shim = (options.targets == Targets::EmulatorShim).then(|| {
+            let (stop, stopped) = oneshot::channel();
+            tokio::spawn(bems_cli::shim::run(clients.clone(), spec.clone(), Duration::from_millis(100), async move {
+                let _ = stopped.await;
+            }));
+            stop
+        });
+        Cell { spec, clients, report: done.report, options, ingress: done.ingress, env: env.clone(), stop_shim }
     }
 
     /// A publisher for this cell.
@@ -152,11 +196,31 @@ impl Cell {
     }
 }
 
+impl Cell {
+    /// The URL of `POST /invoices/<stage>`.
+    pub fn url(&self, stage: Stage) -> String {
+        match &self.env.localstack {
+            Some(endpoint) => self.ingress.localstack_url(endpoint, stage),
+            None => self.ingress.aws_url(&self.env.region, stage),
+        }
+    }
+}
+
+/// Stops the shim and deletes the cell, also when the test failed, so no
+/// test leaves resources behind (which on AWS would cost money).
 impl Drop for Cell {
     fn drop(&mut self) {
         if let Some(stop) = self.stop_shim.take() {
             let _ = stop.send(());
         }
+        let (clients, spec) = (self.clients.clone(), self.spec.clone());
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async move {
+                if let Err(e) = bems_cli::teardown::teardown(&clients, &spec).await {
+                    eprintln!("teardown of cell {} failed: {e}", spec.cell_id());
+                }
+            });
+        });
     }
 }
 

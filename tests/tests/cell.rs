@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use bems_cli::provision::{Change, ProvisionOptions, provision};
 use bems_core::{Stage, Status};
-use bems_e2e::{Cell, event, localstack};
+use bems_e2e::{Cell, environment, event};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provisioning_twice_changes_nothing_the_second_time() {
-    let Some(config) = localstack().await else { return };
-    let cell = Cell::create(&config, 2, ProvisionOptions::default()).await;
+    let Some(env) = environment().await else { return };
+    let cell = Cell::create(&env, 2, ProvisionOptions::default()).await;
     let first = &cell.report;
     assert_eq!(first.count(Change::Updated), 0, "{first}");
     // bus, archive, bus DLQ, 4 topics, status queue + DLQ, 4 x (queue + DLQ),
@@ -28,12 +28,19 @@ async fn provisioning_twice_changes_nothing_the_second_time() {
     let second = provision(&cell.clients, &cell.spec, &cell.options).await.expect("second run").report;
     assert_eq!(second.count(Change::Created) + second.count(Change::Updated), 0, "{second}");
     assert_eq!(second.steps.len(), first.steps.len());
+
+    let removed = bems_cli::teardown::teardown(&cell.clients, &cell.spec).await.expect("teardown");
+    // 8 rules, archive, bus, plan, key, API, 4 topics, 15 queues (bus DLQ,
+    // status queue and DLQ, and per stage queue, DLQ and shim).
+    assert_eq!(removed.count(Change::Deleted), 8 + 1 + 1 + 1 + 1 + 1 + 4 + 15, "{removed}");
+    let again = bems_cli::teardown::teardown(&cell.clients, &cell.spec).await.expect("teardown again");
+    assert_eq!(again.count(Change::Deleted), 0, "{again}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sdk_event_reaches_its_stage_queue_and_the_status_queue_only() {
-    let Some(config) = localstack().await else { return };
-    let cell = Cell::create(&config, 4, ProvisionOptions::default()).await;
+    let Some(env) = environment().await else { return };
+    let cell = Cell::create(&env, 4, ProvisionOptions::default()).await;
     let e = event("INV-E2E-1", Stage::Reconciliation, Status::Ingested, Some(Status::Submitted), 0);
     let outcomes = cell.publisher().publish(vec![e.clone()]).await;
     assert!(outcomes[0].is_accepted(), "{outcomes:?}");
@@ -52,8 +59,8 @@ async fn an_sdk_event_reaches_its_stage_queue_and_the_status_queue_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminal_events_reach_the_status_queue_but_no_processor() {
-    let Some(config) = localstack().await else { return };
-    let cell = Cell::create(&config, 2, ProvisionOptions::default()).await;
+    let Some(env) = environment().await else { return };
+    let cell = Cell::create(&env, 2, ProvisionOptions::default()).await;
     let posted = event("INV-E2E-2", Stage::Posting, Status::Posted, Some(Status::Authorized), 0);
     assert!(cell.publisher().publish(vec![posted]).await[0].is_accepted());
     assert_eq!(cell.drain(&cell.spec.status_queue_name(), 1, Duration::from_secs(15)).await.len(), 1);
@@ -62,8 +69,8 @@ async fn terminal_events_reach_the_status_queue_but_no_processor() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_event_id_is_delivered_once() {
-    let Some(config) = localstack().await else { return };
-    let cell = Cell::create(&config, 2, ProvisionOptions::default()).await;
+    let Some(env) = environment().await else { return };
+    let cell = Cell::create(&env, 2, ProvisionOptions::default()).await;
     let e = event("INV-E2E-3", Stage::Ingestion, Status::Submitted, None, 0);
     let publisher = cell.publisher();
     // Twice, in separate calls: a producer retrying after a lost response.
@@ -75,9 +82,9 @@ async fn a_duplicate_event_id_is_delivered_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_message_ends_in_the_dlq_and_redrive_returns_it_without_loss() {
-    let Some(config) = localstack().await else { return };
+    let Some(env) = environment().await else { return };
     let options = ProvisionOptions { max_receive_count: 2, ..ProvisionOptions::default() };
-    let cell = Cell::create(&config, 2, options).await;
+    let cell = Cell::create(&env, 2, options).await;
     let e = event("INV-E2E-4", Stage::Authorization, Status::Reconciled, Some(Status::Ingested), 0);
     assert!(cell.publisher().publish(vec![e.clone()]).await[0].is_accepted());
 
@@ -113,8 +120,8 @@ async fn a_failing_message_ends_in_the_dlq_and_redrive_returns_it_without_loss()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifo_order_per_invoice_holds_across_1000_events_over_all_partitions() {
-    let Some(config) = localstack().await else { return };
-    let cell = Cell::create(&config, 16, ProvisionOptions::default()).await;
+    let Some(env) = environment().await else { return };
+    let cell = Cell::create(&env, 16, ProvisionOptions::default()).await;
     // 100 invoices x 10 events each, interleaved as a producer would send them.
     let events: Vec<_> = (0..10)
         .flat_map(|seq| {
