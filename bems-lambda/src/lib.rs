@@ -1,9 +1,50 @@
 //! # bems-lambda
 //!
-//! **Not implemented yet.** This crate will hold the SQS batch-processing
-//! core, the four stage processors (`InvoiceIngestionProcessor`,
-//! `InvoiceReconciliationProcessor`, `InvoiceAuthorizationProcessor`,
-//! `InvoicePostingProcessor`) and the Timestream batch writer; see the
-//! project's issue "The four stage processors and the Timestream batch
-//! writer". It deliberately exports nothing until then, so that nothing can
-//! be mistaken for a working processor.
+//! The Lambda side of BEMS.
+//!
+//! ## Layout
+//!
+//! - [`batch`]: SQS batch processing with partial failures, FIFO-correct:
+//!   `process_sqs_batch`, the `RecordHandler` trait, the error taxonomy
+//!   (transient, business, poison) and the dead-letter sink. Public API for
+//!   users' own processors.
+//!
+//! ```
+//! use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
+//! use bems_core::Validator;
+//! use bems_lambda::batch::{RecordError, RecordHandler, decode, process_sqs_batch};
+//!
+//! /// Counts the invoice events it sees; anything undecodable is poison.
+//! struct Count {
+//!     validator: Validator,
+//!     seen: usize,
+//! }
+//!
+//! impl RecordHandler for Count {
+//!     async fn handle(&mut self, record: &SqsMessage) -> Result<(), RecordError> {
+//!         let delivery = decode(record, &self.validator)?;
+//!         if delivery.event.amount.value().is_zero() {
+//!             return Err(RecordError::business("zero amounts wait for a correction"));
+//!         }
+//!         self.seen += 1;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let event: SqsEvent = serde_json::from_str(include_str!("../fixtures/example-sqs-event-fifo.json")).unwrap();
+//! let mut handler = Count { validator: Validator::default(), seen: 0 };
+//! let response = process_sqs_batch(&event, &mut handler).await;
+//! assert!(response.batch_item_failures.is_empty());
+//! assert_eq!(handler.seen, 5);
+//! # }
+//! ```
+//!
+//! The four stage processors and the Timestream writer that will use it are
+//! not written yet (see the issue "The four stage processors and the
+//! Timestream batch writer"); nothing here pretends to be one.
+
+pub mod batch;
+
+pub use batch::{BatchProcessor, DeadLetterSink, RecordError, RecordHandler, process_sqs_batch};
