@@ -15,9 +15,14 @@
 //!     exponential backoff and full jitter while the invocation has time,
 //!     then reported as a failure;
 //!   - `Business` (for example, a transition that cannot be applied yet):
-//!     reported as a failure at once, so SQS redelivers it; the queue's
-//!     `maxReceiveCount` finally moves it to the DLQ. [`receive_count`] tells
-//!     the handler which attempt this is;
+//!     reported as a failure at once, so SQS redelivers it. On its last
+//!     attempt ([`BatchProcessor::with_max_receive_count`], the queue's
+//!     `maxReceiveCount`) it is moved to the dead-letter sink instead, with
+//!     the reason, and its group goes on. This matters on FIFO queues: the
+//!     records held back behind a failing record are received (and counted)
+//!     with it, so if SQS's redrive moved the failing record after
+//!     `maxReceiveCount` receives it would move them along with it.
+//!     [`receive_count`] tells the handler which attempt this is;
 //!   - `Poison` (undecodable, schema-invalid): with a [`DeadLetterSink`]
 //!     configured, sent to the dead-letter queue at once with the reason and
 //!     then treated as handled, so it never blocks its group; without one,
@@ -113,19 +118,33 @@ pub struct BatchProcessor<S = NoDeadLetter> {
     dead_letter: Option<S>,
     retry: TransientRetry,
     deadline: Option<Instant>,
+    max_receive_count: Option<u32>,
 }
 
 impl BatchProcessor<NoDeadLetter> {
     /// No dead-letter sink, default retries, no deadline.
     pub fn new() -> BatchProcessor<NoDeadLetter> {
-        BatchProcessor { dead_letter: None, retry: TransientRetry::default(), deadline: None }
+        BatchProcessor { dead_letter: None, retry: TransientRetry::default(), deadline: None, max_receive_count: None }
     }
 }
 
 impl<S: DeadLetterSink> BatchProcessor<S> {
     /// Sends poison records to `sink` so they leave their group at once.
     pub fn with_dead_letter<T: DeadLetterSink>(self, sink: T) -> BatchProcessor<T> {
-        BatchProcessor { dead_letter: Some(sink), retry: self.retry, deadline: self.deadline }
+        BatchProcessor {
+            dead_letter: Some(sink),
+            retry: self.retry,
+            deadline: self.deadline,
+            max_receive_count: self.max_receive_count,
+        }
+    }
+
+    /// The queue's `maxReceiveCount`: a business failure on that attempt
+    /// goes to the dead-letter sink (when one is configured) instead of back
+    /// to the queue, so it does not take the records behind it along.
+    pub fn with_max_receive_count(mut self, max_receive_count: u32) -> BatchProcessor<S> {
+        self.max_receive_count = Some(max_receive_count);
+        self
     }
 
     /// Replaces the transient retry policy.
@@ -179,11 +198,21 @@ impl<S: DeadLetterSink> BatchProcessor<S> {
                 }
                 Err(RecordError::Poison(reason)) => {
                     return match &self.dead_letter {
-                        Some(sink) => sink.send(record, &reason).await.is_ok(),
+                        Some(sink) => sink.send(record, &format!("poison: {reason}")).await.is_ok(),
                         None => false,
                     };
                 }
-                Err(RecordError::Transient(_) | RecordError::Business(_)) => return false,
+                Err(RecordError::Business(reason)) => {
+                    let count = receive_count(record);
+                    return match (&self.dead_letter, self.max_receive_count) {
+                        (Some(sink), Some(max)) if count >= max => sink
+                            .send(record, &format!("business, gave up after {count} attempts: {reason}"))
+                            .await
+                            .is_ok(),
+                        _ => false,
+                    };
+                }
+                Err(RecordError::Transient(_)) => return false,
             }
         }
     }
@@ -350,7 +379,10 @@ mod tests {
         assert!(failed(&r).is_empty(), "dead-lettered poison counts as done");
         assert_eq!(h.handled, vec!["a1", "b1", "a2", "b2", "a3"], "a3 still handled");
         assert_eq!(h.calls["a2"], 1, "poison is never retried");
-        assert_eq!(*sink.sent.lock().expect("lock"), vec![("a2".to_owned(), "amount: not_positive".to_owned())]);
+        assert_eq!(
+            *sink.sent.lock().expect("lock"),
+            vec![("a2".to_owned(), "poison: amount: not_positive".to_owned())]
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -362,6 +394,25 @@ mod tests {
         let mut h = Scripted::failing(vec![("a2", RecordError::poison("bad"), 99)]);
         let r = BatchProcessor::new().with_dead_letter(broken).process(&event(FIFO), &mut h).await;
         assert_eq!(failed(&r), vec!["a2", "a3"], "a poison record that could not be parked stays in its queue");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_business_failure_on_its_last_attempt_is_dead_lettered_and_its_group_goes_on() {
+        // a2 arrives for the third time (ApproximateReceiveCount 3 in the fixture).
+        let sink = Sink::default();
+        let mut h = Scripted::failing(vec![("a2", RecordError::business("ledger closed"), 99)]);
+        let p = BatchProcessor::new().with_dead_letter(sink.clone()).with_max_receive_count(3);
+        let r = p.process(&event(FIFO), &mut h).await;
+        assert!(failed(&r).is_empty());
+        assert_eq!(h.handled, vec!["a1", "b1", "a2", "b2", "a3"]);
+        assert_eq!(
+            *sink.sent.lock().expect("lock"),
+            vec![("a2".to_owned(), "business, gave up after 3 attempts: ledger closed".to_owned())]
+        );
+        // Before its last attempt it goes back to the queue as usual.
+        let mut h = Scripted::failing(vec![("a2", RecordError::business("ledger closed"), 99)]);
+        let p = BatchProcessor::new().with_dead_letter(Sink::default()).with_max_receive_count(5);
+        assert_eq!(failed(&p.process(&event(FIFO), &mut h).await), vec!["a2", "a3"]);
     }
 
     #[tokio::test(start_paused = true)]

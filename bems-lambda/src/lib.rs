@@ -8,6 +8,8 @@
 //!   `process_sqs_batch`, the `RecordHandler` trait, the error taxonomy
 //!   (transient, business, poison) and the dead-letter sink. Public API for
 //!   users' own processors.
+//! - [`sqs`]: the SQS dead-letter sink, and the local event-source runner
+//!   that plays Lambda's SQS event source mapping against the emulators.
 //!
 //! ```
 //! use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
@@ -46,5 +48,6 @@
 //! Timestream batch writer"); nothing here pretends to be one.
 
 pub mod batch;
+pub mod sqs;
 
 pub use batch::{BatchProcessor, DeadLetterSink, RecordError, RecordHandler, process_sqs_batch};

@@ -1,0 +1,162 @@
+//! The batch core on a real FIFO queue, through the local event-source
+//! runner: poison is dead-lettered with its reason and does not block its
+//! group; a record that keeps failing is dead-lettered on its last attempt
+//! (not by SQS's redrive, which would take the records held back behind it
+//! along: they are received, and counted, with it); every other record is
+//! handled once, in order.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use aws_sdk_sqs::types::MessageSystemAttributeName;
+use bems_cli::provision::ProvisionOptions;
+use bems_core::partition::{Partition, message_group_id};
+use bems_core::{Stage, Status, Validator};
+use bems_e2e::{Cell, environment, event};
+use bems_lambda::batch::{BatchProcessor, RecordError, RecordHandler, decode};
+use bems_lambda::sqs::{BatchFunction, REASON_ATTRIBUTE, RunnerOptions, SqsDeadLetter, poll_once};
+
+/// Records (invoice, seq) of what it handled; fails invoices named
+/// `INV-BUSINESS-*` with a business error, every time.
+#[derive(Clone)]
+struct Recorder {
+    seen: Arc<Mutex<Vec<(String, String)>>>,
+    validator: Validator,
+}
+
+impl RecordHandler for Recorder {
+    async fn handle(&mut self, record: &SqsMessage) -> Result<(), RecordError> {
+        let d = decode(record, &self.validator)?;
+        if d.event.invoice_id.as_str().starts_with("INV-BUSINESS") {
+            return Err(RecordError::business("the ledger refuses this invoice"));
+        }
+        self.seen
+            .lock()
+            .expect("lock")
+            .push((d.event.invoice_id.to_string(), d.event.metadata.correlation_id.to_string()));
+        Ok(())
+    }
+}
+
+struct Function {
+    processor: BatchProcessor<SqsDeadLetter>,
+    handler: Recorder,
+}
+
+impl BatchFunction for Function {
+    async fn call(&mut self, event: SqsEvent) -> SqsBatchResponse {
+        self.processor.process(&event, &mut self.handler).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_and_failing_records_leave_their_groups_and_nothing_is_lost() {
+    let Some(env) = environment().await else { return };
+    let options = ProvisionOptions { max_receive_count: 2, visibility_timeout_secs: 1, ..ProvisionOptions::default() };
+    let cell = Cell::create(&env, 2, options).await;
+    let queue = cell.queue_url(&cell.spec.queue_name(Stage::Ingestion)).await;
+    let dlq = cell.queue_url(&cell.spec.dlq_name(Stage::Ingestion)).await;
+
+    // Invoice A: three events, with a poison message sent into A's group
+    // between the first and the second. Invoice B: one event that the
+    // handler always refuses, then nothing. Invoice C: two events.
+    let publisher = cell.publisher();
+    let a0 = event("INV-A", Stage::Ingestion, Status::Submitted, None, 0);
+    assert!(publisher.publish(vec![a0.clone()]).await[0].is_accepted());
+    let group_a = message_group_id(Stage::Ingestion, Partition::for_invoice(&a0.invoice_id, cell.spec.partitions()));
+    // Wait for a0 to arrive, so the poison is behind it in the group.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cell.clients
+        .sqs
+        .send_message()
+        .queue_url(&queue)
+        .message_body("{this is not an invoice")
+        .message_group_id(&group_a)
+        .message_deduplication_id("poison-1")
+        .send()
+        .await
+        .expect("send poison");
+    let rest = vec![
+        event("INV-A", Stage::Ingestion, Status::Submitted, None, 1),
+        event("INV-A", Stage::Ingestion, Status::Submitted, None, 2),
+        event("INV-BUSINESS-1", Stage::Ingestion, Status::Submitted, None, 0),
+        event("INV-C", Stage::Ingestion, Status::Submitted, None, 0),
+        event("INV-C", Stage::Ingestion, Status::Submitted, None, 1),
+    ];
+    assert!(publisher.publish(rest).await.iter().all(|o| o.is_accepted()));
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut function = Function {
+        processor: BatchProcessor::new()
+            .with_dead_letter(SqsDeadLetter::new(cell.clients.sqs.clone(), dlq.clone()))
+            .with_max_receive_count(cell.options.max_receive_count),
+        handler: Recorder { seen: seen.clone(), validator: Validator::default() },
+    };
+    // Poll until the queue is quiet: failing records come back after their
+    // visibility timeout until SQS dead-letters them.
+    let mut quiet = 0;
+    for _ in 0..60 {
+        let stats =
+            poll_once(&cell.clients.sqs, &queue, RunnerOptions { batch_size: 10, wait_seconds: 1 }, &mut function)
+                .await
+                .expect("poll");
+        quiet = if stats.received == 0 { quiet + 1 } else { 0 };
+        if quiet >= 3 {
+            break;
+        }
+    }
+
+    let seen = seen.lock().expect("lock").clone();
+    let of = |invoice: &str| seen.iter().filter(|(i, _)| i == invoice).map(|(_, s)| s.as_str()).collect::<Vec<_>>();
+    assert_eq!(of("INV-A"), vec!["seq-0", "seq-1", "seq-2"], "A in order, once each, not blocked by the poison");
+    assert_eq!(of("INV-C"), vec!["seq-0", "seq-1"]);
+    assert!(of("INV-BUSINESS-1").is_empty());
+
+    // The DLQ holds the poison and the refused record, each with its reason.
+    let mut in_dlq = Vec::new();
+    for _ in 0..5 {
+        let r = cell
+            .clients
+            .sqs
+            .receive_message()
+            .queue_url(&dlq)
+            .max_number_of_messages(10)
+            .message_attribute_names("All")
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .expect("receive DLQ");
+        for m in r.messages() {
+            let reason = m
+                .message_attributes()
+                .and_then(|a| a.get(REASON_ATTRIBUTE))
+                .and_then(|v| v.string_value())
+                .map(str::to_owned);
+            in_dlq.push((m.body().unwrap_or_default().to_owned(), reason));
+            cell.clients
+                .sqs
+                .delete_message()
+                .queue_url(&dlq)
+                .receipt_handle(m.receipt_handle().unwrap_or_default())
+                .send()
+                .await
+                .expect("delete");
+        }
+    }
+    assert_eq!(in_dlq.len(), 2, "{in_dlq:?}");
+    let poison = in_dlq.iter().find(|(b, _)| b.starts_with("{this")).expect("poison in the DLQ");
+    assert!(
+        poison
+            .1
+            .as_deref()
+            .is_some_and(|r| r.contains("not valid JSON") || r.contains("invalid_json") || r.contains("envelope")),
+        "{poison:?}"
+    );
+    assert!(
+        in_dlq.iter().any(|(b, r)| b.contains("INV-BUSINESS-1")
+            && r.as_deref().is_some_and(|r| r.starts_with("business, gave up after 2"))),
+        "{in_dlq:?}"
+    );
+}
