@@ -371,11 +371,13 @@ impl<B: EventBus> Publisher<B> {
         // Out of time: heads give up, the events behind them are held back.
         for (_, queue) in &mut queues {
             if let Some(head) = queue.pop_front() {
-                outcomes[head.index] = Some(Outcome::GaveUp {
-                    event_id: head.event_id,
-                    attempts: head.attempts,
-                    last_error: head.last_error,
-                });
+                let last_error = if head.last_error.is_empty() {
+                    "the deadline passed before it could be sent".to_owned()
+                } else {
+                    head.last_error
+                };
+                outcomes[head.index] =
+                    Some(Outcome::GaveUp { event_id: head.event_id, attempts: head.attempts, last_error });
                 hold_back(queue, head.event_id, &mut outcomes);
             }
         }
