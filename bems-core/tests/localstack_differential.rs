@@ -496,8 +496,6 @@ fn sns_subscription_filtering_agrees() {
             }
         }
     }
-    std::thread::sleep(Duration::from_secs(1));
-
     let mut disagreements = Vec::new();
     let mut delivered_total = 0;
     for (k, (policy, (_, url))) in policies.iter().zip(&cells).enumerate() {
@@ -508,17 +506,21 @@ fn sns_subscription_filtering_agrees() {
             .map(|(n, _)| n)
             .collect();
         let mut got = BTreeSet::new();
+        // Delivery is asynchronous: keep polling until the expected messages
+        // are in (or 15 s pass), then once more for any unexpected extra.
+        let started = Instant::now();
         loop {
+            let waiting = got.len() < expected.len() && started.elapsed() < Duration::from_secs(15);
             let r = ls
                 .json(
                     "sqs",
                     "AmazonSQS.ReceiveMessage",
                     "1.0",
-                    &json!({ "QueueUrl": url, "MaxNumberOfMessages": 10, "WaitTimeSeconds": 0 }),
+                    &json!({ "QueueUrl": url, "MaxNumberOfMessages": 10, "WaitTimeSeconds": 1 }),
                 )
                 .expect("ReceiveMessage");
             let batch = r["Messages"].as_array().cloned().unwrap_or_default();
-            if batch.is_empty() {
+            if batch.is_empty() && !waiting {
                 break;
             }
             for m in batch {
