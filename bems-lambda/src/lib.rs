@@ -10,6 +10,8 @@
 //!   users' own processors.
 //! - [`sqs`]: the SQS dead-letter sink, and the local event-source runner
 //!   that plays Lambda's SQS event source mapping against the emulators.
+//! - [`stages`]: the four stages' business rules as pure functions (event
+//!   in, decision out), with deterministic next-event ids.
 //!
 //! ```
 //! use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
@@ -43,11 +45,13 @@
 //! # }
 //! ```
 //!
-//! The four stage processors and the Timestream writer that will use it are
-//! not written yet (see the issue "The four stage processors and the
-//! Timestream batch writer"); nothing here pretends to be one.
+//! The Lambda binaries that wire the stages to the batch core and the
+//! publisher, and the Timestream writer, are not written yet (see the issue
+//! "The four stage processors and the Timestream batch writer"); nothing
+//! here pretends to be one.
 
 pub mod batch;
 pub mod sqs;
+pub mod stages;
 
 pub use batch::{BatchProcessor, DeadLetterSink, RecordError, RecordHandler, process_sqs_batch};
