@@ -10,6 +10,8 @@
 //!   users' own processors.
 //! - [`sqs`]: the SQS dead-letter sink, and the local event-source runner
 //!   that plays Lambda's SQS event source mapping against the emulators.
+//! - [`processor`]: a stage processor, the `RecordHandler` each stage's
+//!   Lambda runs: decode, apply the rules, publish the next event.
 //! - [`stages`]: the four stages' business rules as pure functions (event
 //!   in, decision out), with deterministic next-event ids.
 //!
@@ -51,6 +53,7 @@
 //! here pretends to be one.
 
 pub mod batch;
+pub mod processor;
 pub mod sqs;
 pub mod stages;
 

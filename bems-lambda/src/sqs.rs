@@ -16,7 +16,7 @@ use std::time::Duration;
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName};
 
-use crate::batch::{DeadLetterSink, message_group};
+use crate::batch::{BatchProcessor, DeadLetterSink, RecordHandler, message_group};
 
 /// Message attribute carrying why a record was dead-lettered.
 pub const REASON_ATTRIBUTE: &str = "bems-poison-reason";
@@ -79,6 +79,21 @@ impl DeadLetterSink for SqsDeadLetter {
 pub trait BatchFunction {
     /// Handles one batch.
     fn call(&mut self, event: SqsEvent) -> impl Future<Output = SqsBatchResponse> + Send;
+}
+
+/// A batch function made of a [`BatchProcessor`] and a record handler:
+/// what a processor's Lambda binary runs, and what the runner calls.
+pub struct ProcessorFunction<S, H> {
+    /// The processor (dead-letter sink, retries, max receive count).
+    pub processor: BatchProcessor<S>,
+    /// The record handler.
+    pub handler: H,
+}
+
+impl<S: DeadLetterSink + Sync + Send, H: RecordHandler + Send> BatchFunction for ProcessorFunction<S, H> {
+    async fn call(&mut self, event: SqsEvent) -> SqsBatchResponse {
+        self.processor.process(&event, &mut self.handler).await
+    }
 }
 
 /// Runner settings, mirroring the event source mapping's.

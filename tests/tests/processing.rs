@@ -8,14 +8,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use aws_lambda_events::sqs::SqsMessage;
 use aws_sdk_sqs::types::MessageSystemAttributeName;
 use bems_cli::provision::ProvisionOptions;
 use bems_core::partition::{Partition, message_group_id};
 use bems_core::{Stage, Status, Validator};
 use bems_e2e::{Cell, environment, event};
 use bems_lambda::batch::{BatchProcessor, RecordError, RecordHandler, decode};
-use bems_lambda::sqs::{BatchFunction, REASON_ATTRIBUTE, RunnerOptions, SqsDeadLetter, poll_once};
+use bems_lambda::sqs::{ProcessorFunction, REASON_ATTRIBUTE, RunnerOptions, SqsDeadLetter, poll_once};
 
 /// Records (invoice, seq) of what it handled; fails invoices named
 /// `INV-BUSINESS-*` with a business error, every time.
@@ -36,17 +36,6 @@ impl RecordHandler for Recorder {
             .expect("lock")
             .push((d.event.invoice_id.to_string(), d.event.metadata.correlation_id.to_string()));
         Ok(())
-    }
-}
-
-struct Function {
-    processor: BatchProcessor<SqsDeadLetter>,
-    handler: Recorder,
-}
-
-impl BatchFunction for Function {
-    async fn call(&mut self, event: SqsEvent) -> SqsBatchResponse {
-        self.processor.process(&event, &mut self.handler).await
     }
 }
 
@@ -87,7 +76,7 @@ async fn poison_and_failing_records_leave_their_groups_and_nothing_is_lost() {
     assert!(publisher.publish(rest).await.iter().all(|o| o.is_accepted()));
 
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let mut function = Function {
+    let mut function = ProcessorFunction {
         processor: BatchProcessor::new()
             .with_dead_letter(SqsDeadLetter::new(cell.clients.sqs.clone(), dlq.clone()))
             .with_max_receive_count(cell.options.max_receive_count),
