@@ -174,6 +174,9 @@ pub struct Delivery {
     pub shape: Shape,
     /// EventBridge's event id, when it came through EventBridge.
     pub eventbridge_id: Option<String>,
+    /// When EventBridge received it (the envelope's `time`), when it came
+    /// through EventBridge.
+    pub eventbridge_time: Option<String>,
     /// The archive replay's name, when it is a replayed event.
     pub replay_name: Option<String>,
     /// SNS's message id, when it came in an SNS envelope.
@@ -250,10 +253,18 @@ fn decode(body: &str, validator: &Validator, allow_sns: bool) -> Result<Delivery
             event,
             shape: Shape::EventBridge,
             eventbridge_id: Some(eb.id),
+            eventbridge_time: Some(eb.time),
             replay_name: eb.replay_name,
             sns_message_id: None,
         });
     }
     let event = validator.parse(body.as_bytes())?;
-    Ok(Delivery { event, shape: Shape::Raw, eventbridge_id: None, replay_name: None, sns_message_id: None })
+    Ok(Delivery {
+        event,
+        shape: Shape::Raw,
+        eventbridge_id: None,
+        eventbridge_time: None,
+        replay_name: None,
+        sns_message_id: None,
+    })
 }

@@ -12,6 +12,9 @@
 //!   that plays Lambda's SQS event source mapping against the emulators.
 //! - [`processor`]: a stage processor, the `RecordHandler` each stage's
 //!   Lambda runs: decode, apply the rules, publish the next event.
+//! - [`timestream`]: the Timestream writer: one multi-measure record per
+//!   status change, batched, rejections handled record by record, behind a
+//!   sink trait.
 //! - [`stages`]: the four stages' business rules as pure functions (event
 //!   in, decision out), with deterministic next-event ids.
 //!
@@ -47,14 +50,14 @@
 //! # }
 //! ```
 //!
-//! The Lambda binaries that wire the stages to the batch core and the
-//! publisher, and the Timestream writer, are not written yet (see the issue
-//! "The four stage processors and the Timestream batch writer"); nothing
-//! here pretends to be one.
+//! The Lambda binaries (`cargo lambda deploy`) that wrap these are not
+//! written yet (see the issue "The four stage processors and the Timestream
+//! batch writer"); nothing here pretends to be one.
 
 pub mod batch;
 pub mod processor;
 pub mod sqs;
 pub mod stages;
+pub mod timestream;
 
 pub use batch::{BatchProcessor, DeadLetterSink, RecordError, RecordHandler, process_sqs_batch};

@@ -1,6 +1,8 @@
 //! All four stage processors on LocalStack, run by the local event-source
-//! runner: submitted invoices come out posted, every status change reaches
-//! the status-change queue exactly once, and nothing is left behind.
+//! runner, and the Timestream writer on the status-change queue writing to
+//! moto: submitted invoices come out posted, every status change is stored
+//! exactly once (read back from moto's stored records, not by counting
+//! calls), and nothing is left behind in any queue or DLQ.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -13,6 +15,7 @@ use bems_lambda::batch::BatchProcessor;
 use bems_lambda::processor::StageProcessor;
 use bems_lambda::sqs::{ProcessorFunction, RunnerOptions, SqsDeadLetter, run};
 use bems_lambda::stages::{Approvals, PurchaseOrders, Rules};
+use bems_lambda::timestream::{TimestreamTable, TimestreamWriter};
 use rust_decimal::Decimal;
 use tokio::sync::watch;
 
@@ -70,18 +73,49 @@ async fn invoices_flow_through_all_four_stages_once_each() {
         ));
     }
 
+    // The Timestream writer on the status-change queue, writing to moto.
+    let moto = std::env::var("BEMS_MOTO_URL").ok().filter(|_| env.localstack.is_some());
+    let table = match &moto {
+        Some(url) => Some(timestream_table(url, &cell.spec.cell_id().to_string()).await),
+        None => None,
+    };
+    if let Some(table) = &table {
+        let status_dlq = cell.queue_url(&cell.spec.status_dlq_name()).await;
+        let writer = TimestreamWriter::new(table.clone(), SqsDeadLetter::new(cell.clients.sqs.clone(), status_dlq));
+        let mut stopped = stopped.clone();
+        tokio::spawn(run(
+            cell.clients.sqs.clone(),
+            cell.queue_url(&cell.spec.status_queue_name()).await,
+            RunnerOptions { batch_size: 10, wait_seconds: 1 },
+            writer,
+            Duration::from_millis(100),
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            },
+        ));
+    }
+
     let outcomes = cell.publisher().publish(events.clone()).await;
     assert!(outcomes.iter().all(|o| o.is_accepted()), "{:?}", outcomes.iter().find(|o| !o.is_accepted()));
-    let changes = cell.drain(&cell.spec.status_queue_name(), INVOICES * 5, Duration::from_secs(60)).await;
+    let changes = match (&moto, &table) {
+        (Some(url), Some(table)) => stored_records(url, table, INVOICES * 5, Duration::from_secs(90)).await,
+        _ => cell
+            .drain(&cell.spec.status_queue_name(), INVOICES * 5, Duration::from_secs(60))
+            .await
+            .iter()
+            .map(|c| {
+                (
+                    c["detail"]["invoiceId"].as_str().unwrap_or_default().to_owned(),
+                    c["detail"]["status"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect(),
+    };
     let _ = stop.send(true);
 
     let mut per_invoice: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for c in &changes {
-        let d = &c["detail"];
-        per_invoice
-            .entry(d["invoiceId"].as_str().unwrap_or_default().to_owned())
-            .or_default()
-            .push(d["status"].as_str().unwrap_or_default().to_owned());
+    for (invoice, status) in &changes {
+        per_invoice.entry(invoice.clone()).or_default().push(status.clone());
     }
     assert_eq!(per_invoice.len(), INVOICES, "every invoice reached the status queue");
     let want: BTreeSet<&str> = ["submitted", "ingested", "reconciled", "authorized", "posted"].into();
@@ -90,6 +124,16 @@ async fn invoices_flow_through_all_four_stages_once_each() {
         assert_eq!(statuses.iter().map(String::as_str).collect::<BTreeSet<_>>(), want, "{invoice}: once each");
     }
     assert_eq!(changes.len(), INVOICES * 5, "no duplicates");
+    if table.is_some() {
+        assert!(
+            cell.drain(&cell.spec.status_queue_name(), 0, Duration::from_secs(1)).await.is_empty(),
+            "status queue left over"
+        );
+        assert!(
+            cell.drain(&cell.spec.status_dlq_name(), 0, Duration::from_secs(1)).await.is_empty(),
+            "status DLQ not empty"
+        );
+    }
     for stage in Stage::ALL {
         assert!(
             cell.drain(&cell.spec.queue_name(stage), 0, Duration::from_secs(1)).await.is_empty(),
@@ -99,5 +143,78 @@ async fn invoices_flow_through_all_four_stages_once_each() {
             cell.drain(&cell.spec.dlq_name(stage), 0, Duration::from_secs(1)).await.is_empty(),
             "{stage} DLQ not empty"
         );
+    }
+}
+
+/// A fresh database and table in moto's Timestream.
+async fn timestream_table(moto: &str, cell: &str) -> TimestreamTable {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(moto)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new("test", "test", None, None, "bems-e2e"))
+        .load()
+        .await;
+    let client = aws_sdk_timestreamwrite::Client::new(&config);
+    let database = format!("bems_{}", cell.replace('-', "_"));
+    client.create_database().database_name(&database).send().await.expect("create database in moto");
+    client
+        .create_table()
+        .database_name(&database)
+        .table_name("status_changes")
+        .send()
+        .await
+        .expect("create table in moto");
+    TimestreamTable { client, database, table: "status_changes".to_owned() }
+}
+
+/// The (invoice, status) of every record moto stored in `table`, once
+/// `expected` are there or `timeout` passed. moto keeps records exactly as
+/// written and exposes them at /moto-api/data.json.
+async fn stored_records(
+    moto: &str,
+    table: &TimestreamTable,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<(String, String)> {
+    let started = std::time::Instant::now();
+    loop {
+        let url = format!("{}/moto-api/data.json", moto.trim_end_matches('/'));
+        let body: serde_json::Value = tokio::task::spawn_blocking(move || {
+            let mut r = ureq::get(&url).call().expect("moto data");
+            serde_json::from_str(&r.body_mut().read_to_string().unwrap_or_default()).unwrap_or_default()
+        })
+        .await
+        .expect("join");
+        let tables = body["timestreamwrite"]["TimestreamTable"].as_array().cloned().unwrap_or_default();
+        let records: Vec<(String, String)> = tables
+            .iter()
+            .filter(|t| t["db_name"] == table.database.as_str() && t["name"] == table.table.as_str())
+            .flat_map(|t| t["records"].as_array().cloned().unwrap_or_default())
+            .map(|r| {
+                let dim = |n: &str| {
+                    r["Dimensions"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|d| d["Name"] == n)
+                        .and_then(|d| d["Value"].as_str())
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                let status = r["MeasureValues"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|m| m["Name"] == "status")
+                    .and_then(|m| m["Value"].as_str())
+                    .unwrap_or_default()
+                    .to_owned();
+                (dim("invoice_id"), status)
+            })
+            .collect();
+        if records.len() >= expected || started.elapsed() > timeout {
+            return records;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

@@ -1,0 +1,454 @@
+//! The Timestream writer: one multi-measure record per status change,
+//! written in batches, with rejected records handled one by one.
+//!
+//! Shaped like a vector sink: the limits are constants, the storage is a
+//! small trait ([`RecordSink`], implemented for Timestream for
+//! LiveAnalytics), and the writer decides what to retry. Timestream for
+//! LiveAnalytics has been closed to new AWS customers since 2025-06-20; a
+//! second sink (Timestream for InfluxDB, line protocol) implements the same
+//! trait without touching the writer.
+//!
+//! ## The record
+//!
+//! - time: the event's `occurredAt`, in milliseconds;
+//! - dimensions: `invoice_id`, `cell_id`, `region`, `partition`, `stage`;
+//! - measure `status_change` (multi): `status`, `previous_status`,
+//!   `event_id`, `amount` (DOUBLE: amounts have at most 15 significant
+//!   digits, which a double holds exactly), `currency`, `due_date`,
+//!   `vendor_id`, `vendor_country`.
+//!
+//! Stage and end-to-end latencies are differences between an invoice's
+//! records (`LAG` over `time` by `invoice_id` in Timestream SQL); values that
+//! depend on when the writer runs would make a redelivered record differ
+//! from the first write and break idempotency, so they go to metrics
+//! instead.
+//!
+//! ## Idempotency and corrections
+//!
+//! `Version` is EventBridge's receipt time of the event (milliseconds). A
+//! redelivered or duplicated event is the same record with the same version:
+//! Timestream accepts it as a no-op. The same status change published again
+//! with corrected values is received later, so it has a higher version and
+//! upserts. A stale copy arriving after a correction has a lower version;
+//! Timestream rejects it, and the writer counts that as done.
+
+use std::future::Future;
+
+use bems_core::{Delivery, InvoiceEvent};
+use chrono::{DateTime, Utc};
+
+/// At most this many records per `WriteRecords` call.
+pub const MAX_RECORDS_PER_CALL: usize = 100;
+
+/// The measure name of every record.
+pub const MEASURE_NAME: &str = "status_change";
+
+/// A multi-measure record, independent of any SDK.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Milliseconds since the epoch.
+    pub time_ms: i64,
+    /// Dimension names and values.
+    pub dimensions: Vec<(&'static str, String)>,
+    /// Measure names, values and types.
+    pub measures: Vec<Measure>,
+    /// The record's version.
+    pub version: i64,
+}
+
+/// One measure of a multi-measure record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Measure {
+    /// Name.
+    pub name: &'static str,
+    /// Value as text, as Timestream takes it.
+    pub value: String,
+    /// Type.
+    pub kind: MeasureKind,
+}
+
+/// Timestream measure value types used here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MeasureKind {
+    /// `VARCHAR`.
+    Varchar,
+    /// `DOUBLE`.
+    Double,
+}
+
+fn varchar(name: &'static str, value: impl Into<String>) -> Measure {
+    Measure { name, value: value.into(), kind: MeasureKind::Varchar }
+}
+
+/// The record of one delivered status change. `received` is EventBridge's
+/// receipt time (the envelope's `time`), the record's version.
+pub fn record(event: &InvoiceEvent, received: DateTime<Utc>) -> Record {
+    let mut measures = vec![
+        varchar("status", event.status.as_str()),
+        varchar("event_id", event.event_id.to_string()),
+        Measure { name: "amount", value: event.amount.to_string(), kind: MeasureKind::Double },
+        varchar("currency", event.currency.code()),
+        varchar("due_date", event.payment_terms.due_date.to_string()),
+        varchar("vendor_id", event.vendor.id.as_str()),
+        varchar("vendor_country", event.vendor.country.as_str()),
+    ];
+    if let Some(previous) = event.previous_status {
+        measures.insert(1, varchar("previous_status", previous.as_str()));
+    }
+    Record {
+        time_ms: event.occurred_at.timestamp_millis(),
+        dimensions: vec![
+            ("invoice_id", event.invoice_id.to_string()),
+            ("cell_id", event.metadata.cell_id.to_string()),
+            ("region", event.metadata.region.to_string()),
+            ("partition", event.metadata.partition.get().to_string()),
+            ("stage", event.stage.as_str().to_owned()),
+        ],
+        measures,
+        version: received.timestamp_millis(),
+    }
+}
+
+/// The version of a delivery: EventBridge's receipt time when it came
+/// through EventBridge, else the event's own time.
+pub fn received_at(delivery: &Delivery) -> DateTime<Utc> {
+    delivery
+        .eventbridge_time
+        .as_deref()
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .map_or(delivery.event.occurred_at, |t| t.with_timezone(&Utc))
+}
+
+/// The Timestream writer as a batch function: decodes each record (poison
+/// to the dead-letter sink), writes them all, sends records the store
+/// refuses for good to the dead-letter sink with the reason, and reports
+/// the ones to retry. Its records are independent (versions order them), so
+/// unlike a stage processor it does not hold back a FIFO group behind a
+/// failure.
+pub struct TimestreamWriter<S, D> {
+    /// Where records go.
+    pub sink: S,
+    /// Where records that can never be written go.
+    pub dead_letter: D,
+    /// How bodies are validated (clock unchecked: records are history).
+    pub validator: bems_core::Validator,
+}
+
+impl<S, D> TimestreamWriter<S, D> {
+    /// A writer with a validator that accepts old and newer-schema events.
+    pub fn new(sink: S, dead_letter: D) -> TimestreamWriter<S, D> {
+        let validator = bems_core::Validator::new(bems_core::ValidationOptions {
+            unknown_fields: bems_core::UnknownFields::Ignore,
+            max_future_skew: None,
+            partitions: None,
+        });
+        TimestreamWriter { sink, dead_letter, validator }
+    }
+}
+
+impl<S: RecordSink + Sync + Send, D: crate::batch::DeadLetterSink + Sync + Send> crate::sqs::BatchFunction
+    for TimestreamWriter<S, D>
+{
+    async fn call(&mut self, event: aws_lambda_events::sqs::SqsEvent) -> aws_lambda_events::sqs::SqsBatchResponse {
+        let mut failed: Vec<String> = Vec::new();
+        let mut decoded = Vec::new();
+        for r in &event.records {
+            match crate::batch::decode(r, &self.validator) {
+                Ok(d) => decoded.push((r, record(&d.event, received_at(&d)))),
+                Err(e) => {
+                    if self.dead_letter.send(r, &e.to_string()).await.is_err() {
+                        failed.push(r.message_id.clone().unwrap_or_default());
+                    }
+                }
+            }
+        }
+        let records: Vec<Record> = decoded.iter().map(|(_, rec)| rec.clone()).collect();
+        let outcomes = write_all(&self.sink, &records).await;
+        for ((r, _), outcome) in decoded.iter().zip(outcomes) {
+            let keep = match outcome {
+                Outcome::Done => false,
+                Outcome::Failed(reason) => self.dead_letter.send(r, &format!("timestream: {reason}")).await.is_err(),
+                Outcome::Retry(_) => true,
+            };
+            if keep {
+                failed.push(r.message_id.clone().unwrap_or_default());
+            }
+        }
+        let mut response = aws_lambda_events::sqs::SqsBatchResponse::default();
+        for id in failed {
+            let mut f = aws_lambda_events::sqs::BatchItemFailure::default();
+            f.item_identifier = id;
+            response.batch_item_failures.push(f);
+        }
+        response
+    }
+}
+
+/// What the store said about one record of a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Written {
+    /// Stored (or an identical record already was).
+    Ok,
+    /// Refused, with the store's reason; see [`classify`].
+    Rejected(String),
+}
+
+/// Why a whole write failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SinkError {
+    /// Throttling, 5xx, timeouts: try again.
+    #[error("transient: {0}")]
+    Transient(String),
+    /// Anything else.
+    #[error("permanent: {0}")]
+    Permanent(String),
+}
+
+/// Where records go.
+pub trait RecordSink {
+    /// Writes at most [`MAX_RECORDS_PER_CALL`] records; one result per
+    /// record, in order.
+    fn write(&self, records: &[Record]) -> impl Future<Output = Result<Vec<Written>, SinkError>> + Send;
+}
+
+/// What a rejection means for the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectionKind {
+    /// A newer version is stored: this copy is stale, nothing to do.
+    Superseded,
+    /// The same version with other measures: a conflict no retry fixes.
+    Conflict,
+    /// Anything else (time outside the memory store, bad value): poison.
+    Invalid,
+}
+
+/// Classifies a `RejectedRecords` reason.
+pub fn classify(reason: &str) -> RejectionKind {
+    let r = reason.to_ascii_lowercase();
+    if r.contains("version") && (r.contains("lower") || r.contains("older")) {
+        RejectionKind::Superseded
+    } else if r.contains("version") || r.contains("already exists") || r.contains("different") {
+        RejectionKind::Conflict
+    } else {
+        RejectionKind::Invalid
+    }
+}
+
+/// The outcome for one record of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Stored, or already superseded by a newer version.
+    Done,
+    /// Could not be stored, and retrying will not help: dead-letter it.
+    Failed(String),
+    /// The store was unavailable: retry by redelivery.
+    Retry(String),
+}
+
+/// Writes `records` in calls of at most [`MAX_RECORDS_PER_CALL`]; one
+/// outcome per record. One bad record never fails the others.
+pub async fn write_all<S: RecordSink>(sink: &S, records: &[Record]) -> Vec<Outcome> {
+    let mut out = Vec::with_capacity(records.len());
+    for chunk in records.chunks(MAX_RECORDS_PER_CALL) {
+        match sink.write(chunk).await {
+            Ok(results) => {
+                for i in 0..chunk.len() {
+                    out.push(match results.get(i) {
+                        Some(Written::Ok) => Outcome::Done,
+                        Some(Written::Rejected(reason)) => match classify(reason) {
+                            RejectionKind::Superseded => Outcome::Done,
+                            RejectionKind::Conflict | RejectionKind::Invalid => Outcome::Failed(reason.clone()),
+                        },
+                        None => Outcome::Retry("the store returned fewer results than records".into()),
+                    });
+                }
+            }
+            Err(SinkError::Transient(e)) => out.extend(chunk.iter().map(|_| Outcome::Retry(e.clone()))),
+            Err(SinkError::Permanent(e)) => out.extend(chunk.iter().map(|_| Outcome::Failed(e.clone()))),
+        }
+    }
+    out
+}
+
+mod sdk {
+    //! `RecordSink` for Timestream for LiveAnalytics.
+
+    use aws_sdk_timestreamwrite::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+    use aws_sdk_timestreamwrite::types::{Dimension, MeasureValue, MeasureValueType, TimeUnit};
+
+    use super::{MEASURE_NAME, MeasureKind, Record, RecordSink, SinkError, Written};
+
+    /// A Timestream table to write to.
+    #[derive(Debug, Clone)]
+    pub struct TimestreamTable {
+        /// The client.
+        pub client: aws_sdk_timestreamwrite::Client,
+        /// Database name.
+        pub database: String,
+        /// Table name.
+        pub table: String,
+    }
+
+    fn to_sdk(r: &Record) -> Result<aws_sdk_timestreamwrite::types::Record, String> {
+        let dimensions = r
+            .dimensions
+            .iter()
+            .map(|(n, v)| Dimension::builder().name(*n).value(v).build().map_err(|e| e.to_string()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let measures = r
+            .measures
+            .iter()
+            .map(|m| {
+                MeasureValue::builder()
+                    .name(m.name)
+                    .value(&m.value)
+                    .r#type(match m.kind {
+                        MeasureKind::Varchar => MeasureValueType::Varchar,
+                        MeasureKind::Double => MeasureValueType::Double,
+                    })
+                    .build()
+                    .map_err(|e| e.to_string())
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(aws_sdk_timestreamwrite::types::Record::builder()
+            .set_dimensions(Some(dimensions))
+            .set_measure_values(Some(measures))
+            .time(r.time_ms.to_string())
+            .version(r.version)
+            .build())
+    }
+
+    impl RecordSink for TimestreamTable {
+        async fn write(&self, records: &[Record]) -> Result<Vec<Written>, SinkError> {
+            let sdk: Vec<_> = records.iter().map(to_sdk).collect::<Result<_, _>>().map_err(SinkError::Permanent)?;
+            let common = aws_sdk_timestreamwrite::types::Record::builder()
+                .measure_name(MEASURE_NAME)
+                .measure_value_type(MeasureValueType::Multi)
+                .time_unit(TimeUnit::Milliseconds)
+                .build();
+            let sent = self
+                .client
+                .write_records()
+                .database_name(&self.database)
+                .table_name(&self.table)
+                .common_attributes(common)
+                .set_records(Some(sdk))
+                .send()
+                .await;
+            match sent {
+                Ok(_) => Ok(vec![Written::Ok; records.len()]),
+                Err(SdkError::ServiceError(e)) if e.err().is_rejected_records_exception() => {
+                    let mut out = vec![Written::Ok; records.len()];
+                    if let aws_sdk_timestreamwrite::operation::write_records::WriteRecordsError::RejectedRecordsException(r) = e.err() {
+                        for rejected in r.rejected_records() {
+                            let i = usize::try_from(rejected.record_index()).unwrap_or(usize::MAX);
+                            if let Some(slot) = out.get_mut(i) {
+                                *slot = Written::Rejected(rejected.reason().unwrap_or("rejected").to_owned());
+                            }
+                        }
+                    }
+                    Ok(out)
+                }
+                Err(e) => {
+                    let text = DisplayErrorContext(&e).to_string();
+                    let transient = match &e {
+                        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
+                        SdkError::ServiceError(s) => {
+                            s.raw().status().as_u16() >= 500 || s.err().code().is_some_and(|c| c.contains("Throttl"))
+                        }
+                        _ => false,
+                    };
+                    Err(if transient { SinkError::Transient(text) } else { SinkError::Permanent(text) })
+                }
+            }
+        }
+    }
+}
+
+pub use sdk::TimestreamTable;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn event() -> InvoiceEvent {
+        bems_core::Validator::default()
+            .parse(include_bytes!("../../bems-core/fixtures/example-invoice-event.json"))
+            .expect("fixture")
+    }
+
+    #[test]
+    fn a_status_change_is_one_multi_measure_record() {
+        let received: DateTime<Utc> = "2026-11-26T13:45:01Z".parse().expect("time");
+        let r = record(&event(), received);
+        assert_eq!(r.time_ms, 1_795_700_700_123);
+        assert_eq!(r.version, 1_795_700_701_000);
+        assert_eq!(r.dimensions[0], ("invoice_id", "INV-2026-000123".to_owned()));
+        assert_eq!(
+            r.dimensions.iter().map(|d| d.0).collect::<Vec<_>>(),
+            ["invoice_id", "cell_id", "region", "partition", "stage"]
+        );
+        let m = |n: &str| r.measures.iter().find(|m| m.name == n).map(|m| m.value.clone());
+        assert_eq!(m("amount").as_deref(), Some("1250.50"));
+        assert_eq!(m("status").as_deref(), Some("ingested"));
+        assert_eq!(m("previous_status").as_deref(), Some("submitted"));
+        assert_eq!(m("due_date").as_deref(), Some("2026-12-25"));
+        // Same input, same record: a redelivery is an idempotent no-op.
+        assert_eq!(record(&event(), received), r);
+    }
+
+    #[test]
+    fn rejection_reasons_are_classified() {
+        assert_eq!(classify("The record version 5 is lower than the existing version 7."), RejectionKind::Superseded);
+        assert_eq!(
+            classify("A record with the same version and different measure values already exists."),
+            RejectionKind::Conflict
+        );
+        assert_eq!(
+            classify("The record timestamp is outside the time range of the memory store."),
+            RejectionKind::Invalid
+        );
+    }
+
+    /// Rejects records whose amount is "0.01"; fails whole calls on demand.
+    struct Fake {
+        calls: Mutex<Vec<usize>>,
+        transient: bool,
+    }
+
+    impl RecordSink for Fake {
+        async fn write(&self, records: &[Record]) -> Result<Vec<Written>, SinkError> {
+            self.calls.lock().expect("lock").push(records.len());
+            if self.transient {
+                return Err(SinkError::Transient("ThrottlingException".into()));
+            }
+            Ok(records
+                .iter()
+                .map(|r| match r.version {
+                    1 => Written::Rejected("The record version 1 is lower than the existing version 9.".into()),
+                    2 => Written::Rejected("different measure values already exist for this version".into()),
+                    _ => Written::Ok,
+                })
+                .collect())
+        }
+    }
+
+    #[tokio::test]
+    async fn batches_of_100_and_rejections_handled_record_by_record() {
+        let base = record(&event(), Utc::now());
+        let mut records: Vec<Record> = (0..250).map(|_| base.clone()).collect();
+        records[3].version = 1;
+        records[7].version = 2;
+        let sink = Fake { calls: Mutex::new(Vec::new()), transient: false };
+        let out = write_all(&sink, &records).await;
+        assert_eq!(*sink.calls.lock().expect("lock"), vec![100, 100, 50]);
+        assert_eq!(out.len(), 250);
+        assert_eq!(out[3], Outcome::Done, "a superseded copy is done");
+        assert!(matches!(&out[7], Outcome::Failed(r) if r.contains("different")));
+        assert_eq!(out.iter().filter(|o| **o == Outcome::Done).count(), 249);
+
+        let down = Fake { calls: Mutex::new(Vec::new()), transient: true };
+        assert!(write_all(&down, &records[..5]).await.iter().all(|o| matches!(o, Outcome::Retry(_))));
+    }
+}
