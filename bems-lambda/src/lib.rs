@@ -50,11 +50,12 @@
 //! # }
 //! ```
 //!
-//! The Lambda binaries (`cargo lambda deploy`) that wrap these are not
-//! written yet (see the issue "The four stage processors and the Timestream
-//! batch writer"); nothing here pretends to be one.
+//! - [`function`]: the Lambda entry points; the five binaries in `src/bin/`
+//!   (`invoice-{ingestion,reconciliation,authorization,posting}-processor`,
+//!   `timestream-writer`) are one line each.
 
 pub mod batch;
+pub mod function;
 pub mod processor;
 pub mod sqs;
 pub mod stages;

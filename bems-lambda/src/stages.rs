@@ -36,8 +36,9 @@ pub enum Decision {
 
 /// Looks up the purchase-order amount an invoice is matched against.
 pub trait PurchaseOrders {
-    /// The expected amount for `invoice` in `currency`, if the order is known.
-    fn expected_amount(&self, invoice: &InvoiceId, currency: Currency) -> Option<Decimal>;
+    /// The expected amount (in the invoice's currency) for `invoice`, if its
+    /// order is known.
+    fn expected_amount(&self, invoice: &InvoiceEvent) -> Option<Decimal>;
 }
 
 /// Looks up manual approvals for invoices above the auto-approval limit.
@@ -169,7 +170,7 @@ pub fn reconcile(event: &InvoiceEvent, orders: &impl PurchaseOrders, rules: &Rul
     if let Err(d) = admit(Stage::Reconciliation, event) {
         return d;
     }
-    let Some(expected) = orders.expected_amount(&event.invoice_id, event.currency) else {
+    let Some(expected) = orders.expected_amount(event) else {
         return Decision::Retry(format!("no purchase order for {} yet", event.invoice_id));
     };
     let amount = event.amount.value();
@@ -242,7 +243,7 @@ mod tests {
 
     struct Orders(Option<Decimal>);
     impl PurchaseOrders for Orders {
-        fn expected_amount(&self, _: &InvoiceId, _: Currency) -> Option<Decimal> {
+        fn expected_amount(&self, _: &InvoiceEvent) -> Option<Decimal> {
             self.0
         }
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bems_cli::provision::ProvisionOptions;
 use bems_core::fields::InvoiceId;
-use bems_core::{Currency, Stage, Status};
+use bems_core::{Stage, Status};
 use bems_e2e::{Cell, environment, event};
 use bems_lambda::batch::BatchProcessor;
 use bems_lambda::processor::StageProcessor;
@@ -24,8 +24,8 @@ use tokio::sync::watch;
 struct Orders(HashMap<String, Decimal>);
 
 impl PurchaseOrders for Orders {
-    fn expected_amount(&self, invoice: &InvoiceId, _: Currency) -> Option<Decimal> {
-        self.0.get(invoice.as_str()).copied()
+    fn expected_amount(&self, invoice: &bems_core::InvoiceEvent) -> Option<Decimal> {
+        self.0.get(invoice.invoice_id.as_str()).copied()
     }
 }
 

@@ -1,0 +1,128 @@
+//! The Lambda entry points: configuration from the environment, clients
+//! from the standard AWS chain, and the Lambda runtime loop. The binaries in
+//! `src/bin/` are one line each.
+//!
+//! | variable | meaning |
+//! |---|---|
+//! | `BEMS_CELL_ID` | the cell |
+//! | `BEMS_PARTITIONS` | its partition count (1–99) |
+//! | `BEMS_DLQ_URL` | the dead-letter queue of the function's source queue |
+//! | `BEMS_MAX_RECEIVE_COUNT` | the source queue's `maxReceiveCount` (default 5) |
+//! | `BEMS_TIMESTREAM_DATABASE`, `BEMS_TIMESTREAM_TABLE` | writer only |
+//!
+//! Region and account come from the function itself (`AWS_REGION`, and the
+//! invoked function's ARN).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
+use bems_core::fields::InvoiceId;
+use bems_core::publish::{CellTarget, Publisher, RetryPolicy};
+use bems_core::{InvoiceEvent, Stage};
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+use rust_decimal::Decimal;
+
+use crate::batch::BatchProcessor;
+use crate::processor::StageProcessor;
+use crate::sqs::{BatchFunction, ProcessorFunction, SqsDeadLetter};
+use crate::stages::{Approvals, PurchaseOrders, Rules};
+use crate::timestream::{TimestreamTable, TimestreamWriter};
+
+/// Why a function could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(String);
+
+fn var(name: &str) -> Result<String, ConfigError> {
+    std::env::var(name).map_err(|_| ConfigError(format!("{name} is not set")))
+}
+
+/// The reference deployment has no purchase-order system: every invoice
+/// is matched against its own amount. Replace it with a lookup into your
+/// ERP; the rules stay the same.
+#[derive(Debug, Clone, Copy)]
+pub struct NoPurchaseOrderSystem;
+
+impl PurchaseOrders for NoPurchaseOrderSystem {
+    fn expected_amount(&self, invoice: &InvoiceEvent) -> Option<Decimal> {
+        Some(invoice.amount.value())
+    }
+}
+
+/// The reference deployment has no approval workflow: invoices above the
+/// automatic limit wait, and end in the DLQ with the reason once
+/// `maxReceiveCount` runs out.
+#[derive(Debug, Clone, Copy)]
+pub struct NoApprovals;
+
+impl Approvals for NoApprovals {
+    fn approved(&self, _: &InvoiceId) -> bool {
+        false
+    }
+}
+
+/// How long before the invocation's deadline processing stops retrying.
+const DEADLINE_MARGIN: Duration = Duration::from_secs(2);
+
+fn deadline(context: &lambda_runtime::Context) -> tokio::time::Instant {
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let left = u128::from(context.deadline).saturating_sub(now_ms);
+    let left = Duration::from_millis(u64::try_from(left).unwrap_or(u64::MAX)).saturating_sub(DEADLINE_MARGIN);
+    tokio::time::Instant::now() + left
+}
+
+fn account_of(arn: &str) -> Option<&str> {
+    arn.split(':').nth(4)
+}
+
+/// Runs the processor of `stage` as a Lambda function.
+pub async fn run_stage(stage: Stage) -> Result<(), Error> {
+    let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let cell = var("BEMS_CELL_ID")?;
+    let partitions: u32 =
+        var("BEMS_PARTITIONS")?.parse().map_err(|_| ConfigError("BEMS_PARTITIONS must be 1-99".into()))?;
+    let dlq = var("BEMS_DLQ_URL")?;
+    let max_receive_count: u32 = std::env::var("BEMS_MAX_RECEIVE_COUNT").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let region = config.region().map(ToString::to_string).ok_or_else(|| ConfigError("no AWS Region".into()))?;
+    let events = aws_sdk_eventbridge::Client::new(&config);
+    let sqs = aws_sdk_sqs::Client::new(&config);
+
+    let handler = service_fn(move |event: LambdaEvent<SqsEvent>| {
+        let (cell, region, dlq, events, sqs) = (cell.clone(), region.clone(), dlq.clone(), events.clone(), sqs.clone());
+        async move {
+            let account = account_of(&event.context.invoked_function_arn).unwrap_or("000000000000").to_owned();
+            let target = CellTarget::new(&cell, &region, &account, partitions)?;
+            let publisher = Publisher::new(events, target)
+                .with_retry(RetryPolicy { deadline: Duration::from_secs(10), ..RetryPolicy::default() });
+            let mut function = ProcessorFunction {
+                processor: BatchProcessor::new()
+                    .with_dead_letter(SqsDeadLetter::new(sqs, dlq))
+                    .with_max_receive_count(max_receive_count)
+                    .with_deadline(deadline(&event.context)),
+                handler: StageProcessor::new(stage, Rules::default(), publisher, NoPurchaseOrderSystem, NoApprovals),
+            };
+            Ok::<SqsBatchResponse, Error>(function.call(event.payload).await)
+        }
+    });
+    // Boxed: the runtime's service stack makes a future too deep for the
+    // compiler's default layout limit in every binary that awaits it.
+    Box::pin(lambda_runtime::run(handler)).await
+}
+
+/// Runs the Timestream writer as a Lambda function.
+pub async fn run_timestream_writer() -> Result<(), Error> {
+    let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let table = TimestreamTable {
+        client: aws_sdk_timestreamwrite::Client::new(&config),
+        database: var("BEMS_TIMESTREAM_DATABASE")?,
+        table: var("BEMS_TIMESTREAM_TABLE")?,
+    };
+    let dead_letter = SqsDeadLetter::new(aws_sdk_sqs::Client::new(&config), var("BEMS_DLQ_URL")?);
+    let handler = service_fn(move |event: LambdaEvent<SqsEvent>| {
+        let mut writer = TimestreamWriter::new(table.clone(), dead_letter.clone());
+        async move { Ok::<SqsBatchResponse, Error>(writer.call(event.payload).await) }
+    });
+    // Boxed: the runtime's service stack makes a future too deep for the
+    // compiler's default layout limit in every binary that awaits it.
+    Box::pin(lambda_runtime::run(handler)).await
+}
