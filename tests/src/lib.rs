@@ -127,16 +127,20 @@ impl Cell {
         Cell { spec, clients, report: done.report, options, ingress: done.ingress, env: env.clone(), stop_shim }
     }
 
-    /// A publisher for this cell.
-    pub fn publisher(&self) -> Publisher<aws_sdk_eventbridge::Client> {
-        let target = CellTarget {
+    /// Where this cell's events go.
+    pub fn target(&self) -> CellTarget {
+        CellTarget {
             bus: self.spec.bus_name(),
             cell_id: self.spec.cell_id().clone(),
             region: self.spec.region().clone(),
             account_id: self.spec.account_id().clone(),
             partitions: self.spec.partitions(),
-        };
-        Publisher::new(self.clients.events.clone(), target)
+        }
+    }
+
+    /// A publisher for this cell.
+    pub fn publisher(&self) -> Publisher<aws_sdk_eventbridge::Client> {
+        Publisher::new(self.clients.events.clone(), self.target())
     }
 
     /// The URL of one of the cell's queues.
