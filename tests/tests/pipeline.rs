@@ -61,7 +61,7 @@ impl<T> Throttled<T> {
     /// Whether this call is one to fail.
     fn throttle(&self) -> bool {
         let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        let hit = self.every > 0 && n % self.every == 0;
+        let hit = self.every > 0 && n.is_multiple_of(self.every);
         if hit {
             self.injected.fetch_add(1, Ordering::SeqCst);
         }
