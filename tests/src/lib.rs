@@ -246,3 +246,79 @@ pub fn event(invoice: &str, stage: Stage, status: Status, previous: Option<Statu
     e.metadata.correlation_id = CorrelationId::new(format!("seq-{seq}")).expect("correlation id");
     e
 }
+
+/// A fresh database and table in moto's Timestream at `moto`.
+pub async fn timestream_table(moto: &str, cell: &str) -> bems_lambda::timestream::TimestreamTable {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(moto)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "bems-e2e"))
+        .load()
+        .await;
+    let client = aws_sdk_timestreamwrite::Client::new(&config);
+    let database = format!("bems_{}", cell.replace('-', "_"));
+    client.create_database().database_name(&database).send().await.expect("create database in moto");
+    client
+        .create_table()
+        .database_name(&database)
+        .table_name("status_changes")
+        .send()
+        .await
+        .expect("create table in moto");
+    bems_lambda::timestream::TimestreamTable { client, database, table: "status_changes".to_owned() }
+}
+
+/// Every record moto stored in `table`, once at least `expected` are there
+/// or `timeout` passed. moto keeps each write exactly as sent (no version
+/// semantics) and shows them at `/moto-api/data.json`.
+pub async fn stored_records(
+    moto: &str,
+    table: &bems_lambda::timestream::TimestreamTable,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<Value> {
+    let started = Instant::now();
+    loop {
+        let url = format!("{}/moto-api/data.json", moto.trim_end_matches('/'));
+        let body: Value = tokio::task::spawn_blocking(move || {
+            let mut r = ureq::get(&url).call().expect("moto data");
+            serde_json::from_str(&r.body_mut().read_to_string().unwrap_or_default()).unwrap_or_default()
+        })
+        .await
+        .expect("join");
+        let tables = body["timestreamwrite"]["TimestreamTable"].as_array().cloned().unwrap_or_default();
+        let records: Vec<Value> = tables
+            .iter()
+            .filter(|t| t["db_name"] == table.database.as_str() && t["name"] == table.table.as_str())
+            .flat_map(|t| t["records"].as_array().cloned().unwrap_or_default())
+            .collect();
+        if records.len() >= expected || started.elapsed() > timeout {
+            return records;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A dimension of a stored record.
+pub fn dimension(record: &Value, name: &str) -> String {
+    record["Dimensions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|d| d["Name"] == name)
+        .and_then(|d| d["Value"].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A measure of a stored multi-measure record.
+pub fn measure(record: &Value, name: &str) -> String {
+    record["MeasureValues"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["Name"] == name)
+        .and_then(|m| m["Value"].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}

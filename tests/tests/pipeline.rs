@@ -14,12 +14,12 @@ use bems_core::envelope::PutEventsEntry;
 use bems_core::fields::InvoiceId;
 use bems_core::publish::{BusError, EntryResult, EventBus, Publisher, RetryPolicy};
 use bems_core::{Stage, Status};
-use bems_e2e::{Cell, environment, event};
+use bems_e2e::{Cell, dimension, environment, event, measure, stored_records, timestream_table};
 use bems_lambda::batch::BatchProcessor;
 use bems_lambda::processor::StageProcessor;
 use bems_lambda::sqs::{ProcessorFunction, RunnerOptions, SqsDeadLetter, run};
 use bems_lambda::stages::{Approvals, PurchaseOrders, Rules};
-use bems_lambda::timestream::{Record, RecordSink, SinkError, TimestreamTable, TimestreamWriter, Written};
+use bems_lambda::timestream::{Record, RecordSink, SinkError, TimestreamWriter, Written};
 use rust_decimal::Decimal;
 use tokio::sync::watch;
 
@@ -172,8 +172,12 @@ async fn pipeline(env: &bems_e2e::Env, invoice_count: usize, throttle_every: usi
 
     let outcomes = cell.publisher().publish(events.clone()).await;
     assert!(outcomes.iter().all(|o| o.is_accepted()), "{:?}", outcomes.iter().find(|o| !o.is_accepted()));
-    let changes = match (&moto, &table) {
-        (Some(url), Some(table)) => stored_records(url, table, invoice_count * 5, Duration::from_secs(90)).await,
+    let changes: Vec<(String, String)> = match (&moto, &table) {
+        (Some(url), Some(table)) => stored_records(url, table, invoice_count * 5, Duration::from_secs(90))
+            .await
+            .iter()
+            .map(|r| (dimension(r, "invoice_id"), measure(r, "status")))
+            .collect(),
         _ => cell
             .drain(&cell.spec.status_queue_name(), invoice_count * 5, Duration::from_secs(60))
             .await
@@ -220,77 +224,4 @@ async fn pipeline(env: &bems_e2e::Env, invoice_count: usize, throttle_every: usi
         );
     }
     injected.load(Ordering::SeqCst)
-}
-
-/// A fresh database and table in moto's Timestream.
-async fn timestream_table(moto: &str, cell: &str) -> TimestreamTable {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(moto)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new("test", "test", None, None, "bems-e2e"))
-        .load()
-        .await;
-    let client = aws_sdk_timestreamwrite::Client::new(&config);
-    let database = format!("bems_{}", cell.replace('-', "_"));
-    client.create_database().database_name(&database).send().await.expect("create database in moto");
-    client
-        .create_table()
-        .database_name(&database)
-        .table_name("status_changes")
-        .send()
-        .await
-        .expect("create table in moto");
-    TimestreamTable { client, database, table: "status_changes".to_owned() }
-}
-
-/// The (invoice, status) of every record moto stored in `table`, once
-/// `expected` are there or `timeout` passed. moto keeps records exactly as
-/// written and exposes them at /moto-api/data.json.
-async fn stored_records(
-    moto: &str,
-    table: &TimestreamTable,
-    expected: usize,
-    timeout: Duration,
-) -> Vec<(String, String)> {
-    let started = std::time::Instant::now();
-    loop {
-        let url = format!("{}/moto-api/data.json", moto.trim_end_matches('/'));
-        let body: serde_json::Value = tokio::task::spawn_blocking(move || {
-            let mut r = ureq::get(&url).call().expect("moto data");
-            serde_json::from_str(&r.body_mut().read_to_string().unwrap_or_default()).unwrap_or_default()
-        })
-        .await
-        .expect("join");
-        let tables = body["timestreamwrite"]["TimestreamTable"].as_array().cloned().unwrap_or_default();
-        let records: Vec<(String, String)> = tables
-            .iter()
-            .filter(|t| t["db_name"] == table.database.as_str() && t["name"] == table.table.as_str())
-            .flat_map(|t| t["records"].as_array().cloned().unwrap_or_default())
-            .map(|r| {
-                let dim = |n: &str| {
-                    r["Dimensions"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .find(|d| d["Name"] == n)
-                        .and_then(|d| d["Value"].as_str())
-                        .unwrap_or_default()
-                        .to_owned()
-                };
-                let status = r["MeasureValues"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .find(|m| m["Name"] == "status")
-                    .and_then(|m| m["Value"].as_str())
-                    .unwrap_or_default()
-                    .to_owned();
-                (dim("invoice_id"), status)
-            })
-            .collect();
-        if records.len() >= expected || started.elapsed() > timeout {
-            return records;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
