@@ -53,6 +53,15 @@ pub enum RecordError {
 }
 
 impl RecordError {
+    /// `transient`, `business` or `poison`: the metric label of the class.
+    pub const fn class(&self) -> &'static str {
+        match self {
+            RecordError::Transient(_) => "transient",
+            RecordError::Business(_) => "business",
+            RecordError::Poison(_) => "poison",
+        }
+    }
+
     /// A transient error with this message.
     pub fn transient(message: impl Into<String>) -> RecordError {
         RecordError::Transient(message.into())
@@ -167,7 +176,10 @@ impl<S: DeadLetterSink> BatchProcessor<S> {
         for record in &event.records {
             let group = message_group(record);
             let ok = match group {
-                Some(g) if failed_groups.contains(g) => false,
+                Some(g) if failed_groups.contains(g) => {
+                    metrics::counter!("Failed", "class" => "held_back").increment(1);
+                    false
+                }
                 _ => self.handle(record, handler).await,
             };
             if !ok {
@@ -182,37 +194,64 @@ impl<S: DeadLetterSink> BatchProcessor<S> {
         response
     }
 
-    /// Whether the record is done with (handled, or dead-lettered).
+    /// Whether the record is done with (handled, or dead-lettered). Counts
+    /// it in the metrics and logs failures with the record's ids.
     async fn handle<H: RecordHandler>(&self, record: &SqsMessage, handler: &mut H) -> bool {
+        let result = self.attempt(record, handler).await;
+        let (class, done) = match &result {
+            Ok(()) => ("ok", true),
+            Err((e, parked)) => (e.class(), *parked),
+        };
+        if let Err((e, parked)) = &result {
+            let id = record.message_id.as_deref().unwrap_or("");
+            if *parked {
+                metrics::counter!("DeadLettered", "class" => class).increment(1);
+                tracing::warn!(message_id = id, group = message_group(record), receive_count = receive_count(record), error = %e, "record dead-lettered");
+            } else {
+                metrics::counter!("Failed", "class" => class).increment(1);
+                tracing::warn!(message_id = id, group = message_group(record), receive_count = receive_count(record), error = %e, "record failed; SQS will redeliver it");
+            }
+        } else {
+            metrics::counter!("Processed").increment(1);
+        }
+        done
+    }
+
+    /// Runs the handler with in-place retries. `Err((error, parked))`:
+    /// `parked` when the record went to the dead-letter sink.
+    async fn attempt<H: RecordHandler>(&self, record: &SqsMessage, handler: &mut H) -> Result<(), (RecordError, bool)> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             match handler.handle(record).await {
-                Ok(()) => return true,
-                Err(RecordError::Transient(_)) if attempt < self.retry.max_attempts => {
+                Ok(()) => return Ok(()),
+                Err(e @ RecordError::Transient(_)) if attempt < self.retry.max_attempts => {
                     let wait = self.retry.backoff(attempt - 1);
                     if self.deadline.is_some_and(|d| Instant::now() + wait >= d) {
-                        return false;
+                        return Err((e, false));
                     }
+                    metrics::counter!("Retried").increment(1);
                     tokio::time::sleep(wait).await;
                 }
                 Err(RecordError::Poison(reason)) => {
-                    return match &self.dead_letter {
+                    let parked = match &self.dead_letter {
                         Some(sink) => sink.send(record, &format!("poison: {reason}")).await.is_ok(),
                         None => false,
                     };
+                    return Err((RecordError::Poison(reason), parked));
                 }
                 Err(RecordError::Business(reason)) => {
                     let count = receive_count(record);
-                    return match (&self.dead_letter, self.max_receive_count) {
+                    let parked = match (&self.dead_letter, self.max_receive_count) {
                         (Some(sink), Some(max)) if count >= max => sink
                             .send(record, &format!("business, gave up after {count} attempts: {reason}"))
                             .await
                             .is_ok(),
                         _ => false,
                     };
+                    return Err((RecordError::Business(reason), parked));
                 }
-                Err(RecordError::Transient(_)) => return false,
+                Err(e @ RecordError::Transient(_)) => return Err((e, false)),
             }
         }
     }

@@ -9,6 +9,13 @@
 //! | `BEMS_DLQ_URL` | the dead-letter queue of the function's source queue |
 //! | `BEMS_MAX_RECEIVE_COUNT` | the source queue's `maxReceiveCount` (default 5) |
 //! | `BEMS_TIMESTREAM_DATABASE`, `BEMS_TIMESTREAM_TABLE` | writer only |
+//! | `RUST_LOG` | log level (default `info`) |
+//!
+//! Logs are JSON lines with the invoice id, event id and correlation id of
+//! the record at hand; metrics are CloudWatch Embedded Metric Format
+//! documents (namespace `BEMS`): `Processed`, `Failed` and `DeadLettered` by
+//! error class, `Retried`, `StageLatency`, `VisibilityLatency`,
+//! `RecordsWritten`, `ColdStart`.
 //!
 //! Region and account come from the function itself (`AWS_REGION`, and the
 //! invoked function's ARN).
@@ -61,6 +68,10 @@ impl Approvals for NoApprovals {
     }
 }
 
+/// One invocation's future, boxed so the runtime's service stack stays
+/// within the compiler's layout depth limit in every binary.
+type Invocation = std::pin::Pin<Box<dyn std::future::Future<Output = Result<SqsBatchResponse, Error>> + Send>>;
+
 /// How long before the invocation's deadline processing stops retrying.
 const DEADLINE_MARGIN: Duration = Duration::from_secs(2);
 
@@ -75,6 +86,44 @@ fn account_of(arn: &str) -> Option<&str> {
     arn.split(':').nth(4)
 }
 
+/// JSON logs to stdout (CloudWatch Logs adds the time), level from
+/// `RUST_LOG` (default `info`).
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_current_span(true)
+        .without_time()
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .try_init();
+}
+
+/// CloudWatch Embedded Metric Format: namespace `BEMS`, dimensions `Cell`
+/// and `Function`; one document per invocation, written to stdout, where
+/// Lambda's log stream turns it into metrics. A `ColdStart` count goes with
+/// the first.
+fn init_metrics(cell: &str, function: &str) -> Result<&'static metrics_cloudwatch_embedded::Collector, ConfigError> {
+    let collector = metrics_cloudwatch_embedded::Builder::new()
+        .cloudwatch_namespace("BEMS")
+        .with_dimension("Cell", cell.to_owned())
+        .with_dimension("Function", function.to_owned())
+        .init()
+        .map_err(|e| ConfigError(format!("metrics: {e}")))?;
+    metrics::counter!("ColdStart").increment(1);
+    Ok(collector)
+}
+
+/// Writes the invocation's metrics document.
+fn flush(metrics: &metrics_cloudwatch_embedded::Collector, request_id: &str) {
+    metrics.set_property("RequestId", request_id.to_owned());
+    if let Err(e) = metrics.flush(std::io::stdout()) {
+        tracing::warn!(error = %e, "could not write the metrics document");
+    }
+}
+
 /// Runs the processor of `stage` as a Lambda function.
 pub async fn run_stage(stage: Stage) -> Result<(), Error> {
     let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
@@ -86,10 +135,13 @@ pub async fn run_stage(stage: Stage) -> Result<(), Error> {
     let region = config.region().map(ToString::to_string).ok_or_else(|| ConfigError("no AWS Region".into()))?;
     let events = aws_sdk_eventbridge::Client::new(&config);
     let sqs = aws_sdk_sqs::Client::new(&config);
+    init_logs();
+    let metrics = init_metrics(&cell, &format!("{stage}-processor"))?;
 
     let handler = service_fn(move |event: LambdaEvent<SqsEvent>| {
         let (cell, region, dlq, events, sqs) = (cell.clone(), region.clone(), dlq.clone(), events.clone(), sqs.clone());
-        async move {
+        // Boxed: erases the handler's deep future type (see `run`).
+        Box::pin(async move {
             let account = account_of(&event.context.invoked_function_arn).unwrap_or("000000000000").to_owned();
             let target = CellTarget::new(&cell, &region, &account, partitions)?;
             let publisher = Publisher::new(events, target)
@@ -101,8 +153,10 @@ pub async fn run_stage(stage: Stage) -> Result<(), Error> {
                     .with_deadline(deadline(&event.context)),
                 handler: StageProcessor::new(stage, Rules::default(), publisher, NoPurchaseOrderSystem, NoApprovals),
             };
-            Ok::<SqsBatchResponse, Error>(function.call(event.payload).await)
-        }
+            let response = function.call(event.payload).await;
+            flush(metrics, &event.context.request_id);
+            Ok::<SqsBatchResponse, Error>(response)
+        }) as Invocation
     });
     // Boxed: the runtime's service stack makes a future too deep for the
     // compiler's default layout limit in every binary that awaits it.
@@ -118,9 +172,15 @@ pub async fn run_timestream_writer() -> Result<(), Error> {
         table: var("BEMS_TIMESTREAM_TABLE")?,
     };
     let dead_letter = SqsDeadLetter::new(aws_sdk_sqs::Client::new(&config), var("BEMS_DLQ_URL")?);
+    init_logs();
+    let metrics = init_metrics(&var("BEMS_CELL_ID")?, "timestream-writer")?;
     let handler = service_fn(move |event: LambdaEvent<SqsEvent>| {
         let mut writer = TimestreamWriter::new(table.clone(), dead_letter.clone());
-        async move { Ok::<SqsBatchResponse, Error>(writer.call(event.payload).await) }
+        Box::pin(async move {
+            let response = writer.call(event.payload).await;
+            flush(metrics, &event.context.request_id);
+            Ok::<SqsBatchResponse, Error>(response)
+        }) as Invocation
     });
     // Boxed: the runtime's service stack makes a future too deep for the
     // compiler's default layout limit in every binary that awaits it.

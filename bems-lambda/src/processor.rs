@@ -108,6 +108,19 @@ impl<B: EventBus + Sync + Send, O: PurchaseOrders + Send + Sync, A: Approvals + 
         match self.publisher.publish(vec![*next]).await.pop() {
             Some(Outcome::Accepted { .. }) => {
                 self.remember(event.event_id);
+                // How long the event waited between happening and being acted
+                // on by this stage: the stage's share of the 2-minute SLA.
+                let waited = (Utc::now() - event.occurred_at).num_milliseconds().max(0);
+                #[allow(clippy::cast_precision_loss)]
+                metrics::histogram!("StageLatency").record(waited as f64);
+                tracing::info!(
+                    invoice_id = %event.invoice_id,
+                    event_id = %event.event_id,
+                    correlation_id = %event.metadata.correlation_id,
+                    stage = %self.stage,
+                    status = %event.status,
+                    "event handled, next event published"
+                );
                 Ok(())
             }
             Some(Outcome::Rejected { reason: Rejection::Invalid(v), .. }) => {

@@ -164,6 +164,16 @@ impl<S: RecordSink + Sync + Send, D: crate::batch::DeadLetterSink + Sync + Send>
         }
         let records: Vec<Record> = decoded.iter().map(|(_, rec)| rec.clone()).collect();
         let outcomes = write_all(&self.sink, &records).await;
+        // Visibility latency: from the status change to its record being
+        // stored. This is the SLA ("every event visible within 2 minutes").
+        let now_ms = Utc::now().timestamp_millis();
+        for (record, outcome) in records.iter().zip(&outcomes) {
+            if *outcome == Outcome::Done {
+                #[allow(clippy::cast_precision_loss)]
+                metrics::histogram!("VisibilityLatency").record((now_ms - record.time_ms).max(0) as f64);
+                metrics::counter!("RecordsWritten").increment(1);
+            }
+        }
         for ((r, _), outcome) in decoded.iter().zip(outcomes) {
             let keep = match outcome {
                 Outcome::Done => false,
