@@ -371,6 +371,10 @@ fn sns_limits_are_enforced_when_a_policy_is_built() {
     assert!(matches!(e.kind, PatternErrorKind::Limit(ref m) if m.contains("160")), "{e}");
     let ok = format!(r#"{{"a": [{}], "b": [{}]}}"#, values(10), values(15));
     assert!(FilterPolicy::from_json(&ok, FilterPolicyScope::MessageAttributes).is_ok());
+    // Keys inside a nested $or count too: 6 distinct leaf paths.
+    let nested = r#"{"detail": {"a": ["1"], "b": ["1"], "$or": [{"c": ["1"], "d": ["1"]}, {"e": ["1"], "f": ["1"]}]}}"#;
+    let e = FilterPolicy::from_json(nested, FilterPolicyScope::MessageBody).unwrap_err();
+    assert!(matches!(e.kind, PatternErrorKind::Limit(ref m) if m.contains("has 6")), "{e}");
     // $or sums its alternatives: 2 × (3 + 4) = 14.
     let or = r#"{"a": ["1", "2"], "$or": [{"b": ["1", "2", "3"]}, {"c": ["1", "2", "3", "4"]}]}"#;
     assert!(FilterPolicy::from_json(or, FilterPolicyScope::MessageAttributes).is_ok());

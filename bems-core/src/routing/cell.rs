@@ -353,12 +353,12 @@ impl CellSpec {
     /// the rules and the filter policies. Empty for events of another cell
     /// or source.
     pub fn destinations(&self, event: &serde_json::Value) -> Vec<String> {
-        let rules = self.stage_rules();
+        let subscriptions = self.subscriptions();
         let mut out = Vec::new();
-        for rule in rules.iter().filter(|r| r.pattern.matches(event)) {
-            for sub in self.subscriptions().into_iter().filter(|s| s.topic == rule.target_topic) {
+        for rule in self.stage_rules().iter().filter(|r| r.pattern.matches(event)) {
+            for sub in subscriptions.iter().filter(|s| s.topic == rule.target_topic) {
                 if sub.filter_policy.as_ref().is_none_or(|f| f.matches(event, &serde_json::Value::Null)) {
-                    out.push(sub.queue);
+                    out.push(sub.queue.clone());
                 }
             }
         }

@@ -58,13 +58,8 @@ impl FilterPolicy {
     /// [`MAX_KEYS`] keys and [`MAX_COMBINATIONS`] combinations.
     pub fn from_json(text: &str, scope: FilterPolicyScope) -> Result<FilterPolicy, PatternError> {
         let root = tree::parse(text, scope.dialect())?;
-        let mut leaves = Vec::new();
-        tree::leaf_counts(&root, "", &mut leaves);
-        for alt in &root.or {
-            tree::leaf_counts(alt, "", &mut leaves);
-        }
-        leaves.sort();
-        leaves.dedup_by(|a, b| a.0 == b.0);
+        let mut leaves = std::collections::BTreeSet::new();
+        tree::leaf_paths(&root, "", &mut leaves);
         if leaves.len() > MAX_KEYS {
             return Err(PatternError {
                 path: "$".into(),

@@ -78,11 +78,12 @@ enum Key {
 impl RuleSet {
     /// Compiles `rules`. Names must be unique.
     pub fn new<S: Into<String>>(rules: impl IntoIterator<Item = (S, EventPattern)>) -> Result<RuleSet, RuleSetError> {
-        let mut names = Vec::new();
+        let mut names: Vec<String> = Vec::new();
         let mut patterns = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for (name, pattern) in rules {
             let name = name.into();
-            if names.contains(&name) {
+            if !seen.insert(name.clone()) {
                 return Err(RuleSetError::DuplicateName(name));
             }
             names.push(name);

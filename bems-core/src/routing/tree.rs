@@ -406,8 +406,7 @@ fn parse_node(map: &Map<String, Value>, path: &str, dialect: Dialect, depth: usi
             continue;
         }
         let field = match value {
-            Value::Object(inner) if dialect == Dialect::SnsAttributes => {
-                let _ = inner;
+            Value::Object(_) if dialect == Dialect::SnsAttributes => {
                 return Err(err(&here, PatternErrorKind::NestingNotAllowed));
             }
             Value::Object(inner) => {
@@ -440,10 +439,10 @@ fn kind(v: &Value) -> &'static str {
 }
 
 fn num(n: &Number, path: &str) -> Result<Num, PatternError> {
-    let value = n.as_f64().unwrap_or(f64::NAN);
-    Ok(Num { json: n.clone(), value }).and_then(|num| {
-        if value.is_finite() { Ok(num) } else { Err(err(path, PatternErrorKind::NumberOutOfRange(n.to_string()))) }
-    })
+    match n.as_f64() {
+        Some(value) if value.is_finite() => Ok(Num { json: n.clone(), value }),
+        _ => Err(err(path, PatternErrorKind::NumberOutOfRange(n.to_string()))),
+    }
 }
 
 fn ranged(n: &Number, path: &str) -> Result<Num, PatternError> {
@@ -621,19 +620,14 @@ fn parse_anything_but(v: &Value, path: &str, dialect: Dialect) -> Result<Anythin
 /// Whether `node` matches `value` (an object, an array of objects, or
 /// anything else, which has no fields).
 pub(crate) fn matches(node: &Node, value: Option<&Value>, dialect: Dialect) -> bool {
-    match value {
+    if let Some(Value::Array(items)) = value {
         // An array of objects: one element must match the whole node.
-        Some(Value::Array(items)) => items.iter().any(|i| matches(node, Some(i), dialect)),
-        Some(Value::Object(map)) => {
-            node.fields.iter().all(|(k, f)| field_matches(f, map.get(k), dialect))
-                && (node.or.is_empty() || node.or.iter().any(|alt| matches(alt, value, dialect)))
-        }
-        // Missing, or a scalar where an object was expected: no field is present.
-        _ => {
-            node.fields.iter().all(|(_, f)| field_matches(f, None, dialect))
-                && (node.or.is_empty() || node.or.iter().any(|alt| matches(alt, None, dialect)))
-        }
+        return items.iter().any(|i| matches(node, Some(i), dialect));
     }
+    // Missing, or a scalar where an object was expected: no field is present.
+    let map = value.and_then(Value::as_object);
+    node.fields.iter().all(|(k, f)| field_matches(f, map.and_then(|m| m.get(k)), dialect))
+        && (node.or.is_empty() || node.or.iter().any(|alt| matches(alt, value, dialect)))
 }
 
 fn field_matches(field: &Field, value: Option<&Value>, dialect: Dialect) -> bool {
@@ -819,14 +813,20 @@ fn matcher_value(m: &Matcher) -> Value {
     }
 }
 
-/// Leaf paths (dotted) and their number of values, for the SNS limits.
-pub(crate) fn leaf_counts(node: &Node, path: &str, out: &mut Vec<(String, usize)>) {
+/// The dotted paths of every leaf, `$or` alternatives included (they sit at
+/// the level of their `$or`): the "keys" SNS limits.
+pub(crate) fn leaf_paths(node: &Node, path: &str, out: &mut std::collections::BTreeSet<String>) {
     for (key, field) in &node.fields {
         let here = join(path, key);
         match field {
-            Field::Nested(n) => leaf_counts(n, &here, out),
-            Field::Leaf(ms) => out.push((here, ms.len())),
+            Field::Nested(n) => leaf_paths(n, &here, out),
+            Field::Leaf(_) => {
+                out.insert(here);
+            }
         }
+    }
+    for alt in &node.or {
+        leaf_paths(alt, path, out);
     }
 }
 
