@@ -408,21 +408,17 @@ impl Provisioner<'_> {
         ];
         match sns.get_topic_attributes().topic_arn(&arn).send().await {
             Ok(found) => {
-                let current = found.attributes().cloned().unwrap_or_default();
-                let mut changed = false;
-                for (k, v) in &wanted {
-                    if !same_json_or_text(current.get(*k).map(String::as_str), v) {
-                        sns.set_topic_attributes()
-                            .topic_arn(&arn)
-                            .attribute_name(*k)
-                            .attribute_value(v)
-                            .send()
-                            .await
-                            .map_err(|e| fail(format!("update topic {name} {k}"), &e))?;
-                        changed = true;
-                    }
+                let differing = differing(found.attributes(), &wanted);
+                for (k, v) in &differing {
+                    sns.set_topic_attributes()
+                        .topic_arn(&arn)
+                        .attribute_name(*k)
+                        .attribute_value(v)
+                        .send()
+                        .await
+                        .map_err(|e| fail(format!("update topic {name} {k}"), &e))?;
                 }
-                report.push("topic", name, if changed { Change::Updated } else { Change::Unchanged });
+                report.push("topic", name, if differing.is_empty() { Change::Unchanged } else { Change::Updated });
             }
             Err(e) if code_is(&e, &["NotFound"]) => {
                 let mut create = sns.create_topic().name(&name).attributes("FifoTopic", "true");
@@ -481,21 +477,21 @@ impl Provisioner<'_> {
                     .send()
                     .await
                     .map_err(|e| fail(format!("read subscription {label}"), &e))?;
-                let current = current.attributes().cloned().unwrap_or_default();
-                let mut changed = false;
-                for (k, v) in &wanted {
-                    if !same_json_or_text(current.get(*k).map(String::as_str), v) {
-                        sns.set_subscription_attributes()
-                            .subscription_arn(&arn)
-                            .attribute_name(*k)
-                            .attribute_value(v)
-                            .send()
-                            .await
-                            .map_err(|e| fail(format!("update subscription {label} {k}"), &e))?;
-                        changed = true;
-                    }
+                let differing = differing(current.attributes(), &wanted);
+                for (k, v) in &differing {
+                    sns.set_subscription_attributes()
+                        .subscription_arn(&arn)
+                        .attribute_name(*k)
+                        .attribute_value(v)
+                        .send()
+                        .await
+                        .map_err(|e| fail(format!("update subscription {label} {k}"), &e))?;
                 }
-                report.push("subscription", label, if changed { Change::Updated } else { Change::Unchanged });
+                report.push(
+                    "subscription",
+                    label,
+                    if differing.is_empty() { Change::Unchanged } else { Change::Updated },
+                );
             }
             None => {
                 let mut subscribe =
@@ -596,6 +592,15 @@ fn same_attribute(name: &QueueAttributeName, current: Option<&str>, wanted: &str
         QueueAttributeName::Policy | QueueAttributeName::RedrivePolicy => same_json_or_text(current, wanted),
         _ => current == Some(wanted),
     }
+}
+
+/// The wanted SNS attributes whose current value differs (as JSON, or as
+/// text).
+fn differing<'w>(
+    current: Option<&HashMap<String, String>>,
+    wanted: &'w [(&'static str, String)],
+) -> Vec<&'w (&'static str, String)> {
+    wanted.iter().filter(|(k, v)| !same_json_or_text(current.and_then(|c| c.get(*k)).map(String::as_str), v)).collect()
 }
 
 /// Equal as JSON values when both parse, else as text.

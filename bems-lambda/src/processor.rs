@@ -21,10 +21,10 @@ use std::collections::{HashSet, VecDeque};
 
 use aws_lambda_events::sqs::SqsMessage;
 use bems_core::publish::{EventBus, Outcome, Publisher, Rejection};
-use bems_core::{InvoiceEvent, Stage, ValidationOptions, Validator};
+use bems_core::{InvoiceEvent, Stage, Validator};
 use chrono::Utc;
 
-use crate::batch::{RecordError, RecordHandler, decode};
+use crate::batch::{RecordError, RecordHandler, consumer_validator, decode};
 use crate::stages::{self, Approvals, Decision, PurchaseOrders, Rules};
 
 /// How many handled event ids an instance remembers.
@@ -43,9 +43,7 @@ pub struct StageProcessor<B, O, A> {
 }
 
 impl<B: EventBus + Sync, O: PurchaseOrders + Send, A: Approvals + Send> StageProcessor<B, O, A> {
-    /// A processor for `stage`. Consumers accept events from producers on
-    /// a newer minor schema version (unknown fields ignored); the clock is
-    /// not checked (redelivered and replayed events are old by design).
+    /// A processor for `stage`, decoding with [`consumer_validator`].
     pub fn new(
         stage: Stage,
         rules: Rules,
@@ -53,16 +51,11 @@ impl<B: EventBus + Sync, O: PurchaseOrders + Send, A: Approvals + Send> StagePro
         orders: O,
         approvals: A,
     ) -> StageProcessor<B, O, A> {
-        let validator = Validator::new(ValidationOptions {
-            unknown_fields: bems_core::UnknownFields::Ignore,
-            max_future_skew: None,
-            partitions: None,
-        });
         StageProcessor {
             stage,
             rules,
             publisher,
-            validator,
+            validator: consumer_validator(),
             orders,
             approvals,
             handled: HashSet::new(),

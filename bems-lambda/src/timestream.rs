@@ -135,14 +135,9 @@ pub struct TimestreamWriter<S, D> {
 }
 
 impl<S, D> TimestreamWriter<S, D> {
-    /// A writer with a validator that accepts old and newer-schema events.
+    /// A writer decoding with [`crate::batch::consumer_validator`].
     pub fn new(sink: S, dead_letter: D) -> TimestreamWriter<S, D> {
-        let validator = bems_core::Validator::new(bems_core::ValidationOptions {
-            unknown_fields: bems_core::UnknownFields::Ignore,
-            max_future_skew: None,
-            partitions: None,
-        });
-        TimestreamWriter { sink, dead_letter, validator }
+        TimestreamWriter { sink, dead_letter, validator: crate::batch::consumer_validator() }
     }
 }
 

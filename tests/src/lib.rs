@@ -301,24 +301,22 @@ pub async fn stored_records(
 
 /// A dimension of a stored record.
 pub fn dimension(record: &Value, name: &str) -> String {
-    record["Dimensions"]
+    named(record, "Dimensions", name)
+}
+
+/// A measure of a stored multi-measure record.
+pub fn measure(record: &Value, name: &str) -> String {
+    named(record, "MeasureValues", name)
+}
+
+/// The `Value` of the element of `record[list]` whose `Name` is `name`.
+fn named(record: &Value, list: &str, name: &str) -> String {
+    record[list]
         .as_array()
         .into_iter()
         .flatten()
         .find(|d| d["Name"] == name)
         .and_then(|d| d["Value"].as_str())
-        .unwrap_or_default()
-        .to_owned()
-}
-
-/// A measure of a stored multi-measure record.
-pub fn measure(record: &Value, name: &str) -> String {
-    record["MeasureValues"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|m| m["Name"] == name)
-        .and_then(|m| m["Value"].as_str())
         .unwrap_or_default()
         .to_owned()
 }
