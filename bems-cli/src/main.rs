@@ -142,7 +142,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let ctrl_c = async {
                 let _ = tokio::signal::ctrl_c().await;
             };
-            bems_cli::shim::run(clients, spec, Duration::from_millis(200), ctrl_c).await;
+            bems_cli::shim::Shim::connect(clients, spec).await?.run(Duration::from_millis(200), ctrl_c).await;
         }
     }
     Ok(())

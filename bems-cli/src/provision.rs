@@ -27,7 +27,7 @@
 //! topic without a group id and drops the event), so with
 //! [`Targets::EmulatorShim`] each rule targets an SQS FIFO queue
 //! `bems-C-S-shim.fifo` with the group id, and
-//! [`crate::shim::forward_once`] moves messages from there to the topic with the
+//! [`crate::shim::Shim::forward_once`] moves messages from there to the topic with the
 //! same group and `eventId` as deduplication id. The shim exists only for
 //! the emulator. [`Targets::SnsFifo`] targets the topic directly, setting the
 //! group through the target's `SqsParameters`, the only FIFO parameter the
@@ -75,7 +75,7 @@ impl Clients {
 pub enum Targets {
     /// Rule → SNS FIFO topic (AWS).
     SnsFifo,
-    /// Rule → SQS FIFO shim queue → [`crate::shim::forward_once`] → SNS FIFO topic
+    /// Rule → SQS FIFO shim queue → [`crate::shim::Shim::forward_once`] → SNS FIFO topic
     /// (LocalStack only).
     EmulatorShim,
 }

@@ -10,6 +10,13 @@
 //!   SQS redelivers them in their original order. Other groups go on.
 //! - **Standard queues**: records are independent; a failure affects only
 //!   itself.
+//! - [`BatchProcessor::process`] handles records one at a time in the
+//!   batch's order; [`BatchProcessor::process_concurrently`] runs up to N
+//!   clones of the handler at once, one lane each (a FIFO group, or a record
+//!   of a standard queue): bounded concurrency that never splits a group.
+//! - A handler may defer work to the end of the batch
+//!   ([`RecordHandler::flush`]), to send one request for the whole batch;
+//!   a deferred failure fails its record and the rest of its group.
 //! - Errors come in three kinds ([`RecordError`]):
 //!   - `Transient` (throttling, 5xx, timeouts): retried in place with
 //!     exponential backoff and full jitter while the invocation has time,
@@ -31,8 +38,10 @@
 //!   never as an error of the invocation (which would redeliver the records
 //!   that succeeded too).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
+use std::num::NonZeroUsize;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
@@ -80,6 +89,22 @@ impl RecordError {
 pub trait RecordHandler {
     /// Handles `record`; the error says whether and how to retry.
     fn handle(&mut self, record: &SqsMessage) -> impl Future<Output = Result<(), RecordError>> + Send;
+
+    /// Completes work that [`handle`](RecordHandler::handle) deferred to the
+    /// end of the batch (a stage processor sends all of a batch's next events
+    /// in one `PutEvents` instead of one call per record). Returns the
+    /// records whose deferred work failed, by message id. Each is settled
+    /// like an error from `handle` (poison and last-attempt business errors
+    /// go to the dead-letter sink) except that transient errors are not
+    /// retried in place (the handler's client has retried already); one that
+    /// is not dead-lettered fails, and so does every later record of its
+    /// FIFO group. Those later records were handled already, so a handler
+    /// that defers must make its effects idempotent (deterministic ids) and
+    /// keep order per key itself, as the [`Publisher`](bems_core::publish::Publisher)
+    /// does per invoice. The default defers nothing.
+    fn flush(&mut self) -> impl Future<Output = Vec<(String, RecordError)>> + Send {
+        std::future::ready(Vec::new())
+    }
 }
 
 /// Where poison records go, with the reason.
@@ -169,92 +194,197 @@ impl<S: DeadLetterSink> BatchProcessor<S> {
         self
     }
 
-    /// Handles `event` with `handler`; see the module docs.
+    /// Handles `event` with `handler`, one record at a time in the batch's
+    /// order; see the module docs.
     pub async fn process<H: RecordHandler>(&self, event: &SqsEvent, handler: &mut H) -> SqsBatchResponse {
+        let mut fates = Vec::with_capacity(event.records.len());
+        self.handle_in_order(event.records.iter().enumerate(), handler, &mut fates).await;
+        self.flush(handler, &event.records, &mut fates).await;
+        respond(&event.records, fates)
+    }
+
+    /// Handles `event` with up to `workers` clones of `handler` at once:
+    /// each FIFO message group (and each record of a standard queue) is a
+    /// lane; a worker takes one lane at a time and handles it in order, so
+    /// a group is never handled by two workers and its order holds. Each
+    /// worker flushes its clone when no lane is left. Use it when records
+    /// spend their time waiting on I/O and the handler is cheap to clone.
+    pub async fn process_concurrently<H: RecordHandler + Clone>(
+        &self,
+        event: &SqsEvent,
+        handler: &H,
+        workers: NonZeroUsize,
+    ) -> SqsBatchResponse {
+        let lanes: Mutex<VecDeque<Vec<usize>>> = Mutex::new(lanes(&event.records).into());
+        let count = workers.get().min(lanes.lock().map_or(0, |l| l.len()));
+        let work = (0..count).map(|_| {
+            let (lanes, mut handler) = (&lanes, handler.clone());
+            async move {
+                let mut fates = Vec::new();
+                // The guard is dropped at the end of the statement, before
+                // any await.
+                while let Some(lane) = lanes.lock().ok().and_then(|mut l| l.pop_front()) {
+                    let records = lane.iter().map(|&i| (i, &event.records[i]));
+                    self.handle_in_order(records, &mut handler, &mut fates).await;
+                }
+                self.flush(&mut handler, &event.records, &mut fates).await;
+                fates
+            }
+        });
+        let fates = futures_util::future::join_all(work).await.into_iter().flatten().collect();
+        respond(&event.records, fates)
+    }
+
+    /// Handles `records` (index in the batch, record) in the order given:
+    /// after a record of a FIFO group fails, the later ones of that group
+    /// are held back, not handled. Appends one fate per record to `fates`.
+    async fn handle_in_order<'r, H: RecordHandler>(
+        &self,
+        records: impl Iterator<Item = (usize, &'r SqsMessage)>,
+        handler: &mut H,
+        fates: &mut Vec<(usize, Fate)>,
+    ) {
         let mut failed_groups: HashSet<&str> = HashSet::new();
-        let mut response = SqsBatchResponse::default();
-        for record in &event.records {
+        for (index, record) in records {
             let group = message_group(record);
-            let ok = match group {
-                Some(g) if failed_groups.contains(g) => {
-                    metrics::counter!("Failed", "class" => "held_back").increment(1);
-                    false
-                }
-                _ => self.handle(record, handler).await,
+            let fate = match group {
+                Some(g) if failed_groups.contains(g) => Fate::Failed("held_back"),
+                _ => self.attempt(record, handler).await,
             };
-            if !ok {
-                let mut failure = BatchItemFailure::default();
-                failure.item_identifier = record.message_id.clone().unwrap_or_default();
-                response.batch_item_failures.push(failure);
-                if let Some(g) = group {
-                    failed_groups.insert(g);
+            if let (Fate::Failed(_), Some(g)) = (fate, group) {
+                failed_groups.insert(g);
+            }
+            fates.push((index, fate));
+        }
+    }
+
+    /// Runs the handler's [`RecordHandler::flush`] and settles the records
+    /// whose deferred work failed; a failure also fails every record of its
+    /// group handled after it (`fates` is in handling order).
+    async fn flush<H: RecordHandler>(&self, handler: &mut H, records: &[SqsMessage], fates: &mut [(usize, Fate)]) {
+        for (message_id, error) in handler.flush().await {
+            let Some(at) = fates
+                .iter()
+                .position(|&(i, f)| f == Fate::Done && records[i].message_id.as_deref() == Some(message_id.as_str()))
+            else {
+                tracing::warn!(message_id, error = %error, "flush named a record that is not in the batch or not done");
+                continue;
+            };
+            let record = &records[fates[at].0];
+            let fate = self.settle(record, error).await;
+            fates[at].1 = fate;
+            if let (Fate::Failed(_), Some(group)) = (fate, message_group(record)) {
+                for later in &mut fates[at + 1..] {
+                    if later.1 == Fate::Done && message_group(&records[later.0]) == Some(group) {
+                        later.1 = Fate::Failed("held_back");
+                    }
                 }
             }
         }
-        response
     }
 
-    /// Whether the record is done with (handled, or dead-lettered). Counts
-    /// it in the metrics and logs failures with the record's ids.
-    async fn handle<H: RecordHandler>(&self, record: &SqsMessage, handler: &mut H) -> bool {
-        let result = self.attempt(record, handler).await;
-        let (class, done) = match &result {
-            Ok(()) => ("ok", true),
-            Err((e, parked)) => (e.class(), *parked),
-        };
-        if let Err((e, parked)) = &result {
-            let id = record.message_id.as_deref().unwrap_or("");
-            if *parked {
-                metrics::counter!("DeadLettered", "class" => class).increment(1);
-                tracing::warn!(message_id = id, group = message_group(record), receive_count = receive_count(record), error = %e, "record dead-lettered");
-            } else {
-                metrics::counter!("Failed", "class" => class).increment(1);
-                tracing::warn!(message_id = id, group = message_group(record), receive_count = receive_count(record), error = %e, "record failed; SQS will redeliver it");
-            }
-        } else {
-            metrics::counter!("Processed").increment(1);
-        }
-        done
-    }
-
-    /// Runs the handler with in-place retries. `Err((error, parked))`:
-    /// `parked` when the record went to the dead-letter sink.
-    async fn attempt<H: RecordHandler>(&self, record: &SqsMessage, handler: &mut H) -> Result<(), (RecordError, bool)> {
+    /// Runs the handler with in-place retries of transient errors, then
+    /// settles what is left.
+    async fn attempt<H: RecordHandler>(&self, record: &SqsMessage, handler: &mut H) -> Fate {
         let mut attempt = 0;
         loop {
             attempt += 1;
             match handler.handle(record).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Fate::Done,
                 Err(e @ RecordError::Transient(_)) if attempt < self.retry.max_attempts => {
                     let wait = self.retry.backoff(attempt - 1);
                     if self.deadline.is_some_and(|d| Instant::now() + wait >= d) {
-                        return Err((e, false));
+                        return self.settle(record, e).await;
                     }
                     metrics::counter!("Retried").increment(1);
                     tokio::time::sleep(wait).await;
                 }
-                Err(RecordError::Poison(reason)) => {
-                    let parked = match &self.dead_letter {
-                        Some(sink) => sink.send(record, &format!("poison: {reason}")).await.is_ok(),
-                        None => false,
-                    };
-                    return Err((RecordError::Poison(reason), parked));
-                }
-                Err(RecordError::Business(reason)) => {
-                    let count = receive_count(record);
-                    let parked = match (&self.dead_letter, self.max_receive_count) {
-                        (Some(sink), Some(max)) if count >= max => sink
-                            .send(record, &format!("business, gave up after {count} attempts: {reason}"))
-                            .await
-                            .is_ok(),
-                        _ => false,
-                    };
-                    return Err((RecordError::Business(reason), parked));
-                }
-                Err(e @ RecordError::Transient(_)) => return Err((e, false)),
+                Err(e) => return self.settle(record, e).await,
             }
         }
     }
+
+    /// What becomes of a record that failed with `error`: poison, and a
+    /// business failure on its last attempt, go to the dead-letter sink
+    /// (when there is one and it takes them); the rest stay in the queue.
+    async fn settle(&self, record: &SqsMessage, error: RecordError) -> Fate {
+        let class = error.class();
+        let count = receive_count(record);
+        let parked = match (&error, &self.dead_letter) {
+            (RecordError::Poison(reason), Some(sink)) => sink.send(record, &format!("poison: {reason}")).await,
+            (RecordError::Business(reason), Some(sink)) if self.max_receive_count.is_some_and(|max| count >= max) => {
+                sink.send(record, &format!("business, gave up after {count} attempts: {reason}")).await
+            }
+            _ => Err(String::new()),
+        };
+        let id = record.message_id.as_deref().unwrap_or("");
+        let group = message_group(record);
+        match parked {
+            Ok(()) => {
+                tracing::warn!(message_id = id, group, receive_count = count, error = %error, "record dead-lettered");
+                Fate::Parked(class)
+            }
+            Err(why) => {
+                if !why.is_empty() {
+                    tracing::error!(message_id = id, error = %why, "dead-letter sink refused the record; it stays in its queue");
+                }
+                tracing::warn!(message_id = id, group, receive_count = count, error = %error, "record failed; SQS will redeliver it");
+                Fate::Failed(class)
+            }
+        }
+    }
+}
+
+/// What became of a record in this batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// Handled.
+    Done,
+    /// Sent to the dead-letter sink (error class): done with.
+    Parked(&'static str),
+    /// Left in the queue for redelivery (error class, or `held_back`).
+    Failed(&'static str),
+}
+
+/// The batch's lanes, in order of first appearance: one per FIFO message
+/// group, holding its records' indices in order, and one per record
+/// without a group.
+fn lanes(records: &[SqsMessage]) -> Vec<Vec<usize>> {
+    let mut lanes: Vec<Vec<usize>> = Vec::new();
+    let mut by_group: HashMap<&str, usize> = HashMap::new();
+    for (i, record) in records.iter().enumerate() {
+        match message_group(record) {
+            Some(g) => match by_group.get(g) {
+                Some(&lane) => lanes[lane].push(i),
+                None => {
+                    by_group.insert(g, lanes.len());
+                    lanes.push(vec![i]);
+                }
+            },
+            None => lanes.push(vec![i]),
+        }
+    }
+    lanes
+}
+
+/// The response for `fates` (one per record, any order), failures in the
+/// batch's order; counts each record's fate in the metrics.
+fn respond(records: &[SqsMessage], mut fates: Vec<(usize, Fate)>) -> SqsBatchResponse {
+    fates.sort_by_key(|&(i, _)| i);
+    let mut response = SqsBatchResponse::default();
+    for (i, fate) in fates {
+        match fate {
+            Fate::Done => metrics::counter!("Processed").increment(1),
+            Fate::Parked(class) => metrics::counter!("DeadLettered", "class" => class).increment(1),
+            Fate::Failed(class) => {
+                metrics::counter!("Failed", "class" => class).increment(1);
+                let mut failure = BatchItemFailure::default();
+                failure.item_identifier = records[i].message_id.clone().unwrap_or_default();
+                response.batch_item_failures.push(failure);
+            }
+        }
+    }
+    response
 }
 
 /// Handles `event` with `handler` using a [`BatchProcessor`] with no
@@ -486,6 +616,170 @@ mod tests {
     async fn an_empty_batch_is_fine() {
         let mut h = Scripted::default();
         let r = process_sqs_batch(&SqsEvent::default(), &mut h).await;
+        assert!(r.batch_item_failures.is_empty());
+    }
+
+    /// Defers every record to `flush`, which fails the scripted ones.
+    #[derive(Default)]
+    struct Deferring {
+        pending: Vec<String>,
+        flush_errors: Vec<(&'static str, RecordError)>,
+        flushed: Vec<String>,
+        refuse: Option<&'static str>,
+    }
+
+    impl RecordHandler for Deferring {
+        async fn handle(&mut self, record: &SqsMessage) -> Result<(), RecordError> {
+            let id = record.message_id.clone().unwrap_or_default();
+            if self.refuse == Some(id.as_str()) {
+                return Err(RecordError::business("refused in handle"));
+            }
+            self.pending.push(id);
+            Ok(())
+        }
+
+        async fn flush(&mut self) -> Vec<(String, RecordError)> {
+            self.flushed.append(&mut self.pending);
+            self.flush_errors.iter().map(|(id, e)| ((*id).to_owned(), e.clone())).collect()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deferred_failure_fails_its_record_and_the_rest_of_its_group() {
+        let mut h = Deferring {
+            flush_errors: vec![("a2", RecordError::transient("PutEvents throttled"))],
+            ..Deferring::default()
+        };
+        let r = process_sqs_batch(&event(FIFO), &mut h).await;
+        assert_eq!(h.flushed, vec!["a1", "b1", "a2", "b2", "a3"], "one flush for the whole batch");
+        assert_eq!(failed(&r), vec!["a2", "a3"], "group B is untouched");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deferred_failures_in_two_groups_and_unknown_ids() {
+        let mut h = Deferring {
+            flush_errors: vec![
+                ("b1", RecordError::business("refused")),
+                ("a3", RecordError::business("refused")),
+                ("zz", RecordError::business("not in the batch")),
+            ],
+            ..Deferring::default()
+        };
+        let r = process_sqs_batch(&event(FIFO), &mut h).await;
+        assert_eq!(failed(&r), vec!["b1", "b2", "a3"], "an unknown id changes nothing");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deferred_poison_is_dead_lettered_without_failing_its_group() {
+        let sink = Sink::default();
+        let mut h =
+            Deferring { flush_errors: vec![("a1", RecordError::poison("invalid next event"))], ..Deferring::default() };
+        let r = BatchProcessor::new().with_dead_letter(sink.clone()).process(&event(FIFO), &mut h).await;
+        assert!(failed(&r).is_empty());
+        assert_eq!(*sink.sent.lock().expect("lock"), vec![("a1".to_owned(), "poison: invalid next event".to_owned())]);
+        // Without a sink it fails, and so does the rest of group A.
+        let mut h =
+            Deferring { flush_errors: vec![("a1", RecordError::poison("invalid next event"))], ..Deferring::default() };
+        assert_eq!(failed(&process_sqs_batch(&event(FIFO), &mut h).await), vec!["a1", "a2", "a3"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deferred_business_failure_on_its_last_attempt_is_dead_lettered() {
+        // a2 is on its third receive in the fixture.
+        let sink = Sink::default();
+        let mut h = Deferring { flush_errors: vec![("a2", RecordError::business("refused"))], ..Deferring::default() };
+        let p = BatchProcessor::new().with_dead_letter(sink.clone()).with_max_receive_count(3);
+        assert!(failed(&p.process(&event(FIFO), &mut h).await).is_empty());
+        assert_eq!(sink.sent.lock().expect("lock").len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_record_failed_in_handle_is_not_failed_again_by_flush() {
+        // a2 fails in handle, so a3 is held back and never handled; a flush
+        // that names a3 anyway finds it not done and changes nothing.
+        let mut h = Deferring {
+            refuse: Some("a2"),
+            flush_errors: vec![("a3", RecordError::business("again"))],
+            ..Deferring::default()
+        };
+        let r = process_sqs_batch(&event(FIFO), &mut h).await;
+        assert_eq!(failed(&r), vec!["a2", "a3"], "each failure reported once");
+        assert_eq!(h.flushed, vec!["a1", "b1", "b2"]);
+    }
+
+    /// Records what it handled and how many handles ran at once; each
+    /// handle takes one second of (paused) time.
+    #[derive(Clone, Default)]
+    struct Slow {
+        handled: Arc<Mutex<Vec<String>>>,
+        running: Arc<std::sync::atomic::AtomicUsize>,
+        most: Arc<std::sync::atomic::AtomicUsize>,
+        fail: Option<&'static str>,
+    }
+
+    impl RecordHandler for Slow {
+        async fn handle(&mut self, record: &SqsMessage) -> Result<(), RecordError> {
+            use std::sync::atomic::Ordering::SeqCst;
+            let now = self.running.fetch_add(1, SeqCst) + 1;
+            self.most.fetch_max(now, SeqCst);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            self.running.fetch_sub(1, SeqCst);
+            let id = record.message_id.clone().unwrap_or_default();
+            self.handled.lock().expect("lock").push(id.clone());
+            if self.fail == Some(id.as_str()) { Err(RecordError::business("no")) } else { Ok(()) }
+        }
+    }
+
+    fn standard_batch(n: usize) -> SqsEvent {
+        let mut e = event(STANDARD);
+        let template = e.records[0].clone();
+        e.records = (0..n)
+            .map(|i| {
+                let mut r = template.clone();
+                r.message_id = Some(format!("s{i}"));
+                r
+            })
+            .collect();
+        e
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn standard_records_run_concurrently_within_the_bound() {
+        let h = Slow::default();
+        let started = Instant::now();
+        let r =
+            BatchProcessor::new().process_concurrently(&standard_batch(10), &h, NonZeroUsize::new(4).expect("4")).await;
+        assert!(failed(&r).is_empty());
+        assert_eq!(h.most.load(std::sync::atomic::Ordering::SeqCst), 4, "at most 4 at once, and 4 were used");
+        assert_eq!(started.elapsed(), Duration::from_secs(3), "10 one-second records on 4 workers: 3 rounds");
+        assert_eq!(h.handled.lock().expect("lock").len(), 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_fifo_groups_keep_their_order_and_failure_rules() {
+        let h = Slow { fail: Some("a2"), ..Slow::default() };
+        let r = BatchProcessor::new().process_concurrently(&event(FIFO), &h, NonZeroUsize::new(8).expect("8")).await;
+        assert_eq!(failed(&r), vec!["a2", "a3"], "failures in the batch's order");
+        assert_eq!(h.most.load(std::sync::atomic::Ordering::SeqCst), 2, "two groups, two workers");
+        let handled = h.handled.lock().expect("lock").clone();
+        let of = |p: char| handled.iter().filter(|m| m.starts_with(p)).cloned().collect::<Vec<_>>();
+        assert_eq!(of('a'), vec!["a1", "a2"], "group A in order, a3 held back");
+        assert_eq!(of('b'), vec!["b1", "b2"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_standard_failures_are_independent() {
+        let h = Slow { fail: Some("s3"), ..Slow::default() };
+        let r =
+            BatchProcessor::new().process_concurrently(&standard_batch(6), &h, NonZeroUsize::new(2).expect("2")).await;
+        assert_eq!(failed(&r), vec!["s3"]);
+        assert_eq!(h.handled.lock().expect("lock").len(), 6);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_processing_of_an_empty_batch_is_fine() {
+        let h = Slow::default();
+        let r = BatchProcessor::new().process_concurrently(&SqsEvent::default(), &h, NonZeroUsize::MIN).await;
         assert!(r.batch_item_failures.is_empty());
     }
 

@@ -9,12 +9,14 @@
 //! timeout. It is how the end-to-end tests and the local cell run the
 //! processors (Lambda itself cannot run on LocalStack without Docker).
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::future::Future;
 use std::time::Duration;
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
-use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName};
+use aws_sdk_sqs::types::{
+    DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
+};
 
 use crate::batch::{BatchProcessor, DeadLetterSink, RecordHandler, message_group};
 
@@ -120,6 +122,8 @@ pub struct PollStats {
     pub deleted: usize,
     /// Records left for redelivery.
     pub failed: usize,
+    /// Records handled successfully whose delete failed: they come back.
+    pub undeleted: usize,
 }
 
 /// A failed runner call.
@@ -127,91 +131,130 @@ pub struct PollStats {
 #[error("event-source runner: {0}")]
 pub struct RunnerError(String);
 
-/// Polls `queue_url` once: receives a batch, calls `function`, deletes what
-/// succeeded. Returns what happened; an empty poll returns zeros.
-pub async fn poll_once<F: BatchFunction>(
-    client: &aws_sdk_sqs::Client,
-    queue_url: &str,
-    options: RunnerOptions,
-    function: &mut F,
-) -> Result<PollStats, RunnerError> {
-    let received = client
-        .receive_message()
-        .queue_url(queue_url)
-        .max_number_of_messages(options.batch_size)
-        .wait_time_seconds(options.wait_seconds)
-        .message_system_attribute_names(MessageSystemAttributeName::All)
-        .message_attribute_names("All")
-        .send()
-        .await
-        .map_err(|e| RunnerError(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))?;
-    if received.messages().is_empty() {
-        return Ok(PollStats::default());
-    }
-    let arn = queue_arn(client, queue_url).await.unwrap_or_default();
-    let records: Vec<SqsMessage> = received.messages().iter().map(|m| to_lambda(m, &arn)).collect();
-    let handles: HashMap<String, String> = received
-        .messages()
-        .iter()
-        .filter_map(|m| Some((m.message_id()?.to_owned(), m.receipt_handle()?.to_owned())))
-        .collect();
-    let mut event = SqsEvent::default();
-    event.records = records;
-    let ids: Vec<String> = event.records.iter().filter_map(|r| r.message_id.clone()).collect();
-    let response = function.call(event).await;
-    let failed: Vec<&str> = response.batch_item_failures.iter().map(|f| f.item_identifier.as_str()).collect();
-    let mut stats = PollStats { received: ids.len(), ..PollStats::default() };
-    for id in &ids {
-        if failed.contains(&id.as_str()) {
-            stats.failed += 1;
-            continue;
-        }
-        if let Some(handle) = handles.get(id) {
-            client
-                .delete_message()
-                .queue_url(queue_url)
-                .receipt_handle(handle)
-                .send()
-                .await
-                .map_err(|e| RunnerError(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))?;
-            stats.deleted += 1;
-        }
-    }
-    Ok(stats)
-}
-
-/// Polls until `shutdown` resolves. Errors (an emulator restarting) are
-/// retried after `idle`.
-pub async fn run<F: BatchFunction>(
+/// One queue as Lambda's SQS event source mapping sees it: the runner's
+/// handle on the queue, with the ARN looked up once (every record carries it
+/// as `eventSourceARN`).
+#[derive(Debug, Clone)]
+pub struct EventSource {
     client: aws_sdk_sqs::Client,
     queue_url: String,
+    queue_arn: String,
     options: RunnerOptions,
-    mut function: F,
-    idle: Duration,
-    shutdown: impl Future<Output = ()>,
-) {
-    tokio::pin!(shutdown);
-    loop {
-        let pause = match poll_once(&client, &queue_url, options, &mut function).await {
-            Ok(stats) if stats.received > 0 => Duration::ZERO,
-            _ => idle,
-        };
-        tokio::select! {
-            () = &mut shutdown => return,
-            () = tokio::time::sleep(pause) => {}
-        }
-    }
 }
 
-async fn queue_arn(client: &aws_sdk_sqs::Client, queue_url: &str) -> Option<String> {
-    let out = client
-        .get_queue_attributes()
-        .queue_url(queue_url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .ok()?;
-    out.attributes()?.get(&QueueAttributeName::QueueArn).cloned()
+fn sqs_error<E: std::error::Error + 'static>(e: aws_sdk_sqs::error::SdkError<E>) -> RunnerError {
+    RunnerError(aws_sdk_sqs::error::DisplayErrorContext(e).to_string())
+}
+
+impl EventSource {
+    /// The event source for the queue at `queue_url`; fails if the queue
+    /// cannot be read.
+    pub async fn connect(
+        client: aws_sdk_sqs::Client,
+        queue_url: impl Into<String>,
+        options: RunnerOptions,
+    ) -> Result<EventSource, RunnerError> {
+        let queue_url = queue_url.into();
+        let out = client
+            .get_queue_attributes()
+            .queue_url(&queue_url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .map_err(sqs_error)?;
+        let queue_arn = out
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+            .cloned()
+            .ok_or_else(|| RunnerError(format!("{queue_url}: no QueueArn attribute")))?;
+        Ok(EventSource { client, queue_url, queue_arn, options })
+    }
+
+    /// The queue's URL.
+    pub fn queue_url(&self) -> &str {
+        &self.queue_url
+    }
+
+    /// Polls once: receives a batch, calls `function`, deletes what
+    /// succeeded (in one `DeleteMessageBatch`). Returns what happened; an
+    /// empty poll returns zeros.
+    pub async fn poll_once<F: BatchFunction>(&self, function: &mut F) -> Result<PollStats, RunnerError> {
+        let received = self
+            .client
+            .receive_message()
+            .queue_url(&self.queue_url)
+            .max_number_of_messages(self.options.batch_size)
+            .wait_time_seconds(self.options.wait_seconds)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .map_err(sqs_error)?;
+        if received.messages().is_empty() {
+            return Ok(PollStats::default());
+        }
+        let mut event = SqsEvent::default();
+        event.records = received.messages().iter().map(|m| to_lambda(m, &self.queue_arn)).collect();
+        let response = function.call(event).await;
+        let failed: HashSet<&str> = response.batch_item_failures.iter().map(|f| f.item_identifier.as_str()).collect();
+        let mut stats = PollStats { received: received.messages().len(), ..PollStats::default() };
+        let mut entries = Vec::new();
+        for (i, m) in received.messages().iter().enumerate() {
+            match (m.message_id(), m.receipt_handle()) {
+                (Some(id), _) if failed.contains(id) => stats.failed += 1,
+                (Some(_), Some(handle)) => entries.push(
+                    DeleteMessageBatchRequestEntry::builder()
+                        .id(i.to_string())
+                        .receipt_handle(handle)
+                        .build()
+                        .map_err(|e| RunnerError(e.to_string()))?,
+                ),
+                // Without an id or handle SQS sent something Lambda never
+                // would; leave it to come back.
+                _ => stats.failed += 1,
+            }
+        }
+        if entries.is_empty() {
+            return Ok(stats);
+        }
+        let sent = entries.len();
+        let out = self
+            .client
+            .delete_message_batch()
+            .queue_url(&self.queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(sqs_error)?;
+        // A record that could not be deleted comes back after its visibility
+        // timeout and is handled again; the handlers are idempotent.
+        stats.deleted = sent - out.failed().len();
+        stats.undeleted = out.failed().len();
+        for f in out.failed() {
+            tracing::warn!(entry = f.id(), code = f.code(), message = f.message(), "delete failed; record will return");
+        }
+        Ok(stats)
+    }
+
+    /// Polls until `shutdown` resolves. Errors (an emulator restarting) are
+    /// retried after `idle`.
+    pub async fn run<F: BatchFunction>(&self, mut function: F, idle: Duration, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let pause = match self.poll_once(&mut function).await {
+                Ok(stats) if stats.received > 0 => Duration::ZERO,
+                Ok(_) => idle,
+                Err(e) => {
+                    tracing::warn!(queue = %self.queue_url, error = %e, "poll failed; retrying");
+                    idle
+                }
+            };
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
 }
 
 /// The record as Lambda's SQS event source would deliver it.

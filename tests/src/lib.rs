@@ -119,9 +119,14 @@ impl Cell {
             .unwrap_or_else(|e| panic!("provisioning failed: {e}. Is LocalStack running? (scripts/emulators status)"));
         let stop_shim = (options.targets == Targets::EmulatorShim).then(|| {
             let (stop, stopped) = oneshot::channel();
-            tokio::spawn(bems_cli::shim::run(clients.clone(), spec.clone(), Duration::from_millis(100), async move {
-                let _ = stopped.await;
-            }));
+            let (clients, spec) = (clients.clone(), spec.clone());
+            tokio::spawn(async move {
+                let shim = bems_cli::shim::Shim::connect(clients, spec).await.expect("shim queues");
+                shim.run(Duration::from_millis(100), async move {
+                    let _ = stopped.await;
+                })
+                .await;
+            });
             stop
         });
         Cell { spec, clients, report: done.report, options, ingress: done.ingress, env: env.clone(), stop_shim }
@@ -282,7 +287,9 @@ pub async fn stored_records(
         let url = format!("{}/moto-api/data.json", moto.trim_end_matches('/'));
         let body: Value = tokio::task::spawn_blocking(move || {
             let mut r = ureq::get(&url).call().expect("moto data");
-            serde_json::from_str(&r.body_mut().read_to_string().unwrap_or_default()).unwrap_or_default()
+            // ureq refuses bodies over 10 MB by default; 25,000 records are more.
+            let text = r.body_mut().with_config().limit(u64::MAX).read_to_string().expect("moto data body");
+            serde_json::from_str(&text).expect("moto data is JSON")
         })
         .await
         .expect("join");
@@ -295,7 +302,8 @@ pub async fn stored_records(
         if records.len() >= expected || started.elapsed() > timeout {
             return records;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // moto serialises its whole state per call: poll big tables slowly.
+        tokio::time::sleep(Duration::from_millis(if expected > 2_000 { 5_000 } else { 500 })).await;
     }
 }
 

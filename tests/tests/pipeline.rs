@@ -4,7 +4,7 @@
 //! exactly once (read back from moto's stored records, not by counting
 //! calls), and nothing is left behind in any queue or DLQ.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -17,11 +17,11 @@ use bems_core::{Stage, Status};
 use bems_e2e::{Cell, dimension, environment, event, measure, stored_records, timestream_table};
 use bems_lambda::batch::BatchProcessor;
 use bems_lambda::processor::StageProcessor;
-use bems_lambda::sqs::{ProcessorFunction, RunnerOptions, SqsDeadLetter, run};
+use bems_lambda::sqs::{EventSource, ProcessorFunction, RunnerOptions, SqsDeadLetter};
 use bems_lambda::stages::{Approvals, PurchaseOrders, Rules};
 use bems_lambda::timestream::{Record, RecordSink, SinkError, TimestreamWriter, Written};
 use rust_decimal::Decimal;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 /// Every invoice has an order for exactly its amount.
 #[derive(Clone)]
@@ -87,30 +87,95 @@ impl<S: RecordSink + Sync> RecordSink for Throttled<S> {
     }
 }
 
+/// Lets the first successful call through and then never returns, so the
+/// runner is stuck after its batch's effect and before its deletes: where a
+/// crash hurts most. The test then kills the runner.
+#[derive(Clone)]
+struct StallAfterSuccess<T> {
+    inner: T,
+    stalled: Option<Arc<Notify>>,
+}
+
+impl<B: EventBus + Sync> EventBus for StallAfterSuccess<B> {
+    async fn put_events(&self, entries: &[PutEventsEntry]) -> Result<Vec<EntryResult>, BusError> {
+        let result = self.inner.put_events(entries).await;
+        if let (Some(stalled), Ok(results)) = (&self.stalled, &result)
+            && results.iter().any(|r| matches!(r, EntryResult::Accepted(_)))
+        {
+            stalled.notify_one();
+            std::future::pending::<()>().await;
+        }
+        result
+    }
+}
+
+/// What a pipeline run is asked to survive.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    invoices: usize,
+    partitions: u32,
+    /// Every n-th call of each processor's bus client and of the writer's
+    /// store fails with throttling (0: none).
+    throttle_every: usize,
+    /// How many times each stage processor's runner is killed between
+    /// publishing a batch's next events and deleting the batch.
+    kills: usize,
+}
+
+/// The number: 5,000 invoices through all four stages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invoices_flow_through_all_four_stages_once_each() {
+async fn five_thousand_invoices_flow_through_all_four_stages_once_each() {
     let Some(env) = environment().await else { return };
-    let injected = pipeline(&env, 100, 0).await;
-    assert_eq!(injected, 0);
+    // BEMS_PIPELINE_INVOICES makes a quicker local run; CI runs the 5,000.
+    let invoices = std::env::var("BEMS_PIPELINE_INVOICES").ok().and_then(|v| v.parse().ok()).unwrap_or(5_000);
+    let done = pipeline(&env, Plan { invoices, partitions: 8, throttle_every: 0, kills: 0 }).await;
+    assert_eq!(done.injected, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_every_third_call_to_the_bus_and_the_store_loses_nothing() {
     let Some(env) = environment().await else { return };
-    let injected = pipeline(&env, 40, 3).await;
-    assert!(injected > 10, "the faults really happened: {injected}");
+    let done = pipeline(&env, Plan { invoices: 40, partitions: 4, throttle_every: 3, kills: 0 }).await;
+    assert!(done.injected > 10, "the faults really happened: {}", done.injected);
 }
 
-/// Runs `invoice_count` invoices through the four processors and the
-/// writer, with every `throttle_every`-th call of each processor's bus client
-/// and of the writer's store failing (0: none), and checks that nothing is
-/// lost or doubled. Returns how many calls failed.
-async fn pipeline(env: &bems_e2e::Env, invoice_count: usize, throttle_every: usize) -> usize {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_each_stage_processor_mid_batch_loses_nothing_and_doubles_nothing() {
+    let Some(env) = environment().await else { return };
+    let done = pipeline(&env, Plan { invoices: 200, partitions: 4, throttle_every: 0, kills: 2 }).await;
+    assert_eq!(done.kills, 8, "every processor was killed twice after publishing and before deleting");
+}
+
+/// How long `invoice_count` invoices may take to be stored: generous for
+/// a loaded two-core machine, a failure rather than a hang beyond it.
+fn patience(invoice_count: usize) -> Duration {
+    Duration::from_secs(60)
+        + Duration::from_millis(100).saturating_mul(u32::try_from(invoice_count).unwrap_or(u32::MAX))
+}
+
+/// What a run did.
+struct Done {
+    /// Calls failed on purpose.
+    injected: usize,
+    /// Runners killed.
+    kills: usize,
+}
+
+/// Runs `plan.invoices` invoices through the four processors and the
+/// writer, with the faults the plan asks for, and checks that every invoice
+/// has exactly one record per status, in lifecycle order, and that no queue
+/// or DLQ holds anything.
+async fn pipeline(env: &bems_e2e::Env, plan: Plan) -> Done {
     let injected = Arc::new(AtomicUsize::new(0));
-    let cell =
-        Cell::create(env, 4, ProvisionOptions { visibility_timeout_secs: 5, ..ProvisionOptions::default() }).await;
-    let events: Vec<_> = (0..invoice_count)
-        .map(|i| event(&format!("INV-FLOW-{i:04}"), Stage::Ingestion, Status::Submitted, None, 0))
+    let kills = Arc::new(AtomicUsize::new(0));
+    let cell = Cell::create(
+        env,
+        plan.partitions,
+        ProvisionOptions { visibility_timeout_secs: 5, ..ProvisionOptions::default() },
+    )
+    .await;
+    let events: Vec<_> = (0..plan.invoices)
+        .map(|i| event(&format!("INV-FLOW-{i:05}"), Stage::Ingestion, Status::Submitted, None, 0))
         .collect();
     let orders = Orders(events.iter().map(|e| (e.invoice_id.to_string(), e.amount.value())).collect());
 
@@ -118,33 +183,58 @@ async fn pipeline(env: &bems_e2e::Env, invoice_count: usize, throttle_every: usi
     for stage in Stage::ALL {
         let queue = cell.queue_url(&cell.spec.queue_name(stage)).await;
         let dlq = cell.queue_url(&cell.spec.dlq_name(stage)).await;
-        let function = ProcessorFunction {
-            processor: BatchProcessor::new()
-                .with_dead_letter(SqsDeadLetter::new(cell.clients.sqs.clone(), dlq))
-                .with_max_receive_count(cell.options.max_receive_count),
-            handler: StageProcessor::new(
-                stage,
-                Rules::default(),
-                Publisher::new(
-                    Throttled::new(cell.clients.events.clone(), throttle_every, injected.clone()),
-                    cell.target(),
-                )
-                .with_retry(RetryPolicy { base: Duration::from_millis(20), ..RetryPolicy::default() }),
+        // A fresh function per (re)start, like a new Lambda instance.
+        let function = {
+            let (sqs, events, target, orders, injected) = (
+                cell.clients.sqs.clone(),
+                cell.clients.events.clone(),
+                cell.target(),
                 orders.clone(),
-                AllApproved,
-            ),
+                injected.clone(),
+            );
+            let max_receive_count = cell.options.max_receive_count;
+            move |stalled: Option<Arc<Notify>>| ProcessorFunction {
+                processor: BatchProcessor::new()
+                    .with_dead_letter(SqsDeadLetter::new(sqs.clone(), dlq.clone()))
+                    .with_max_receive_count(max_receive_count),
+                handler: StageProcessor::new(
+                    stage,
+                    Rules::default(),
+                    Publisher::new(
+                        StallAfterSuccess {
+                            inner: Throttled::new(events.clone(), plan.throttle_every, injected.clone()),
+                            stalled,
+                        },
+                        target.clone(),
+                    )
+                    .with_retry(RetryPolicy { base: Duration::from_millis(20), ..RetryPolicy::default() }),
+                    orders.clone(),
+                    AllApproved,
+                ),
+            }
         };
         let mut stopped = stopped.clone();
-        tokio::spawn(run(
-            cell.clients.sqs.clone(),
-            queue,
-            RunnerOptions { batch_size: 10, wait_seconds: 1 },
-            function,
-            Duration::from_millis(100),
-            async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            },
-        ));
+        let source =
+            EventSource::connect(cell.clients.sqs.clone(), queue, RunnerOptions::default()).await.expect("queue");
+        let kills = kills.clone();
+        tokio::spawn(async move {
+            for _ in 0..plan.kills {
+                let stalled = Arc::new(Notify::new());
+                let (source, function) = (source.clone(), function(Some(stalled.clone())));
+                let runner = tokio::spawn(async move {
+                    source.run(function, Duration::from_millis(100), std::future::pending()).await;
+                });
+                stalled.notified().await;
+                runner.abort();
+                let _ = runner.await;
+                kills.fetch_add(1, Ordering::SeqCst);
+            }
+            source
+                .run(function(None), Duration::from_millis(100), async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await;
+        });
     }
 
     // The Timestream writer on the status-change queue, writing to moto.
@@ -155,54 +245,77 @@ async fn pipeline(env: &bems_e2e::Env, invoice_count: usize, throttle_every: usi
     };
     if let Some(table) = &table {
         let status_dlq = cell.queue_url(&cell.spec.status_dlq_name()).await;
-        let sink = Throttled::new(table.clone(), throttle_every, injected.clone());
+        let sink = Throttled::new(table.clone(), plan.throttle_every, injected.clone());
         let writer = TimestreamWriter::new(sink, SqsDeadLetter::new(cell.clients.sqs.clone(), status_dlq));
         let mut stopped = stopped.clone();
-        tokio::spawn(run(
-            cell.clients.sqs.clone(),
-            cell.queue_url(&cell.spec.status_queue_name()).await,
-            RunnerOptions { batch_size: 10, wait_seconds: 1 },
-            writer,
-            Duration::from_millis(100),
-            async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            },
-        ));
+        let queue = cell.queue_url(&cell.spec.status_queue_name()).await;
+        let source =
+            EventSource::connect(cell.clients.sqs.clone(), queue, RunnerOptions::default()).await.expect("queue");
+        tokio::spawn(async move {
+            source
+                .run(writer, Duration::from_millis(100), async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await;
+        });
     }
 
+    let invoice_count = plan.invoices;
     let outcomes = cell.publisher().publish(events.clone()).await;
     assert!(outcomes.iter().all(|o| o.is_accepted()), "{:?}", outcomes.iter().find(|o| !o.is_accepted()));
-    let changes: Vec<(String, String)> = match (&moto, &table) {
-        (Some(url), Some(table)) => stored_records(url, table, invoice_count * 5, Duration::from_secs(90))
+    // (invoice, status, time in ms, version): moto's records, or without
+    // moto the status queue's messages.
+    let changes: Vec<(String, String, i64, i64)> = match (&moto, &table) {
+        (Some(url), Some(table)) => stored_records(url, table, invoice_count * 5, patience(invoice_count))
             .await
             .iter()
-            .map(|r| (dimension(r, "invoice_id"), measure(r, "status")))
+            .map(|r| {
+                let number =
+                    |v: &serde_json::Value| v.as_str().and_then(|t| t.parse().ok()).or(v.as_i64()).unwrap_or(-1);
+                (dimension(r, "invoice_id"), measure(r, "status"), number(&r["Time"]), number(&r["Version"]))
+            })
             .collect(),
         _ => cell
             .drain(&cell.spec.status_queue_name(), invoice_count * 5, Duration::from_secs(60))
             .await
             .iter()
             .map(|c| {
+                let time = c["detail"]["occurredAt"]
+                    .as_str()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .map_or(-1, |t| t.timestamp_millis());
                 (
                     c["detail"]["invoiceId"].as_str().unwrap_or_default().to_owned(),
                     c["detail"]["status"].as_str().unwrap_or_default().to_owned(),
+                    time,
+                    0,
                 )
             })
             .collect(),
     };
     let _ = stop.send(true);
 
-    let mut per_invoice: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (invoice, status) in &changes {
-        per_invoice.entry(invoice.clone()).or_default().push(status.clone());
+    // Exactly one record per invoice and status: the 5,000 submissions and
+    // 5,000 x 4 status changes made by the stages, nothing twice.
+    let lifecycle = ["submitted", "ingested", "reconciled", "authorized", "posted"];
+    for status in lifecycle {
+        let n = changes.iter().filter(|c| c.1 == status).count();
+        assert_eq!(n, invoice_count, "{status} records (moto holds {} in all)", changes.len());
     }
-    assert_eq!(per_invoice.len(), invoice_count, "every invoice reached the status queue");
-    let want: BTreeSet<&str> = ["submitted", "ingested", "reconciled", "authorized", "posted"].into();
-    for (invoice, statuses) in &per_invoice {
-        assert_eq!(statuses.len(), 5, "{invoice}: {statuses:?}");
-        assert_eq!(statuses.iter().map(String::as_str).collect::<BTreeSet<_>>(), want, "{invoice}: once each");
+    assert_eq!(changes.len(), invoice_count * 5, "no other records");
+    // Per invoice, in time order, the statuses follow the lifecycle, and
+    // EventBridge received them in that order too (versions).
+    let mut per_invoice: BTreeMap<&str, Vec<(i64, i64, &str)>> = BTreeMap::new();
+    for (invoice, status, time, version) in &changes {
+        per_invoice.entry(invoice).or_default().push((*time, *version, status));
     }
-    assert_eq!(changes.len(), invoice_count * 5, "no duplicates");
+    assert_eq!(per_invoice.len(), invoice_count, "every invoice stored");
+    for (invoice, mut records) in per_invoice {
+        records.sort_unstable();
+        let statuses: Vec<&str> = records.iter().map(|r| r.2).collect();
+        assert_eq!(statuses, lifecycle, "{invoice}: order");
+        assert!(records.windows(2).all(|w| w[0].1 <= w[1].1), "{invoice}: versions out of order: {records:?}");
+    }
     if table.is_some() {
         assert!(
             cell.drain(&cell.spec.status_queue_name(), 0, Duration::from_secs(1)).await.is_empty(),
@@ -223,5 +336,5 @@ async fn pipeline(env: &bems_e2e::Env, invoice_count: usize, throttle_every: usi
             "{stage} DLQ not empty"
         );
     }
-    injected.load(Ordering::SeqCst)
+    Done { injected: injected.load(Ordering::SeqCst), kills: kills.load(Ordering::SeqCst) }
 }

@@ -15,7 +15,7 @@ use bems_core::partition::{Partition, message_group_id};
 use bems_core::{Stage, Status, Validator};
 use bems_e2e::{Cell, environment, event};
 use bems_lambda::batch::{BatchProcessor, RecordError, RecordHandler, decode};
-use bems_lambda::sqs::{ProcessorFunction, REASON_ATTRIBUTE, RunnerOptions, SqsDeadLetter, poll_once};
+use bems_lambda::sqs::{EventSource, ProcessorFunction, REASON_ATTRIBUTE, RunnerOptions, SqsDeadLetter};
 
 /// Records (invoice, seq) of what it handled; fails invoices named
 /// `INV-BUSINESS-*` with a business error, every time.
@@ -82,14 +82,12 @@ async fn poison_and_failing_records_leave_their_groups_and_nothing_is_lost() {
             .with_max_receive_count(cell.options.max_receive_count),
         handler: Recorder { seen: seen.clone(), validator: Validator::default() },
     };
+    let source = EventSource::connect(cell.clients.sqs.clone(), queue, RunnerOptions::default()).await.expect("queue");
     // Poll until the queue is quiet: failing records come back after their
     // visibility timeout until SQS dead-letters them.
     let mut quiet = 0;
     for _ in 0..60 {
-        let stats =
-            poll_once(&cell.clients.sqs, &queue, RunnerOptions { batch_size: 10, wait_seconds: 1 }, &mut function)
-                .await
-                .expect("poll");
+        let stats = source.poll_once(&mut function).await.expect("poll");
         quiet = if stats.received == 0 { quiet + 1 } else { 0 };
         if quiet >= 3 {
             break;

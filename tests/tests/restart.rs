@@ -14,7 +14,7 @@ use std::time::Duration;
 use bems_cli::provision::ProvisionOptions;
 use bems_core::{Stage, Status};
 use bems_e2e::{Cell, dimension, environment, event, stored_records, timestream_table};
-use bems_lambda::sqs::{RunnerOptions, SqsDeadLetter, run};
+use bems_lambda::sqs::{EventSource, RunnerOptions, SqsDeadLetter};
 use bems_lambda::timestream::{Record, RecordSink, SinkError, TimestreamWriter, Written};
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -60,34 +60,28 @@ async fn killing_the_writer_mid_batch_and_restarting_it_loses_nothing_and_writes
             SqsDeadLetter::new(cell.clients.sqs.clone(), dlq.clone()),
         )
     };
-    let options = RunnerOptions { batch_size: 10, wait_seconds: 1 };
+    let source =
+        EventSource::connect(cell.clients.sqs.clone(), queue.clone(), RunnerOptions::default()).await.expect("queue");
 
     // Three kills, each right after a batch was written and before its
     // messages were deleted: the batch comes back and is written again.
     for _ in 0..3 {
-        let task = tokio::spawn(run(
-            cell.clients.sqs.clone(),
-            queue.clone(),
-            options,
-            writer(),
-            Duration::from_millis(50),
-            std::future::pending(),
-        ));
+        let (source, writer) = (source.clone(), writer());
+        let task =
+            tokio::spawn(async move { source.run(writer, Duration::from_millis(50), std::future::pending()).await });
         tokio::time::timeout(Duration::from_secs(20), written.notified()).await.expect("a batch was written");
         task.abort();
         let _ = task.await;
     }
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let last = tokio::spawn(run(
-        cell.clients.sqs.clone(),
-        queue.clone(),
-        options,
-        writer(),
-        Duration::from_millis(50),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let writer = writer();
+    let last = tokio::spawn(async move {
+        source
+            .run(writer, Duration::from_millis(50), async move {
+                let _ = stopped.await;
+            })
+            .await;
+    });
 
     let records = stored_records(&moto, &table, EVENTS, Duration::from_secs(90)).await;
     // Let redeliveries of killed batches come back and be written again.
