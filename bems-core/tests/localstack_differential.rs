@@ -35,7 +35,12 @@ struct LocalStack {
 
 impl LocalStack {
     fn from_env() -> Option<LocalStack> {
-        let url = std::env::var("BEMS_LOCALSTACK_URL").ok()?;
+        let url = std::env::var("BEMS_LOCALSTACK_URL").ok();
+        assert!(
+            url.is_some() || std::env::var("BEMS_REQUIRE_EMULATORS").as_deref() != Ok("1"),
+            "BEMS_REQUIRE_EMULATORS=1 but BEMS_LOCALSTACK_URL is not set"
+        );
+        let url = url?;
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(20)))

@@ -8,6 +8,8 @@
 //! | `BEMS_PARTITIONS` | its partition count (1–99) |
 //! | `BEMS_DLQ_URL` | the dead-letter queue of the function's source queue |
 //! | `BEMS_MAX_RECEIVE_COUNT` | the source queue's `maxReceiveCount` (default 5) |
+//! | `BEMS_IDEMPOTENCY_TABLE` | stage processors, optional: the DynamoDB table of [`crate::idempotency::DynamoDbStore`] |
+//! | `BEMS_IDEMPOTENCY_TTL_DAYS` | how long its items live (default 35) |
 //! | `BEMS_TIMESTREAM_DATABASE`, `BEMS_TIMESTREAM_TABLE` | writer only |
 //! | `RUST_LOG` | log level (default `info`) |
 //!
@@ -30,6 +32,7 @@ use lambda_runtime::{Error, LambdaEvent, service_fn};
 use rust_decimal::Decimal;
 
 use crate::batch::BatchProcessor;
+use crate::idempotency::DynamoDbStore;
 use crate::processor::StageProcessor;
 use crate::sqs::{BatchFunction, ProcessorFunction, SqsDeadLetter};
 use crate::stages::{Approvals, PurchaseOrders, Rules};
@@ -135,11 +138,26 @@ pub async fn run_stage(stage: Stage) -> Result<(), Error> {
     let region = config.region().map(ToString::to_string).ok_or_else(|| ConfigError("no AWS Region".into()))?;
     let events = aws_sdk_eventbridge::Client::new(&config);
     let sqs = aws_sdk_sqs::Client::new(&config);
+    // Optional durable idempotency (see `crate::idempotency` for its cost).
+    let store = match std::env::var("BEMS_IDEMPOTENCY_TABLE") {
+        Ok(table) if !table.is_empty() => {
+            let days: u64 = match std::env::var("BEMS_IDEMPOTENCY_TTL_DAYS") {
+                Ok(v) => {
+                    v.parse().map_err(|_| ConfigError("BEMS_IDEMPOTENCY_TTL_DAYS must be a whole number".into()))?
+                }
+                Err(_) => 35,
+            };
+            let ttl = Duration::from_secs(days * 86_400);
+            Some(DynamoDbStore::new(aws_sdk_dynamodb::Client::new(&config), table, ttl))
+        }
+        _ => None,
+    };
     init_logs();
     let metrics = init_metrics(&cell, &format!("{stage}-processor"))?;
 
     let handler = service_fn(move |event: LambdaEvent<SqsEvent>| {
-        let (cell, region, dlq, events, sqs) = (cell.clone(), region.clone(), dlq.clone(), events.clone(), sqs.clone());
+        let (cell, region, dlq, events, sqs, store) =
+            (cell.clone(), region.clone(), dlq.clone(), events.clone(), sqs.clone(), store.clone());
         // Boxed: erases the handler's deep future type (see `run`).
         Box::pin(async move {
             let account = account_of(&event.context.invoked_function_arn).unwrap_or("000000000000").to_owned();
@@ -151,7 +169,8 @@ pub async fn run_stage(stage: Stage) -> Result<(), Error> {
                     .with_dead_letter(SqsDeadLetter::new(sqs, dlq))
                     .with_max_receive_count(max_receive_count)
                     .with_deadline(deadline(&event.context)),
-                handler: StageProcessor::new(stage, Rules::default(), publisher, NoPurchaseOrderSystem, NoApprovals),
+                handler: StageProcessor::new(stage, Rules::default(), publisher, NoPurchaseOrderSystem, NoApprovals)
+                    .with_store(store),
             };
             let response = function.call(event.payload).await;
             flush(metrics, &event.context.request_id);

@@ -56,6 +56,7 @@
 
 pub mod batch;
 pub mod function;
+pub mod idempotency;
 pub mod processor;
 pub mod sqs;
 pub mod stages;

@@ -16,10 +16,12 @@
 //! Timestream writer by the same routing as everything else.
 //!
 //! Idempotency: next events have deterministic ids, so handling an event
-//! twice emits the same event twice and FIFO deduplication (five minutes)
-//! keeps one; beyond that window the downstream stages and the Timestream
-//! writer (same record, same version) are idempotent on the event id. The
-//! in-memory set of handled ids only saves work within one instance.
+//! twice within the FIFO deduplication window (five minutes) emits the same
+//! id twice and SQS/SNS keep one. Beyond the window, an
+//! [`IdempotencyStore`] ([`StageProcessor::with_store`]) makes the second
+//! handling publish the very event the first one stored, time included, so
+//! nothing downstream changes. The in-memory set of handled ids only saves
+//! work within one instance.
 
 use std::collections::{HashSet, VecDeque};
 
@@ -30,13 +32,14 @@ use bems_core::{InvoiceEvent, Stage, Validator};
 use chrono::Utc;
 
 use crate::batch::{RecordError, RecordHandler, consumer_validator, decode};
+use crate::idempotency::{IdempotencyStore, NoStore, StoreError};
 use crate::stages::{self, Approvals, Decision, PurchaseOrders, Rules};
 
 /// How many handled event ids an instance remembers.
 const REMEMBERED: usize = 10_000;
 
 /// The processor of one stage.
-pub struct StageProcessor<B, O, A> {
+pub struct StageProcessor<B, O, A, S = NoStore> {
     stage: Stage,
     rules: Rules,
     publisher: Publisher<B>,
@@ -46,6 +49,27 @@ pub struct StageProcessor<B, O, A> {
     handled: HashSet<EventId>,
     order: VecDeque<EventId>,
     pending: Vec<Pending>,
+    store: S,
+}
+
+impl<B, O, A, S> StageProcessor<B, O, A, S> {
+    /// Claims each next event in `store` before publishing it, so that a
+    /// second handling of an event, however late, publishes the same event
+    /// (see [`crate::idempotency`]).
+    pub fn with_store<T: IdempotencyStore>(self, store: T) -> StageProcessor<B, O, A, T> {
+        StageProcessor {
+            stage: self.stage,
+            rules: self.rules,
+            publisher: self.publisher,
+            validator: self.validator,
+            orders: self.orders,
+            approvals: self.approvals,
+            handled: self.handled,
+            order: self.order,
+            pending: self.pending,
+            store,
+        }
+    }
 }
 
 impl<B: EventBus + Sync, O: PurchaseOrders + Send, A: Approvals + Send> StageProcessor<B, O, A> {
@@ -56,7 +80,7 @@ impl<B: EventBus + Sync, O: PurchaseOrders + Send, A: Approvals + Send> StagePro
         publisher: Publisher<B>,
         orders: O,
         approvals: A,
-    ) -> StageProcessor<B, O, A> {
+    ) -> StageProcessor<B, O, A, NoStore> {
         StageProcessor {
             stage,
             rules,
@@ -67,22 +91,17 @@ impl<B: EventBus + Sync, O: PurchaseOrders + Send, A: Approvals + Send> StagePro
             handled: HashSet::new(),
             order: VecDeque::new(),
             pending: Vec::new(),
-        }
-    }
-
-    fn decide(&self, event: &InvoiceEvent) -> Decision {
-        let now = Utc::now();
-        match self.stage {
-            Stage::Ingestion => stages::ingest(event, &self.rules, now),
-            Stage::Reconciliation => stages::reconcile(event, &self.orders, &self.rules, now),
-            Stage::Authorization => stages::authorize(event, &self.approvals, &self.rules, now),
-            Stage::Posting => stages::post(event, &self.rules, now),
+            store: NoStore,
         }
     }
 }
 
-impl<B: EventBus + Sync + Send, O: PurchaseOrders + Send + Sync, A: Approvals + Send + Sync> RecordHandler
-    for StageProcessor<B, O, A>
+impl<
+    B: EventBus + Sync + Send,
+    O: PurchaseOrders + Send + Sync,
+    A: Approvals + Send + Sync,
+    S: IdempotencyStore + Send + Sync,
+> RecordHandler for StageProcessor<B, O, A, S>
 {
     /// Decides, and defers the publish to [`flush`](RecordHandler::flush).
     async fn handle(&mut self, record: &SqsMessage) -> Result<(), RecordError> {
@@ -92,8 +111,13 @@ impl<B: EventBus + Sync + Send, O: PurchaseOrders + Send + Sync, A: Approvals + 
         }
         match self.decide(&event) {
             Decision::Emit(next) => {
+                // The stored event when this one was handled before.
+                let next = self.store.claim(&event.event_id, &next).await.map_err(|e| match e {
+                    StoreError::Unavailable(_) => RecordError::Transient(e.to_string()),
+                    StoreError::Corrupt { .. } => RecordError::Poison(e.to_string()),
+                })?;
                 let message_id = record.message_id.clone().unwrap_or_default();
-                self.pending.push(Pending { message_id, event, next: *next });
+                self.pending.push(Pending { message_id, event, next });
                 Ok(())
             }
             Decision::Retry(why) => Err(RecordError::Business(why)),
@@ -135,7 +159,19 @@ impl<B: EventBus + Sync + Send, O: PurchaseOrders + Send + Sync, A: Approvals + 
     }
 }
 
-impl<B, O, A> StageProcessor<B, O, A> {
+impl<B, O: PurchaseOrders, A: Approvals, S> StageProcessor<B, O, A, S> {
+    fn decide(&self, event: &InvoiceEvent) -> Decision {
+        let now = Utc::now();
+        match self.stage {
+            Stage::Ingestion => stages::ingest(event, &self.rules, now),
+            Stage::Reconciliation => stages::reconcile(event, &self.orders, &self.rules, now),
+            Stage::Authorization => stages::authorize(event, &self.approvals, &self.rules, now),
+            Stage::Posting => stages::post(event, &self.rules, now),
+        }
+    }
+}
+
+impl<B, O, A, S> StageProcessor<B, O, A, S> {
     /// Bookkeeping once an event's successor is on the bus.
     fn accepted(&mut self, event: &InvoiceEvent) {
         self.remember(event.event_id);

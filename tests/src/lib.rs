@@ -76,6 +76,10 @@ pub async fn environment() -> Option<Env> {
             .await;
         return Some(Env { config, localstack: None, account, region, api_role_arn: Some(role) });
     }
+    assert!(
+        !emulators_required(),
+        "BEMS_REQUIRE_EMULATORS=1 but neither BEMS_LOCALSTACK_URL nor the BEMS_E2E_AWS_* variables are set"
+    );
     eprintln!("skipped: set BEMS_LOCALSTACK_URL (scripts/test does) or the BEMS_E2E_AWS_* variables");
     None
 }
@@ -254,13 +258,7 @@ pub fn event(invoice: &str, stage: Stage, status: Status, previous: Option<Statu
 
 /// A fresh database and table in moto's Timestream at `moto`.
 pub async fn timestream_table(moto: &str, cell: &str) -> bems_lambda::timestream::TimestreamTable {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(moto)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("test", "test", None, None, "bems-e2e"))
-        .load()
-        .await;
-    let client = aws_sdk_timestreamwrite::Client::new(&config);
+    let client = aws_sdk_timestreamwrite::Client::new(&moto_config(moto).await);
     let database = format!("bems_{}", cell.replace('-', "_"));
     client.create_database().database_name(&database).send().await.expect("create database in moto");
     client
@@ -271,6 +269,76 @@ pub async fn timestream_table(moto: &str, cell: &str) -> bems_lambda::timestream
         .await
         .expect("create table in moto");
     bems_lambda::timestream::TimestreamTable { client, database, table: "status_changes".to_owned() }
+}
+
+/// Whether a test that finds no emulator must fail rather than skip:
+/// `scripts/test` sets `BEMS_REQUIRE_EMULATORS=1` once it has started them,
+/// so a CI run can never pass by skipping.
+pub fn emulators_required() -> bool {
+    std::env::var("BEMS_REQUIRE_EMULATORS").as_deref() == Ok("1")
+}
+
+/// moto's URL (`BEMS_MOTO_URL`) when the tests run on the emulators; `None`
+/// (the caller skips or falls back) only when emulators are not required.
+pub fn moto_url(env: &Env) -> Option<String> {
+    let url = std::env::var("BEMS_MOTO_URL").ok().filter(|_| env.localstack.is_some());
+    assert!(
+        url.is_some() || env.localstack.is_none() || !emulators_required(),
+        "BEMS_REQUIRE_EMULATORS=1 but BEMS_MOTO_URL is not set"
+    );
+    url
+}
+
+/// SDK configuration for moto at `moto`.
+async fn moto_config(moto: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(moto)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "bems-e2e"))
+        .load()
+        .await
+}
+
+/// A fresh idempotency table for `cell` in moto (key `eventId`, TTL on
+/// `expiresAt`, on demand), and its DynamoDB client.
+pub async fn idempotency_table(moto: &str, cell: &str) -> (aws_sdk_dynamodb::Client, String) {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TimeToLiveSpecification,
+    };
+    use bems_lambda::idempotency::attributes;
+    let client = aws_sdk_dynamodb::Client::new(&moto_config(moto).await);
+    let table = format!("bems-{cell}-idempotency");
+    client
+        .create_table()
+        .table_name(&table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name(attributes::KEY)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .expect("attribute"),
+        )
+        .key_schema(
+            KeySchemaElement::builder().attribute_name(attributes::KEY).key_type(KeyType::Hash).build().expect("key"),
+        )
+        .send()
+        .await
+        .expect("create idempotency table in moto");
+    client
+        .update_time_to_live()
+        .table_name(&table)
+        .time_to_live_specification(
+            TimeToLiveSpecification::builder()
+                .attribute_name(attributes::EXPIRES_AT)
+                .enabled(true)
+                .build()
+                .expect("ttl"),
+        )
+        .send()
+        .await
+        .expect("enable TTL in moto");
+    (client, table)
 }
 
 /// Every record moto stored in `table`, once at least `expected` are there

@@ -14,8 +14,9 @@ use bems_core::envelope::PutEventsEntry;
 use bems_core::fields::InvoiceId;
 use bems_core::publish::{BusError, EntryResult, EventBus, Publisher, RetryPolicy};
 use bems_core::{Stage, Status};
-use bems_e2e::{Cell, dimension, environment, event, measure, stored_records, timestream_table};
+use bems_e2e::{Cell, dimension, environment, event, idempotency_table, measure, stored_records, timestream_table};
 use bems_lambda::batch::BatchProcessor;
+use bems_lambda::idempotency::DynamoDbStore;
 use bems_lambda::processor::StageProcessor;
 use bems_lambda::sqs::{EventSource, ProcessorFunction, RunnerOptions, SqsDeadLetter};
 use bems_lambda::stages::{Approvals, PurchaseOrders, Rules};
@@ -120,6 +121,9 @@ struct Plan {
     /// How many times each stage processor's runner is killed between
     /// publishing a batch's next events and deleting the batch.
     kills: usize,
+    /// Whether the processors claim their next events in a DynamoDB
+    /// idempotency table (in moto).
+    store: bool,
 }
 
 /// The number: 5,000 invoices through all four stages.
@@ -128,21 +132,23 @@ async fn five_thousand_invoices_flow_through_all_four_stages_once_each() {
     let Some(env) = environment().await else { return };
     // BEMS_PIPELINE_INVOICES makes a quicker local run; CI runs the 5,000.
     let invoices = std::env::var("BEMS_PIPELINE_INVOICES").ok().and_then(|v| v.parse().ok()).unwrap_or(5_000);
-    let done = pipeline(&env, Plan { invoices, partitions: 8, throttle_every: 0, kills: 0 }).await;
+    let done = pipeline(&env, Plan { invoices, partitions: 8, throttle_every: 0, kills: 0, store: false }).await;
     assert_eq!(done.injected, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_every_third_call_to_the_bus_and_the_store_loses_nothing() {
     let Some(env) = environment().await else { return };
-    let done = pipeline(&env, Plan { invoices: 40, partitions: 4, throttle_every: 3, kills: 0 }).await;
+    let done = pipeline(&env, Plan { invoices: 40, partitions: 4, throttle_every: 3, kills: 0, store: false }).await;
     assert!(done.injected > 10, "the faults really happened: {}", done.injected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_each_stage_processor_mid_batch_loses_nothing_and_doubles_nothing() {
+    // With the idempotency table, as a deployment that wants exactly-once
+    // beyond the FIFO window runs.
     let Some(env) = environment().await else { return };
-    let done = pipeline(&env, Plan { invoices: 200, partitions: 4, throttle_every: 0, kills: 2 }).await;
+    let done = pipeline(&env, Plan { invoices: 200, partitions: 4, throttle_every: 0, kills: 2, store: true }).await;
     assert_eq!(done.kills, 8, "every processor was killed twice after publishing and before deleting");
 }
 
@@ -179,6 +185,14 @@ async fn pipeline(env: &bems_e2e::Env, plan: Plan) -> Done {
         .collect();
     let orders = Orders(events.iter().map(|e| (e.invoice_id.to_string(), e.amount.value())).collect());
 
+    let moto = bems_e2e::moto_url(env);
+    let store = match (&moto, plan.store) {
+        (Some(url), true) => {
+            let (client, table) = idempotency_table(url, &cell.spec.cell_id().to_string()).await;
+            Some(DynamoDbStore::new(client, table, Duration::from_secs(3600)))
+        }
+        _ => None,
+    };
     let (stop, stopped) = watch::channel(false);
     for stage in Stage::ALL {
         let queue = cell.queue_url(&cell.spec.queue_name(stage)).await;
@@ -192,7 +206,7 @@ async fn pipeline(env: &bems_e2e::Env, plan: Plan) -> Done {
                 orders.clone(),
                 injected.clone(),
             );
-            let max_receive_count = cell.options.max_receive_count;
+            let (max_receive_count, store) = (cell.options.max_receive_count, store.clone());
             move |stalled: Option<Arc<Notify>>| ProcessorFunction {
                 processor: BatchProcessor::new()
                     .with_dead_letter(SqsDeadLetter::new(sqs.clone(), dlq.clone()))
@@ -210,7 +224,8 @@ async fn pipeline(env: &bems_e2e::Env, plan: Plan) -> Done {
                     .with_retry(RetryPolicy { base: Duration::from_millis(20), ..RetryPolicy::default() }),
                     orders.clone(),
                     AllApproved,
-                ),
+                )
+                .with_store(store.clone()),
             }
         };
         let mut stopped = stopped.clone();
@@ -238,7 +253,6 @@ async fn pipeline(env: &bems_e2e::Env, plan: Plan) -> Done {
     }
 
     // The Timestream writer on the status-change queue, writing to moto.
-    let moto = std::env::var("BEMS_MOTO_URL").ok().filter(|_| env.localstack.is_some());
     let table = match &moto {
         Some(url) => Some(timestream_table(url, &cell.spec.cell_id().to_string()).await),
         None => None,

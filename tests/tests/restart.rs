@@ -39,7 +39,7 @@ impl<S: RecordSink + Sync> RecordSink for Announcing<S> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_writer_mid_batch_and_restarting_it_loses_nothing_and_writes_nothing_twice() {
     let Some(env) = environment().await else { return };
-    let Some(moto) = std::env::var("BEMS_MOTO_URL").ok().filter(|_| env.localstack.is_some()) else {
+    let Some(moto) = bems_e2e::moto_url(&env) else {
         eprintln!("skipped: needs moto (BEMS_MOTO_URL) next to LocalStack");
         return;
     };
