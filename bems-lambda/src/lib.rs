@@ -6,12 +6,17 @@
 //!
 //! - [`batch`]: SQS batch processing with partial failures, FIFO-correct:
 //!   `process_sqs_batch`, the `RecordHandler` trait, the error taxonomy
-//!   (transient, business, poison) and the dead-letter sink. Public API for
-//!   users' own processors.
+//!   (transient, business, poison), the dead-letter sink, deferred
+//!   batch-wide effects (`RecordHandler::flush`) and bounded concurrency by
+//!   lane (`BatchProcessor::process_concurrently`). Public API for users'
+//!   own processors.
 //! - [`sqs`]: the SQS dead-letter sink, and the local event-source runner
 //!   that plays Lambda's SQS event source mapping against the emulators.
 //! - [`processor`]: a stage processor, the `RecordHandler` each stage's
-//!   Lambda runs: decode, apply the rules, publish the next event.
+//!   Lambda runs: decode, apply the rules, publish the batch's next events
+//!   in one call.
+//! - [`idempotency`]: the optional durable store that makes a late second
+//!   handling of an event republish the first one's next event (DynamoDB).
 //! - [`timestream`]: the Timestream writer: one multi-measure record per
 //!   status change, batched, rejections handled record by record, behind a
 //!   sink trait.
