@@ -71,6 +71,19 @@ pub struct InvoiceEvent {
     #[serde(serialize_with = "serialize_timestamp")]
     #[cfg_attr(feature = "schema", schemars(schema_with = "crate::schema_support::timestamp"))]
     pub occurred_at: DateTime<Utc>,
+    /// When the previous status happened (the `occurredAt` of the event
+    /// that carried `previousStatus`). The stages set it, so that one event
+    /// alone gives its stage's latency; only with `previousStatus`, and not
+    /// after `occurredAt`.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "serialize_optional_timestamp")]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::schema_support::timestamp", default))]
+    pub previous_occurred_at: Option<DateTime<Utc>>,
+    /// When the invoice was submitted (the `occurredAt` of its `submitted`
+    /// event). The stages carry it forward, so that one event alone gives the
+    /// end-to-end latency; not after `previousOccurredAt` or `occurredAt`.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "serialize_optional_timestamp")]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "crate::schema_support::timestamp", default))]
+    pub submitted_at: Option<DateTime<Utc>>,
     /// The invoice's date, from which payment terms run.
     #[cfg_attr(feature = "schema", schemars(schema_with = "crate::schema_support::date"))]
     pub issue_date: NaiveDate,
@@ -208,6 +221,8 @@ impl InvoiceEvent {
                 amount: Some(self.amount),
                 currency: Some(self.currency),
                 occurred_at: Some(self.occurred_at),
+                previous_occurred_at: Some(self.previous_occurred_at),
+                submitted_at: Some(self.submitted_at),
                 issue_date: Some(self.issue_date),
                 net_days: Some(self.payment_terms.net_days),
                 due_date: Some(Some(self.payment_terms.due_date)),
@@ -248,4 +263,31 @@ impl<'de> serde::Deserialize<'de> for InvoiceEvent {
 
 fn serialize_timestamp<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(&t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+}
+
+// serde's `serialize_with` hands over the field as it is: `&Option<_>`.
+#[allow(clippy::ref_option, reason = "the signature serde's serialize_with requires")]
+fn serialize_optional_timestamp<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => serialize_timestamp(t, s),
+        None => s.serialize_none(),
+    }
+}
+
+impl InvoiceEvent {
+    /// How long the invoice waited between its previous status and this
+    /// one, when the event says when the previous status happened.
+    pub fn stage_latency(&self) -> Option<chrono::Duration> {
+        self.previous_occurred_at.map(|p| self.occurred_at - p)
+    }
+
+    /// How long since the invoice was submitted: zero for the `submitted`
+    /// event itself, `None` when a later event does not carry `submittedAt`.
+    pub fn end_to_end_latency(&self) -> Option<chrono::Duration> {
+        match (self.submitted_at, self.status) {
+            (Some(at), _) => Some(self.occurred_at - at),
+            (None, Status::Submitted) => Some(chrono::Duration::zero()),
+            (None, _) => None,
+        }
+    }
 }

@@ -27,7 +27,9 @@ pub(crate) fn schema_version(_: &mut SchemaGenerator) -> Schema {
 /// - one branch per allowed transition (previous status, status, stage; a
 ///   reason when rejecting), so an illegal move fails the schema too;
 /// - one branch per minor-unit group of currencies, with the amount's
-///   `multipleOf` for that group.
+///   `multipleOf` for that group;
+/// - `previousOccurredAt` only with `previousStatus` (draft-04
+///   `dependencies`).
 pub(crate) fn event_rules(schema: &mut Schema) {
     let transitions: Vec<Value> = TRANSITIONS
         .iter()
@@ -81,4 +83,5 @@ pub(crate) fn event_rules(schema: &mut Schema) {
         .collect();
 
     schema.insert("allOf".into(), json!([{ "anyOf": transitions }, { "anyOf": currencies }]));
+    schema.insert("dependencies".into(), json!({ "previousOccurredAt": ["previousStatus"] }));
 }

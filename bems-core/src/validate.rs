@@ -131,6 +131,8 @@ pub(crate) struct Parts<'e> {
     pub(crate) amount: Option<Amount>,
     pub(crate) currency: Option<Currency>,
     pub(crate) occurred_at: Option<DateTime<Utc>>,
+    pub(crate) previous_occurred_at: Option<Option<DateTime<Utc>>>,
+    pub(crate) submitted_at: Option<Option<DateTime<Utc>>>,
     pub(crate) issue_date: Option<NaiveDate>,
     pub(crate) net_days: Option<NetDays>,
     pub(crate) due_date: Option<Option<NaiveDate>>,
@@ -151,6 +153,7 @@ pub(crate) fn cross_checks(p: &Parts<'_>, options: &ValidationOptions, now: Date
         let path = if matches!(e, TransitionError::WrongStage { .. }) { "stage" } else { "status" };
         found.push(FieldError::new(Code::from(&e), e.to_string()).at(path));
     }
+    timeline_checks(p, found);
     if p.status == Some(Status::Rejected) && p.reason == Some(None) {
         found.push(FieldError::new(Code::Missing, "is required when status is 'rejected'").at("reason"));
     }
@@ -204,6 +207,44 @@ pub(crate) fn cross_checks(p: &Parts<'_>, options: &ValidationOptions, now: Date
     }
 }
 
+/// The timestamps of one invoice's life run forwards: submitted, then the
+/// previous status, then this one.
+fn timeline_checks(p: &Parts<'_>, found: &mut Vec<Violation>) {
+    let previous_at = p.previous_occurred_at.flatten();
+    let submitted_at = p.submitted_at.flatten();
+    if previous_at.is_some() && p.previous_status == Some(None) {
+        found.push(
+            FieldError::new(Code::Mismatch, "is set but previousStatus is not: a first event has no previous status")
+                .at("previousOccurredAt"),
+        );
+    }
+    let later = |field: &str, at: DateTime<Utc>, other: &str, than: DateTime<Utc>| {
+        FieldError::new(
+            Code::Mismatch,
+            format!(
+                "{} is after {other} {}",
+                at.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                than.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+            ),
+        )
+        .at(field)
+    };
+    if let (Some(prev), Some(at)) = (previous_at, p.occurred_at)
+        && prev > at
+    {
+        found.push(later("previousOccurredAt", prev, "occurredAt", at));
+    }
+    if let (Some(sub), Some(at)) = (submitted_at, p.occurred_at)
+        && sub > at
+    {
+        found.push(later("submittedAt", sub, "occurredAt", at));
+    } else if let (Some(sub), Some(prev)) = (submitted_at, previous_at)
+        && sub > prev
+    {
+        found.push(later("submittedAt", sub, "previousOccurredAt", prev));
+    }
+}
+
 const EVENT_FIELDS: &[&str] = &[
     "eventId",
     "invoiceId",
@@ -214,6 +255,8 @@ const EVENT_FIELDS: &[&str] = &[
     "amount",
     "currency",
     "occurredAt",
+    "previousOccurredAt",
+    "submittedAt",
     "issueDate",
     "vendor",
     "paymentTerms",
@@ -276,6 +319,8 @@ impl Reader {
         let amount = self.req(f, "amount", |r| Amount::from_json_number(number(r)?));
         let currency = self.req(f, "currency", |r| Currency::new(&string(r)?));
         let occurred_at = self.req(f, "occurredAt", |r| parse_timestamp(&string(r)?));
+        let previous_occurred_at = self.opt(f, "previousOccurredAt", |r| parse_timestamp(&string(r)?));
+        let submitted_at = self.opt(f, "submittedAt", |r| parse_timestamp(&string(r)?));
         let issue_date = self.req(f, "issueDate", |r| parse_date(&string(r)?));
         let vendor = self.nested(f, "vendor", "vendor", VENDOR_FIELDS, |me, v| {
             let id = me.req(v, "id", |r| VendorId::new(string(r)?));
@@ -325,6 +370,8 @@ impl Reader {
                 amount,
                 currency,
                 occurred_at,
+                previous_occurred_at,
+                submitted_at,
                 issue_date,
                 net_days,
                 due_date,
@@ -347,6 +394,8 @@ impl Reader {
             amount: amount?,
             currency: currency?,
             occurred_at: occurred_at?,
+            previous_occurred_at: previous_occurred_at?,
+            submitted_at: submitted_at?,
             issue_date,
             vendor: vendor?,
             payment_terms: PaymentTerms {

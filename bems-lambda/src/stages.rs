@@ -112,6 +112,9 @@ fn next(event: &InvoiceEvent, status: Status, reason: Option<String>, rules: &Ru
     out.status = status;
     out.stage = stage;
     out.occurred_at = now.max(event.occurred_at);
+    // Carried in the event so a record alone gives both latencies.
+    out.previous_occurred_at = Some(event.occurred_at);
+    out.submitted_at = event.submitted_at.or((event.status == Status::Submitted).then_some(event.occurred_at));
     out.metadata.producer = rules.producer.clone();
     out.reason = match reason {
         Some(r) => match Reason::new(r.chars().take(500).collect::<String>()) {
@@ -280,6 +283,14 @@ mod tests {
         for e in [&e1, &e2, &e3, &e4] {
             assert_eq!(e.check(&bems_core::ValidationOptions::default(), now()), Ok(()), "{e:?}");
         }
+        // Each event carries when its previous status happened and when the
+        // invoice was submitted, so a record alone gives both latencies.
+        for (before, after) in [(&e0, &e1), (&e1, &e2), (&e2, &e3), (&e3, &e4)] {
+            assert_eq!(after.previous_occurred_at, Some(before.occurred_at));
+            assert_eq!(after.submitted_at, Some(e0.occurred_at));
+        }
+        assert_eq!(e4.end_to_end_latency(), Some(e4.occurred_at - e0.occurred_at));
+        assert_eq!(e4.stage_latency(), Some(e4.occurred_at - e3.occurred_at));
     }
 
     #[test]

@@ -15,13 +15,13 @@
 //! - measure `status_change` (multi): `status`, `previous_status`,
 //!   `event_id`, `amount` (DOUBLE: amounts have at most 15 significant
 //!   digits, which a double holds exactly), `currency`, `due_date`,
-//!   `vendor_id`, `vendor_country`.
+//!   `vendor_id`, `vendor_country`, and `stage_latency_ms` and
+//!   `end_to_end_latency_ms` (BIGINT) when the event carries the times they
+//!   need (`previousOccurredAt`, `submittedAt`; the stages always set them).
 //!
-//! Stage and end-to-end latencies are differences between an invoice's
-//! records (`LAG` over `time` by `invoice_id` in Timestream SQL); values that
-//! depend on when the writer runs would make a redelivered record differ
-//! from the first write and break idempotency, so they go to metrics
-//! instead.
+//! The latencies come from the event's own timestamps, never from when the
+//! writer runs: a value depending on the write time would make a redelivered
+//! record differ from the first write and break idempotency.
 //!
 //! ## Idempotency and corrections
 //!
@@ -34,7 +34,7 @@
 
 use std::future::Future;
 
-use bems_core::{Delivery, InvoiceEvent};
+use bems_core::{Delivery, InvoiceEvent, Status};
 use chrono::{DateTime, Utc};
 
 /// At most this many records per `WriteRecords` call.
@@ -74,6 +74,8 @@ pub enum MeasureKind {
     Varchar,
     /// `DOUBLE`.
     Double,
+    /// `BIGINT`.
+    Bigint,
 }
 
 fn varchar(name: &'static str, value: impl Into<String>) -> Measure {
@@ -94,6 +96,17 @@ pub fn record(event: &InvoiceEvent, received: DateTime<Utc>) -> Record {
     ];
     if let Some(previous) = event.previous_status {
         measures.insert(1, varchar("previous_status", previous.as_str()));
+    }
+    // Both come from the event itself, never from when the writer runs: a
+    // redelivered event must make the very same record. Differences of the
+    // millisecond times, so that they equal the differences of record times.
+    let ms = |at: DateTime<Utc>| at.timestamp_millis();
+    let bigint = |name, value: i64| Measure { name, value: value.to_string(), kind: MeasureKind::Bigint };
+    if let Some(previous) = event.previous_occurred_at {
+        measures.push(bigint("stage_latency_ms", ms(event.occurred_at) - ms(previous)));
+    }
+    if let Some(submitted) = event.submitted_at.or((event.status == Status::Submitted).then_some(event.occurred_at)) {
+        measures.push(bigint("end_to_end_latency_ms", ms(event.occurred_at) - ms(submitted)));
     }
     Record {
         time_ms: event.occurred_at.timestamp_millis(),
@@ -310,6 +323,7 @@ mod sdk {
                     .r#type(match m.kind {
                         MeasureKind::Varchar => MeasureValueType::Varchar,
                         MeasureKind::Double => MeasureValueType::Double,
+                        MeasureKind::Bigint => MeasureValueType::Bigint,
                     })
                     .build()
                     .map_err(|e| e.to_string())
@@ -381,6 +395,31 @@ mod tests {
         bems_core::Validator::default()
             .parse(include_bytes!("../../bems-core/fixtures/example-invoice-event.json"))
             .expect("fixture")
+    }
+
+    #[test]
+    fn latencies_come_from_the_event_s_own_timestamps() {
+        let received: DateTime<Utc> = "2026-11-26T13:45:01Z".parse().expect("time");
+        let bigint = |r: &Record, n: &str| {
+            r.measures.iter().find(|m| m.name == n).map(|m| (m.value.clone(), m.kind == MeasureKind::Bigint))
+        };
+        let mut e = event();
+        // Without the times, no latency measures (not a guess).
+        let r = record(&e, received);
+        assert_eq!((bigint(&r, "stage_latency_ms"), bigint(&r, "end_to_end_latency_ms")), (None, None));
+        e.previous_occurred_at = Some("2026-11-26T13:44:58.900Z".parse().expect("time"));
+        e.submitted_at = Some("2026-11-26T13:44:51.004Z".parse().expect("time"));
+        let r = record(&e, received);
+        assert_eq!(bigint(&r, "stage_latency_ms"), Some(("1223".to_owned(), true)));
+        assert_eq!(bigint(&r, "end_to_end_latency_ms"), Some(("9119".to_owned(), true)));
+        // The same event later makes the same record: nothing depends on the
+        // writer's clock.
+        assert_eq!(record(&e, received), r);
+        // A submission is the start of the clock.
+        let mut first = event();
+        first.status = Status::Submitted;
+        first.previous_status = None;
+        assert_eq!(bigint(&record(&first, received), "end_to_end_latency_ms"), Some(("0".to_owned(), true)));
     }
 
     #[test]

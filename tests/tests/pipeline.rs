@@ -159,6 +159,19 @@ fn patience(invoice_count: usize) -> Duration {
         + Duration::from_millis(100).saturating_mul(u32::try_from(invoice_count).unwrap_or(u32::MAX))
 }
 
+/// One stored status change.
+#[derive(Debug)]
+struct Change {
+    invoice: String,
+    status: String,
+    /// Record time (the event's `occurredAt`), ms.
+    time: i64,
+    /// Record version (EventBridge's receipt time), ms.
+    version: i64,
+    stage_latency: Option<i64>,
+    end_to_end: Option<i64>,
+}
+
 /// What a run did.
 struct Done {
     /// Calls failed on purpose.
@@ -277,16 +290,21 @@ async fn pipeline(env: &bems_e2e::Env, plan: Plan) -> Done {
     let invoice_count = plan.invoices;
     let outcomes = cell.publisher().publish(events.clone()).await;
     assert!(outcomes.iter().all(|o| o.is_accepted()), "{:?}", outcomes.iter().find(|o| !o.is_accepted()));
-    // (invoice, status, time in ms, version): moto's records, or without
-    // moto the status queue's messages.
-    let changes: Vec<(String, String, i64, i64)> = match (&moto, &table) {
+    // moto's records, or without moto (on AWS) the status queue's messages.
+    let changes: Vec<Change> = match (&moto, &table) {
         (Some(url), Some(table)) => stored_records(url, table, invoice_count * 5, patience(invoice_count))
             .await
             .iter()
             .map(|r| {
-                let number =
-                    |v: &serde_json::Value| v.as_str().and_then(|t| t.parse().ok()).or(v.as_i64()).unwrap_or(-1);
-                (dimension(r, "invoice_id"), measure(r, "status"), number(&r["Time"]), number(&r["Version"]))
+                let number = |v: &serde_json::Value| v.as_str().and_then(|t| t.parse().ok()).or(v.as_i64());
+                Change {
+                    invoice: dimension(r, "invoice_id"),
+                    status: measure(r, "status"),
+                    time: number(&r["Time"]).unwrap_or(-1),
+                    version: number(&r["Version"]).unwrap_or(-1),
+                    stage_latency: measure(r, "stage_latency_ms").parse().ok(),
+                    end_to_end: measure(r, "end_to_end_latency_ms").parse().ok(),
+                }
             })
             .collect(),
         _ => cell
@@ -294,16 +312,15 @@ async fn pipeline(env: &bems_e2e::Env, plan: Plan) -> Done {
             .await
             .iter()
             .map(|c| {
-                let time = c["detail"]["occurredAt"]
-                    .as_str()
-                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                    .map_or(-1, |t| t.timestamp_millis());
-                (
-                    c["detail"]["invoiceId"].as_str().unwrap_or_default().to_owned(),
-                    c["detail"]["status"].as_str().unwrap_or_default().to_owned(),
-                    time,
-                    0,
-                )
+                let e: bems_core::InvoiceEvent = serde_json::from_value(c["detail"].clone()).expect("an invoice event");
+                Change {
+                    invoice: e.invoice_id.to_string(),
+                    status: e.status.to_string(),
+                    time: e.occurred_at.timestamp_millis(),
+                    version: 0,
+                    stage_latency: e.stage_latency().map(|d| d.num_milliseconds()),
+                    end_to_end: e.end_to_end_latency().map(|d| d.num_milliseconds()),
+                }
             })
             .collect(),
     };
@@ -313,22 +330,29 @@ async fn pipeline(env: &bems_e2e::Env, plan: Plan) -> Done {
     // 5,000 x 4 status changes made by the stages, nothing twice.
     let lifecycle = ["submitted", "ingested", "reconciled", "authorized", "posted"];
     for status in lifecycle {
-        let n = changes.iter().filter(|c| c.1 == status).count();
+        let n = changes.iter().filter(|c| c.status == status).count();
         assert_eq!(n, invoice_count, "{status} records (moto holds {} in all)", changes.len());
     }
     assert_eq!(changes.len(), invoice_count * 5, "no other records");
     // Per invoice, in time order, the statuses follow the lifecycle, and
-    // EventBridge received them in that order too (versions).
-    let mut per_invoice: BTreeMap<&str, Vec<(i64, i64, &str)>> = BTreeMap::new();
-    for (invoice, status, time, version) in &changes {
-        per_invoice.entry(invoice).or_default().push((*time, *version, status));
+    // EventBridge received them in that order too (versions). Each record's
+    // latencies are the differences of the invoice's own record times.
+    let mut per_invoice: BTreeMap<&str, Vec<&Change>> = BTreeMap::new();
+    for c in &changes {
+        per_invoice.entry(&c.invoice).or_default().push(c);
     }
     assert_eq!(per_invoice.len(), invoice_count, "every invoice stored");
     for (invoice, mut records) in per_invoice {
-        records.sort_unstable();
-        let statuses: Vec<&str> = records.iter().map(|r| r.2).collect();
+        records.sort_by_key(|c| (c.time, c.version));
+        let statuses: Vec<&str> = records.iter().map(|c| c.status.as_str()).collect();
         assert_eq!(statuses, lifecycle, "{invoice}: order");
-        assert!(records.windows(2).all(|w| w[0].1 <= w[1].1), "{invoice}: versions out of order: {records:?}");
+        assert!(records.windows(2).all(|w| w[0].version <= w[1].version), "{invoice}: versions out of order");
+        let submitted = records[0].time;
+        assert_eq!((records[0].stage_latency, records[0].end_to_end), (None, Some(0)), "{invoice}: submission");
+        for w in records.windows(2) {
+            assert_eq!(w[1].stage_latency, Some(w[1].time - w[0].time), "{invoice} {}: stage latency", w[1].status);
+            assert_eq!(w[1].end_to_end, Some(w[1].time - submitted), "{invoice} {}: end-to-end latency", w[1].status);
+        }
     }
     if table.is_some() {
         assert!(

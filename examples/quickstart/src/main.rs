@@ -139,6 +139,9 @@ fn example(invoice_id: InvoiceId, issue_date: NaiveDate, partition: Partition) -
         amount: Amount::from_json_number("18250.75")?,
         currency: Currency::new("EUR")?,
         occurred_at: Utc::now(),
+        // The stages fill these in; a producer's event may leave them out.
+        previous_occurred_at: None,
+        submitted_at: None,
         issue_date,
         vendor: Vendor {
             id: VendorId::new("V-2203")?,
