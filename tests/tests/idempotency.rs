@@ -65,19 +65,18 @@ fn record(e: &InvoiceEvent) -> SqsEvent {
     event
 }
 
+/// A fresh ingestion processor (a new Lambda instance) publishing to `bus`.
+fn ingestion<S: IdempotencyStore>(bus: &Recording, store: S) -> StageProcessor<Recording, NoOrders, NoApprovals, S> {
+    let target = CellTarget::new("idem", "us-east-1", "000000000000", 4).expect("target");
+    StageProcessor::new(Stage::Ingestion, Rules::default(), Publisher::new(bus.clone(), target), NoOrders, NoApprovals)
+        .with_store(store)
+}
+
 /// Handles `submitted` with a fresh ingestion processor (a new Lambda
 /// instance) and returns the detail it published.
 async fn handle_once<S: IdempotencyStore + Send + Sync>(submitted: &InvoiceEvent, store: S) -> String {
     let bus = Recording::default();
-    let target = CellTarget::new("idem", "us-east-1", "000000000000", 4).expect("target");
-    let mut processor = StageProcessor::new(
-        Stage::Ingestion,
-        Rules::default(),
-        Publisher::new(bus.clone(), target),
-        NoOrders,
-        NoApprovals,
-    )
-    .with_store(store);
+    let mut processor = ingestion(&bus, store);
     let response = process_sqs_batch(&record(submitted), &mut processor).await;
     assert!(response.batch_item_failures.is_empty(), "{response:?}");
     let published = bus.0.lock().expect("lock").clone();
@@ -170,15 +169,7 @@ async fn an_unreachable_store_is_a_transient_failure() {
     let store = DynamoDbStore::new(aws_sdk_dynamodb::Client::new(&config), "none", Duration::from_secs(60));
     let submitted = event("INV-IDEM-4", Stage::Ingestion, Status::Submitted, None, 0);
     let bus = Recording::default();
-    let target = CellTarget::new("idem", "us-east-1", "000000000000", 4).expect("target");
-    let mut processor = StageProcessor::new(
-        Stage::Ingestion,
-        Rules::default(),
-        Publisher::new(bus.clone(), target),
-        NoOrders,
-        NoApprovals,
-    )
-    .with_store(store);
+    let mut processor = ingestion(&bus, store);
     let response = bems_lambda::batch::BatchProcessor::new()
         .with_retry(bems_lambda::batch::TransientRetry { max_attempts: 2, ..Default::default() })
         .process(&record(&submitted), &mut processor)
