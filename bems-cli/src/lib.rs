@@ -11,6 +11,8 @@
 //! - [`redrive`]: moves dead-lettered messages back to their queue,
 //!   FIFO-safe and loss-free.
 //! - [`teardown`]: deletes a cell's resources (the inverse of provision).
+//! - [`template`]: the cell's CloudFormation template, generated from the
+//!   same `CellSpec` (`bems template`).
 //! - [`shim`]: the emulator-only forwarder that stands in for EventBridge's
 //!   SNS FIFO targets on LocalStack.
 //!
@@ -23,6 +25,7 @@ pub mod provision;
 pub mod redrive;
 pub mod shim;
 pub mod teardown;
+pub mod template;
 
 /// The AWS configuration from the standard chain (environment, profile,
 /// `AWS_ENDPOINT_URL`, ...), with `region` when given.

@@ -53,6 +53,14 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Write the cell's CloudFormation template files (cell.json and one rules file per stage) to a directory.
+    Template {
+        #[command(flatten)]
+        cell: CellArgs,
+        /// Directory to write to (created if missing).
+        #[arg(long, default_value = ".")]
+        out: std::path::PathBuf,
+    },
     /// Forward shim queues to the stage topics until interrupted (LocalStack only).
     Shim {
         #[command(flatten)]
@@ -134,6 +142,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let spec = cell.spec()?;
             let clients = Clients::new(&bems_cli::aws_config(Some(&cell.region)).await);
             println!("{}", bems_cli::teardown::teardown(&clients, &spec).await?);
+        }
+        Command::Template { cell, out } => {
+            let spec = cell.spec()?;
+            let template = bems_cli::template::cell_template(&spec, &bems_cli::template::TemplateDefaults::default());
+            std::fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
+            for (name, text) in template.texts() {
+                let path = out.join(name);
+                std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
+                println!("{}", path.display());
+            }
         }
         Command::Shim { cell } => {
             let spec = cell.spec()?;

@@ -32,8 +32,8 @@
 //! the emulator. [`Targets::SnsFifo`] targets the topic directly, setting the
 //! group through the target's `SqsParameters`, the only FIFO parameter the
 //! AWS SDK for Rust (1.127) offers; it has not been verified against an AWS
-//! account here, and the `infra/` template is the supported way to deploy
-//! a cell on AWS.
+//! account here, and AWS documents `SqsParameters` for SQS FIFO targets
+//! only, so it is probably refused (see `infra/README.md` for the ways out).
 
 use std::collections::HashMap;
 use std::fmt;

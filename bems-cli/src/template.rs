@@ -1,0 +1,448 @@
+//! The cell's CloudFormation template, generated from its [`CellSpec`].
+//!
+//! The rules, filter policies and names deployed on AWS come from the same
+//! code the tests exercise, so they cannot drift: `bems template` writes the
+//! files, and a test regenerates the committed example and compares it byte
+//! for byte (see `infra/README.md`).
+//!
+//! Files, for a cell `C`:
+//!
+//! - `cell.json`: the main stack: bus, archive, bus DLQ, the cell's customer
+//!   managed KMS key (topics and queues), per stage the SNS FIFO topic, its SQS FIFO queue
+//!   and DLQ and the filtered subscription, the status-change queue (and
+//!   DLQ) subscribed to every topic, the policies that let exactly these
+//!   services talk, and one nested stack of rules per stage;
+//! - `rules-<stage>.json`: that stage's rule per partition, each with one
+//!   target (the stage topic, static message group `<stage>-pNN`, a DLQ and
+//!   a retry policy). Nested because 99 partitions make 396 rules and a
+//!   stack holds at most 500 resources.
+//!
+//! Not deployable on AWS yet: a classic EventBridge rule cannot set the
+//! message group of an SNS FIFO topic target (it has no `SnsParameters`;
+//! the `SqsParameters` set here are documented for SQS FIFO queues only).
+//! `infra/README.md` lists the ways out.
+//!
+//! Why a customer managed key: EventBridge cannot publish to an SNS topic
+//! encrypted with the AWS managed key (`alias/aws/sns`), nor SNS send to a
+//! queue encrypted with `alias/aws/sqs`: their policies cannot be changed to
+//! let the services use them. One key per cell, with a data key reuse period
+//! of an hour on the queues, keeps KMS requests (and their cost) small at
+//! month-end rates.
+
+use std::collections::BTreeMap;
+
+use bems_core::Stage;
+use bems_core::routing::CellSpec;
+use serde_json::{Value, json};
+
+/// Deploy-time settings with their defaults; they become the template's
+/// parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TemplateDefaults {
+    /// Receives before a message moves to its DLQ.
+    pub max_receive_count: u32,
+    /// Visibility timeout of the stage and status queues, seconds (six times
+    /// the functions' timeout, as AWS advises).
+    pub visibility_timeout_secs: u32,
+    /// Days the archive keeps events (0: forever).
+    pub archive_retention_days: u32,
+}
+
+impl Default for TemplateDefaults {
+    fn default() -> TemplateDefaults {
+        TemplateDefaults { max_receive_count: 5, visibility_timeout_secs: 180, archive_retention_days: 30 }
+    }
+}
+
+/// A cell's template files: name and content.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CellTemplate {
+    /// `cell.json`, then `rules-<stage>.json` per stage.
+    pub files: Vec<(String, Value)>,
+}
+
+impl CellTemplate {
+    /// The file named `name`.
+    pub fn file(&self, name: &str) -> Option<&Value> {
+        self.files.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+
+    /// Each file as the text written to disk: pretty JSON, keys sorted (the
+    /// maps are ordered), a final newline.
+    pub fn texts(&self) -> Vec<(String, String)> {
+        self.files
+            .iter()
+            .map(|(name, value)| {
+                let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
+                text.push('\n');
+                (name.clone(), text)
+            })
+            .collect()
+    }
+}
+
+/// The nested rules file of `stage`.
+pub fn rules_file_name(stage: Stage) -> String {
+    format!("rules-{stage}.json")
+}
+
+/// A logical id part from a stage: `Ingestion`.
+fn pascal(stage: Stage) -> String {
+    let s = stage.as_str();
+    s[..1].to_uppercase() + &s[1..]
+}
+
+fn sub(text: &str) -> Value {
+    json!({ "Fn::Sub": text })
+}
+
+fn get_att(resource: &str, attribute: &str) -> Value {
+    json!({ "Fn::GetAtt": [resource, attribute] })
+}
+
+fn reference(name: &str) -> Value {
+    json!({ "Ref": name })
+}
+
+/// The template files of `spec`'s cell.
+pub fn cell_template(spec: &CellSpec, defaults: &TemplateDefaults) -> CellTemplate {
+    let mut files = vec![("cell.json".to_owned(), main_stack(spec, defaults))];
+    for stage in Stage::ALL {
+        files.push((rules_file_name(stage), rules_stack(spec, stage)));
+    }
+    CellTemplate { files }
+}
+
+fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
+    let cell = spec.cell_id().as_str();
+    let mut resources: BTreeMap<String, Value> = BTreeMap::new();
+    let mut outputs: BTreeMap<String, Value> = BTreeMap::new();
+
+    resources
+        .insert("Bus".into(), json!({ "Type": "AWS::Events::EventBus", "Properties": { "Name": spec.bus_name() } }));
+    resources.insert(
+        "Archive".into(),
+        json!({
+            "Type": "AWS::Events::Archive",
+            "Properties": {
+                "ArchiveName": spec.archive_name(),
+                "SourceArn": get_att("Bus", "Arn"),
+                "EventPattern": { "source": [bems_core::envelope::EVENT_SOURCE] },
+                "RetentionDays": reference("ArchiveRetentionDays"),
+            },
+        }),
+    );
+    resources.insert(
+        "BusDlq".into(),
+        json!({
+            "Type": "AWS::SQS::Queue",
+            "Properties": {
+                "QueueName": format!("bems-{cell}-bus-dlq"),
+                "KmsMasterKeyId": reference("CellKey"),
+                "KmsDataKeyReusePeriodSeconds": 3600,
+                "MessageRetentionPeriod": 1_209_600,
+            },
+        }),
+    );
+    let rules_arn =
+        format!("arn:${{AWS::Partition}}:events:${{AWS::Region}}:${{AWS::AccountId}}:rule/{}/*", spec.bus_name());
+    resources.insert(
+        "BusDlqPolicy".into(),
+        json!({
+            "Type": "AWS::SQS::QueuePolicy",
+            "Properties": {
+                "Queues": [reference("BusDlq")],
+                "PolicyDocument": {
+                    "Version": "2012-10-17",
+                    "Statement": [{
+                        "Sid": "bems-rules",
+                        "Effect": "Allow",
+                        "Principal": { "Service": "events.amazonaws.com" },
+                        "Action": "sqs:SendMessage",
+                        "Resource": get_att("BusDlq", "Arn"),
+                        "Condition": { "ArnLike": { "aws:SourceArn": sub(&rules_arn) } },
+                    }],
+                },
+            },
+        }),
+    );
+    resources.insert("CellKey".into(), cell_key(&rules_arn));
+    resources.insert(
+        "CellKeyAlias".into(),
+        json!({
+            "Type": "AWS::KMS::Alias",
+            "Properties": { "AliasName": format!("alias/bems-{cell}"), "TargetKeyId": reference("CellKey") },
+        }),
+    );
+
+    resources.insert("StatusDlq".into(), dlq(&spec.status_dlq_name()));
+    resources.insert("StatusQueue".into(), queue(&spec.status_queue_name(), "StatusDlq"));
+    let topics: Vec<Value> = Stage::ALL.iter().map(|s| reference(&format!("{}Topic", pascal(*s)))).collect();
+    resources.insert("StatusQueuePolicy".into(), queue_policy("StatusQueue", &topics));
+
+    for stage in Stage::ALL {
+        let p = pascal(stage);
+        let (topic, queue_id, dlq_id) = (format!("{p}Topic"), format!("{p}Queue"), format!("{p}Dlq"));
+        resources.insert(
+            topic.clone(),
+            json!({
+                "Type": "AWS::SNS::Topic",
+                "Properties": {
+                    "TopicName": spec.topic_name(stage),
+                    "FifoTopic": true,
+                    "ContentBasedDeduplication": true,
+                    "KmsMasterKeyId": reference("CellKey"),
+                },
+            }),
+        );
+        resources.insert(
+            format!("{p}TopicPolicy"),
+            json!({
+                "Type": "AWS::SNS::TopicPolicy",
+                "Properties": {
+                    "Topics": [reference(&topic)],
+                    "PolicyDocument": {
+                        "Version": "2012-10-17",
+                        "Statement": [{
+                            "Sid": "bems-rules",
+                            "Effect": "Allow",
+                            "Principal": { "Service": "events.amazonaws.com" },
+                            "Action": "sns:Publish",
+                            "Resource": reference(&topic),
+                            "Condition": { "ArnLike": { "aws:SourceArn": sub(&rules_arn) } },
+                        }],
+                    },
+                },
+            }),
+        );
+        resources.insert(dlq_id.clone(), dlq(&spec.dlq_name(stage)));
+        resources.insert(queue_id.clone(), queue(&spec.queue_name(stage), &dlq_id));
+        resources.insert(format!("{p}QueuePolicy"), queue_policy(&queue_id, &[reference(&topic)]));
+        let filter = spec.stage_filter_policy();
+        resources.insert(
+            format!("{p}Subscription"),
+            json!({
+                "Type": "AWS::SNS::Subscription",
+                "Properties": {
+                    "TopicArn": reference(&topic),
+                    "Protocol": "sqs",
+                    "Endpoint": get_att(&queue_id, "Arn"),
+                    "RawMessageDelivery": true,
+                    "FilterPolicyScope": filter.scope().as_str(),
+                    "FilterPolicy": filter.to_value(),
+                },
+            }),
+        );
+        resources.insert(
+            format!("{p}StatusSubscription"),
+            json!({
+                "Type": "AWS::SNS::Subscription",
+                "Properties": {
+                    "TopicArn": reference(&topic),
+                    "Protocol": "sqs",
+                    "Endpoint": get_att("StatusQueue", "Arn"),
+                    "RawMessageDelivery": true,
+                },
+            }),
+        );
+        resources.insert(
+            format!("{p}Rules"),
+            json!({
+                "Type": "AWS::CloudFormation::Stack",
+                "DependsOn": [format!("{p}TopicPolicy"), "BusDlqPolicy"],
+                "Properties": {
+                    "TemplateURL": rules_file_name(stage),
+                    "Parameters": {
+                        "BusName": reference("Bus"),
+                        "TopicArn": reference(&topic),
+                        "DeadLetterQueueArn": get_att("BusDlq", "Arn"),
+                    },
+                },
+            }),
+        );
+        outputs.insert(format!("{p}TopicArn"), json!({ "Value": reference(&topic) }));
+        outputs.insert(format!("{p}QueueUrl"), json!({ "Value": reference(&queue_id) }));
+        outputs.insert(format!("{p}DlqUrl"), json!({ "Value": reference(&dlq_id) }));
+    }
+    outputs.insert("BusName".into(), json!({ "Value": reference("Bus") }));
+    outputs.insert("BusArn".into(), json!({ "Value": get_att("Bus", "Arn") }));
+    outputs.insert("BusDlqUrl".into(), json!({ "Value": reference("BusDlq") }));
+    outputs.insert("StatusQueueUrl".into(), json!({ "Value": reference("StatusQueue") }));
+    outputs.insert("StatusDlqUrl".into(), json!({ "Value": reference("StatusDlq") }));
+
+    json!({
+        "AWSTemplateFormatVersion": "2010-09-09",
+        "Description": format!(
+            "BEMS cell {cell}: {} partitions. Generated by `bems template` from the cell's CellSpec; do not edit.",
+            spec.partitions().get()
+        ),
+        "Metadata": {
+            "Bems": { "cellId": cell, "partitions": spec.partitions().get() },
+            // The nested stacks' TemplateURLs are local file names, which
+            // `sam deploy` (or `aws cloudformation package`) uploads and
+            // rewrites: exactly what W3002 warns about.
+            "cfn-lint": { "config": { "ignore_checks": ["W3002"] } },
+        },
+        "Parameters": {
+            "MaxReceiveCount": {
+                "Type": "Number",
+                "Default": defaults.max_receive_count,
+                "MinValue": 1,
+                "MaxValue": 1000,
+                "Description": "Receives before a message moves to its dead-letter queue.",
+            },
+            "VisibilityTimeoutSeconds": {
+                "Type": "Number",
+                "Default": defaults.visibility_timeout_secs,
+                "MinValue": 0,
+                "MaxValue": 43_200,
+                "Description": "Visibility timeout of the stage and status queues: six times the functions' timeout.",
+            },
+            "ArchiveRetentionDays": {
+                "Type": "Number",
+                "Default": defaults.archive_retention_days,
+                "MinValue": 0,
+                "Description": "Days the archive keeps events for replay (0: forever).",
+            },
+        },
+        "Resources": resources,
+        "Outputs": outputs,
+    })
+}
+
+/// The cell's key: the account administers it (and grants its functions
+/// `kms:Decrypt` through their roles); EventBridge (this cell's rules only)
+/// may use it to publish to the topics and to the bus DLQ, and SNS to send
+/// to the queues.
+fn cell_key(rules_arn: &str) -> Value {
+    json!({
+        "Type": "AWS::KMS::Key",
+        "Properties": {
+            "Description": "BEMS: encrypts the cell's topics and queues.",
+            "EnableKeyRotation": true,
+            "KeyPolicy": {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Sid": "account-administers",
+                        "Effect": "Allow",
+                        "Principal": { "AWS": sub("arn:${AWS::Partition}:iam::${AWS::AccountId}:root") },
+                        "Action": "kms:*",
+                        "Resource": "*",
+                    },
+                    {
+                        "Sid": "rules-publish",
+                        "Effect": "Allow",
+                        "Principal": { "Service": "events.amazonaws.com" },
+                        "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
+                        "Resource": "*",
+                        "Condition": { "ArnLike": { "aws:SourceArn": sub(rules_arn) } },
+                    },
+                    {
+                        "Sid": "topics-deliver",
+                        "Effect": "Allow",
+                        "Principal": { "Service": "sns.amazonaws.com" },
+                        "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
+                        "Resource": "*",
+                        "Condition": { "StringEquals": { "aws:SourceAccount": sub("${AWS::AccountId}") } },
+                    },
+                ],
+            },
+        },
+    })
+}
+
+/// A FIFO queue of the cell, encrypted with the cell key.
+fn fifo_queue(name: &str, extra: Value) -> Value {
+    let mut properties = json!({
+        "QueueName": name,
+        "FifoQueue": true,
+        "ContentBasedDeduplication": true,
+        "KmsMasterKeyId": reference("CellKey"),
+        "KmsDataKeyReusePeriodSeconds": 3600,
+    });
+    if let (Some(p), Value::Object(extra)) = (properties.as_object_mut(), extra) {
+        p.extend(extra);
+    }
+    json!({ "Type": "AWS::SQS::Queue", "Properties": properties })
+}
+
+/// A dead-letter queue: kept 14 days, the most SQS allows.
+fn dlq(name: &str) -> Value {
+    fifo_queue(name, json!({ "MessageRetentionPeriod": 1_209_600 }))
+}
+
+/// A stage or status queue, dead-lettering to `dlq_id`.
+fn queue(name: &str, dlq_id: &str) -> Value {
+    fifo_queue(
+        name,
+        json!({
+            "VisibilityTimeout": reference("VisibilityTimeoutSeconds"),
+            "RedrivePolicy": {
+                "deadLetterTargetArn": get_att(dlq_id, "Arn"),
+                "maxReceiveCount": reference("MaxReceiveCount"),
+            },
+        }),
+    )
+}
+
+/// Lets `topics` (and nothing else) send to the queue `queue_id`.
+fn queue_policy(queue_id: &str, topics: &[Value]) -> Value {
+    json!({
+        "Type": "AWS::SQS::QueuePolicy",
+        "Properties": {
+            "Queues": [reference(queue_id)],
+            "PolicyDocument": {
+                "Version": "2012-10-17",
+                "Statement": [{
+                    "Sid": "bems-topics",
+                    "Effect": "Allow",
+                    "Principal": { "Service": "sns.amazonaws.com" },
+                    "Action": "sqs:SendMessage",
+                    "Resource": get_att(queue_id, "Arn"),
+                    "Condition": { "ArnEquals": { "aws:SourceArn": topics } },
+                }],
+            },
+        },
+    })
+}
+
+/// One stage's rules: one per partition, each targeting the stage topic
+/// with the partition's static message group.
+fn rules_stack(spec: &CellSpec, stage: Stage) -> Value {
+    let mut resources: BTreeMap<String, Value> = BTreeMap::new();
+    for rule in spec.stage_rules().into_iter().filter(|r| r.stage == stage) {
+        resources.insert(
+            format!("Rule{}P{:02}", pascal(stage), rule.partition.get()),
+            json!({
+                "Type": "AWS::Events::Rule",
+                "Properties": {
+                    "Name": rule.name,
+                    "EventBusName": reference("BusName"),
+                    "EventPattern": rule.pattern.to_value(),
+                    "State": "ENABLED",
+                    "Targets": [{
+                        "Id": "stage",
+                        "Arn": reference("TopicArn"),
+                        "SqsParameters": { "MessageGroupId": rule.message_group_id },
+                        "DeadLetterConfig": { "Arn": reference("DeadLetterQueueArn") },
+                        "RetryPolicy": { "MaximumRetryAttempts": 185, "MaximumEventAgeInSeconds": 86_400 },
+                    }],
+                },
+            }),
+        );
+    }
+    json!({
+        "AWSTemplateFormatVersion": "2010-09-09",
+        "Description": format!(
+            "BEMS cell {}: the {stage} rules, one per partition. Generated by `bems template`; do not edit.",
+            spec.cell_id()
+        ),
+        "Parameters": {
+            "BusName": { "Type": "String", "Description": "The cell's event bus." },
+            "TopicArn": { "Type": "String", "Description": format!("The {stage} SNS FIFO topic.") },
+            "DeadLetterQueueArn": { "Type": "String", "Description": "Where EventBridge puts events it cannot deliver." },
+        },
+        "Resources": resources,
+    })
+}

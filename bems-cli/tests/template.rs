@@ -1,0 +1,159 @@
+//! The committed cell template is what the generator makes, and what the
+//! generator makes is what the routing code says: rules, filter policies and
+//! names read back from the JSON files equal the `CellSpec`'s.
+//!
+//! `BEMS_UPDATE_TEMPLATES=1 cargo test -p bems-cli --test template` rewrites
+//! `infra/cells/prod-eu-1/` after a change; commit the result.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::PathBuf;
+
+use bems_cli::template::{TemplateDefaults, cell_template, rules_file_name};
+use bems_core::Stage;
+use bems_core::fields::{AccountId, CellId, Region};
+use bems_core::partition::PartitionCount;
+use bems_core::routing::{CellSpec, EventPattern, FilterPolicy, FilterPolicyScope, Quotas};
+use serde_json::Value;
+
+/// The committed example: cell `prod-eu-1`, 16 partitions.
+fn example() -> CellSpec {
+    spec("prod-eu-1", 16, 300)
+}
+
+fn spec(cell: &str, partitions: u32, rules_per_bus: u32) -> CellSpec {
+    CellSpec::with_quotas(
+        CellId::new(cell).expect("cell"),
+        // The template uses the pseudo parameters; these are placeholders.
+        Region::new("eu-west-1").expect("region"),
+        AccountId::new("123456789012").expect("account"),
+        PartitionCount::new(partitions).expect("partitions"),
+        Quotas { rules_per_bus, ..Quotas::default() },
+    )
+    .expect("spec")
+}
+
+fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../infra/cells/prod-eu-1")
+}
+
+#[test]
+fn committed_template_is_what_the_generator_makes() {
+    let update = std::env::var_os("BEMS_UPDATE_TEMPLATES").is_some();
+    let template = cell_template(&example(), &TemplateDefaults::default());
+    let mut stale = Vec::new();
+    if update {
+        fs::create_dir_all(dir()).expect("create infra/cells/prod-eu-1");
+    }
+    for (name, text) in template.texts() {
+        let path = dir().join(&name);
+        if update {
+            fs::write(&path, &text).expect("write template");
+        } else if fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
+            stale.push(name);
+        }
+    }
+    let committed: BTreeSet<String> = fs::read_dir(dir())
+        .expect("infra/cells/prod-eu-1 exists")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    let expected: BTreeSet<String> = template.files.iter().map(|(n, _)| n.clone()).collect();
+    assert_eq!(committed, expected, "infra/cells/prod-eu-1 holds other files than the generator writes");
+    assert!(
+        stale.is_empty(),
+        "stale template files {stale:?}: run `BEMS_UPDATE_TEMPLATES=1 cargo test -p bems-cli --test template` and commit"
+    );
+}
+
+fn read(name: &str) -> Value {
+    let text = fs::read_to_string(dir().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// Reads the committed files as a deployer would and compares every rule,
+/// filter policy and name with what the routing code produces.
+#[test]
+fn committed_template_routes_exactly_as_the_cell_spec_does() {
+    let spec = example();
+    let main = read("cell.json");
+    let resources = main["Resources"].as_object().expect("resources");
+    let named = |ty: &str, key: &str| -> BTreeSet<String> {
+        resources
+            .values()
+            .filter(|r| r["Type"] == ty)
+            .filter_map(|r| r["Properties"][key].as_str().map(str::to_owned))
+            .collect()
+    };
+    let want_queues: BTreeSet<String> = Stage::ALL
+        .iter()
+        .flat_map(|s| [spec.queue_name(*s), spec.dlq_name(*s)])
+        .chain([spec.status_queue_name(), spec.status_dlq_name(), format!("bems-{}-bus-dlq", spec.cell_id())])
+        .collect();
+    assert_eq!(named("AWS::SQS::Queue", "QueueName"), want_queues);
+    assert_eq!(named("AWS::SNS::Topic", "TopicName"), Stage::ALL.iter().map(|s| spec.topic_name(*s)).collect());
+    assert_eq!(named("AWS::Events::EventBus", "Name"), BTreeSet::from([spec.bus_name()]));
+
+    // Subscriptions: per stage its queue with the stage filter policy, and
+    // the status queue unfiltered.
+    let subscriptions: Vec<&Value> = resources.values().filter(|r| r["Type"] == "AWS::SNS::Subscription").collect();
+    assert_eq!(subscriptions.len(), spec.subscriptions().len());
+    let filtered: Vec<&Value> =
+        subscriptions.iter().copied().filter(|s| s["Properties"]["FilterPolicy"].is_object()).collect();
+    assert_eq!(filtered.len(), 4);
+    for s in filtered {
+        let p = &s["Properties"];
+        let scope = match p["FilterPolicyScope"].as_str() {
+            Some("MessageBody") => FilterPolicyScope::MessageBody,
+            Some("MessageAttributes") | None => FilterPolicyScope::MessageAttributes,
+            Some(other) => panic!("unknown filter policy scope {other}"),
+        };
+        let policy = FilterPolicy::from_json(&p["FilterPolicy"].to_string(), scope).expect("a valid policy");
+        assert_eq!(policy, spec.stage_filter_policy());
+    }
+
+    // Rules: one nested stack per stage, one rule per partition, each with
+    // the spec's pattern, name and message group.
+    for stage in Stage::ALL {
+        let rules = read(&rules_file_name(stage));
+        let rules = rules["Resources"].as_object().expect("resources");
+        let want: Vec<_> = spec.stage_rules().into_iter().filter(|r| r.stage == stage).collect();
+        assert_eq!(rules.len(), want.len(), "{stage}");
+        for rule in want {
+            let found = rules
+                .values()
+                .find(|r| r["Properties"]["Name"] == rule.name.as_str())
+                .unwrap_or_else(|| panic!("{} is not in {}", rule.name, rules_file_name(stage)));
+            let pattern = EventPattern::from_value(&found["Properties"]["EventPattern"]).expect("a valid pattern");
+            assert_eq!(pattern, rule.pattern, "{}", rule.name);
+            assert_eq!(
+                found["Properties"]["Targets"][0]["SqsParameters"]["MessageGroupId"],
+                rule.message_group_id.as_str()
+            );
+        }
+    }
+}
+
+/// 99 partitions: 396 rules, still within a stack's 500 resources because
+/// each stage's rules are a nested stack.
+#[test]
+fn the_largest_cell_fits_cloudformation_s_limits() {
+    let spec = spec("big", 99, 400);
+    let template = cell_template(&spec, &TemplateDefaults::default());
+    for (name, value) in &template.files {
+        let count = value["Resources"].as_object().map_or(0, serde_json::Map::len);
+        assert!(count <= 500, "{name}: {count} resources");
+        // Templates above 51,200 bytes must go through S3, which `sam deploy`
+        // does; the S3 limit is 1 MB.
+        let bytes = serde_json::to_string(value).expect("json").len();
+        assert!(bytes < 1_000_000, "{name}: {bytes} bytes");
+    }
+    let rules: usize = Stage::ALL
+        .iter()
+        .map(|s| {
+            template.file(&rules_file_name(*s)).expect("rules file")["Resources"]
+                .as_object()
+                .map_or(0, serde_json::Map::len)
+        })
+        .sum();
+    assert_eq!(rules, 396);
+}
