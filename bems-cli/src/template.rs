@@ -46,11 +46,34 @@ pub struct TemplateDefaults {
     pub visibility_timeout_secs: u32,
     /// Days the archive keeps events (0: forever).
     pub archive_retention_days: u32,
+    /// Every event visible within this many seconds (the SLA).
+    pub sla_secs: u32,
+    /// Messages waiting in a stage or status queue above which operations
+    /// are warned.
+    pub queue_depth_threshold: u32,
+    /// Age of a queue's oldest message, seconds, above which operations are
+    /// warned (the SLA itself is the critical threshold).
+    pub queue_age_warning_secs: u32,
+    /// Timestream memory store retention, hours.
+    pub memory_retention_hours: u32,
+    /// Timestream magnetic store retention, days (auditors keep history).
+    pub magnetic_retention_days: u32,
 }
 
 impl Default for TemplateDefaults {
     fn default() -> TemplateDefaults {
-        TemplateDefaults { max_receive_count: 5, visibility_timeout_secs: 180, archive_retention_days: 30 }
+        TemplateDefaults {
+            max_receive_count: 5,
+            visibility_timeout_secs: 180,
+            archive_retention_days: 30,
+            sla_secs: 120,
+            // Ten seconds of the month-end peak (1,000 events/s).
+            queue_depth_threshold: 10_000,
+            queue_age_warning_secs: 60,
+            memory_retention_hours: 24,
+            // Seven years.
+            magnetic_retention_days: 2_555,
+        }
     }
 }
 
@@ -86,10 +109,15 @@ pub fn rules_file_name(stage: Stage) -> String {
     format!("rules-{stage}.json")
 }
 
+/// `text` with its first letter in upper case.
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    chars.next().map_or_else(String::new, |first| first.to_uppercase().chain(chars).collect())
+}
+
 /// A logical id part from a stage: `Ingestion`.
 fn pascal(stage: Stage) -> String {
-    let s = stage.as_str();
-    s[..1].to_uppercase() + &s[1..]
+    capitalized(stage.as_str())
 }
 
 fn sub(text: &str) -> Value {
@@ -264,6 +292,8 @@ fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
         outputs.insert(format!("{p}QueueUrl"), json!({ "Value": reference(&queue_id) }));
         outputs.insert(format!("{p}DlqUrl"), json!({ "Value": reference(&dlq_id) }));
     }
+    monitoring(spec, &mut resources, &mut outputs);
+    timestream(spec, &mut resources, &mut outputs);
     outputs.insert("BusName".into(), json!({ "Value": reference("Bus") }));
     outputs.insert("BusArn".into(), json!({ "Value": get_att("Bus", "Arn") }));
     outputs.insert("BusDlqUrl".into(), json!({ "Value": reference("BusDlq") }));
@@ -304,10 +334,281 @@ fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
                 "MinValue": 0,
                 "Description": "Days the archive keeps events for replay (0: forever).",
             },
+            "SlaSeconds": {
+                "Type": "Number",
+                "Default": defaults.sla_secs,
+                "MinValue": 1,
+                "Description": "Every event must be visible within this many seconds; the critical alarms use it.",
+            },
+            "QueueDepthThreshold": {
+                "Type": "Number",
+                "Default": defaults.queue_depth_threshold,
+                "MinValue": 1,
+                "Description": "Messages waiting in a stage or status queue above which operations are warned.",
+            },
+            "QueueAgeWarningSeconds": {
+                "Type": "Number",
+                "Default": defaults.queue_age_warning_secs,
+                "MinValue": 1,
+                "Description": "Age of a queue's oldest message above which operations are warned.",
+            },
+            "AlertEmail": {
+                "Type": "String",
+                "Default": "",
+                "Description": "Where alerts are mailed (both severities); empty: subscribe to the alert topics yourself.",
+            },
+            "CreateTimestream": {
+                "Type": "String",
+                "Default": "true",
+                "AllowedValues": ["true", "false"],
+                "Description": "false for accounts that cannot create Timestream for LiveAnalytics (closed to new customers since 2025-06-20); bring another RecordSink.",
+            },
+            "MemoryRetentionHours": {
+                "Type": "Number",
+                "Default": defaults.memory_retention_hours,
+                "MinValue": 1,
+                "MaxValue": 8_766,
+                "Description": "Timestream memory store retention (hours): recent data, fast queries, where writes land.",
+            },
+            "MagneticRetentionDays": {
+                "Type": "Number",
+                "Default": defaults.magnetic_retention_days,
+                "MinValue": 1,
+                "MaxValue": 73_000,
+                "Description": "Timestream magnetic store retention (days): the auditors' full history.",
+            },
+        },
+        "Conditions": {
+            "HasAlertEmail": { "Fn::Not": [{ "Fn::Equals": [reference("AlertEmail"), ""] }] },
+            "WithTimestream": { "Fn::Equals": [reference("CreateTimestream"), "true"] },
         },
         "Resources": resources,
         "Outputs": outputs,
     })
+}
+
+/// The alarms: what pages someone (critical) and what warns operations.
+///
+/// - critical: any message in any DLQ (the bus DLQ is where EventBridge puts
+///   what it failed to deliver after its retries, so it stands for failed
+///   invocations without one alarm per rule); a queue's oldest message older
+///   than the SLA; the p99 of the writer's visibility latency (event time to
+///   stored) above the SLA;
+/// - warning: a queue's oldest message older than the warning age; a queue
+///   deeper than the threshold for five minutes;
+/// - a composite alarm `bems-C-critical` that is in alarm when any critical
+///   one is, for a single page.
+fn monitoring(spec: &CellSpec, resources: &mut BTreeMap<String, Value>, outputs: &mut BTreeMap<String, Value>) {
+    let cell = spec.cell_id().as_str();
+    for (severity, logical) in [("critical", "AlertsCritical"), ("warning", "AlertsWarning")] {
+        resources.insert(
+            logical.into(),
+            json!({
+                "Type": "AWS::SNS::Topic",
+                "Properties": { "TopicName": format!("bems-{cell}-alerts-{severity}"), "KmsMasterKeyId": reference("CellKey") },
+            }),
+        );
+        resources.insert(
+            format!("{logical}Email"),
+            json!({
+                "Type": "AWS::SNS::Subscription",
+                "Condition": "HasAlertEmail",
+                "Properties": { "TopicArn": reference(logical), "Protocol": "email", "Endpoint": reference("AlertEmail") },
+            }),
+        );
+        outputs.insert(format!("{logical}TopicArn"), json!({ "Value": reference(logical) }));
+    }
+
+    let sqs_alarm =
+        |name: String, description: String, queue: &str, metric: &str, threshold: Value, periods: u32, topic: &str| {
+            json!({
+                "Type": "AWS::CloudWatch::Alarm",
+                "Properties": {
+                    "AlarmName": name,
+                    "AlarmDescription": description,
+                    "Namespace": "AWS/SQS",
+                    "MetricName": metric,
+                    "Dimensions": [{ "Name": "QueueName", "Value": get_att(queue, "QueueName") }],
+                    "Statistic": "Maximum",
+                    "Period": 60,
+                    "EvaluationPeriods": periods,
+                    "Threshold": threshold,
+                    "ComparisonOperator": "GreaterThanThreshold",
+                    "TreatMissingData": "notBreaching",
+                    "AlarmActions": [reference(topic)],
+                    "OKActions": [reference(topic)],
+                },
+            })
+        };
+    let mut critical: Vec<String> = Vec::new();
+    let mut queues: Vec<(String, String)> = Stage::ALL.iter().map(|s| (pascal(*s), format!("the {s} queue"))).collect();
+    queues.push(("Status".into(), "the status-change queue".into()));
+    for (p, what) in &queues {
+        let (queue, dlq) = (format!("{p}Queue"), format!("{p}Dlq"));
+        let id = format!("{p}DlqNotEmptyAlarm");
+        resources.insert(
+            id.clone(),
+            sqs_alarm(
+                format!("bems-{cell}-{}-dlq-not-empty", p.to_lowercase()),
+                format!(
+                    "A message of {what} was dead-lettered: an invoice is stuck. `bems redrive` after fixing the cause."
+                ),
+                &dlq,
+                "ApproximateNumberOfMessagesVisible",
+                json!(0),
+                1,
+                "AlertsCritical",
+            ),
+        );
+        critical.push(id);
+        let id = format!("{p}QueueOverSlaAlarm");
+        resources.insert(
+            id.clone(),
+            sqs_alarm(
+                format!("bems-{cell}-{}-oldest-over-sla", p.to_lowercase()),
+                format!("The oldest message of {what} has waited longer than the SLA."),
+                &queue,
+                "ApproximateAgeOfOldestMessage",
+                reference("SlaSeconds"),
+                1,
+                "AlertsCritical",
+            ),
+        );
+        critical.push(id);
+        resources.insert(
+            format!("{p}QueueAgeAlarm"),
+            sqs_alarm(
+                format!("bems-{cell}-{}-oldest-age", p.to_lowercase()),
+                format!("The oldest message of {what} is older than the warning age: it is falling behind."),
+                &queue,
+                "ApproximateAgeOfOldestMessage",
+                reference("QueueAgeWarningSeconds"),
+                1,
+                "AlertsWarning",
+            ),
+        );
+        resources.insert(
+            format!("{p}QueueDepthAlarm"),
+            sqs_alarm(
+                format!("bems-{cell}-{}-depth", p.to_lowercase()),
+                format!("{} has held more messages than the threshold for five minutes.", capitalized(what)),
+                &queue,
+                "ApproximateNumberOfMessagesVisible",
+                reference("QueueDepthThreshold"),
+                5,
+                "AlertsWarning",
+            ),
+        );
+    }
+    resources.insert(
+        "BusDlqNotEmptyAlarm".into(),
+        sqs_alarm(
+            format!("bems-{cell}-bus-dlq-not-empty"),
+            "EventBridge could not deliver an event to a stage topic after its retries (failed invocations land here)."
+                .into(),
+            "BusDlq",
+            "ApproximateNumberOfMessagesVisible",
+            json!(0),
+            1,
+            "AlertsCritical",
+        ),
+    );
+    critical.push("BusDlqNotEmptyAlarm".into());
+    resources.insert(
+        "VisibilityOverSlaAlarm".into(),
+        json!({
+            "Type": "AWS::CloudWatch::Alarm",
+            "Properties": {
+                "AlarmName": format!("bems-{cell}-visibility-p99-over-sla"),
+                "AlarmDescription": "p99 of event time to stored in Timestream (the writer's VisibilityLatency) is above the SLA.",
+                "Metrics": [
+                    {
+                        "Id": "latency",
+                        "MetricStat": {
+                            "Metric": {
+                                "Namespace": "BEMS",
+                                "MetricName": "VisibilityLatency",
+                                "Dimensions": [
+                                    { "Name": "Cell", "Value": cell },
+                                    { "Name": "Function", "Value": "timestream-writer" },
+                                ],
+                            },
+                            "Period": 60,
+                            "Stat": "p99",
+                        },
+                        "ReturnData": false,
+                    },
+                    { "Id": "seconds", "Expression": "latency / 1000", "Label": "p99 visibility latency (s)", "ReturnData": true },
+                ],
+                "EvaluationPeriods": 3,
+                "DatapointsToAlarm": 2,
+                "Threshold": reference("SlaSeconds"),
+                "ComparisonOperator": "GreaterThanThreshold",
+                "TreatMissingData": "notBreaching",
+                "AlarmActions": [reference("AlertsCritical")],
+                "OKActions": [reference("AlertsCritical")],
+            },
+        }),
+    );
+    critical.push("VisibilityOverSlaAlarm".into());
+    critical.sort();
+    let rule = critical.iter().map(|a| format!("ALARM(\"${{{a}}}\")")).collect::<Vec<_>>().join(" OR ");
+    resources.insert(
+        "CriticalCompositeAlarm".into(),
+        json!({
+            "Type": "AWS::CloudWatch::CompositeAlarm",
+            "Properties": {
+                "AlarmName": format!("bems-{cell}-critical"),
+                "AlarmDescription": "Any critical alarm of the cell: one page, however many parts broke.",
+                "AlarmRule": sub(&rule),
+                "AlarmActions": [reference("AlertsCritical")],
+            },
+        }),
+    );
+}
+
+/// The Timestream database and table (condition `WithTimestream`):
+/// retention from the parameters, magnetic store writes on so that late
+/// corrections beyond the memory window are still stored.
+fn timestream(spec: &CellSpec, resources: &mut BTreeMap<String, Value>, outputs: &mut BTreeMap<String, Value>) {
+    let database = format!("bems_{}", spec.cell_id().as_str().replace('-', "_"));
+    resources.insert(
+        "TimestreamDatabase".into(),
+        json!({
+            "Type": "AWS::Timestream::Database",
+            "Condition": "WithTimestream",
+            "Metadata": maintenance_mode_note(),
+            "Properties": { "DatabaseName": database, "KmsKeyId": reference("CellKey") },
+        }),
+    );
+    resources.insert(
+        "TimestreamTable".into(),
+        json!({
+            "Type": "AWS::Timestream::Table",
+            "Condition": "WithTimestream",
+            "Metadata": maintenance_mode_note(),
+            "Properties": {
+                "DatabaseName": reference("TimestreamDatabase"),
+                "TableName": "status_changes",
+                "RetentionProperties": {
+                    "MemoryStoreRetentionPeriodInHours": sub("${MemoryRetentionHours}"),
+                    "MagneticStoreRetentionPeriodInDays": sub("${MagneticRetentionDays}"),
+                },
+                "MagneticStoreWriteProperties": { "EnableMagneticStoreWrites": true },
+            },
+        }),
+    );
+    outputs.insert(
+        "TimestreamDatabase".into(),
+        json!({ "Condition": "WithTimestream", "Value": reference("TimestreamDatabase") }),
+    );
+}
+
+/// Accepts cfn-lint's warning that Timestream for LiveAnalytics is in
+/// maintenance mode: accounts that have it keep using it, the others set
+/// `CreateTimestream=false` and bring another `RecordSink`.
+fn maintenance_mode_note() -> Value {
+    json!({ "cfn-lint": { "config": { "ignore_checks": ["W3697"] } } })
 }
 
 /// The cell's key: the account administers it (and grants its functions
@@ -337,6 +638,14 @@ fn cell_key(rules_arn: &str) -> Value {
                         "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
                         "Resource": "*",
                         "Condition": { "ArnLike": { "aws:SourceArn": sub(rules_arn) } },
+                    },
+                    {
+                        "Sid": "alarms-notify",
+                        "Effect": "Allow",
+                        "Principal": { "Service": "cloudwatch.amazonaws.com" },
+                        "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
+                        "Resource": "*",
+                        "Condition": { "StringEquals": { "aws:SourceAccount": sub("${AWS::AccountId}") } },
                     },
                     {
                         "Sid": "topics-deliver",

@@ -90,12 +90,21 @@ fn committed_template_routes_exactly_as_the_cell_spec_does() {
         .chain([spec.status_queue_name(), spec.status_dlq_name(), format!("bems-{}-bus-dlq", spec.cell_id())])
         .collect();
     assert_eq!(named("AWS::SQS::Queue", "QueueName"), want_queues);
-    assert_eq!(named("AWS::SNS::Topic", "TopicName"), Stage::ALL.iter().map(|s| spec.topic_name(*s)).collect());
+    let topics = named("AWS::SNS::Topic", "TopicName");
+    let fifo: BTreeSet<String> = topics.iter().filter(|t| t.ends_with(".fifo")).cloned().collect();
+    assert_eq!(fifo, Stage::ALL.iter().map(|s| spec.topic_name(*s)).collect());
+    assert_eq!(
+        topics.difference(&fifo).cloned().collect::<BTreeSet<_>>(),
+        BTreeSet::from(["bems-prod-eu-1-alerts-critical".to_owned(), "bems-prod-eu-1-alerts-warning".to_owned()])
+    );
     assert_eq!(named("AWS::Events::EventBus", "Name"), BTreeSet::from([spec.bus_name()]));
 
     // Subscriptions: per stage its queue with the stage filter policy, and
     // the status queue unfiltered.
-    let subscriptions: Vec<&Value> = resources.values().filter(|r| r["Type"] == "AWS::SNS::Subscription").collect();
+    let subscriptions: Vec<&Value> = resources
+        .values()
+        .filter(|r| r["Type"] == "AWS::SNS::Subscription" && r["Properties"]["Protocol"] == "sqs")
+        .collect();
     assert_eq!(subscriptions.len(), spec.subscriptions().len());
     let filtered: Vec<&Value> =
         subscriptions.iter().copied().filter(|s| s["Properties"]["FilterPolicy"].is_object()).collect();
@@ -131,6 +140,42 @@ fn committed_template_routes_exactly_as_the_cell_spec_does() {
             );
         }
     }
+}
+
+/// Every queue has its depth and age alarms, every DLQ (the bus's too) a
+/// not-empty alarm, and the composite alarm names every critical one.
+#[test]
+fn every_queue_and_dlq_is_watched() {
+    let main = read("cell.json");
+    let resources = main["Resources"].as_object().expect("resources");
+    let alarms: Vec<&Value> = resources.values().filter(|r| r["Type"] == "AWS::CloudWatch::Alarm").collect();
+    let watched = |metric: &str, queue_id: &str| {
+        alarms.iter().any(|a| {
+            a["Properties"]["MetricName"] == metric
+                && a["Properties"]["Dimensions"][0]["Value"]["Fn::GetAtt"][0] == queue_id
+        })
+    };
+    for (id, r) in resources.iter().filter(|(_, r)| r["Type"] == "AWS::SQS::Queue") {
+        if id.ends_with("Dlq") {
+            assert!(watched("ApproximateNumberOfMessagesVisible", id), "{id}: no not-empty alarm");
+        } else {
+            assert!(watched("ApproximateAgeOfOldestMessage", id), "{id}: no age alarm");
+            assert!(watched("ApproximateNumberOfMessagesVisible", id), "{id}: no depth alarm");
+            assert!(r["Properties"]["RedrivePolicy"].is_object(), "{id}: no DLQ");
+        }
+    }
+    let critical: Vec<&String> = resources
+        .iter()
+        .filter(|(_, r)| {
+            r["Type"] == "AWS::CloudWatch::Alarm" && r["Properties"]["AlarmActions"][0]["Ref"] == "AlertsCritical"
+        })
+        .map(|(id, _)| id)
+        .collect();
+    let rule = resources["CriticalCompositeAlarm"]["Properties"]["AlarmRule"]["Fn::Sub"].as_str().expect("rule");
+    for id in &critical {
+        assert!(rule.contains(&format!("${{{id}}}")), "{id} is missing from the composite alarm: {rule}");
+    }
+    assert_eq!(rule.matches("ALARM(").count(), critical.len());
 }
 
 /// 99 partitions: 396 rules, still within a stack's 500 resources because
