@@ -54,6 +54,9 @@ pub struct TemplateDefaults {
     /// Age of a queue's oldest message, seconds, above which operations are
     /// warned (the SLA itself is the critical threshold).
     pub queue_age_warning_secs: u32,
+    /// Percentage of a stage's records failing above which operations are
+    /// warned.
+    pub error_rate_percent: u32,
     /// Timestream memory store retention, hours.
     pub memory_retention_hours: u32,
     /// Timestream magnetic store retention, days (auditors keep history).
@@ -70,6 +73,7 @@ impl Default for TemplateDefaults {
             // Ten seconds of the month-end peak (1,000 events/s).
             queue_depth_threshold: 10_000,
             queue_age_warning_secs: 60,
+            error_rate_percent: 1,
             memory_retention_hours: 24,
             // Seven years.
             magnetic_retention_days: 2_555,
@@ -352,6 +356,13 @@ fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
                 "MinValue": 1,
                 "Description": "Age of a queue's oldest message above which operations are warned.",
             },
+            "ErrorRatePercent": {
+                "Type": "Number",
+                "Default": defaults.error_rate_percent,
+                "MinValue": 0,
+                "MaxValue": 100,
+                "Description": "Share of a stage's records failing (any class) above which operations are warned, over 5 minutes.",
+            },
             "AlertEmail": {
                 "Type": "String",
                 "Default": "",
@@ -500,6 +511,9 @@ fn monitoring(spec: &CellSpec, resources: &mut BTreeMap<String, Value>, outputs:
             ),
         );
     }
+    for stage in Stage::ALL {
+        resources.insert(format!("{}ErrorRateAlarm", pascal(stage)), error_rate_alarm(cell, stage));
+    }
     resources.insert(
         "BusDlqNotEmptyAlarm".into(),
         sqs_alarm(
@@ -565,6 +579,58 @@ fn monitoring(spec: &CellSpec, resources: &mut BTreeMap<String, Value>, outputs:
             },
         }),
     );
+}
+
+/// A stage's error rate from its processor's EMF counts (namespace `BEMS`,
+/// dimensions `Cell`, `Function` and, for failures, `class`): records that
+/// failed or were dead-lettered, of all records, in percent. Held-back
+/// records are a consequence of another failure and do not count again.
+fn error_rate_alarm(cell: &str, stage: Stage) -> Value {
+    let function = format!("{stage}-processor");
+    let metric = |id: &str, name: &str, class: Option<&str>| {
+        let mut dimensions =
+            vec![json!({ "Name": "Cell", "Value": cell }), json!({ "Name": "Function", "Value": function })];
+        if let Some(class) = class {
+            dimensions.push(json!({ "Name": "class", "Value": class }));
+        }
+        json!({
+            "Id": id,
+            "MetricStat": {
+                "Metric": { "Namespace": "BEMS", "MetricName": name, "Dimensions": dimensions },
+                "Period": 60,
+                "Stat": "Sum",
+            },
+            "ReturnData": false,
+        })
+    };
+    let failures = "FILL(ft,0)+FILL(fb,0)+FILL(fp,0)+FILL(db,0)+FILL(dp,0)";
+    json!({
+        "Type": "AWS::CloudWatch::Alarm",
+        "Properties": {
+            "AlarmName": format!("bems-{cell}-{stage}-error-rate"),
+            "AlarmDescription": format!("More than ErrorRatePercent of the {stage} processor's records failed, five minutes running."),
+            "Metrics": [
+                metric("ok", "Processed", None),
+                metric("ft", "Failed", Some("transient")),
+                metric("fb", "Failed", Some("business")),
+                metric("fp", "Failed", Some("poison")),
+                metric("db", "DeadLettered", Some("business")),
+                metric("dp", "DeadLettered", Some("poison")),
+                {
+                    "Id": "rate",
+                    "Expression": format!("100 * ({failures}) / (FILL(ok,0) + {failures})"),
+                    "Label": format!("{stage} error rate (%)"),
+                    "ReturnData": true,
+                },
+            ],
+            "EvaluationPeriods": 5,
+            "Threshold": reference("ErrorRatePercent"),
+            "ComparisonOperator": "GreaterThanThreshold",
+            "TreatMissingData": "notBreaching",
+            "AlarmActions": [reference("AlertsWarning")],
+            "OKActions": [reference("AlertsWarning")],
+        },
+    })
 }
 
 /// The Timestream database and table (condition `WithTimestream`):

@@ -104,13 +104,24 @@ fn init_logs() {
         .try_init();
 }
 
-/// CloudWatch Embedded Metric Format: namespace `BEMS`, dimensions `Cell`
-/// and `Function`; one document per invocation, written to stdout, where
+/// The CloudWatch namespace of the functions' metrics.
+pub const METRICS_NAMESPACE: &str = "BEMS";
+
+/// The `Function` dimension of a stage processor's metrics.
+pub fn processor_metrics_name(stage: Stage) -> String {
+    format!("{stage}-processor")
+}
+
+/// The `Function` dimension of the Timestream writer's metrics.
+pub const WRITER_METRICS_NAME: &str = "timestream-writer";
+
+/// CloudWatch Embedded Metric Format: namespace [`METRICS_NAMESPACE`],
+/// dimensions `Cell` and `Function`; one document per invocation, written to stdout, where
 /// Lambda's log stream turns it into metrics. A `ColdStart` count goes with
 /// the first.
 fn init_metrics(cell: &str, function: &str) -> Result<&'static metrics_cloudwatch_embedded::Collector, ConfigError> {
     let collector = metrics_cloudwatch_embedded::Builder::new()
-        .cloudwatch_namespace("BEMS")
+        .cloudwatch_namespace(METRICS_NAMESPACE)
         .with_dimension("Cell", cell.to_owned())
         .with_dimension("Function", function.to_owned())
         .init()
@@ -153,7 +164,7 @@ pub async fn run_stage(stage: Stage) -> Result<(), Error> {
         _ => None,
     };
     init_logs();
-    let metrics = init_metrics(&cell, &format!("{stage}-processor"))?;
+    let metrics = init_metrics(&cell, &processor_metrics_name(stage))?;
 
     let handler = service_fn(move |event: LambdaEvent<SqsEvent>| {
         let (cell, region, dlq, events, sqs, store) =
@@ -192,7 +203,7 @@ pub async fn run_timestream_writer() -> Result<(), Error> {
     };
     let dead_letter = SqsDeadLetter::new(aws_sdk_sqs::Client::new(&config), var("BEMS_DLQ_URL")?);
     init_logs();
-    let metrics = init_metrics(&var("BEMS_CELL_ID")?, "timestream-writer")?;
+    let metrics = init_metrics(&var("BEMS_CELL_ID")?, WRITER_METRICS_NAME)?;
     let handler = service_fn(move |event: LambdaEvent<SqsEvent>| {
         let mut writer = TimestreamWriter::new(table.clone(), dead_letter.clone());
         Box::pin(async move {

@@ -1,0 +1,42 @@
+//! The template's alarms watch the metrics the functions really emit: the
+//! namespace, the `Function` dimension values and the metric names in
+//! `infra/cells/prod-eu-1/cell.json` are the ones `bems_lambda` uses. (No
+//! emulator needed.)
+
+use bems_core::Stage;
+use bems_lambda::function::{METRICS_NAMESPACE, WRITER_METRICS_NAME, processor_metrics_name};
+use serde_json::Value;
+
+#[test]
+fn alarms_name_the_metrics_the_functions_emit() {
+    let text = include_str!("../../infra/cells/prod-eu-1/cell.json");
+    let template: Value = serde_json::from_str(text).expect("the committed template is JSON");
+    let mut custom = Vec::new();
+    for (id, r) in template["Resources"].as_object().expect("resources") {
+        for m in r["Properties"]["Metrics"].as_array().into_iter().flatten() {
+            let metric = &m["MetricStat"]["Metric"];
+            if metric.is_null() {
+                continue;
+            }
+            assert_eq!(metric["Namespace"], METRICS_NAMESPACE, "{id}");
+            let function = metric["Dimensions"]
+                .as_array()
+                .and_then(|d| d.iter().find(|d| d["Name"] == "Function"))
+                .and_then(|d| d["Value"].as_str())
+                .unwrap_or_else(|| panic!("{id}: no Function dimension"));
+            custom.push((function.to_owned(), metric["MetricName"].as_str().unwrap_or_default().to_owned()));
+        }
+    }
+    // The writer's visibility latency (the SLA alarm) and each stage's
+    // processed and failed counts (the error-rate alarms).
+    assert!(custom.contains(&(WRITER_METRICS_NAME.to_owned(), "VisibilityLatency".to_owned())), "{custom:?}");
+    for stage in Stage::ALL {
+        for name in ["Processed", "Failed", "DeadLettered"] {
+            assert!(custom.contains(&(processor_metrics_name(stage), name.to_owned())), "{stage} {name}: {custom:?}");
+        }
+    }
+    // And nothing else: every alarm metric is one of those.
+    let known: Vec<String> =
+        Stage::ALL.iter().map(|s| processor_metrics_name(*s)).chain([WRITER_METRICS_NAME.to_owned()]).collect();
+    assert!(custom.iter().all(|(f, _)| known.contains(f)), "{custom:?}");
+}
