@@ -99,8 +99,31 @@ pub fn request_template(spec: &CellSpec, emulator: bool) -> String {
     )
 }
 
+/// The gateway's own answers, in JSON: (response type, status, body).
+pub const GATEWAY_RESPONSES: &[(&str, &str, &str)] = &[
+    (
+        "BAD_REQUEST_BODY",
+        "400",
+        r#"{"message": "the request body is not a valid invoice event", "errors": "$context.error.validationErrorString"}"#,
+    ),
+    (
+        "MISSING_AUTHENTICATION_TOKEN",
+        "403",
+        r#"{"message": "no such endpoint, or no API key; send the key as x-api-key"}"#,
+    ),
+    ("INVALID_API_KEY", "403", r#"{"message": "the API key is not valid for this API"}"#),
+    ("THROTTLED", "429", r#"{"message": "too many requests; retry with backoff"}"#),
+    ("QUOTA_EXCEEDED", "429", r#"{"message": "the usage plan's quota is exhausted"}"#),
+];
+
+/// The statuses a method answers with.
+pub const METHOD_STATUSES: [&str; 5] = ["200", "400", "403", "429", "500"];
+
+/// The body when EventBridge answered with a 5xx.
+pub const BUS_ERROR_BODY: &str = r#"{"message": "the event bus could not be reached; retry"}"#;
+
 /// The response mapping template: EventBridge's result, named for producers.
-const RESPONSE_TEMPLATE: &str =
+pub const RESPONSE_TEMPLATE: &str =
     r#"{"failedEntryCount": $input.json('$.FailedEntryCount'), "entries": $input.json('$.Entries')}"#;
 
 /// The model to deploy for a stage (see the module docs for `emulator`).
@@ -360,7 +383,7 @@ async fn method(
         .send()
         .await
         .map_err(|e| fail(format!("integrate {label}"), &e))?;
-    for status in ["200", "400", "403", "429", "500"] {
+    for status in METHOD_STATUSES {
         client
             .put_method_response()
             .rest_api_id(api)
@@ -388,7 +411,7 @@ async fn method(
         .http_method("POST")
         .status_code("500")
         .selection_pattern("5\\d{2}")
-        .response_templates("application/json", r#"{"message": "the event bus could not be reached; retry"}"#)
+        .response_templates("application/json", BUS_ERROR_BODY)
         .send()
         .await
         .map_err(|e| fail(format!("{label} error response"), &e))?;
@@ -402,23 +425,9 @@ async fn gateway_responses(
     api: &str,
     report: &mut Report,
 ) -> Result<bool, ProvisionError> {
-    let wanted = [
-        (
-            GatewayResponseType::BadRequestBody,
-            "400",
-            r#"{"message": "the request body is not a valid invoice event", "errors": "$context.error.validationErrorString"}"#,
-        ),
-        (
-            GatewayResponseType::MissingAuthenticationToken,
-            "403",
-            r#"{"message": "no such endpoint, or no API key; send the key as x-api-key"}"#,
-        ),
-        (GatewayResponseType::InvalidApiKey, "403", r#"{"message": "the API key is not valid for this API"}"#),
-        (GatewayResponseType::Throttled, "429", r#"{"message": "too many requests; retry with backoff"}"#),
-        (GatewayResponseType::QuotaExceeded, "429", r#"{"message": "the usage plan's quota is exhausted"}"#),
-    ];
     let mut changed = false;
-    for (kind, status, body) in wanted {
+    for &(kind, status, body) in GATEWAY_RESPONSES {
+        let kind = GatewayResponseType::from(kind);
         let current = client.get_gateway_response().rest_api_id(api).response_type(kind.clone()).send().await.ok();
         let same = current.as_ref().is_some_and(|c| {
             c.status_code() == Some(status)

@@ -54,6 +54,8 @@ pub struct TemplateDefaults {
     /// Age of a queue's oldest message, seconds, above which operations are
     /// warned (the SLA itself is the critical threshold).
     pub queue_age_warning_secs: u32,
+    /// Days logs are kept.
+    pub log_retention_days: u32,
     /// Percentage of a stage's records failing above which operations are
     /// warned.
     pub error_rate_percent: u32,
@@ -74,6 +76,7 @@ impl Default for TemplateDefaults {
             queue_depth_threshold: 10_000,
             queue_age_warning_secs: 60,
             error_rate_percent: 1,
+            log_retention_days: 90,
             memory_retention_hours: 24,
             // Seven years.
             magnetic_retention_days: 2_555,
@@ -296,6 +299,7 @@ fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
         outputs.insert(format!("{p}QueueUrl"), json!({ "Value": reference(&queue_id) }));
         outputs.insert(format!("{p}DlqUrl"), json!({ "Value": reference(&dlq_id) }));
     }
+    api(spec, &mut resources, &mut outputs);
     monitoring(spec, &mut resources, &mut outputs);
     timestream(spec, &mut resources, &mut outputs);
     outputs.insert("BusName".into(), json!({ "Value": reference("Bus") }));
@@ -356,6 +360,18 @@ fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
                 "MinValue": 1,
                 "Description": "Age of a queue's oldest message above which operations are warned.",
             },
+            "LogRetentionDays": {
+                "Type": "Number",
+                "Default": defaults.log_retention_days,
+                "AllowedValues": [1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653],
+                "Description": "Days the API access logs (and, with the functions, their logs) are kept.",
+            },
+            "ConfigureApiGatewayAccount": {
+                "Type": "String",
+                "Default": "true",
+                "AllowedValues": ["true", "false"],
+                "Description": "Set the account's API Gateway CloudWatch role (one per account and Region; false when another stack already does).",
+            },
             "ErrorRatePercent": {
                 "Type": "Number",
                 "Default": defaults.error_rate_percent,
@@ -392,10 +408,296 @@ fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
         "Conditions": {
             "HasAlertEmail": { "Fn::Not": [{ "Fn::Equals": [reference("AlertEmail"), ""] }] },
             "WithTimestream": { "Fn::Equals": [reference("CreateTimestream"), "true"] },
+            "WithApiGatewayAccount": { "Fn::Equals": [reference("ConfigureApiGatewayAccount"), "true"] },
         },
         "Resources": resources,
         "Outputs": outputs,
     })
+}
+
+/// The ingress: `POST /invoices/<stage>` with the stage's draft-04 model and
+/// a body validator, an API key and usage plan, the PutEvents integration
+/// (through a role that may put events on this bus only), JSON gateway
+/// responses, stage throttling, access logs (encrypted, kept
+/// `LogRetentionDays`), X-Ray, and a WAF web ACL with AWS's common and
+/// known-bad-inputs rule sets. The same tables as `bems provision`
+/// ([`crate::api`]) so both deploy the same API.
+fn api(spec: &CellSpec, resources: &mut BTreeMap<String, Value>, outputs: &mut BTreeMap<String, Value>) {
+    use crate::api::{
+        BURST_LIMIT, BUS_ERROR_BODY, GATEWAY_RESPONSES, METHOD_STATUSES, RATE_LIMIT, RESPONSE_TEMPLATE, STAGE_NAME,
+        model, model_name, request_template,
+    };
+    let cell = spec.cell_id().as_str();
+    let api = reference("Api");
+    resources.insert(
+        "Api".into(),
+        json!({
+            "Type": "AWS::ApiGateway::RestApi",
+            "Properties": {
+                "Name": format!("bems-{cell}-ingress"),
+                "Description": "BEMS ingress: POST /invoices/<stage> puts a validated invoice event on the cell's bus.",
+                "EndpointConfiguration": { "Types": ["REGIONAL"] },
+            },
+        }),
+    );
+    resources.insert(
+        "ApiRole".into(),
+        json!({
+            "Type": "AWS::IAM::Role",
+            "Properties": {
+                "Description": "API Gateway puts events on this cell's bus, and nothing else.",
+                "AssumeRolePolicyDocument": {
+                    "Version": "2012-10-17",
+                    "Statement": [{
+                        "Effect": "Allow",
+                        "Principal": { "Service": "apigateway.amazonaws.com" },
+                        "Action": "sts:AssumeRole",
+                        "Condition": { "StringEquals": { "aws:SourceAccount": sub("${AWS::AccountId}") } },
+                    }],
+                },
+                "Policies": [{
+                    "PolicyName": "put-events",
+                    "PolicyDocument": {
+                        "Version": "2012-10-17",
+                        "Statement": [{ "Effect": "Allow", "Action": "events:PutEvents", "Resource": get_att("Bus", "Arn") }],
+                    },
+                }],
+            },
+        }),
+    );
+    resources.insert(
+        "InvoicesResource".into(),
+        json!({
+            "Type": "AWS::ApiGateway::Resource",
+            "Properties": { "RestApiId": api, "ParentId": get_att("Api", "RootResourceId"), "PathPart": "invoices" },
+        }),
+    );
+    resources.insert(
+        "BodyValidator".into(),
+        json!({
+            "Type": "AWS::ApiGateway::RequestValidator",
+            "Properties": { "RestApiId": api, "Name": "body", "ValidateRequestBody": true, "ValidateRequestParameters": false },
+        }),
+    );
+    let mut methods = Vec::new();
+    for stage in Stage::ALL {
+        let p = pascal(stage);
+        // The generated schemas are fixed data; a failure is a bug in bems-schema.
+        let schema = model(stage, false).unwrap_or_else(|e| unreachable!("the {stage} model generates: {e}"));
+        resources.insert(
+            format!("{p}Model"),
+            json!({
+                "Type": "AWS::ApiGateway::Model",
+                "Properties": { "RestApiId": api, "Name": model_name(stage), "ContentType": "application/json", "Schema": schema },
+            }),
+        );
+        resources.insert(
+            format!("{p}Resource"),
+            json!({
+                "Type": "AWS::ApiGateway::Resource",
+                "Properties": { "RestApiId": api, "ParentId": reference("InvoicesResource"), "PathPart": stage.as_str() },
+            }),
+        );
+        methods.push(format!("{p}Method"));
+        resources.insert(
+            format!("{p}Method"),
+            json!({
+                "Type": "AWS::ApiGateway::Method",
+                "Properties": {
+                    "RestApiId": api,
+                    "ResourceId": reference(&format!("{p}Resource")),
+                    "HttpMethod": "POST",
+                    "AuthorizationType": "NONE",
+                    "ApiKeyRequired": true,
+                    "RequestValidatorId": reference("BodyValidator"),
+                    "RequestModels": { "application/json": reference(&format!("{p}Model")) },
+                    "Integration": {
+                        "Type": "AWS",
+                        "IntegrationHttpMethod": "POST",
+                        "Uri": sub("arn:${AWS::Partition}:apigateway:${AWS::Region}:events:action/PutEvents"),
+                        "Credentials": get_att("ApiRole", "Arn"),
+                        "RequestParameters": {
+                            "integration.request.header.X-Amz-Target": "'AWSEvents.PutEvents'",
+                            "integration.request.header.Content-Type": "'application/x-amz-json-1.1'",
+                        },
+                        "RequestTemplates": { "application/json": request_template(spec, false) },
+                        "PassthroughBehavior": "NEVER",
+                        "IntegrationResponses": [
+                            { "StatusCode": "200", "ResponseTemplates": { "application/json": RESPONSE_TEMPLATE } },
+                            {
+                                "StatusCode": "500",
+                                "SelectionPattern": "5\\d{2}",
+                                "ResponseTemplates": { "application/json": BUS_ERROR_BODY },
+                            },
+                        ],
+                    },
+                    "MethodResponses": METHOD_STATUSES.iter().map(|s| json!({ "StatusCode": s })).collect::<Vec<_>>(),
+                },
+            }),
+        );
+    }
+    for &(kind, status, body) in GATEWAY_RESPONSES {
+        resources.insert(
+            format!("GatewayResponse{}", kind.split('_').map(|w| capitalized(&w.to_lowercase())).collect::<String>()),
+            json!({
+                "Type": "AWS::ApiGateway::GatewayResponse",
+                "Properties": {
+                    "RestApiId": api,
+                    "ResponseType": kind,
+                    "StatusCode": status,
+                    "ResponseTemplates": { "application/json": body },
+                },
+            }),
+        );
+    }
+    // The deployment must follow every method; its logical id does not
+    // change with them, so a method change needs `aws apigateway
+    // create-deployment` (or a new id) to go live: a known CloudFormation
+    // trait, written down in infra/README.md.
+    resources.insert(
+        "Deployment".into(),
+        json!({ "Type": "AWS::ApiGateway::Deployment", "DependsOn": methods, "Properties": { "RestApiId": api } }),
+    );
+    resources.insert(
+        "AccessLogs".into(),
+        json!({
+            "Type": "AWS::Logs::LogGroup",
+            "Properties": {
+                "LogGroupName": format!("/bems/{cell}/api-access"),
+                "RetentionInDays": reference("LogRetentionDays"),
+                "KmsKeyId": get_att("CellKey", "Arn"),
+            },
+        }),
+    );
+    resources.insert(
+        "ApiGatewayLogsRole".into(),
+        json!({
+            "Type": "AWS::IAM::Role",
+            "Condition": "WithApiGatewayAccount",
+            "Properties": {
+                "Description": "API Gateway writes this account's API logs to CloudWatch Logs.",
+                "AssumeRolePolicyDocument": {
+                    "Version": "2012-10-17",
+                    "Statement": [{
+                        "Effect": "Allow",
+                        "Principal": { "Service": "apigateway.amazonaws.com" },
+                        "Action": "sts:AssumeRole",
+                    }],
+                },
+                "ManagedPolicyArns": [sub("arn:${AWS::Partition}:iam::aws:policy/service-role/AmazonAPIGatewayPushToCloudWatchLogs")],
+            },
+        }),
+    );
+    resources.insert(
+        "ApiGatewayAccount".into(),
+        json!({
+            "Type": "AWS::ApiGateway::Account",
+            "Condition": "WithApiGatewayAccount",
+            "Properties": { "CloudWatchRoleArn": get_att("ApiGatewayLogsRole", "Arn") },
+        }),
+    );
+    resources.insert(
+        "ApiStage".into(),
+        json!({
+            "Type": "AWS::ApiGateway::Stage",
+            "Metadata": {
+                "checkov": { "skip": [{
+                    "id": "CKV_AWS_120",
+                    "comment": "Every request is a distinct event to put on the bus: a cached answer would drop events.",
+                }] },
+            },
+            "Properties": {
+                "RestApiId": api,
+                "StageName": STAGE_NAME,
+                "DeploymentId": reference("Deployment"),
+                "TracingEnabled": true,
+                "MethodSettings": [{
+                    "ResourcePath": "/*",
+                    "HttpMethod": "*",
+                    "ThrottlingRateLimit": RATE_LIMIT,
+                    "ThrottlingBurstLimit": BURST_LIMIT,
+                    "MetricsEnabled": true,
+                }],
+                "AccessLogSetting": {
+                    "DestinationArn": get_att("AccessLogs", "Arn"),
+                    "Format": r#"{"requestId":"$context.requestId","ip":"$context.identity.sourceIp","apiKeyId":"$context.identity.apiKeyId","time":"$context.requestTimeEpoch","path":"$context.path","status":"$context.status","error":"$context.error.messageString","validation":"$context.error.validationErrorString","integrationStatus":"$context.integration.status","latencyMs":"$context.responseLatency"}"#,
+                },
+            },
+        }),
+    );
+    resources.insert(
+        "ProducersKey".into(),
+        json!({
+            "Type": "AWS::ApiGateway::ApiKey",
+            "DependsOn": ["ApiStage"],
+            "Properties": { "Name": format!("bems-{cell}-producers"), "Enabled": true },
+        }),
+    );
+    resources.insert(
+        "UsagePlan".into(),
+        json!({
+            "Type": "AWS::ApiGateway::UsagePlan",
+            "DependsOn": ["ApiStage"],
+            "Properties": {
+                "UsagePlanName": format!("bems-{cell}-producers"),
+                "ApiStages": [{ "ApiId": api, "Stage": STAGE_NAME }],
+                "Throttle": { "RateLimit": RATE_LIMIT, "BurstLimit": BURST_LIMIT },
+            },
+        }),
+    );
+    resources.insert(
+        "UsagePlanKey".into(),
+        json!({
+            "Type": "AWS::ApiGateway::UsagePlanKey",
+            "Properties": { "KeyId": reference("ProducersKey"), "KeyType": "API_KEY", "UsagePlanId": reference("UsagePlan") },
+        }),
+    );
+    let managed = |priority: u32, name: &str| {
+        json!({
+            "Name": name,
+            "Priority": priority,
+            "OverrideAction": { "None": {} },
+            "Statement": { "ManagedRuleGroupStatement": { "VendorName": "AWS", "Name": name } },
+            "VisibilityConfig": { "SampledRequestsEnabled": true, "CloudWatchMetricsEnabled": true, "MetricName": name },
+        })
+    };
+    resources.insert(
+        "WebAcl".into(),
+        json!({
+            "Type": "AWS::WAFv2::WebACL",
+            "Properties": {
+                "Name": format!("bems-{cell}-ingress"),
+                "Scope": "REGIONAL",
+                "DefaultAction": { "Allow": {} },
+                "Rules": [
+                    managed(0, "AWSManagedRulesCommonRuleSet"),
+                    managed(1, "AWSManagedRulesKnownBadInputsRuleSet"),
+                ],
+                "VisibilityConfig": {
+                    "SampledRequestsEnabled": true,
+                    "CloudWatchMetricsEnabled": true,
+                    "MetricName": format!("bems-{cell}-ingress"),
+                },
+            },
+        }),
+    );
+    resources.insert(
+        "WebAclAssociation".into(),
+        json!({
+            "Type": "AWS::WAFv2::WebACLAssociation",
+            "Properties": {
+                "ResourceArn": sub(&format!("arn:${{AWS::Partition}}:apigateway:${{AWS::Region}}::/restapis/${{Api}}/stages/{STAGE_NAME}")),
+                "WebACLArn": get_att("WebAcl", "Arn"),
+            },
+            "DependsOn": ["ApiStage"],
+        }),
+    );
+    outputs.insert(
+        "ApiUrl".into(),
+        json!({ "Value": sub(&format!("https://${{Api}}.execute-api.${{AWS::Region}}.${{AWS::URLSuffix}}/{STAGE_NAME}")) }),
+    );
+    outputs.insert("ApiId".into(), json!({ "Value": api }));
+    outputs.insert("ProducersKeyId".into(), json!({ "Value": reference("ProducersKey") }));
 }
 
 /// The alarms: what pages someone (critical) and what warns operations.
@@ -704,6 +1006,19 @@ fn cell_key(rules_arn: &str) -> Value {
                         "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
                         "Resource": "*",
                         "Condition": { "ArnLike": { "aws:SourceArn": sub(rules_arn) } },
+                    },
+                    {
+                        "Sid": "logs-encrypt",
+                        "Effect": "Allow",
+                        "Principal": { "Service": sub("logs.${AWS::Region}.amazonaws.com") },
+                        "Action": ["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"],
+                        "Resource": "*",
+                        "Condition": {
+                            "ArnLike": {
+                                "kms:EncryptionContext:aws:logs:arn":
+                                    sub("arn:${AWS::Partition}:logs:${AWS::Region}:${AWS::AccountId}:log-group:*"),
+                            },
+                        },
                     },
                     {
                         "Sid": "alarms-notify",

@@ -120,6 +120,22 @@ fn committed_template_routes_exactly_as_the_cell_spec_does() {
         assert_eq!(policy, spec.stage_filter_policy());
     }
 
+    // Request models: the committed bems-schema files, unchanged.
+    for stage in Stage::ALL {
+        let committed = fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../bems-schema/schemas/{stage}-request.v1.json")),
+        )
+        .expect("committed schema");
+        let committed: Value = serde_json::from_str(&committed).expect("schema JSON");
+        let model = resources
+            .values()
+            .find(|r| {
+                r["Type"] == "AWS::ApiGateway::Model" && r["Properties"]["Name"] == bems_cli::api::model_name(stage)
+            })
+            .unwrap_or_else(|| panic!("no {stage} model"));
+        assert_eq!(model["Properties"]["Schema"], committed, "{stage} model");
+    }
+
     // Rules: one nested stack per stage, one rule per partition, each with
     // the spec's pattern, name and message group.
     for stage in Stage::ALL {
