@@ -60,6 +60,9 @@ enum Command {
         /// Directory to write to (created if missing).
         #[arg(long, default_value = ".")]
         out: std::path::PathBuf,
+        /// The BEMS workspace (where `sam build` finds bems-lambda), relative to --out.
+        #[arg(long, default_value = "../../..")]
+        code_uri: String,
     },
     /// Forward shim queues to the stage topics until interrupted (LocalStack only).
     Shim {
@@ -143,9 +146,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let clients = Clients::new(&bems_cli::aws_config(Some(&cell.region)).await);
             println!("{}", bems_cli::teardown::teardown(&clients, &spec).await?);
         }
-        Command::Template { cell, out } => {
+        Command::Template { cell, out, code_uri } => {
             let spec = cell.spec()?;
-            let template = bems_cli::template::cell_template(&spec, &bems_cli::template::TemplateDefaults::default());
+            let defaults = bems_cli::template::TemplateDefaults { code_uri, ..Default::default() };
+            let template = bems_cli::template::cell_template(&spec, &defaults);
             std::fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
             for (name, text) in template.texts() {
                 let path = out.join(name);

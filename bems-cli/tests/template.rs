@@ -194,6 +194,38 @@ fn every_queue_and_dlq_is_watched() {
     assert_eq!(rule.matches("ALARM(").count(), critical.len());
 }
 
+/// Each function's role names only the resources that function touches:
+/// its queue and DLQ, the cell key, and the bus (processors) or the
+/// Timestream table (writer).
+#[test]
+fn every_function_touches_only_its_own_resources() {
+    let main = read("cell.json");
+    let resources = main["Resources"].as_object().expect("resources");
+    let mut functions = 0;
+    for (id, r) in resources.iter().filter(|(_, r)| r["Type"] == "AWS::Serverless::Function") {
+        functions += 1;
+        let policy = r["Properties"]["Policies"].to_string();
+        let referenced: BTreeSet<String> =
+            resources.keys().filter(|other| policy.contains(&format!("[\"{other}\",\"Arn\"]"))).cloned().collect();
+        let want: BTreeSet<String> = match id.strip_suffix("Processor") {
+            Some(stage) => [format!("{stage}Queue"), format!("{stage}Dlq"), "CellKey".into(), "Bus".into()].into(),
+            None => ["StatusQueue".into(), "StatusDlq".into(), "CellKey".into(), "TimestreamTable".into()].into(),
+        };
+        assert_eq!(referenced, want, "{id}");
+        // And nothing with a wildcard but endpoint discovery.
+        for statement in r["Properties"]["Policies"][0]["Statement"].as_array().expect("statements") {
+            if statement["Resource"] == "*" {
+                assert_eq!(statement["Action"], "timestream:DescribeEndpoints", "{id}: {statement}");
+            }
+        }
+        assert_eq!(
+            r["Properties"]["Events"]["Queue"]["Properties"]["FunctionResponseTypes"][0],
+            "ReportBatchItemFailures"
+        );
+    }
+    assert_eq!(functions, 5);
+}
+
 /// 99 partitions: 396 rules, still within a stack's 500 resources because
 /// each stage's rules are a nested stack.
 #[test]
