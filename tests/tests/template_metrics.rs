@@ -39,4 +39,22 @@ fn alarms_name_the_metrics_the_functions_emit() {
     let known: Vec<String> =
         Stage::ALL.iter().map(|s| processor_metrics_name(*s)).chain([WRITER_METRICS_NAME.to_owned()]).collect();
     assert!(custom.iter().all(|(f, _)| known.contains(f)), "{custom:?}");
+
+    // The dashboard's custom metrics too: ["BEMS", name, "Cell", c, "Function", f, ...].
+    let body = template["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+        .as_str()
+        .expect("the dashboard body is a Fn::Sub string");
+    let body: Value = serde_json::from_str(body).expect("the dashboard body is JSON");
+    let mut seen = 0;
+    for widget in body["widgets"].as_array().expect("widgets") {
+        for metric in widget["properties"]["metrics"].as_array().into_iter().flatten() {
+            if metric[0] == METRICS_NAMESPACE {
+                assert_eq!((&metric[2], &metric[4]), (&Value::from("Cell"), &Value::from("Function")), "{metric}");
+                let function = metric[5].as_str().unwrap_or_default().to_owned();
+                assert!(known.contains(&function), "dashboard metric for an unknown function: {metric}");
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen > 20, "the dashboard shows the functions' metrics ({seen})");
 }
