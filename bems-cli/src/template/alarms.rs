@@ -1,0 +1,248 @@
+//! Alarms and alert topics.
+
+use std::collections::BTreeMap;
+
+use bems_core::Stage;
+use bems_core::routing::CellSpec;
+use serde_json::{Value, json};
+
+use super::*;
+
+/// The alarms: what pages someone (critical) and what warns operations.
+///
+/// - critical: any message in any DLQ (the bus DLQ is where EventBridge puts
+///   what it failed to deliver after its retries, so it stands for failed
+///   invocations without one alarm per rule); a queue's oldest message older
+///   than the SLA; the p99 of the writer's visibility latency (event time to
+///   stored) above the SLA;
+/// - warning: a queue's oldest message older than the warning age; a queue
+///   deeper than the threshold for five minutes;
+/// - a composite alarm `bems-C-critical` that is in alarm when any critical
+///   one is, for a single page.
+pub(super) fn monitoring(
+    spec: &CellSpec,
+    resources: &mut BTreeMap<String, Value>,
+    outputs: &mut BTreeMap<String, Value>,
+) {
+    let cell = spec.cell_id().as_str();
+    for (severity, logical) in [("critical", "AlertsCritical"), ("warning", "AlertsWarning")] {
+        resources.insert(
+            logical.into(),
+            json!({
+                "Type": "AWS::SNS::Topic",
+                "Properties": { "TopicName": format!("bems-{cell}-alerts-{severity}"), "KmsMasterKeyId": reference("CellKey") },
+            }),
+        );
+        resources.insert(
+            format!("{logical}Email"),
+            json!({
+                "Type": "AWS::SNS::Subscription",
+                "Condition": "HasAlertEmail",
+                "Properties": { "TopicArn": reference(logical), "Protocol": "email", "Endpoint": reference("AlertEmail") },
+            }),
+        );
+        outputs.insert(format!("{logical}TopicArn"), json!({ "Value": reference(logical) }));
+    }
+
+    let sqs_alarm =
+        |name: String, description: String, queue: &str, metric: &str, threshold: Value, periods: u32, topic: &str| {
+            json!({
+                "Type": "AWS::CloudWatch::Alarm",
+                "Properties": {
+                    "AlarmName": name,
+                    "AlarmDescription": description,
+                    "Namespace": "AWS/SQS",
+                    "MetricName": metric,
+                    "Dimensions": [{ "Name": "QueueName", "Value": get_att(queue, "QueueName") }],
+                    "Statistic": "Maximum",
+                    "Period": 60,
+                    "EvaluationPeriods": periods,
+                    "Threshold": threshold,
+                    "ComparisonOperator": "GreaterThanThreshold",
+                    "TreatMissingData": "notBreaching",
+                    "AlarmActions": [reference(topic)],
+                    "OKActions": [reference(topic)],
+                },
+            })
+        };
+    let mut critical: Vec<String> = Vec::new();
+    let mut queues: Vec<(String, String)> = Stage::ALL.iter().map(|s| (pascal(*s), format!("the {s} queue"))).collect();
+    queues.push(("Status".into(), "the status-change queue".into()));
+    for (p, what) in &queues {
+        let (queue, dlq) = (format!("{p}Queue"), format!("{p}Dlq"));
+        let id = format!("{p}DlqNotEmptyAlarm");
+        resources.insert(
+            id.clone(),
+            sqs_alarm(
+                format!("bems-{cell}-{}-dlq-not-empty", p.to_lowercase()),
+                format!(
+                    "A message of {what} was dead-lettered: an invoice is stuck. `bems redrive` after fixing the cause."
+                ),
+                &dlq,
+                "ApproximateNumberOfMessagesVisible",
+                json!(0),
+                1,
+                "AlertsCritical",
+            ),
+        );
+        critical.push(id);
+        let id = format!("{p}QueueOverSlaAlarm");
+        resources.insert(
+            id.clone(),
+            sqs_alarm(
+                format!("bems-{cell}-{}-oldest-over-sla", p.to_lowercase()),
+                format!("The oldest message of {what} has waited longer than the SLA."),
+                &queue,
+                "ApproximateAgeOfOldestMessage",
+                reference("SlaSeconds"),
+                1,
+                "AlertsCritical",
+            ),
+        );
+        critical.push(id);
+        resources.insert(
+            format!("{p}QueueAgeAlarm"),
+            sqs_alarm(
+                format!("bems-{cell}-{}-oldest-age", p.to_lowercase()),
+                format!("The oldest message of {what} is older than the warning age: it is falling behind."),
+                &queue,
+                "ApproximateAgeOfOldestMessage",
+                reference("QueueAgeWarningSeconds"),
+                1,
+                "AlertsWarning",
+            ),
+        );
+        resources.insert(
+            format!("{p}QueueDepthAlarm"),
+            sqs_alarm(
+                format!("bems-{cell}-{}-depth", p.to_lowercase()),
+                format!("{} has held more messages than the threshold for five minutes.", capitalized(what)),
+                &queue,
+                "ApproximateNumberOfMessagesVisible",
+                reference("QueueDepthThreshold"),
+                5,
+                "AlertsWarning",
+            ),
+        );
+    }
+    for stage in Stage::ALL {
+        resources.insert(format!("{}ErrorRateAlarm", pascal(stage)), error_rate_alarm(cell, stage));
+    }
+    resources.insert(
+        "BusDlqNotEmptyAlarm".into(),
+        sqs_alarm(
+            format!("bems-{cell}-bus-dlq-not-empty"),
+            "EventBridge could not deliver an event to a stage topic after its retries (failed invocations land here)."
+                .into(),
+            "BusDlq",
+            "ApproximateNumberOfMessagesVisible",
+            json!(0),
+            1,
+            "AlertsCritical",
+        ),
+    );
+    critical.push("BusDlqNotEmptyAlarm".into());
+    resources.insert(
+        "VisibilityOverSlaAlarm".into(),
+        json!({
+            "Type": "AWS::CloudWatch::Alarm",
+            "Properties": {
+                "AlarmName": format!("bems-{cell}-visibility-p99-over-sla"),
+                "AlarmDescription": "p99 of event time to stored in Timestream (the writer's VisibilityLatency) is above the SLA.",
+                "Metrics": [
+                    {
+                        "Id": "latency",
+                        "MetricStat": {
+                            "Metric": {
+                                "Namespace": "BEMS",
+                                "MetricName": "VisibilityLatency",
+                                "Dimensions": [
+                                    { "Name": "Cell", "Value": cell },
+                                    { "Name": "Function", "Value": bems_lambda_names::writer() },
+                                ],
+                            },
+                            "Period": 60,
+                            "Stat": "p99",
+                        },
+                        "ReturnData": false,
+                    },
+                    { "Id": "seconds", "Expression": "latency / 1000", "Label": "p99 visibility latency (s)", "ReturnData": true },
+                ],
+                "EvaluationPeriods": 3,
+                "DatapointsToAlarm": 2,
+                "Threshold": reference("SlaSeconds"),
+                "ComparisonOperator": "GreaterThanThreshold",
+                "TreatMissingData": "notBreaching",
+                "AlarmActions": [reference("AlertsCritical")],
+                "OKActions": [reference("AlertsCritical")],
+            },
+        }),
+    );
+    critical.push("VisibilityOverSlaAlarm".into());
+    critical.sort();
+    let rule = critical.iter().map(|a| format!("ALARM(\"${{{a}}}\")")).collect::<Vec<_>>().join(" OR ");
+    resources.insert(
+        "CriticalCompositeAlarm".into(),
+        json!({
+            "Type": "AWS::CloudWatch::CompositeAlarm",
+            "Properties": {
+                "AlarmName": format!("bems-{cell}-critical"),
+                "AlarmDescription": "Any critical alarm of the cell: one page, however many parts broke.",
+                "AlarmRule": sub(&rule),
+                "AlarmActions": [reference("AlertsCritical")],
+            },
+        }),
+    );
+}
+
+/// A stage's error rate from its processor's EMF counts (namespace `BEMS`,
+/// dimensions `Cell`, `Function` and, for failures, `class`): records that
+/// failed or were dead-lettered, of all records, in percent. Held-back
+/// records are a consequence of another failure and do not count again.
+pub(super) fn error_rate_alarm(cell: &str, stage: Stage) -> Value {
+    let function = bems_lambda_names::processor(stage);
+    let metric = |id: &str, name: &str, class: Option<&str>| {
+        let mut dimensions =
+            vec![json!({ "Name": "Cell", "Value": cell }), json!({ "Name": "Function", "Value": function })];
+        if let Some(class) = class {
+            dimensions.push(json!({ "Name": "class", "Value": class }));
+        }
+        json!({
+            "Id": id,
+            "MetricStat": {
+                "Metric": { "Namespace": "BEMS", "MetricName": name, "Dimensions": dimensions },
+                "Period": 60,
+                "Stat": "Sum",
+            },
+            "ReturnData": false,
+        })
+    };
+    let failures = "FILL(ft,0)+FILL(fb,0)+FILL(fp,0)+FILL(db,0)+FILL(dp,0)";
+    json!({
+        "Type": "AWS::CloudWatch::Alarm",
+        "Properties": {
+            "AlarmName": format!("bems-{cell}-{stage}-error-rate"),
+            "AlarmDescription": format!("More than ErrorRatePercent of the {stage} processor's records failed, five minutes running."),
+            "Metrics": [
+                metric("ok", "Processed", None),
+                metric("ft", "Failed", Some("transient")),
+                metric("fb", "Failed", Some("business")),
+                metric("fp", "Failed", Some("poison")),
+                metric("db", "DeadLettered", Some("business")),
+                metric("dp", "DeadLettered", Some("poison")),
+                {
+                    "Id": "rate",
+                    "Expression": format!("100 * ({failures}) / (FILL(ok,0) + {failures})"),
+                    "Label": format!("{stage} error rate (%)"),
+                    "ReturnData": true,
+                },
+            ],
+            "EvaluationPeriods": 5,
+            "Threshold": reference("ErrorRatePercent"),
+            "ComparisonOperator": "GreaterThanThreshold",
+            "TreatMissingData": "notBreaching",
+            "AlarmActions": [reference("AlertsWarning")],
+            "OKActions": [reference("AlertsWarning")],
+        },
+    })
+}

@@ -1,0 +1,455 @@
+//! The cell's CloudFormation template, generated from its [`CellSpec`].
+//!
+//! The rules, filter policies and names deployed on AWS come from the same
+//! code the tests exercise, so they cannot drift: `bems template` writes the
+//! files, and a test regenerates the committed example and compares it byte
+//! for byte (see `infra/README.md`).
+//!
+//! Files, for a cell `C`:
+//!
+//! - `cell.json`: the main stack: bus, archive, bus DLQ, the cell's customer
+//!   managed KMS key (topics and queues), per stage the SNS FIFO topic, its SQS FIFO queue
+//!   and DLQ and the filtered subscription, the status-change queue (and
+//!   DLQ) subscribed to every topic, the policies that let exactly these
+//!   services talk, and one nested stack of rules per stage;
+//! - `rules-<stage>.json`: that stage's rule per partition, each with one
+//!   target (the stage topic, static message group `<stage>-pNN`, a DLQ and
+//!   a retry policy). Nested because 99 partitions make 396 rules and a
+//!   stack holds at most 500 resources.
+//!
+//! Not deployable on AWS yet: a classic EventBridge rule cannot set the
+//! message group of an SNS FIFO topic target (it has no `SnsParameters`;
+//! the `SqsParameters` set here are documented for SQS FIFO queues only).
+//! `infra/README.md` lists the ways out.
+//!
+//! Why a customer managed key: EventBridge cannot publish to an SNS topic
+//! encrypted with the AWS managed key (`alias/aws/sns`), nor SNS send to a
+//! queue encrypted with `alias/aws/sqs`: their policies cannot be changed to
+//! let the services use them. One key per cell, with a data key reuse period
+//! of an hour on the queues, keeps KMS requests (and their cost) small at
+//! month-end rates.
+
+use std::collections::BTreeMap;
+
+use bems_core::Stage;
+use bems_core::routing::CellSpec;
+use serde_json::{Value, json};
+
+mod alarms;
+mod dashboard;
+mod functions;
+mod ingress;
+mod localstack;
+mod routing;
+mod timestream;
+
+pub use localstack::localstack_template;
+
+use alarms::monitoring;
+use dashboard::dashboard;
+use functions::functions;
+use ingress::api;
+use routing::{cell_key, dlq, queue, queue_policy, rules_may, rules_stack};
+use timestream::timestream;
+
+/// Deploy-time settings with their defaults; they become the template's
+/// parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateDefaults {
+    /// The functions' `CodeUri`: the BEMS workspace, relative to the
+    /// directory the template files are written to (`sam build` compiles
+    /// the `bems-lambda` binaries from there with cargo-lambda).
+    pub code_uri: String,
+    /// Receives before a message moves to its DLQ.
+    pub max_receive_count: u32,
+    /// Visibility timeout of the stage and status queues, seconds (six times
+    /// the functions' timeout, as AWS advises).
+    pub visibility_timeout_secs: u32,
+    /// Days the archive keeps events (0: forever).
+    pub archive_retention_days: u32,
+    /// Every event visible within this many seconds (the SLA).
+    pub sla_secs: u32,
+    /// Messages waiting in a stage or status queue above which operations
+    /// are warned.
+    pub queue_depth_threshold: u32,
+    /// Age of a queue's oldest message, seconds, above which operations are
+    /// warned (the SLA itself is the critical threshold).
+    pub queue_age_warning_secs: u32,
+    /// Days logs are kept.
+    pub log_retention_days: u32,
+    /// Percentage of a stage's records failing above which operations are
+    /// warned.
+    pub error_rate_percent: u32,
+    /// Timestream memory store retention, hours.
+    pub memory_retention_hours: u32,
+    /// Timestream magnetic store retention, days (auditors keep history).
+    pub magnetic_retention_days: u32,
+}
+
+impl Default for TemplateDefaults {
+    fn default() -> TemplateDefaults {
+        TemplateDefaults {
+            // infra/cells/<cell>/ -> the workspace root.
+            code_uri: "../../..".to_owned(),
+            max_receive_count: 5,
+            visibility_timeout_secs: 180,
+            archive_retention_days: 30,
+            sla_secs: 120,
+            // Ten seconds of the month-end peak (1,000 events/s).
+            queue_depth_threshold: 10_000,
+            queue_age_warning_secs: 60,
+            error_rate_percent: 1,
+            log_retention_days: 90,
+            memory_retention_hours: 24,
+            // Seven years.
+            magnetic_retention_days: 2_555,
+        }
+    }
+}
+
+/// A cell's template files: name and content.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CellTemplate {
+    /// `cell.json`, then `rules-<stage>.json` per stage.
+    pub files: Vec<(String, Value)>,
+}
+
+impl CellTemplate {
+    /// The file named `name`.
+    pub fn file(&self, name: &str) -> Option<&Value> {
+        self.files.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+
+    /// Each file as the text written to disk: pretty JSON, keys sorted (the
+    /// maps are ordered), a final newline.
+    pub fn texts(&self) -> Vec<(String, String)> {
+        self.files
+            .iter()
+            .map(|(name, value)| {
+                let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
+                text.push('\n');
+                (name.clone(), text)
+            })
+            .collect()
+    }
+}
+
+/// The nested rules file of `stage`.
+pub fn rules_file_name(stage: Stage) -> String {
+    format!("rules-{stage}.json")
+}
+
+/// `text` with its first letter in upper case.
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    chars.next().map_or_else(String::new, |first| first.to_uppercase().chain(chars).collect())
+}
+
+/// A logical id part from a stage: `Ingestion`.
+fn pascal(stage: Stage) -> String {
+    capitalized(stage.as_str())
+}
+
+fn sub(text: &str) -> Value {
+    json!({ "Fn::Sub": text })
+}
+
+fn get_att(resource: &str, attribute: &str) -> Value {
+    json!({ "Fn::GetAtt": [resource, attribute] })
+}
+
+fn reference(name: &str) -> Value {
+    json!({ "Ref": name })
+}
+
+/// The template files of `spec`'s cell.
+pub fn cell_template(spec: &CellSpec, defaults: &TemplateDefaults) -> CellTemplate {
+    let mut files = vec![("cell.json".to_owned(), main_stack(spec, defaults))];
+    for stage in Stage::ALL {
+        files.push((rules_file_name(stage), rules_stack(spec, stage)));
+    }
+    CellTemplate { files }
+}
+
+fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
+    let cell = spec.cell_id().as_str();
+    let mut resources: BTreeMap<String, Value> = BTreeMap::new();
+    let mut outputs: BTreeMap<String, Value> = BTreeMap::new();
+
+    resources
+        .insert("Bus".into(), json!({ "Type": "AWS::Events::EventBus", "Properties": { "Name": spec.bus_name() } }));
+    resources.insert(
+        "Archive".into(),
+        json!({
+            "Type": "AWS::Events::Archive",
+            "Properties": {
+                "ArchiveName": spec.archive_name(),
+                "SourceArn": get_att("Bus", "Arn"),
+                "EventPattern": { "source": [bems_core::envelope::EVENT_SOURCE] },
+                "RetentionDays": reference("ArchiveRetentionDays"),
+            },
+        }),
+    );
+    resources.insert(
+        "BusDlq".into(),
+        json!({
+            "Type": "AWS::SQS::Queue",
+            "Properties": {
+                "QueueName": format!("bems-{cell}-bus-dlq"),
+                "KmsMasterKeyId": reference("CellKey"),
+                "KmsDataKeyReusePeriodSeconds": 3600,
+                "MessageRetentionPeriod": 1_209_600,
+            },
+        }),
+    );
+    let rules_arn =
+        format!("arn:${{AWS::Partition}}:events:${{AWS::Region}}:${{AWS::AccountId}}:rule/{}/*", spec.bus_name());
+    resources.insert(
+        "BusDlqPolicy".into(),
+        json!({
+            "Type": "AWS::SQS::QueuePolicy",
+            "Properties": {
+                "Queues": [reference("BusDlq")],
+                "PolicyDocument": rules_may("sqs:SendMessage", &get_att("BusDlq", "Arn"), &rules_arn),
+            },
+        }),
+    );
+    resources.insert("CellKey".into(), cell_key(&rules_arn));
+    resources.insert(
+        "CellKeyAlias".into(),
+        json!({
+            "Type": "AWS::KMS::Alias",
+            "Properties": { "AliasName": format!("alias/bems-{cell}"), "TargetKeyId": reference("CellKey") },
+        }),
+    );
+
+    resources.insert("StatusDlq".into(), dlq(&spec.status_dlq_name()));
+    resources.insert("StatusQueue".into(), queue(&spec.status_queue_name(), "StatusDlq"));
+    let topics: Vec<Value> = Stage::ALL.iter().map(|s| reference(&format!("{}Topic", pascal(*s)))).collect();
+    resources.insert("StatusQueuePolicy".into(), queue_policy("StatusQueue", &topics));
+
+    for stage in Stage::ALL {
+        let p = pascal(stage);
+        let (topic, queue_id, dlq_id) = (format!("{p}Topic"), format!("{p}Queue"), format!("{p}Dlq"));
+        resources.insert(
+            topic.clone(),
+            json!({
+                "Type": "AWS::SNS::Topic",
+                "Properties": {
+                    "TopicName": spec.topic_name(stage),
+                    "FifoTopic": true,
+                    "ContentBasedDeduplication": true,
+                    "KmsMasterKeyId": reference("CellKey"),
+                },
+            }),
+        );
+        resources.insert(
+            format!("{p}TopicPolicy"),
+            json!({
+                "Type": "AWS::SNS::TopicPolicy",
+                "Properties": {
+                    "Topics": [reference(&topic)],
+                    "PolicyDocument": rules_may("sns:Publish", &reference(&topic), &rules_arn),
+                },
+            }),
+        );
+        resources.insert(dlq_id.clone(), dlq(&spec.dlq_name(stage)));
+        resources.insert(queue_id.clone(), queue(&spec.queue_name(stage), &dlq_id));
+        resources.insert(format!("{p}QueuePolicy"), queue_policy(&queue_id, &[reference(&topic)]));
+        let filter = spec.stage_filter_policy();
+        resources.insert(
+            format!("{p}Subscription"),
+            json!({
+                "Type": "AWS::SNS::Subscription",
+                "Properties": {
+                    "TopicArn": reference(&topic),
+                    "Protocol": "sqs",
+                    "Endpoint": get_att(&queue_id, "Arn"),
+                    "RawMessageDelivery": true,
+                    "FilterPolicyScope": filter.scope().as_str(),
+                    "FilterPolicy": filter.to_value(),
+                },
+            }),
+        );
+        resources.insert(
+            format!("{p}StatusSubscription"),
+            json!({
+                "Type": "AWS::SNS::Subscription",
+                "Properties": {
+                    "TopicArn": reference(&topic),
+                    "Protocol": "sqs",
+                    "Endpoint": get_att("StatusQueue", "Arn"),
+                    "RawMessageDelivery": true,
+                },
+            }),
+        );
+        resources.insert(
+            format!("{p}Rules"),
+            json!({
+                "Type": "AWS::CloudFormation::Stack",
+                "DependsOn": [format!("{p}TopicPolicy"), "BusDlqPolicy"],
+                "Properties": {
+                    "TemplateURL": rules_file_name(stage),
+                    "Parameters": {
+                        "BusName": reference("Bus"),
+                        "TopicArn": reference(&topic),
+                        "DeadLetterQueueArn": get_att("BusDlq", "Arn"),
+                    },
+                },
+            }),
+        );
+        outputs.insert(format!("{p}TopicArn"), json!({ "Value": reference(&topic) }));
+        outputs.insert(format!("{p}QueueUrl"), json!({ "Value": reference(&queue_id) }));
+        outputs.insert(format!("{p}DlqUrl"), json!({ "Value": reference(&dlq_id) }));
+    }
+    api(spec, &mut resources, &mut outputs);
+    functions(spec, defaults, &mut resources);
+    monitoring(spec, &mut resources, &mut outputs);
+    resources.insert("Dashboard".into(), dashboard(spec));
+    timestream(spec, &mut resources, &mut outputs);
+    outputs.insert("BusName".into(), json!({ "Value": reference("Bus") }));
+    outputs.insert("BusArn".into(), json!({ "Value": get_att("Bus", "Arn") }));
+    outputs.insert("BusDlqUrl".into(), json!({ "Value": reference("BusDlq") }));
+    outputs.insert("StatusQueueUrl".into(), json!({ "Value": reference("StatusQueue") }));
+    outputs.insert("StatusDlqUrl".into(), json!({ "Value": reference("StatusDlq") }));
+
+    json!({
+        "AWSTemplateFormatVersion": "2010-09-09",
+        "Transform": "AWS::Serverless-2016-10-31",
+        "Description": format!(
+            "BEMS cell {cell}: {} partitions. Generated by `bems template` from the cell's CellSpec; do not edit.",
+            spec.partitions().get()
+        ),
+        "Metadata": {
+            "Bems": { "cellId": cell, "partitions": spec.partitions().get() },
+            // The nested stacks' TemplateURLs are local file names, which
+            // `sam deploy` (or `aws cloudformation package`) uploads and
+            // rewrites: exactly what W3002 warns about.
+            "cfn-lint": { "config": { "ignore_checks": ["W3002"] } },
+        },
+        "Parameters": {
+            "MaxReceiveCount": {
+                "Type": "Number",
+                "Default": defaults.max_receive_count,
+                "MinValue": 1,
+                "MaxValue": 1000,
+                "Description": "Receives before a message moves to its dead-letter queue.",
+            },
+            "VisibilityTimeoutSeconds": {
+                "Type": "Number",
+                "Default": defaults.visibility_timeout_secs,
+                "MinValue": 0,
+                "MaxValue": 43_200,
+                "Description": "Visibility timeout of the stage and status queues: six times the functions' timeout.",
+            },
+            "ArchiveRetentionDays": {
+                "Type": "Number",
+                "Default": defaults.archive_retention_days,
+                "MinValue": 0,
+                "Description": "Days the archive keeps events for replay (0: forever).",
+            },
+            "SlaSeconds": {
+                "Type": "Number",
+                "Default": defaults.sla_secs,
+                "MinValue": 1,
+                "Description": "Every event must be visible within this many seconds; the critical alarms use it.",
+            },
+            "QueueDepthThreshold": {
+                "Type": "Number",
+                "Default": defaults.queue_depth_threshold,
+                "MinValue": 1,
+                "Description": "Messages waiting in a stage or status queue above which operations are warned.",
+            },
+            "QueueAgeWarningSeconds": {
+                "Type": "Number",
+                "Default": defaults.queue_age_warning_secs,
+                "MinValue": 1,
+                "Description": "Age of a queue's oldest message above which operations are warned.",
+            },
+            "LogRetentionDays": {
+                "Type": "Number",
+                "Default": defaults.log_retention_days,
+                "AllowedValues": [1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653],
+                "Description": "Days the API access logs (and, with the functions, their logs) are kept.",
+            },
+            "ConfigureApiGatewayAccount": {
+                "Type": "String",
+                "Default": "true",
+                "AllowedValues": ["true", "false"],
+                "Description": "Set the account's API Gateway CloudWatch role (one per account and Region; false when another stack already does).",
+            },
+            "ProcessorReservedConcurrency": {
+                "Type": "Number",
+                "Default": spec.partitions().get(),
+                "MinValue": 1,
+                "Description": "Reserved concurrency of each stage processor. A FIFO queue runs at most one batch per message group (partition) at a time, so more than the partition count is never used.",
+            },
+            "WriterReservedConcurrency": {
+                "Type": "Number",
+                "Default": spec.partitions().get(),
+                "MinValue": 1,
+                "Description": "Reserved concurrency of the Timestream writer.",
+            },
+            "IdempotencyTable": {
+                "Type": "String",
+                "Default": "",
+                "Description": "Optional DynamoDB table (key eventId, TTL expiresAt) for the processors' durable idempotency; empty: FIFO deduplication only (see the README's Idempotency section for the cost).",
+            },
+            "ErrorRatePercent": {
+                "Type": "Number",
+                "Default": defaults.error_rate_percent,
+                "MinValue": 0,
+                "MaxValue": 100,
+                "Description": "Share of a stage's records failing (any class) above which operations are warned, over 5 minutes.",
+            },
+            "AlertEmail": {
+                "Type": "String",
+                "Default": "",
+                "Description": "Where alerts are mailed (both severities); empty: subscribe to the alert topics yourself.",
+            },
+            "CreateTimestream": {
+                "Type": "String",
+                "Default": "true",
+                "AllowedValues": ["true", "false"],
+                "Description": "false for accounts that cannot create Timestream for LiveAnalytics (closed to new customers since 2025-06-20); bring another RecordSink.",
+            },
+            "MemoryRetentionHours": {
+                "Type": "Number",
+                "Default": defaults.memory_retention_hours,
+                "MinValue": 1,
+                "MaxValue": 8_766,
+                "Description": "Timestream memory store retention (hours): recent data, fast queries, where writes land.",
+            },
+            "MagneticRetentionDays": {
+                "Type": "Number",
+                "Default": defaults.magnetic_retention_days,
+                "MinValue": 1,
+                "MaxValue": 73_000,
+                "Description": "Timestream magnetic store retention (days): the auditors' full history.",
+            },
+        },
+        "Conditions": {
+            "HasAlertEmail": { "Fn::Not": [{ "Fn::Equals": [reference("AlertEmail"), ""] }] },
+            "WithTimestream": { "Fn::Equals": [reference("CreateTimestream"), "true"] },
+            "WithApiGatewayAccount": { "Fn::Equals": [reference("ConfigureApiGatewayAccount"), "true"] },
+            "WithIdempotencyTable": { "Fn::Not": [{ "Fn::Equals": [reference("IdempotencyTable"), ""] }] },
+        },
+        "Resources": resources,
+        "Outputs": outputs,
+    })
+}
+
+/// The `Function` dimension values the functions' metrics carry (as
+/// `bems_lambda::function` sets them; a test in `tests/` holds the two
+/// together without making this crate depend on the Lambda runtime).
+mod bems_lambda_names {
+    use bems_core::Stage;
+
+    pub(super) fn processor(stage: Stage) -> String {
+        format!("{stage}-processor")
+    }
+
+    pub(super) fn writer() -> String {
+        "timestream-writer".to_owned()
+    }
+}

@@ -1,0 +1,184 @@
+//! The routing resources: the cell key, queues and their policies, and
+//! the nested stack of one stage's rules.
+
+use std::collections::BTreeMap;
+
+use bems_core::Stage;
+use bems_core::routing::CellSpec;
+use serde_json::{Value, json};
+
+use super::*;
+
+/// The cell's key: the account administers it (and grants its functions
+/// `kms:Decrypt` through their roles); EventBridge (this cell's rules only)
+/// may use it to publish to the topics and to the bus DLQ, and SNS to send
+/// to the queues.
+pub(super) fn cell_key(rules_arn: &str) -> Value {
+    json!({
+        "Type": "AWS::KMS::Key",
+        "Properties": {
+            "Description": "BEMS: encrypts the cell's topics and queues.",
+            "EnableKeyRotation": true,
+            "KeyPolicy": {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Sid": "account-administers",
+                        "Effect": "Allow",
+                        "Principal": { "AWS": sub("arn:${AWS::Partition}:iam::${AWS::AccountId}:root") },
+                        "Action": "kms:*",
+                        "Resource": "*",
+                    },
+                    {
+                        "Sid": "rules-publish",
+                        "Effect": "Allow",
+                        "Principal": { "Service": "events.amazonaws.com" },
+                        "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
+                        "Resource": "*",
+                        "Condition": { "ArnLike": { "aws:SourceArn": sub(rules_arn) } },
+                    },
+                    {
+                        "Sid": "logs-encrypt",
+                        "Effect": "Allow",
+                        "Principal": { "Service": sub("logs.${AWS::Region}.amazonaws.com") },
+                        "Action": ["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"],
+                        "Resource": "*",
+                        "Condition": {
+                            "ArnLike": {
+                                "kms:EncryptionContext:aws:logs:arn":
+                                    sub("arn:${AWS::Partition}:logs:${AWS::Region}:${AWS::AccountId}:log-group:*"),
+                            },
+                        },
+                    },
+                    {
+                        "Sid": "alarms-notify",
+                        "Effect": "Allow",
+                        "Principal": { "Service": "cloudwatch.amazonaws.com" },
+                        "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
+                        "Resource": "*",
+                        "Condition": { "StringEquals": { "aws:SourceAccount": sub("${AWS::AccountId}") } },
+                    },
+                    {
+                        "Sid": "topics-deliver",
+                        "Effect": "Allow",
+                        "Principal": { "Service": "sns.amazonaws.com" },
+                        "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
+                        "Resource": "*",
+                        "Condition": { "StringEquals": { "aws:SourceAccount": sub("${AWS::AccountId}") } },
+                    },
+                ],
+            },
+        },
+    })
+}
+
+/// A FIFO queue of the cell, encrypted with the cell key.
+pub(super) fn fifo_queue(name: &str, extra: Value) -> Value {
+    let mut properties = json!({
+        "QueueName": name,
+        "FifoQueue": true,
+        "ContentBasedDeduplication": true,
+        "KmsMasterKeyId": reference("CellKey"),
+        "KmsDataKeyReusePeriodSeconds": 3600,
+    });
+    if let (Some(p), Value::Object(extra)) = (properties.as_object_mut(), extra) {
+        p.extend(extra);
+    }
+    json!({ "Type": "AWS::SQS::Queue", "Properties": properties })
+}
+
+/// A dead-letter queue: kept 14 days, the most SQS allows.
+pub(super) fn dlq(name: &str) -> Value {
+    fifo_queue(name, json!({ "MessageRetentionPeriod": 1_209_600 }))
+}
+
+/// A stage or status queue, dead-lettering to `dlq_id`.
+pub(super) fn queue(name: &str, dlq_id: &str) -> Value {
+    fifo_queue(
+        name,
+        json!({
+            "VisibilityTimeout": reference("VisibilityTimeoutSeconds"),
+            "RedrivePolicy": {
+                "deadLetterTargetArn": get_att(dlq_id, "Arn"),
+                "maxReceiveCount": reference("MaxReceiveCount"),
+            },
+        }),
+    )
+}
+
+/// A resource policy letting this cell's rules (and nothing else) do
+/// `action` on `resource`.
+pub(super) fn rules_may(action: &str, resource: &Value, rules_arn: &str) -> Value {
+    json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Sid": "bems-rules",
+            "Effect": "Allow",
+            "Principal": { "Service": "events.amazonaws.com" },
+            "Action": action,
+            "Resource": resource,
+            "Condition": { "ArnLike": { "aws:SourceArn": sub(rules_arn) } },
+        }],
+    })
+}
+
+/// Lets `topics` (and nothing else) send to the queue `queue_id`.
+pub(super) fn queue_policy(queue_id: &str, topics: &[Value]) -> Value {
+    json!({
+        "Type": "AWS::SQS::QueuePolicy",
+        "Properties": {
+            "Queues": [reference(queue_id)],
+            "PolicyDocument": {
+                "Version": "2012-10-17",
+                "Statement": [{
+                    "Sid": "bems-topics",
+                    "Effect": "Allow",
+                    "Principal": { "Service": "sns.amazonaws.com" },
+                    "Action": "sqs:SendMessage",
+                    "Resource": get_att(queue_id, "Arn"),
+                    "Condition": { "ArnEquals": { "aws:SourceArn": topics } },
+                }],
+            },
+        },
+    })
+}
+
+/// One stage's rules: one per partition, each targeting the stage topic
+/// with the partition's static message group.
+pub(super) fn rules_stack(spec: &CellSpec, stage: Stage) -> Value {
+    let mut resources: BTreeMap<String, Value> = BTreeMap::new();
+    for rule in spec.stage_rules().into_iter().filter(|r| r.stage == stage) {
+        resources.insert(
+            format!("Rule{}P{:02}", pascal(stage), rule.partition.get()),
+            json!({
+                "Type": "AWS::Events::Rule",
+                "Properties": {
+                    "Name": rule.name,
+                    "EventBusName": reference("BusName"),
+                    "EventPattern": rule.pattern.to_value(),
+                    "State": "ENABLED",
+                    "Targets": [{
+                        "Id": "stage",
+                        "Arn": reference("TopicArn"),
+                        "SqsParameters": { "MessageGroupId": rule.message_group_id },
+                        "DeadLetterConfig": { "Arn": reference("DeadLetterQueueArn") },
+                        "RetryPolicy": { "MaximumRetryAttempts": 185, "MaximumEventAgeInSeconds": 86_400 },
+                    }],
+                },
+            }),
+        );
+    }
+    json!({
+        "AWSTemplateFormatVersion": "2010-09-09",
+        "Description": format!(
+            "BEMS cell {}: the {stage} rules, one per partition. Generated by `bems template`; do not edit.",
+            spec.cell_id()
+        ),
+        "Parameters": {
+            "BusName": { "Type": "String", "Description": "The cell's event bus." },
+            "TopicArn": { "Type": "String", "Description": format!("The {stage} SNS FIFO topic.") },
+            "DeadLetterQueueArn": { "Type": "String", "Description": "Where EventBridge puts events it cannot deliver." },
+        },
+        "Resources": resources,
+    })
+}
