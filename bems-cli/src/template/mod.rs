@@ -239,6 +239,9 @@ fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
                     "TopicName": spec.topic_name(stage),
                     "FifoTopic": true,
                     "ContentBasedDeduplication": true,
+                    // Throughput quota and deduplication per message group
+                    // (partition), as for the queues.
+                    "FifoThroughputScope": "MessageGroup",
                     "KmsMasterKeyId": reference("CellKey"),
                 },
             }),
