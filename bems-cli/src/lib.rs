@@ -21,6 +21,7 @@
 //! `AWS_ENDPOINT_URL=http://127.0.0.1:4566` points it at LocalStack.
 
 pub mod api;
+mod policy;
 pub mod provision;
 pub mod redrive;
 pub mod shim;

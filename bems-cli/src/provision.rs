@@ -616,35 +616,13 @@ fn same_json_or_text(current: Option<&str>, wanted: &str) -> bool {
 fn queue_policy(queue_arn: &str, topics: &[String]) -> String {
     let mut topics = topics.to_vec();
     topics.sort();
-    serde_json::json!({
-        "Version": "2012-10-17",
-        "Statement": [{
-            "Sid": "bems-topics",
-            "Effect": "Allow",
-            "Principal": { "Service": "sns.amazonaws.com" },
-            "Action": "sqs:SendMessage",
-            "Resource": queue_arn,
-            "Condition": { "ArnEquals": { "aws:SourceArn": topics } },
-        }],
-    })
-    .to_string()
+    crate::policy::topics_may_send(&queue_arn.into(), &topics.into()).to_string()
 }
 
 /// Lets the cell's rules (and nothing else) publish to a topic.
 fn topic_policy(topic_arn: &str, bus_arn: &str) -> String {
     let rules = format!("{}/*", bus_arn.replace(":event-bus/", ":rule/"));
-    serde_json::json!({
-        "Version": "2012-10-17",
-        "Statement": [{
-            "Sid": "bems-rules",
-            "Effect": "Allow",
-            "Principal": { "Service": "events.amazonaws.com" },
-            "Action": "sns:Publish",
-            "Resource": topic_arn,
-            "Condition": { "ArnLike": { "aws:SourceArn": rules } },
-        }],
-    })
-    .to_string()
+    crate::policy::rules_may("sns:Publish", &topic_arn.into(), &rules.into()).to_string()
 }
 
 #[cfg(test)]

@@ -116,17 +116,7 @@ pub(super) fn queue(name: &str, dlq_id: &str) -> Value {
 /// A resource policy letting this cell's rules (and nothing else) do
 /// `action` on `resource`.
 pub(super) fn rules_may(action: &str, resource: &Value, rules_arn: &str) -> Value {
-    json!({
-        "Version": "2012-10-17",
-        "Statement": [{
-            "Sid": "bems-rules",
-            "Effect": "Allow",
-            "Principal": { "Service": "events.amazonaws.com" },
-            "Action": action,
-            "Resource": resource,
-            "Condition": { "ArnLike": { "aws:SourceArn": sub(rules_arn) } },
-        }],
-    })
+    crate::policy::rules_may(action, resource, &sub(rules_arn))
 }
 
 /// Lets `topics` (and nothing else) send to the queue `queue_id`.
@@ -135,17 +125,7 @@ pub(super) fn queue_policy(queue_id: &str, topics: &[Value]) -> Value {
         "Type": "AWS::SQS::QueuePolicy",
         "Properties": {
             "Queues": [reference(queue_id)],
-            "PolicyDocument": {
-                "Version": "2012-10-17",
-                "Statement": [{
-                    "Sid": "bems-topics",
-                    "Effect": "Allow",
-                    "Principal": { "Service": "sns.amazonaws.com" },
-                    "Action": "sqs:SendMessage",
-                    "Resource": get_att(queue_id, "Arn"),
-                    "Condition": { "ArnEquals": { "aws:SourceArn": topics } },
-                }],
-            },
+            "PolicyDocument": crate::policy::topics_may_send(&get_att(queue_id, "Arn"), &Value::from(topics.to_vec())),
         },
     })
 }
