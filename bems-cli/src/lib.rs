@@ -13,8 +13,6 @@
 //! - [`teardown`]: deletes a cell's resources (the inverse of provision).
 //! - [`template`]: the cell's CloudFormation template, generated from the
 //!   same `CellSpec` (`bems template`).
-//! - [`shim`]: the emulator-only forwarder that stands in for EventBridge's
-//!   SNS FIFO targets on LocalStack.
 //!
 //! The binary (`src/main.rs`) only parses arguments and prints. Every
 //! command reads the standard AWS configuration chain, so
@@ -24,7 +22,6 @@ pub mod api;
 mod policy;
 pub mod provision;
 pub mod redrive;
-pub mod shim;
 pub mod teardown;
 pub mod template;
 

@@ -2,21 +2,19 @@
 //!
 //! Exit codes: 0 success, 1 the operation failed, 2 bad arguments (clap).
 
-use std::process::ExitCode;
-use std::time::Duration;
-
 use anyhow::Context;
-use bems_cli::provision::{Clients, ProvisionOptions, Targets, provision};
+use bems_cli::provision::{Clients, ProvisionOptions, provision};
 use bems_core::fields::{AccountId, CellId, Region};
 use bems_core::partition::PartitionCount;
 use bems_core::routing::{CellSpec, Quotas};
 use clap::{Args, Parser, Subcommand};
+use std::process::ExitCode;
 
 #[derive(Parser)]
 #[command(
     name = "bems",
     version,
-    about = "Operate BEMS cells: provision, tear down, and (on LocalStack) run the emulator shim."
+    about = "Operate BEMS cells: provision, tear down, write the CloudFormation template."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -35,9 +33,9 @@ enum Command {
         /// Visibility timeout of the stage queues, in seconds.
         #[arg(long, default_value_t = 180)]
         visibility_timeout: u32,
-        /// Route rules through SQS shim queues (LocalStack only; see `bems shim`).
+        /// The cell is on LocalStack: deploy the API models and request template it can run.
         #[arg(long)]
-        emulator_shim: bool,
+        emulator: bool,
         /// IAM role API Gateway assumes to call PutEvents (AWS; LocalStack accepts any).
         #[arg(long)]
         api_role_arn: Option<String>,
@@ -63,11 +61,6 @@ enum Command {
         /// The BEMS workspace (where `sam build` finds bems-lambda), relative to --out.
         #[arg(long, default_value = "../../..")]
         code_uri: String,
-    },
-    /// Forward shim queues to the stage topics until interrupted (LocalStack only).
-    Shim {
-        #[command(flatten)]
-        cell: CellArgs,
     },
 }
 
@@ -115,13 +108,13 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Provision { cell, max_receive_count, visibility_timeout, emulator_shim, api_role_arn, json } => {
+        Command::Provision { cell, max_receive_count, visibility_timeout, emulator, api_role_arn, json } => {
             let spec = cell.spec()?;
             let clients = Clients::new(&bems_cli::aws_config(Some(&cell.region)).await);
             let mut options = ProvisionOptions {
                 max_receive_count,
                 visibility_timeout_secs: visibility_timeout,
-                targets: if emulator_shim { Targets::EmulatorShim } else { Targets::SnsFifo },
+                emulator,
                 ..ProvisionOptions::default()
             };
             if let Some(role) = api_role_arn {
@@ -156,15 +149,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
                 println!("{}", path.display());
             }
-        }
-        Command::Shim { cell } => {
-            let spec = cell.spec()?;
-            let clients = Clients::new(&bems_cli::aws_config(Some(&cell.region)).await);
-            eprintln!("bems: forwarding shim queues of cell {} to its topics; Ctrl-C stops", spec.cell_id());
-            let ctrl_c = async {
-                let _ = tokio::signal::ctrl_c().await;
-            };
-            bems_cli::shim::Shim::connect(clients, spec).await?.run(Duration::from_millis(200), ctrl_c).await;
         }
     }
     Ok(())

@@ -16,24 +16,24 @@
 //!   subscription (raw delivery) between them;
 //! - status-change queue `bems-C-status.fifo` (+ DLQ) subscribed to every
 //!   stage topic;
-//! - per stage and partition: rule `bems-C-S-pNN` with one target.
+//! - per stage: SQS FIFO route queue `bems-C-S-route.fifo` (+ DLQ
+//!   `bems-C-S-route-dlq.fifo`), which only the cell's rules may send to;
+//! - per stage and partition: rule `bems-C-S-pNN` with one target, the
+//!   stage's route queue, with the message group `S-pNN`.
 //!
-//! All queues use SQS-managed server-side encryption.
+//! All queues use SQS-managed server-side encryption and high-throughput
+//! FIFO (deduplication and throughput quotas per message group).
 //!
-//! ## Targets, and the emulator shim
+//! ## Why route queues
 //!
-//! A rule's target must deliver to the stage's SNS FIFO topic with the
-//! message group `S-pNN`. LocalStack cannot do that (it publishes to a FIFO
-//! topic without a group id and drops the event), so with
-//! [`Targets::EmulatorShim`] each rule targets an SQS FIFO queue
-//! `bems-C-S-shim.fifo` with the group id, and
-//! [`crate::shim::Shim::forward_once`] moves messages from there to the topic with the
-//! same group and `eventId` as deduplication id. The shim exists only for
-//! the emulator. [`Targets::SnsFifo`] targets the topic directly, setting the
-//! group through the target's `SqsParameters`, the only FIFO parameter the
-//! AWS SDK for Rust (1.127) offers; it has not been verified against an AWS
-//! account here, and AWS documents `SqsParameters` for SQS FIFO targets
-//! only, so it is probably refused (see `infra/README.md` for the ways out).
+//! A classic EventBridge rule can give a FIFO target a message group only
+//! through `SqsParameters`, documented for SQS FIFO queues (rules have no
+//! SNS parameters). So the rules deliver to a route queue per stage, and the
+//! route forwarder (`bems_lambda::forward`: a Lambda function on AWS, the
+//! same code under the local event-source runner on the emulators) publishes
+//! each message to the stage topic with the same group and the `eventId` as
+//! deduplication id. The topology is the same on AWS and on LocalStack
+//! (which, besides, loses events a rule sends to an SNS FIFO topic).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -69,17 +69,6 @@ impl Clients {
     }
 }
 
-/// How rules reach the stage topics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Targets {
-    /// Rule → SNS FIFO topic (AWS).
-    SnsFifo,
-    /// Rule → SQS FIFO shim queue → [`crate::shim::Shim::forward_once`] → SNS FIFO topic
-    /// (LocalStack only).
-    EmulatorShim,
-}
-
 /// Settings beyond the [`CellSpec`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -91,9 +80,9 @@ pub struct ProvisionOptions {
     pub visibility_timeout_secs: u32,
     /// Days the archive keeps events (0: forever).
     pub archive_retention_days: u32,
-    /// How rules reach the stage topics; `EmulatorShim` also selects the
-    /// API's emulator accommodations (see [`crate::api`]).
-    pub targets: Targets,
+    /// The cell is on LocalStack: deploy the API's emulator models and
+    /// request template (see [`crate::api`]).
+    pub emulator: bool,
     /// The IAM role API Gateway assumes to call `PutEvents`. LocalStack
     /// accepts any ARN; on AWS the `infra/` template creates the role.
     pub api_role_arn: String,
@@ -105,7 +94,7 @@ impl Default for ProvisionOptions {
             max_receive_count: 5,
             visibility_timeout_secs: 180,
             archive_retention_days: 30,
-            targets: Targets::SnsFifo,
+            emulator: false,
             api_role_arn: "arn:aws:iam::000000000000:role/bems-ingress-events".to_owned(),
         }
     }
@@ -188,11 +177,6 @@ fn code_is<E: ProvideErrorMetadata>(e: &E, codes: &[&str]) -> bool {
     e.code().is_some_and(|c| codes.iter().any(|x| c.contains(x)))
 }
 
-/// The shim queue of a stage (emulator only).
-pub fn shim_queue_name(spec: &CellSpec, stage: Stage) -> String {
-    format!("bems-{}-{stage}-shim.fifo", spec.cell_id())
-}
-
 /// The standard queue EventBridge sends undeliverable events to.
 pub fn bus_dlq_name(spec: &CellSpec) -> String {
     format!("bems-{}-bus-dlq", spec.cell_id())
@@ -224,7 +208,8 @@ pub async fn provision(
 
     p.bus(&mut report).await?;
     p.archive(&mut report).await?;
-    let bus_dlq = p.queue(&mut report, &bus_dlq_name(spec), false, None, None).await?;
+    let bus_dlq_name = bus_dlq_name(spec);
+    let bus_dlq = p.queue(&mut report, &bus_dlq_name, false, None, Some(rules_may_send(spec, &bus_dlq_name))).await?;
 
     let mut topic_arns = HashMap::new();
     for stage in Stage::ALL {
@@ -232,34 +217,38 @@ pub async fn provision(
     }
     let status_dlq = p.queue(&mut report, &spec.status_dlq_name(), true, None, None).await?;
     let all_topics: Vec<String> = topic_arns.values().cloned().collect();
-    let status = p.queue(&mut report, &spec.status_queue_name(), true, Some(&status_dlq), Some(&all_topics)).await?;
+    let status_queue = spec.status_queue_name();
+    let status = p
+        .queue(
+            &mut report,
+            &status_queue,
+            true,
+            Some(&status_dlq),
+            Some(queue_policy(&spec.queue_arn(&status_queue), &all_topics)),
+        )
+        .await?;
+    let mut route_arns = HashMap::new();
     for stage in Stage::ALL {
         let topic = &topic_arns[&stage];
         let dlq = p.queue(&mut report, &spec.dlq_name(stage), true, None, None).await?;
-        let queue =
-            p.queue(&mut report, &spec.queue_name(stage), true, Some(&dlq), Some(std::slice::from_ref(topic))).await?;
+        let name = spec.queue_name(stage);
+        let policy = queue_policy(&spec.queue_arn(&name), std::slice::from_ref(topic));
+        let queue = p.queue(&mut report, &name, true, Some(&dlq), Some(policy)).await?;
         p.subscription(&mut report, topic, &queue, Some(&spec.stage_filter_policy())).await?;
         p.subscription(&mut report, topic, &status, None).await?;
-    }
 
-    let mut shim_arns = HashMap::new();
-    if options.targets == Targets::EmulatorShim {
-        for stage in Stage::ALL {
-            let shim = p.queue(&mut report, &shim_queue_name(spec, stage), true, None, None).await?;
-            shim_arns.insert(stage, shim.arn);
-        }
+        let route_dlq = p.queue(&mut report, &spec.route_dlq_name(stage), true, None, None).await?;
+        let name = spec.route_queue_name(stage);
+        let route = p.queue(&mut report, &name, true, Some(&route_dlq), Some(rules_may_send(spec, &name))).await?;
+        route_arns.insert(stage, route.arn);
     }
     for rule in spec.stage_rules() {
-        let target_arn = match options.targets {
-            Targets::SnsFifo => topic_arns[&rule.stage].clone(),
-            Targets::EmulatorShim => shim_arns[&rule.stage].clone(),
-        };
         p.rule(&mut report, &rule.name, &rule.pattern.to_json()).await?;
-        p.target(&mut report, &rule.name, &target_arn, &rule.message_group_id, &bus_dlq.arn).await?;
+        p.target(&mut report, &rule.name, &route_arns[&rule.stage], &rule.message_group_id, &bus_dlq.arn).await?;
     }
-    let emulator = options.targets == Targets::EmulatorShim;
     let ingress =
-        crate::api::provision_api(&clients.apigateway, spec, &options.api_role_arn, emulator, &mut report).await?;
+        crate::api::provision_api(&clients.apigateway, spec, &options.api_role_arn, options.emulator, &mut report)
+            .await?;
     Ok(Provisioned { report, ingress })
 }
 
@@ -320,20 +309,23 @@ impl Provisioner<'_> {
         Ok(())
     }
 
-    /// A queue with the given redrive target and the topics allowed to send to it.
+    /// A queue with the given redrive target and resource policy.
     async fn queue(
         &self,
         report: &mut Report,
         name: &str,
         fifo: bool,
         dlq: Option<&QueueRef>,
-        senders: Option<&[String]>,
+        policy: Option<String>,
     ) -> Result<QueueRef, ProvisionError> {
         let arn = self.spec.queue_arn(name);
         let mut wanted: HashMap<QueueAttributeName, String> = HashMap::new();
         wanted.insert(QueueAttributeName::SqsManagedSseEnabled, "true".into());
         if fifo {
             wanted.insert(QueueAttributeName::ContentBasedDeduplication, "true".into());
+            // High-throughput FIFO: see the template's `fifo_queue` for the arithmetic.
+            wanted.insert(QueueAttributeName::DeduplicationScope, "messageGroup".into());
+            wanted.insert(QueueAttributeName::FifoThroughputLimit, "perMessageGroupId".into());
         }
         if name.ends_with("-dlq.fifo") || name.ends_with("-bus-dlq") {
             wanted.insert(QueueAttributeName::MessageRetentionPeriod, "1209600".into());
@@ -346,8 +338,8 @@ impl Provisioner<'_> {
                 serde_json::json!({ "deadLetterTargetArn": dlq.arn, "maxReceiveCount": self.options.max_receive_count }).to_string(),
             );
         }
-        if let Some(topics) = senders {
-            wanted.insert(QueueAttributeName::Policy, queue_policy(&arn, topics));
+        if let Some(policy) = policy {
+            wanted.insert(QueueAttributeName::Policy, policy);
         }
 
         let sqs = &self.clients.sqs;
@@ -403,8 +395,10 @@ impl Provisioner<'_> {
         let sns = &self.clients.sns;
         let wanted = [
             ("ContentBasedDeduplication", "true".to_owned()),
+            // Only the route forwarder publishes, with its IAM role: the
+            // AWS managed key and the default topic policy are enough.
             ("KmsMasterKeyId", "alias/aws/sns".to_owned()),
-            ("Policy", topic_policy(&arn, &self.spec.bus_arn())),
+            ("FifoThroughputScope", "MessageGroup".to_owned()),
         ];
         match sns.get_topic_attributes().topic_arn(&arn).send().await {
             Ok(found) => {
@@ -619,10 +613,10 @@ fn queue_policy(queue_arn: &str, topics: &[String]) -> String {
     crate::policy::topics_may_send(&queue_arn.into(), &topics.into()).to_string()
 }
 
-/// Lets the cell's rules (and nothing else) publish to a topic.
-fn topic_policy(topic_arn: &str, bus_arn: &str) -> String {
-    let rules = format!("{}/*", bus_arn.replace(":event-bus/", ":rule/"));
-    crate::policy::rules_may("sns:Publish", &topic_arn.into(), &rules.into()).to_string()
+/// Lets the cell's rules (and nothing else) send to the queue `queue`.
+fn rules_may_send(spec: &CellSpec, queue: &str) -> String {
+    let rules = format!("{}/*", spec.bus_arn().replace(":event-bus/", ":rule/"));
+    crate::policy::rules_may("sqs:SendMessage", &spec.queue_arn(queue).into(), &rules.into()).to_string()
 }
 
 #[cfg(test)]
@@ -639,11 +633,17 @@ mod tests {
 
     #[test]
     fn policies_name_exactly_the_cells_senders() {
-        let p: serde_json::Value = serde_json::from_str(&topic_policy(
-            "arn:aws:sns:eu-west-1:123456789012:bems-c-posting.fifo",
-            "arn:aws:events:eu-west-1:123456789012:event-bus/bems-c",
-        ))
-        .expect("json");
+        let spec = CellSpec::new(
+            bems_core::fields::CellId::new("c").expect("cell"),
+            bems_core::fields::Region::new("eu-west-1").expect("region"),
+            bems_core::fields::AccountId::new("123456789012").expect("account"),
+            bems_core::partition::PartitionCount::new(2).expect("partitions"),
+        )
+        .expect("spec");
+        let p: serde_json::Value =
+            serde_json::from_str(&rules_may_send(&spec, "bems-c-posting-route.fifo")).expect("json");
+        assert_eq!(p["Statement"][0]["Resource"], "arn:aws:sqs:eu-west-1:123456789012:bems-c-posting-route.fifo");
+        assert_eq!(p["Statement"][0]["Action"], "sqs:SendMessage");
         assert_eq!(
             p["Statement"][0]["Condition"]["ArnLike"]["aws:SourceArn"],
             "arn:aws:events:eu-west-1:123456789012:rule/bems-c/*"

@@ -9,7 +9,7 @@
 use bems_core::Stage;
 use bems_core::routing::CellSpec;
 
-use crate::provision::{Change, Clients, ProvisionError, Report, bus_dlq_name, shim_queue_name};
+use crate::provision::{Change, Clients, ProvisionError, Report, bus_dlq_name};
 
 fn fail(step: impl Into<String>, e: &(impl std::error::Error + 'static)) -> ProvisionError {
     ProvisionError { step: step.into(), message: crate::describe(e) }
@@ -64,7 +64,12 @@ pub async fn teardown(clients: &Clients, spec: &CellSpec) -> Result<Report, Prov
     }
     let mut queues = vec![bus_dlq_name(spec), spec.status_queue_name(), spec.status_dlq_name()];
     for stage in Stage::ALL {
-        queues.extend([spec.queue_name(stage), spec.dlq_name(stage), shim_queue_name(spec, stage)]);
+        queues.extend([
+            spec.queue_name(stage),
+            spec.dlq_name(stage),
+            spec.route_queue_name(stage),
+            spec.route_dlq_name(stage),
+        ]);
     }
     for name in queues {
         let Ok(found) = clients.sqs.get_queue_url().queue_name(&name).send().await else { continue };

@@ -33,6 +33,12 @@ fn spec(cell: &str, partitions: u32, rules_per_bus: u32) -> CellSpec {
     .expect("spec")
 }
 
+/// The logical-id part of a stage: `Ingestion`.
+fn pascal(stage: Stage) -> String {
+    let s = stage.as_str();
+    s[..1].to_uppercase() + &s[1..]
+}
+
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../infra/cells/prod-eu-1")
 }
@@ -86,7 +92,7 @@ fn committed_template_routes_exactly_as_the_cell_spec_does() {
     };
     let want_queues: BTreeSet<String> = Stage::ALL
         .iter()
-        .flat_map(|s| [spec.queue_name(*s), spec.dlq_name(*s)])
+        .flat_map(|s| [spec.queue_name(*s), spec.dlq_name(*s), spec.route_queue_name(*s), spec.route_dlq_name(*s)])
         .chain([spec.status_queue_name(), spec.status_dlq_name(), format!("bems-{}-bus-dlq", spec.cell_id())])
         .collect();
     assert_eq!(named("AWS::SQS::Queue", "QueueName"), want_queues);
@@ -137,8 +143,17 @@ fn committed_template_routes_exactly_as_the_cell_spec_does() {
     }
 
     // Rules: one nested stack per stage, one rule per partition, each with
-    // the spec's pattern, name and message group.
+    // the spec's pattern, name and message group, targeting the queue the
+    // main stack passes as `RouteQueueArn`: the spec's route queue.
     for stage in Stage::ALL {
+        let nested = resources
+            .values()
+            .find(|r| {
+                r["Type"] == "AWS::CloudFormation::Stack" && r["Properties"]["TemplateURL"] == rules_file_name(stage)
+            })
+            .unwrap_or_else(|| panic!("no nested stack for {}", rules_file_name(stage)));
+        let route_id = nested["Properties"]["Parameters"]["RouteQueueArn"]["Fn::GetAtt"][0].as_str().expect("a queue");
+        let route_name = &resources[route_id]["Properties"]["QueueName"];
         let rules = read(&rules_file_name(stage));
         let rules = rules["Resources"].as_object().expect("resources");
         let want: Vec<_> = spec.stage_rules().into_iter().filter(|r| r.stage == stage).collect();
@@ -150,10 +165,10 @@ fn committed_template_routes_exactly_as_the_cell_spec_does() {
                 .unwrap_or_else(|| panic!("{} is not in {}", rule.name, rules_file_name(stage)));
             let pattern = EventPattern::from_value(&found["Properties"]["EventPattern"]).expect("a valid pattern");
             assert_eq!(pattern, rule.pattern, "{}", rule.name);
-            assert_eq!(
-                found["Properties"]["Targets"][0]["SqsParameters"]["MessageGroupId"],
-                rule.message_group_id.as_str()
-            );
+            let target = &found["Properties"]["Targets"][0];
+            assert_eq!(target["SqsParameters"]["MessageGroupId"], rule.message_group_id.as_str());
+            assert_eq!(target["Arn"]["Ref"], "RouteQueueArn");
+            assert_eq!(*route_name, rule.route_queue.as_str(), "{}", rule.name);
         }
     }
 }
@@ -196,7 +211,8 @@ fn every_queue_and_dlq_is_watched() {
 
 /// Each function's role names only the resources that function touches:
 /// its queue and DLQ, the cell key, and the bus (processors) or the
-/// Timestream table (writer).
+/// Timestream table (writer); the forwarder its four route queues, the key
+/// and the four topics.
 #[test]
 fn every_function_touches_only_its_own_resources() {
     let main = read("cell.json");
@@ -207,23 +223,47 @@ fn every_function_touches_only_its_own_resources() {
         let policy = r["Properties"]["Policies"].to_string();
         let referenced: BTreeSet<String> =
             resources.keys().filter(|other| policy.contains(&format!("[\"{other}\",\"Arn\"]"))).cloned().collect();
-        let want: BTreeSet<String> = match id.strip_suffix("Processor") {
-            Some(stage) => [format!("{stage}Queue"), format!("{stage}Dlq"), "CellKey".into(), "Bus".into()].into(),
-            None => ["StatusQueue".into(), "StatusDlq".into(), "CellKey".into(), "TimestreamTable".into()].into(),
+        let routes = Stage::ALL.map(|s| format!("{}Route", pascal(s)));
+        let (want, sources): (BTreeSet<String>, Vec<String>) = match (id.strip_suffix("Processor"), id.as_str()) {
+            (Some(stage), _) => (
+                [format!("{stage}Queue"), format!("{stage}Dlq"), "CellKey".into(), "Bus".into()].into(),
+                vec![format!("{stage}Queue")],
+            ),
+            (None, "RouteForwarder") => {
+                (routes.iter().cloned().chain(["CellKey".to_owned()]).collect(), routes.to_vec())
+            }
+            (None, _) => (
+                ["StatusQueue".into(), "StatusDlq".into(), "CellKey".into(), "TimestreamTable".into()].into(),
+                vec!["StatusQueue".to_owned()],
+            ),
         };
         assert_eq!(referenced, want, "{id}");
+        // Topics are named by Ref: only the forwarder publishes, to the four stage topics.
+        let published: BTreeSet<String> =
+            resources.keys().filter(|other| policy.contains(&format!("{{\"Ref\":\"{other}\"}}"))).cloned().collect();
+        let topics: BTreeSet<String> = if id == "RouteForwarder" {
+            Stage::ALL.iter().map(|s| format!("{}Topic", pascal(*s))).collect()
+        } else {
+            BTreeSet::new()
+        };
+        assert_eq!(published, topics, "{id}");
         // And nothing with a wildcard but endpoint discovery.
         for statement in r["Properties"]["Policies"][0]["Statement"].as_array().expect("statements") {
             if statement["Resource"] == "*" {
                 assert_eq!(statement["Action"], "timestream:DescribeEndpoints", "{id}: {statement}");
             }
         }
-        assert_eq!(
-            r["Properties"]["Events"]["Queue"]["Properties"]["FunctionResponseTypes"][0],
-            "ReportBatchItemFailures"
-        );
+        let events = r["Properties"]["Events"].as_object().expect("events");
+        let got: Vec<String> = events
+            .values()
+            .filter_map(|e| e["Properties"]["Queue"]["Fn::GetAtt"][0].as_str().map(str::to_owned))
+            .collect();
+        assert_eq!(got.iter().collect::<BTreeSet<_>>(), sources.iter().collect::<BTreeSet<_>>(), "{id}: event sources");
+        for e in events.values() {
+            assert_eq!(e["Properties"]["FunctionResponseTypes"][0], "ReportBatchItemFailures", "{id}");
+        }
     }
-    assert_eq!(functions, 5);
+    assert_eq!(functions, 6);
 }
 
 /// 99 partitions: 396 rules, still within a stack's 500 resources because

@@ -143,7 +143,9 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    fn backoff(&self, attempt: u32) -> Duration {
+    /// The delay before retry number `attempt + 1`: full jitter under a
+    /// ceiling that doubles from `base` up to `max_delay`.
+    pub fn backoff(&self, attempt: u32) -> Duration {
         let ceiling = self.base.saturating_mul(2_u32.saturating_pow(attempt.min(20))).min(self.max_delay);
         ceiling.mul_f64(fastrand::f64())
     }
@@ -399,8 +401,9 @@ fn hold_back(queue: &mut VecDeque<Pending>, behind: EventId, outcomes: &mut [Opt
 }
 
 /// Splits `items` into runs of at most [`MAX_ENTRIES_PER_CALL`] items and
-/// [`MAX_REQUEST_BYTES`] bytes, keeping order.
-fn batches(items: &[usize], size: impl Fn(usize) -> usize) -> Vec<Vec<usize>> {
+/// [`MAX_REQUEST_BYTES`] bytes, keeping order. SNS `PublishBatch` and SQS
+/// `SendMessageBatch` have the same two limits as `PutEvents`.
+pub fn batches(items: &[usize], size: impl Fn(usize) -> usize) -> Vec<Vec<usize>> {
     let mut out: Vec<Vec<usize>> = Vec::new();
     let mut bytes = 0;
     for &item in items {

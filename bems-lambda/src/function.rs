@@ -11,6 +11,7 @@
 //! | `BEMS_IDEMPOTENCY_TABLE` | stage processors, optional: the DynamoDB table of [`crate::idempotency::DynamoDbStore`] |
 //! | `BEMS_IDEMPOTENCY_TTL_DAYS` | how long its items live (default 35) |
 //! | `BEMS_TIMESTREAM_DATABASE`, `BEMS_TIMESTREAM_TABLE` | writer only |
+//! | `BEMS_ACCOUNT_ID` | route forwarder: the cell's account (outside Lambda, default `000000000000`, LocalStack's) |
 //! | `RUST_LOG` | log level (default `info`) |
 //!
 //! Logs are JSON lines with the invoice id, event id and correlation id of
@@ -31,7 +32,12 @@ use bems_core::{InvoiceEvent, Stage};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use rust_decimal::Decimal;
 
+use bems_core::fields::{AccountId, CellId, Region};
+use bems_core::partition::PartitionCount;
+use bems_core::routing::CellSpec;
+
 use crate::batch::BatchProcessor;
+use crate::forward::Forwarder;
 use crate::idempotency::DynamoDbStore;
 use crate::processor::StageProcessor;
 use crate::sqs::{BatchFunction, ProcessorFunction, SqsDeadLetter};
@@ -114,6 +120,9 @@ pub fn processor_metrics_name(stage: Stage) -> String {
 
 /// The `Function` dimension of the Timestream writer's metrics.
 pub const WRITER_METRICS_NAME: &str = "timestream-writer";
+
+/// The `Function` dimension of the route forwarder's metrics.
+pub const FORWARDER_METRICS_NAME: &str = "route-forwarder";
 
 /// CloudWatch Embedded Metric Format: namespace [`METRICS_NAMESPACE`],
 /// dimensions `Cell` and `Function`; one document per invocation, written to stdout, where
@@ -215,4 +224,62 @@ pub async fn run_timestream_writer() -> Result<(), Error> {
     // Boxed: the runtime's service stack makes a future too deep for the
     // compiler's default layout limit in every binary that awaits it.
     Box::pin(lambda_runtime::run(handler)).await
+}
+
+/// Runs the route forwarder ([`crate::forward`]): as a Lambda function, or,
+/// outside Lambda (no `AWS_LAMBDA_RUNTIME_API`), against the cell's four
+/// route queues with the local event-source runner until Ctrl-C, which is
+/// how a cell on the emulators gets its events from the rules to the
+/// topics.
+pub async fn run_forwarder() -> Result<(), Error> {
+    let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let in_lambda = std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_some();
+    let cell = var("BEMS_CELL_ID")?;
+    let partitions = var("BEMS_PARTITIONS")?;
+    let account = match var("BEMS_ACCOUNT_ID") {
+        Ok(a) => a,
+        Err(_) if !in_lambda => "000000000000".to_owned(),
+        Err(e) => return Err(e.into()),
+    };
+    let region = config.region().map(ToString::to_string).ok_or_else(|| ConfigError("no AWS Region".into()))?;
+    let spec = cell_spec(&cell, &region, &account, &partitions)?;
+    let topics = aws_sdk_sns::Client::new(&config);
+    init_logs();
+    if !in_lambda {
+        tracing::info!(cell = %spec.cell_id(), "forwarding the route queues to the stage topics; Ctrl-C stops");
+        let sqs = aws_sdk_sqs::Client::new(&config);
+        let ctrl_c = async {
+            let _ = tokio::signal::ctrl_c().await;
+        };
+        crate::forward::run_locally(&spec, topics, sqs, Duration::from_millis(100), ctrl_c).await?;
+        return Ok(());
+    }
+    let metrics = init_metrics(&cell, FORWARDER_METRICS_NAME)?;
+    let handler = service_fn(move |event: LambdaEvent<SqsEvent>| {
+        let mut function = ProcessorFunction {
+            processor: BatchProcessor::new().with_deadline(deadline(&event.context)),
+            handler: Forwarder::new(&spec, topics.clone()),
+        };
+        Box::pin(async move {
+            let response = function.call(event.payload).await;
+            flush(metrics, &event.context.request_id);
+            Ok::<SqsBatchResponse, Error>(response)
+        }) as Invocation
+    });
+    // Boxed: the runtime's service stack makes a future too deep for the
+    // compiler's default layout limit in every binary that awaits it.
+    Box::pin(lambda_runtime::run(handler)).await
+}
+
+/// The cell of a function, from its configuration.
+fn cell_spec(cell: &str, region: &str, account: &str, partitions: &str) -> Result<CellSpec, ConfigError> {
+    let partitions: u32 = partitions.parse().map_err(|_| ConfigError("BEMS_PARTITIONS must be 1-99".into()))?;
+    let bad = |name: &str, e: &dyn std::fmt::Display| ConfigError(format!("{name}: {e}"));
+    CellSpec::new(
+        CellId::new(cell).map_err(|e| bad("BEMS_CELL_ID", &e))?,
+        Region::new(region).map_err(|e| bad("AWS_REGION", &e))?,
+        AccountId::new(account).map_err(|e| bad("BEMS_ACCOUNT_ID", &e))?,
+        PartitionCount::new(partitions).map_err(|e| bad("BEMS_PARTITIONS", &e))?,
+    )
+    .map_err(|e| bad("cell", &e))
 }

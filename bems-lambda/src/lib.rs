@@ -15,6 +15,8 @@
 //! - [`processor`]: a stage processor, the `RecordHandler` each stage's
 //!   Lambda runs: decode, apply the rules, publish the batch's next events
 //!   in one call.
+//! - [`forward`]: the route forwarder, from each stage's route queue (the
+//!   rules' SQS FIFO target) to its SNS FIFO topic, group kept.
 //! - [`idempotency`]: the optional durable store that makes a late second
 //!   handling of an event republish the first one's next event (DynamoDB).
 //! - [`timestream`]: the Timestream writer: one multi-measure record per
@@ -55,11 +57,12 @@
 //! # }
 //! ```
 //!
-//! - [`function`]: the Lambda entry points; the five binaries in `src/bin/`
+//! - [`function`]: the Lambda entry points; the six binaries in `src/bin/`
 //!   (`invoice-{ingestion,reconciliation,authorization,posting}-processor`,
-//!   `timestream-writer`) are one line each.
+//!   `timestream-writer`, `route-forwarder`) are one line each.
 
 pub mod batch;
+pub mod forward;
 pub mod function;
 pub mod idempotency;
 pub mod processor;

@@ -257,6 +257,12 @@ impl EventSource {
     }
 }
 
+/// The URL of the queue named `name`.
+pub async fn queue_url(client: &aws_sdk_sqs::Client, name: &str) -> Result<String, RunnerError> {
+    let out = client.get_queue_url().queue_name(name).send().await.map_err(sqs_error)?;
+    out.queue_url().map(str::to_owned).ok_or_else(|| RunnerError(format!("queue {name}: no URL")))
+}
+
 /// The record as Lambda's SQS event source would deliver it.
 fn to_lambda(m: &aws_sdk_sqs::types::Message, queue_arn: &str) -> SqsMessage {
     let mut record = SqsMessage::default();

@@ -1,15 +1,15 @@
 //! # bems-e2e
 //!
 //! Shared set-up for the end-to-end tests in `tests/tests/`: a uniquely
-//! named cell provisioned on the running LocalStack, its emulator shim, and
-//! helpers to publish and drain. The tests run when `BEMS_LOCALSTACK_URL` is
+//! named cell provisioned on the running LocalStack, its route forwarder
+//! running in-process, and helpers to publish and drain. The tests run when `BEMS_LOCALSTACK_URL` is
 //! set (`scripts/test` sets it) and say they are skipped otherwise.
 
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::config::Credentials;
 use bems_cli::api::Ingress;
-use bems_cli::provision::{Clients, ProvisionOptions, Report, Targets, provision};
+use bems_cli::provision::{Clients, ProvisionOptions, Report, provision};
 use bems_core::fields::{AccountId, CellId, CorrelationId, EventId, InvoiceId, Region};
 use bems_core::partition::PartitionCount;
 use bems_core::publish::{CellTarget, Publisher};
@@ -84,7 +84,7 @@ pub async fn environment() -> Option<Env> {
     None
 }
 
-/// A provisioned cell with its shim running; the shim stops on drop.
+/// A provisioned cell with its route forwarder running; the forwarder stops on drop.
 pub struct Cell {
     /// The cell's routing.
     pub spec: CellSpec,
@@ -98,7 +98,7 @@ pub struct Cell {
     pub ingress: Ingress,
     /// Where it lives.
     pub env: Env,
-    stop_shim: Option<oneshot::Sender<()>>,
+    stop_forwarder: Option<oneshot::Sender<()>>,
 }
 
 impl Cell {
@@ -116,24 +116,13 @@ impl Cell {
         let mut options = options;
         match &env.api_role_arn {
             Some(role) => options.api_role_arn.clone_from(role),
-            None => options.targets = Targets::EmulatorShim,
+            None => options.emulator = true,
         }
         let done = provision(&clients, &spec, &options)
             .await
             .unwrap_or_else(|e| panic!("provisioning failed: {e}. Is LocalStack running? (scripts/emulators status)"));
-        let stop_shim = (options.targets == Targets::EmulatorShim).then(|| {
-            let (stop, stopped) = oneshot::channel();
-            let (clients, spec) = (clients.clone(), spec.clone());
-            tokio::spawn(async move {
-                let shim = bems_cli::shim::Shim::connect(clients, spec).await.expect("shim queues");
-                shim.run(Duration::from_millis(100), async move {
-                    let _ = stopped.await;
-                })
-                .await;
-            });
-            stop
-        });
-        Cell { spec, clients, report: done.report, options, ingress: done.ingress, env: env.clone(), stop_shim }
+        let stop_forwarder = Some(start_forwarder(&clients, &spec));
+        Cell { spec, clients, report: done.report, options, ingress: done.ingress, env: env.clone(), stop_forwarder }
     }
 
     /// Where this cell's events go.
@@ -219,11 +208,11 @@ impl Cell {
     }
 }
 
-/// Stops the shim and deletes the cell, also when the test failed, so no
+/// Stops the forwarder and deletes the cell, also when the test failed, so no
 /// test leaves resources behind (which on AWS would cost money).
 impl Drop for Cell {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop_shim.take() {
+        if let Some(stop) = self.stop_forwarder.take() {
             let _ = stop.send(());
         }
         let (clients, spec) = (self.clients.clone(), self.spec.clone());
@@ -235,6 +224,23 @@ impl Drop for Cell {
             });
         });
     }
+}
+
+/// Runs the route forwarder (`bems_lambda::forward`, what the Lambda
+/// function runs on AWS) over `spec`'s route queues in the background; it
+/// stops when the returned sender is used or dropped.
+pub fn start_forwarder(clients: &Clients, spec: &CellSpec) -> oneshot::Sender<()> {
+    let (stop, stopped) = oneshot::channel();
+    let (sns, sqs, spec) = (clients.sns.clone(), clients.sqs.clone(), spec.clone());
+    tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        bems_lambda::forward::run_locally(&spec, sns, sqs, Duration::from_millis(100), shutdown)
+            .await
+            .expect("the route queues exist");
+    });
+    stop
 }
 
 /// A valid event of `invoice`: the fixture with a fresh id, moved to

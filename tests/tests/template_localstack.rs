@@ -121,14 +121,8 @@ async fn the_template_deploys_on_localstack_and_routes_an_event_from_its_api() {
         .value()
         .expect("a key value")
         .to_owned();
-    let shim = bems_cli::shim::Shim::connect(clients.clone(), spec.clone()).await.expect("the shim queues exist");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let forwarder = tokio::spawn(async move {
-        shim.run(Duration::from_millis(100), async move {
-            let _ = stopped.await;
-        })
-        .await;
-    });
+    // The route forwarder, as the deployed function would run it.
+    let stop = bems_e2e::start_forwarder(&clients, &spec);
 
     let mut e = event("INV-CFN-1", Stage::Reconciliation, Status::Ingested, Some(Status::Submitted), 1);
     let target = CellTarget::new(&id, &env.region, &env.account, 4).expect("target");
@@ -177,6 +171,5 @@ async fn the_template_deploys_on_localstack_and_routes_an_event_from_its_api() {
     }
 
     let _ = stop.send(());
-    let _ = forwarder.await;
     cfn.delete_stack().stack_name(&stack).send().await.expect("delete the stack");
 }

@@ -4,7 +4,7 @@
 //! emulator needed.)
 
 use bems_core::Stage;
-use bems_lambda::function::{METRICS_NAMESPACE, WRITER_METRICS_NAME, processor_metrics_name};
+use bems_lambda::function::{FORWARDER_METRICS_NAME, METRICS_NAMESPACE, WRITER_METRICS_NAME, processor_metrics_name};
 use serde_json::Value;
 
 #[test]
@@ -28,16 +28,19 @@ fn alarms_name_the_metrics_the_functions_emit() {
         }
     }
     // The writer's visibility latency (the SLA alarm) and each stage's
-    // processed and failed counts (the error-rate alarms).
+    // and the forwarder's processed and failed counts (the error-rate alarms).
     assert!(custom.contains(&(WRITER_METRICS_NAME.to_owned(), "VisibilityLatency".to_owned())), "{custom:?}");
-    for stage in Stage::ALL {
+    for function in Stage::ALL.iter().map(|s| processor_metrics_name(*s)).chain([FORWARDER_METRICS_NAME.to_owned()]) {
         for name in ["Processed", "Failed", "DeadLettered"] {
-            assert!(custom.contains(&(processor_metrics_name(stage), name.to_owned())), "{stage} {name}: {custom:?}");
+            assert!(custom.contains(&(function.clone(), name.to_owned())), "{function} {name}: {custom:?}");
         }
     }
     // And nothing else: every alarm metric is one of those.
-    let known: Vec<String> =
-        Stage::ALL.iter().map(|s| processor_metrics_name(*s)).chain([WRITER_METRICS_NAME.to_owned()]).collect();
+    let known: Vec<String> = Stage::ALL
+        .iter()
+        .map(|s| processor_metrics_name(*s))
+        .chain([WRITER_METRICS_NAME.to_owned(), FORWARDER_METRICS_NAME.to_owned()])
+        .collect();
     assert!(custom.iter().all(|(f, _)| known.contains(f)), "{custom:?}");
 
     // The dashboard's custom metrics too: ["BEMS", name, "Cell", c, "Function", f, ...].

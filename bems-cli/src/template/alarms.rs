@@ -66,19 +66,37 @@ pub(super) fn monitoring(
             })
         };
     let mut critical: Vec<String> = Vec::new();
-    let mut queues: Vec<(String, String)> = Stage::ALL.iter().map(|s| (pascal(*s), format!("the {s} queue"))).collect();
-    queues.push(("Status".into(), "the status-change queue".into()));
-    for (p, what) in &queues {
-        let (queue, dlq) = (format!("{p}Queue"), format!("{p}Dlq"));
+    // (alarm id prefix, alarm name part, queue, its DLQ, what it is)
+    let mut queues: Vec<(String, String, String, String, String)> = Vec::new();
+    for s in Stage::ALL {
+        let p = pascal(s);
+        queues.push((p.clone(), s.to_string(), format!("{p}Queue"), format!("{p}Dlq"), format!("the {s} queue")));
+        queues.push((
+            format!("{p}Route"),
+            format!("{s}-route"),
+            format!("{p}Route"),
+            format!("{p}RouteDlq"),
+            format!("the {s} route queue"),
+        ));
+    }
+    queues.push((
+        "Status".into(),
+        "status".into(),
+        "StatusQueue".into(),
+        "StatusDlq".into(),
+        "the status-change queue".into(),
+    ));
+    for (p, slug, queue, dlq, what) in &queues {
+        let (queue, dlq) = (queue.as_str(), dlq.as_str());
         let id = format!("{p}DlqNotEmptyAlarm");
         resources.insert(
             id.clone(),
             sqs_alarm(
-                format!("bems-{cell}-{}-dlq-not-empty", p.to_lowercase()),
+                format!("bems-{cell}-{slug}-dlq-not-empty"),
                 format!(
                     "A message of {what} was dead-lettered: an invoice is stuck. `bems redrive` after fixing the cause."
                 ),
-                &dlq,
+                dlq,
                 "ApproximateNumberOfMessagesVisible",
                 json!(0),
                 1,
@@ -90,9 +108,9 @@ pub(super) fn monitoring(
         resources.insert(
             id.clone(),
             sqs_alarm(
-                format!("bems-{cell}-{}-oldest-over-sla", p.to_lowercase()),
+                format!("bems-{cell}-{slug}-oldest-over-sla"),
                 format!("The oldest message of {what} has waited longer than the SLA."),
-                &queue,
+                queue,
                 "ApproximateAgeOfOldestMessage",
                 reference("SlaSeconds"),
                 1,
@@ -103,9 +121,9 @@ pub(super) fn monitoring(
         resources.insert(
             format!("{p}QueueAgeAlarm"),
             sqs_alarm(
-                format!("bems-{cell}-{}-oldest-age", p.to_lowercase()),
+                format!("bems-{cell}-{slug}-oldest-age"),
                 format!("The oldest message of {what} is older than the warning age: it is falling behind."),
-                &queue,
+                queue,
                 "ApproximateAgeOfOldestMessage",
                 reference("QueueAgeWarningSeconds"),
                 1,
@@ -115,9 +133,9 @@ pub(super) fn monitoring(
         resources.insert(
             format!("{p}QueueDepthAlarm"),
             sqs_alarm(
-                format!("bems-{cell}-{}-depth", p.to_lowercase()),
+                format!("bems-{cell}-{slug}-depth"),
                 format!("{} has held more messages than the threshold for five minutes.", capitalized(what)),
-                &queue,
+                queue,
                 "ApproximateNumberOfMessagesVisible",
                 reference("QueueDepthThreshold"),
                 5,
@@ -126,13 +144,21 @@ pub(super) fn monitoring(
         );
     }
     for stage in Stage::ALL {
-        resources.insert(format!("{}ErrorRateAlarm", pascal(stage)), error_rate_alarm(cell, stage));
+        let what = format!("the {stage} processor");
+        resources.insert(
+            format!("{}ErrorRateAlarm", pascal(stage)),
+            error_rate_alarm(cell, &bems_lambda_names::processor(stage), &stage.to_string(), &what),
+        );
     }
+    resources.insert(
+        "RouteForwarderErrorRateAlarm".into(),
+        error_rate_alarm(cell, &bems_lambda_names::forwarder(), "route-forwarder", "the route forwarder"),
+    );
     resources.insert(
         "BusDlqNotEmptyAlarm".into(),
         sqs_alarm(
             format!("bems-{cell}-bus-dlq-not-empty"),
-            "EventBridge could not deliver an event to a stage topic after its retries (failed invocations land here)."
+            "EventBridge could not deliver an event to a route queue after its retries (failed invocations land here)."
                 .into(),
             "BusDlq",
             "ApproximateNumberOfMessagesVisible",
@@ -195,12 +221,12 @@ pub(super) fn monitoring(
     );
 }
 
-/// A stage's error rate from its processor's EMF counts (namespace `BEMS`,
+/// A function's error rate from its EMF counts (namespace `BEMS`,
 /// dimensions `Cell`, `Function` and, for failures, `class`): records that
 /// failed or were dead-lettered, of all records, in percent. Held-back
 /// records are a consequence of another failure and do not count again.
-pub(super) fn error_rate_alarm(cell: &str, stage: Stage) -> Value {
-    let function = bems_lambda_names::processor(stage);
+/// `slug` names the alarm, `what` describes the function.
+pub(super) fn error_rate_alarm(cell: &str, function: &str, slug: &str, what: &str) -> Value {
     let metric = |id: &str, name: &str, class: Option<&str>| {
         let mut dimensions =
             vec![json!({ "Name": "Cell", "Value": cell }), json!({ "Name": "Function", "Value": function })];
@@ -221,8 +247,8 @@ pub(super) fn error_rate_alarm(cell: &str, stage: Stage) -> Value {
     json!({
         "Type": "AWS::CloudWatch::Alarm",
         "Properties": {
-            "AlarmName": format!("bems-{cell}-{stage}-error-rate"),
-            "AlarmDescription": format!("More than ErrorRatePercent of the {stage} processor's records failed, five minutes running."),
+            "AlarmName": format!("bems-{cell}-{slug}-error-rate"),
+            "AlarmDescription": format!("More than ErrorRatePercent of {what}'s records failed, five minutes running."),
             "Metrics": [
                 metric("ok", "Processed", None),
                 metric("ft", "Failed", Some("transient")),
@@ -233,7 +259,7 @@ pub(super) fn error_rate_alarm(cell: &str, stage: Stage) -> Value {
                 {
                     "Id": "rate",
                     "Expression": format!("100 * ({failures}) / (FILL(ok,0) + {failures})"),
-                    "Label": format!("{stage} error rate (%)"),
+                    "Label": format!("{slug} error rate (%)"),
                     "ReturnData": true,
                 },
             ],

@@ -87,6 +87,10 @@ pub(super) fn dashboard(spec: &CellSpec) -> Value {
         depth.push(queue_metric("ApproximateNumberOfMessagesVisible", spec.queue_name(stage), stage.as_str()));
         age.push(queue_metric("ApproximateAgeOfOldestMessage", spec.queue_name(stage), stage.as_str()));
         dlqs.push(queue_metric("ApproximateNumberOfMessagesVisible", spec.dlq_name(stage), stage.as_str()));
+        let route = format!("{stage} route");
+        depth.push(queue_metric("ApproximateNumberOfMessagesVisible", spec.route_queue_name(stage), &route));
+        age.push(queue_metric("ApproximateAgeOfOldestMessage", spec.route_queue_name(stage), &route));
+        dlqs.push(queue_metric("ApproximateNumberOfMessagesVisible", spec.route_dlq_name(stage), &route));
     }
     depth.push(queue_metric("ApproximateNumberOfMessagesVisible", spec.status_queue_name(), "status"));
     age.push(queue_metric("ApproximateAgeOfOldestMessage", spec.status_queue_name(), "status"));

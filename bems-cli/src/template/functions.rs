@@ -1,4 +1,4 @@
-//! The five Lambda functions and their roles.
+//! The six Lambda functions and their roles.
 
 use std::collections::BTreeMap;
 
@@ -8,11 +8,13 @@ use serde_json::{Value, json};
 
 use super::*;
 
-/// The five functions (`AWS::Serverless::Function`, arm64, built by
+/// The six functions (`AWS::Serverless::Function`, arm64, built by
 /// cargo-lambda from `bems-lambda`), each with its own role scoped to the
 /// resources it touches, its log group (encrypted, kept
-/// `LogRetentionDays`), X-Ray, and an SQS event source with
-/// `ReportBatchItemFailures`. Timeout 30 s: the queues' visibility timeout
+/// `LogRetentionDays`), X-Ray, and SQS event sources with
+/// `ReportBatchItemFailures`: the four processors (their stage queue), the
+/// route forwarder (the four route queues), the Timestream writer (the
+/// status queue). Timeout 30 s: the queues' visibility timeout
 /// (180 s by default) is six times that, as AWS advises.
 pub(super) fn functions(spec: &CellSpec, defaults: &TemplateDefaults, resources: &mut BTreeMap<String, Value>) {
     let cell = spec.cell_id().as_str();
@@ -38,12 +40,26 @@ pub(super) fn functions(spec: &CellSpec, defaults: &TemplateDefaults, resources:
     let mut function = |logical: &str,
                         name: String,
                         binary: &str,
-                        queue: &str,
-                        dlq: &str,
+                        sources: &[String],
                         mut statements: Vec<Value>,
                         env: Value,
                         concurrency: &str| {
-        statements.extend([sqs_consume(queue), sqs_send(dlq), kms.clone()]);
+        statements.extend(sources.iter().map(|q| sqs_consume(q)));
+        statements.push(kms.clone());
+        let events: BTreeMap<&str, Value> = sources
+            .iter()
+            .map(|q| {
+                let source = json!({
+                    "Type": "SQS",
+                    "Properties": {
+                        "Queue": get_att(q, "Arn"),
+                        "BatchSize": 10,
+                        "FunctionResponseTypes": ["ReportBatchItemFailures"],
+                    },
+                });
+                (q.as_str(), source)
+            })
+            .collect();
         resources.insert(
             format!("{logical}Logs"),
             json!({
@@ -78,16 +94,7 @@ pub(super) fn functions(spec: &CellSpec, defaults: &TemplateDefaults, resources:
                     "ReservedConcurrentExecutions": reference(concurrency),
                     "Environment": { "Variables": env },
                     "Policies": [{ "Version": "2012-10-17", "Statement": statements }],
-                    "Events": {
-                        "Queue": {
-                            "Type": "SQS",
-                            "Properties": {
-                                "Queue": get_att(queue, "Arn"),
-                                "BatchSize": 10,
-                                "FunctionResponseTypes": ["ReportBatchItemFailures"],
-                            },
-                        },
-                    },
+                    "Events": events,
                 },
             }),
         );
@@ -96,6 +103,7 @@ pub(super) fn functions(spec: &CellSpec, defaults: &TemplateDefaults, resources:
         let p = pascal(stage);
         let (queue, dlq) = (format!("{p}Queue"), format!("{p}Dlq"));
         let statements = vec![
+            sqs_send(&dlq),
             json!({ "Effect": "Allow", "Action": "events:PutEvents", "Resource": get_att("Bus", "Arn") }),
             json!({
                 "Fn::If": [
@@ -120,14 +128,32 @@ pub(super) fn functions(spec: &CellSpec, defaults: &TemplateDefaults, resources:
             &format!("{p}Processor"),
             format!("bems-{cell}-{stage}-processor"),
             &format!("invoice-{stage}-processor"),
-            &queue,
-            &dlq,
+            &[queue],
             statements,
             env,
             "ProcessorReservedConcurrency",
         );
     }
+    // The forwarder reads the route queues and publishes to the topics;
+    // failures stay in the route queues (SQS's redrive moves them to the
+    // route DLQs), so it sends to no queue.
+    let routes: Vec<String> = Stage::ALL.iter().map(|s| format!("{}Route", pascal(*s))).collect();
+    let topics: Vec<Value> = Stage::ALL.iter().map(|s| reference(&format!("{}Topic", pascal(*s)))).collect();
+    function(
+        "RouteForwarder",
+        format!("bems-{cell}-route-forwarder"),
+        "route-forwarder",
+        &routes,
+        vec![json!({ "Effect": "Allow", "Action": "sns:Publish", "Resource": topics })],
+        json!({
+            "BEMS_CELL_ID": cell,
+            "BEMS_PARTITIONS": spec.partitions().get().to_string(),
+            "BEMS_ACCOUNT_ID": reference("AWS::AccountId"),
+        }),
+        "ForwarderReservedConcurrency",
+    );
     let statements = vec![
+        sqs_send("StatusDlq"),
         json!({
             "Fn::If": [
                 "WithTimestream",
@@ -152,8 +178,7 @@ pub(super) fn functions(spec: &CellSpec, defaults: &TemplateDefaults, resources:
         "TimestreamWriter",
         format!("bems-{cell}-timestream-writer"),
         "timestream-writer",
-        "StatusQueue",
-        "StatusDlq",
+        &["StatusQueue".to_owned()],
         statements,
         env,
         "WriterReservedConcurrency",

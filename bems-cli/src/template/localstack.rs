@@ -2,7 +2,7 @@
 
 use bems_core::Stage;
 use bems_core::routing::CellSpec;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::*;
 
@@ -11,10 +11,9 @@ use super::*;
 /// LocalStack lacks or cannot run (functions: no Docker; Timestream, WAF,
 /// the archive: no provider; alarms, dashboard, access logs: not needed to
 /// route an event), with the rules inline (LocalStack has no 500-resource
-/// limit) and delivering through the emulator shim's SQS FIFO queues
-/// (LocalStack cannot deliver to an SNS FIFO topic; see
-/// [`crate::shim`]), and the API's emulator models and request template
-/// ([`crate::api`]).
+/// limit, and nested stacks would need their files in S3), and the API's
+/// emulator models and request template ([`crate::api`]). The route
+/// forwarder runs outside LocalStack (the tests run it in-process).
 pub fn localstack_template(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
     let mut template = main_stack(spec, defaults);
     let Some(root) = template.as_object_mut() else { return template };
@@ -47,37 +46,19 @@ pub fn localstack_template(spec: &CellSpec, defaults: &TemplateDefaults) -> Valu
             }
             resources[&format!("{p}Method")]["Properties"]["Integration"]["RequestTemplates"]["application/json"] =
                 Value::String(crate::api::request_template(spec, true));
-            let shim = format!("{p}Shim");
-            resources.insert(
-                shim.clone(),
-                json!({
-                    "Type": "AWS::SQS::Queue",
-                    "Properties": {
-                        "QueueName": crate::provision::shim_queue_name(spec, stage),
-                        "FifoQueue": true,
-                        "ContentBasedDeduplication": true,
-                    },
-                }),
-            );
-            for rule in spec.stage_rules().into_iter().filter(|r| r.stage == stage) {
-                resources.insert(
-                    format!("Rule{p}P{:02}", rule.partition.get()),
-                    json!({
-                        "Type": "AWS::Events::Rule",
-                        "Properties": {
-                            "Name": rule.name,
-                            "EventBusName": reference("Bus"),
-                            "EventPattern": rule.pattern.to_value(),
-                            "State": "ENABLED",
-                            "Targets": [{
-                                "Id": "shim",
-                                "Arn": get_att(&shim, "Arn"),
-                                "SqsParameters": { "MessageGroupId": rule.message_group_id },
-                                "DeadLetterConfig": { "Arn": get_att("BusDlq", "Arn") },
-                            }],
-                        },
-                    }),
-                );
+            // The stage's nested rules stack, inline, its parameters
+            // replaced by what the main stack passes it.
+            let arguments = [
+                ("BusName", reference("Bus")),
+                ("RouteQueueArn", get_att(&format!("{p}Route"), "Arn")),
+                ("DeadLetterQueueArn", get_att("BusDlq", "Arn")),
+            ];
+            if let Value::Object(rules) = &rules_stack(spec, stage)["Resources"] {
+                for (id, rule) in rules {
+                    let mut rule = rule.clone();
+                    substitute(&mut rule, &arguments);
+                    resources.insert(id.clone(), rule);
+                }
             }
         }
     }
@@ -85,4 +66,21 @@ pub fn localstack_template(spec: &CellSpec, defaults: &TemplateDefaults) -> Valu
         outputs.retain(|id, _| !id.starts_with("Alerts") && id != "TimestreamDatabase");
     }
     template
+}
+
+/// Replaces each `{"Ref": name}` in `value` by its argument.
+fn substitute(value: &mut Value, arguments: &[(&str, Value)]) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(name)) = map.get("Ref")
+                && let Some((_, argument)) = arguments.iter().find(|(n, _)| n == name)
+            {
+                *value = argument.clone();
+                return;
+            }
+            map.values_mut().for_each(|v| substitute(v, arguments));
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| substitute(v, arguments)),
+        _ => {}
+    }
 }

@@ -8,24 +8,26 @@
 //! Files, for a cell `C`:
 //!
 //! - `cell.json`: the main stack: bus, archive, bus DLQ, the cell's customer
-//!   managed KMS key (topics and queues), per stage the SNS FIFO topic, its SQS FIFO queue
+//!   managed KMS key (topics and queues), per stage the SQS FIFO route queue
+//!   (and DLQ) the rules deliver to, the SNS FIFO topic, its SQS FIFO queue
 //!   and DLQ and the filtered subscription, the status-change queue (and
 //!   DLQ) subscribed to every topic, the policies that let exactly these
-//!   services talk, and one nested stack of rules per stage;
+//!   services talk, the six functions (four processors, the route
+//!   forwarder, the Timestream writer), and one nested stack of rules per
+//!   stage;
 //! - `rules-<stage>.json`: that stage's rule per partition, each with one
-//!   target (the stage topic, static message group `<stage>-pNN`, a DLQ and
-//!   a retry policy). Nested because 99 partitions make 396 rules and a
-//!   stack holds at most 500 resources.
+//!   target (the stage's route queue, static message group `<stage>-pNN`, a
+//!   DLQ and a retry policy). Nested because 99 partitions make 396 rules
+//!   and a stack holds at most 500 resources.
 //!
-//! Not deployable on AWS yet: a classic EventBridge rule cannot set the
-//! message group of an SNS FIFO topic target (it has no `SnsParameters`;
-//! the `SqsParameters` set here are documented for SQS FIFO queues only).
-//! `infra/README.md` lists the ways out.
+//! Why route queues: a classic EventBridge rule can set a FIFO message
+//! group only for an SQS FIFO target (`SqsParameters`; rules have no SNS
+//! parameters), so the route forwarder (`bems_lambda::forward`) carries
+//! each stage's events from its route queue to its topic, group kept.
 //!
-//! Why a customer managed key: EventBridge cannot publish to an SNS topic
-//! encrypted with the AWS managed key (`alias/aws/sns`), nor SNS send to a
-//! queue encrypted with `alias/aws/sqs`: their policies cannot be changed to
-//! let the services use them. One key per cell, with a data key reuse period
+//! Why a customer managed key: EventBridge cannot send to a queue encrypted
+//! with the AWS managed key (`alias/aws/sqs`), nor SNS to one: the key's
+//! policy cannot be changed to let the services use it. One key per cell, with a data key reuse period
 //! of an hour on the queues, keeps KMS requests (and their cost) small at
 //! month-end rates.
 
@@ -246,13 +248,17 @@ fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
                 },
             }),
         );
+        // The rules' target: only this cell's rules may send to it.
+        let (route, route_dlq) = (format!("{p}Route"), format!("{p}RouteDlq"));
+        resources.insert(route_dlq.clone(), dlq(&spec.route_dlq_name(stage)));
+        resources.insert(route.clone(), queue(&spec.route_queue_name(stage), &route_dlq));
         resources.insert(
-            format!("{p}TopicPolicy"),
+            format!("{p}RoutePolicy"),
             json!({
-                "Type": "AWS::SNS::TopicPolicy",
+                "Type": "AWS::SQS::QueuePolicy",
                 "Properties": {
-                    "Topics": [reference(&topic)],
-                    "PolicyDocument": rules_may("sns:Publish", &reference(&topic), &rules_arn),
+                    "Queues": [reference(&route)],
+                    "PolicyDocument": rules_may("sqs:SendMessage", &get_att(&route, "Arn"), &rules_arn),
                 },
             }),
         );
@@ -290,12 +296,12 @@ fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
             format!("{p}Rules"),
             json!({
                 "Type": "AWS::CloudFormation::Stack",
-                "DependsOn": [format!("{p}TopicPolicy"), "BusDlqPolicy"],
+                "DependsOn": [format!("{p}RoutePolicy"), "BusDlqPolicy"],
                 "Properties": {
                     "TemplateURL": rules_file_name(stage),
                     "Parameters": {
                         "BusName": reference("Bus"),
-                        "TopicArn": reference(&topic),
+                        "RouteQueueArn": get_att(&route, "Arn"),
                         "DeadLetterQueueArn": get_att("BusDlq", "Arn"),
                     },
                 },
@@ -304,6 +310,8 @@ fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
         outputs.insert(format!("{p}TopicArn"), json!({ "Value": reference(&topic) }));
         outputs.insert(format!("{p}QueueUrl"), json!({ "Value": reference(&queue_id) }));
         outputs.insert(format!("{p}DlqUrl"), json!({ "Value": reference(&dlq_id) }));
+        outputs.insert(format!("{p}RouteQueueUrl"), json!({ "Value": reference(&route) }));
+        outputs.insert(format!("{p}RouteDlqUrl"), json!({ "Value": reference(&route_dlq) }));
     }
     api(spec, &mut resources, &mut outputs);
     functions(spec, defaults, &mut resources);
@@ -387,6 +395,12 @@ fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
                 "MinValue": 1,
                 "Description": "Reserved concurrency of each stage processor. A FIFO queue runs at most one batch per message group (partition) at a time, so more than the partition count is never used.",
             },
+            "ForwarderReservedConcurrency": {
+                "Type": "Number",
+                "Default": 4 * u32::from(spec.partitions().get()),
+                "MinValue": 1,
+                "Description": "Reserved concurrency of the route forwarder: at most one batch per message group of its four route queues at a time.",
+            },
             "WriterReservedConcurrency": {
                 "Type": "Number",
                 "Default": spec.partitions().get(),
@@ -454,5 +468,9 @@ mod bems_lambda_names {
 
     pub(super) fn writer() -> String {
         "timestream-writer".to_owned()
+    }
+
+    pub(super) fn forwarder() -> String {
+        "route-forwarder".to_owned()
     }
 }

@@ -11,8 +11,8 @@ use super::*;
 
 /// The cell's key: the account administers it (and grants its functions
 /// `kms:Decrypt` through their roles); EventBridge (this cell's rules only)
-/// may use it to publish to the topics and to the bus DLQ, and SNS to send
-/// to the queues.
+/// may use it to send to the route queues and the bus DLQ, and SNS to send
+/// to the stage and status queues.
 pub(super) fn cell_key(rules_arn: &str) -> Value {
     json!({
         "Type": "AWS::KMS::Key",
@@ -130,8 +130,8 @@ pub(super) fn queue_policy(queue_id: &str, topics: &[Value]) -> Value {
     })
 }
 
-/// One stage's rules: one per partition, each targeting the stage topic
-/// with the partition's static message group.
+/// One stage's rules: one per partition, each targeting the stage's route
+/// queue with the partition's static message group.
 pub(super) fn rules_stack(spec: &CellSpec, stage: Stage) -> Value {
     let mut resources: BTreeMap<String, Value> = BTreeMap::new();
     for rule in spec.stage_rules().into_iter().filter(|r| r.stage == stage) {
@@ -146,7 +146,7 @@ pub(super) fn rules_stack(spec: &CellSpec, stage: Stage) -> Value {
                     "State": "ENABLED",
                     "Targets": [{
                         "Id": "stage",
-                        "Arn": reference("TopicArn"),
+                        "Arn": reference("RouteQueueArn"),
                         "SqsParameters": { "MessageGroupId": rule.message_group_id },
                         "DeadLetterConfig": { "Arn": reference("DeadLetterQueueArn") },
                         "RetryPolicy": { "MaximumRetryAttempts": 185, "MaximumEventAgeInSeconds": 86_400 },
@@ -163,7 +163,7 @@ pub(super) fn rules_stack(spec: &CellSpec, stage: Stage) -> Value {
         ),
         "Parameters": {
             "BusName": { "Type": "String", "Description": "The cell's event bus." },
-            "TopicArn": { "Type": "String", "Description": format!("The {stage} SNS FIFO topic.") },
+            "RouteQueueArn": { "Type": "String", "Description": format!("The {stage} SQS FIFO route queue.") },
             "DeadLetterQueueArn": { "Type": "String", "Description": "Where EventBridge puts events it cannot deliver." },
         },
         "Resources": resources,

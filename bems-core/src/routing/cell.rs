@@ -5,8 +5,10 @@
 //!
 //! ```text
 //! producer ─PutEvents─▶ bus bems-<cell>
-//!   rule bems-<cell>-<stage>-pNN  (stage S, partition N)  ──▶ SNS FIFO bems-<cell>-<stage>.fifo
+//!   rule bems-<cell>-<stage>-pNN  (stage S, partition N)  ──▶ SQS FIFO bems-<cell>-<stage>-route.fifo
 //!                                      MessageGroupId "<stage>-pNN" (static, per target)
+//!   SQS FIFO bems-<cell>-<stage>-route.fifo  (DLQ bems-<cell>-<stage>-route-dlq.fifo)
+//!     └─ route forwarder (Lambda) ─PublishBatch, same group─▶ SNS FIFO bems-<cell>-<stage>.fifo
 //!   SNS FIFO bems-<cell>-<stage>.fifo
 //!     ├─▶ SQS FIFO bems-<cell>-<stage>.fifo   filter: status is not terminal  (the stage's work)
 //!     │        └─ DLQ bems-<cell>-<stage>-dlq.fifo
@@ -16,12 +18,15 @@
 //!
 //! EventBridge gives a FIFO target one static `MessageGroupId`, so ordering
 //! and parallelism come from rules: one rule per (stage, partition), each
-//! with one target whose group is `<stage>-pNN`. SNS FIFO keeps the group
-//! on delivery, so both queues see per-partition groups: an invoice's events
-//! stay in order and up to P groups per stage are processed in parallel.
-//! Terminal events (`posted`, `rejected`) travel the same way but the stage
-//! queue's filter policy keeps them away from the processors; the status
-//! queue records them.
+//! with one target whose group is `<stage>-pNN`. A classic rule can set that
+//! group only for an SQS FIFO target (`SqsParameters`; rules have no SNS
+//! parameters), so each stage's rules deliver to a route queue and a small
+//! forwarder publishes to the stage's SNS FIFO topic with the same group.
+//! SNS FIFO keeps the group on delivery, so both subscribed queues see
+//! per-partition groups: an invoice's events stay in order and up to P
+//! groups per stage are processed in parallel. Terminal events (`posted`,
+//! `rejected`) travel the same way but the stage queue's filter policy keeps
+//! them away from the processors; the status queue records them.
 //!
 //! ## Quota arithmetic
 //!
@@ -107,7 +112,9 @@ pub struct StageRule {
     pub partition: Partition,
     /// Its event pattern.
     pub pattern: EventPattern,
-    /// The SNS FIFO topic it targets.
+    /// The SQS FIFO route queue it targets.
+    pub route_queue: String,
+    /// The SNS FIFO topic the route queue's messages are forwarded to.
     pub target_topic: String,
     /// The static `MessageGroupId` of its target.
     pub message_group_id: String,
@@ -184,7 +191,9 @@ impl CellSpec {
             });
         }
         for stage in Stage::ALL {
-            for name in [self.queue_name(stage), self.dlq_name(stage)] {
+            for name in
+                [self.queue_name(stage), self.dlq_name(stage), self.route_queue_name(stage), self.route_dlq_name(stage)]
+            {
                 name_fits(&name, SQS_NAME_MAX, "SQS")?;
             }
             // Partition numbers are always two digits, so one rule name stands for all.
@@ -253,6 +262,19 @@ impl CellSpec {
     pub fn dlq_name(&self, stage: Stage) -> String {
         format!("{}-{stage}-dlq.fifo", self.prefix())
     }
+    /// The stage rules' target: an SQS FIFO queue, because a classic rule
+    /// can give only an SQS FIFO target a message group.
+    pub fn route_queue_name(&self, stage: Stage) -> String {
+        format!("{}-{stage}-route.fifo", self.prefix())
+    }
+    /// The route queue's dead-letter queue.
+    pub fn route_dlq_name(&self, stage: Stage) -> String {
+        format!("{}-{stage}-route-dlq.fifo", self.prefix())
+    }
+    /// The stage whose route queue is `queue_name`, if any.
+    pub fn stage_of_route_queue(&self, queue_name: &str) -> Option<Stage> {
+        Stage::ALL.into_iter().find(|s| self.route_queue_name(*s) == queue_name)
+    }
     /// The status-change queue the Timestream writer reads.
     pub fn status_queue_name(&self) -> String {
         format!("{}-status.fifo", self.prefix())
@@ -302,6 +324,7 @@ impl CellSpec {
                 stage,
                 partition,
                 pattern: self.stage_pattern(stage, partition),
+                route_queue: self.route_queue_name(stage),
                 target_topic: self.topic_name(stage),
                 message_group_id: message_group_id(stage, partition),
             })
@@ -438,7 +461,10 @@ mod tests {
         let r = &rules[16 + 6]; // reconciliation, partition 7
         assert_eq!(r.name, "bems-prod-eu-1-reconciliation-p07");
         assert_eq!(r.message_group_id, "reconciliation-p07");
+        assert_eq!(r.route_queue, "bems-prod-eu-1-reconciliation-route.fifo");
         assert_eq!(r.target_topic, "bems-prod-eu-1-reconciliation.fifo");
+        assert_eq!(s.stage_of_route_queue(&r.route_queue), Some(Stage::Reconciliation));
+        assert_eq!(s.stage_of_route_queue("bems-prod-eu-1-reconciliation.fifo"), None);
         assert_eq!(
             r.pattern.to_json(),
             r#"{"detail":{"metadata":{"cellId":["prod-eu-1"],"partition":[7]},"stage":["reconciliation"]},"detail-type":["Invoice Status Changed"],"source":["bems.invoices"]}"#
