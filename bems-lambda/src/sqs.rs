@@ -142,8 +142,17 @@ pub struct EventSource {
     options: RunnerOptions,
 }
 
-fn sqs_error<E: std::error::Error + 'static>(e: aws_sdk_sqs::error::SdkError<E>) -> RunnerError {
-    RunnerError(aws_sdk_sqs::error::DisplayErrorContext(e).to_string())
+/// The service's code and message when SQS answered, else the whole
+/// transport error (connection refused, timeout).
+fn sqs_error<E>(e: aws_sdk_sqs::error::SdkError<E>) -> RunnerError
+where
+    E: std::error::Error + aws_sdk_sqs::error::ProvideErrorMetadata + 'static,
+{
+    use aws_sdk_sqs::error::ProvideErrorMetadata;
+    match e.code() {
+        Some(code) => RunnerError(format!("{code}: {}", e.message().unwrap_or("no message"))),
+        None => RunnerError(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()),
+    }
 }
 
 impl EventSource {
@@ -259,7 +268,12 @@ impl EventSource {
 
 /// The URL of the queue named `name`.
 pub async fn queue_url(client: &aws_sdk_sqs::Client, name: &str) -> Result<String, RunnerError> {
-    let out = client.get_queue_url().queue_name(name).send().await.map_err(sqs_error)?;
+    let out = client
+        .get_queue_url()
+        .queue_name(name)
+        .send()
+        .await
+        .map_err(|e| RunnerError(format!("queue {name}: {}", sqs_error(e).0)))?;
     out.queue_url().map(str::to_owned).ok_or_else(|| RunnerError(format!("queue {name}: no URL")))
 }
 
