@@ -290,3 +290,148 @@ fn the_largest_cell_fits_cloudformation_s_limits() {
         .sum();
     assert_eq!(rules, 396);
 }
+
+/// A configuration item as AWS Config records it for a resource of the
+/// committed template: the resource type and the configuration fields the
+/// Guard rules read.
+fn config_item(resource_type: &str, configuration: &Value) -> String {
+    serde_json::json!({ "resourceType": resource_type, "configuration": configuration }).to_string()
+}
+
+/// What the Guard rule `policy` says of `item`: PASS, FAIL or SKIP.
+fn guard(policy: &str, item: &str) -> String {
+    let out = cfn_guard::run_checks(
+        cfn_guard::ValidateInput { content: item, file_name: "configuration-item.json" },
+        cfn_guard::ValidateInput { content: policy, file_name: "rule.guard" },
+        false,
+    )
+    .unwrap_or_else(|e| panic!("guard could not evaluate {policy}: {e}"));
+    let out: Value = serde_json::from_str(&out).expect("guard's JSON report");
+    out["status"].as_str().expect("a status").to_owned()
+}
+
+/// The security stack's Guard rules pass every queue and rule target of the
+/// committed cell template (as Config would record them) and fail the ways
+/// they can go wrong; resources of other cells are not theirs to judge.
+#[test]
+fn the_guard_rules_pass_the_cell_and_catch_what_they_are_for() {
+    let spec = example();
+    let security = read("security.json");
+    let rules = bems_cli::template::guard_rules(&spec);
+    let policy = |resource_type: &str| -> String {
+        let (name, _, text) = rules.iter().find(|(_, t, _)| *t == resource_type).expect("a rule for the type");
+        let deployed = security["Resources"]
+            .as_object()
+            .expect("resources")
+            .values()
+            .find(|r| r["Properties"]["ConfigRuleName"] == name.as_str())
+            .unwrap_or_else(|| panic!("{name} is not in security.json"));
+        assert_eq!(deployed["Properties"]["Source"]["CustomPolicyDetails"]["PolicyText"], text.as_str());
+        assert_eq!(deployed["Properties"]["Scope"]["ComplianceResourceTypes"][0], resource_type);
+        text.clone()
+    };
+
+    let queues = policy("AWS::SQS::Queue");
+    let main = read("cell.json");
+    let mut seen = 0;
+    for (id, r) in
+        main["Resources"].as_object().expect("resources").iter().filter(|(_, r)| r["Type"] == "AWS::SQS::Queue")
+    {
+        seen += 1;
+        let p = &r["Properties"];
+        // `Ref` of a key is its id, which Config records as the queue's key.
+        assert_eq!(p["KmsMasterKeyId"]["Ref"], "CellKey", "{id}");
+        let name = p["QueueName"].as_str().expect("a name");
+        let recorded = |key: Option<&str>| {
+            let mut c = serde_json::json!({ "QueueName": name, "QueueArn": spec.queue_arn(name) });
+            if let Some(key) = key {
+                c["KmsMasterKeyId"] = key.into();
+            }
+            config_item("AWS::SQS::Queue", &c)
+        };
+        assert_eq!(guard(&queues, &recorded(Some("1234abcd-12ab-34cd-56ef-1234567890ab"))), "PASS", "{id}");
+        assert_eq!(guard(&queues, &recorded(None)), "FAIL", "{id} without a key");
+        assert_eq!(guard(&queues, &recorded(Some("alias/aws/sqs"))), "FAIL", "{id} under the AWS managed key");
+        // Tagged for the managed DLQ rule: a source queue has a DLQ.
+        let role = p["Tags"].as_array().and_then(|t| t.iter().find(|t| t["Key"] == "bems:role")).map(|t| &t["Value"]);
+        let want = if p["RedrivePolicy"].is_object() { "source" } else { "dead-letter" };
+        assert_eq!(role, Some(&Value::from(want)), "{id}: bems:role tag");
+    }
+    assert_eq!(seen, 4 * 4 + 3, "stage, route, their DLQs, status and its DLQ, bus DLQ");
+    let other = config_item("AWS::SQS::Queue", &serde_json::json!({ "QueueName": "payroll.fifo" }));
+    assert_eq!(guard(&queues, &other), "SKIP", "another application's queue");
+
+    let targets = policy("AWS::Events::Rule");
+    for stage in Stage::ALL {
+        let file = read(&rules_file_name(stage));
+        for (id, r) in file["Resources"].as_object().expect("resources") {
+            let p = &r["Properties"];
+            let recorded = |drop: Option<&str>| {
+                let mut target = p["Targets"][0].clone();
+                // Config records the resolved ARNs.
+                target["Arn"] = spec.queue_arn(&spec.route_queue_name(stage)).into();
+                target["DeadLetterConfig"]["Arn"] = spec.queue_arn(&format!("bems-{}-bus-dlq", spec.cell_id())).into();
+                if let Some(field) = drop {
+                    target.as_object_mut().expect("a target").remove(field);
+                }
+                config_item(
+                    "AWS::Events::Rule",
+                    &serde_json::json!({ "Name": p["Name"], "EventBusName": spec.bus_name(), "Targets": [target] }),
+                )
+            };
+            assert_eq!(guard(&targets, &recorded(None)), "PASS", "{id}");
+            assert_eq!(guard(&targets, &recorded(Some("DeadLetterConfig"))), "FAIL", "{id} without a DLQ");
+            assert_eq!(guard(&targets, &recorded(Some("RetryPolicy"))), "FAIL", "{id} without a retry policy");
+        }
+    }
+    let elsewhere = config_item(
+        "AWS::Events::Rule",
+        &serde_json::json!({ "EventBusName": "default", "Targets": [{ "Arn": "arn:aws:sqs:eu-west-1:123456789012:x" }] }),
+    );
+    assert_eq!(guard(&targets, &elsewhere), "SKIP", "a rule on another bus");
+}
+
+/// The security stack's rules evaluate only resource types its recorder
+/// records, every Config rule waits for a recorder, and the monitoring role
+/// reads this cell's resources and writes nothing.
+#[test]
+fn the_security_stack_is_consistent() {
+    let security = read("security.json");
+    let resources = security["Resources"].as_object().expect("resources");
+    let recorded: BTreeSet<&str> = resources["ConfigRecorder"]["Properties"]["RecordingGroup"]["ResourceTypes"]
+        .as_array()
+        .expect("types")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    let mut rules = 0;
+    for (id, r) in resources.iter().filter(|(_, r)| r["Type"] == "AWS::Config::ConfigRule") {
+        rules += 1;
+        assert_eq!(r["DependsOn"][0], "RecorderReady", "{id}");
+        for t in r["Properties"]["Scope"]["ComplianceResourceTypes"].as_array().into_iter().flatten() {
+            assert!(recorded.contains(t.as_str().unwrap_or_default()), "{id}: {t} is not recorded");
+        }
+        assert!(r["Properties"]["ConfigRuleName"].as_str().is_some_and(|n| n.starts_with("bems-prod-eu-1-")), "{id}");
+    }
+    assert!(rules >= 15, "{rules} rules");
+    let policy = &resources["MonitoringRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"];
+    for statement in policy.as_array().expect("statements") {
+        let actions: Vec<&str> = match &statement["Action"] {
+            Value::String(a) => vec![a.as_str()],
+            Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+            other => panic!("actions {other}"),
+        };
+        for action in actions {
+            let verb = action.split(':').nth(1).unwrap_or_default();
+            assert!(
+                ["Get", "List", "Describe", "Filter", "Select", "StartQuery"].iter().any(|v| verb.starts_with(v)),
+                "the monitoring role may {action}"
+            );
+        }
+        if statement["Resource"] != "*" {
+            // The cell's names; Timestream's spell the id with underscores.
+            let named = statement["Resource"].to_string();
+            assert!(named.contains("prod-eu-1") || named.contains("bems_prod_eu_1"), "{statement}");
+        }
+    }
+}

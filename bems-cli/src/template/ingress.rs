@@ -210,6 +210,10 @@ pub(super) fn api(spec: &CellSpec, resources: &mut BTreeMap<String, Value>, outp
                     "ThrottlingRateLimit": RATE_LIMIT,
                     "ThrottlingBurstLimit": BURST_LIMIT,
                     "MetricsEnabled": true,
+                    // Execution logs of failures only: the access logs
+                    // record every request.
+                    "LoggingLevel": "ERROR",
+                    "DataTraceEnabled": false,
                 }],
                 "AccessLogSetting": {
                     "DestinationArn": get_att("AccessLogs", "Arn"),

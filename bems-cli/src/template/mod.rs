@@ -18,7 +18,8 @@
 //! - `rules-<stage>.json`: that stage's rule per partition, each with one
 //!   target (the stage's route queue, static message group `<stage>-pNN`, a
 //!   DLQ and a retry policy). Nested because 99 partitions make 396 rules
-//!   and a stack holds at most 500 resources.
+//!   and a stack holds at most 500 resources;
+//! - `security.json`: the optional security stack ([`security_template`]).
 //!
 //! Why route queues: a classic EventBridge rule can set a FIFO message
 //! group only for an SQS FIFO target (`SqsParameters`; rules have no SNS
@@ -43,15 +44,17 @@ mod functions;
 mod ingress;
 mod localstack;
 mod routing;
+mod security;
 mod timestream;
 
 pub use localstack::localstack_template;
+pub use security::{guard_rules, security_template};
 
 use alarms::monitoring;
 use dashboard::dashboard;
 use functions::functions;
 use ingress::api;
-use routing::{cell_key, dlq, queue, queue_policy, rules_may, rules_stack};
+use routing::{cell_key, dlq, queue, queue_policy, queue_tags, rules_may, rules_stack};
 use timestream::timestream;
 
 /// Deploy-time settings with their defaults; they become the template's
@@ -112,7 +115,8 @@ impl Default for TemplateDefaults {
 /// A cell's template files: name and content.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CellTemplate {
-    /// `cell.json`, then `rules-<stage>.json` per stage.
+    /// `cell.json`, `rules-<stage>.json` per stage, then the optional
+    /// `security.json`.
     pub files: Vec<(String, Value)>,
 }
 
@@ -170,6 +174,7 @@ pub fn cell_template(spec: &CellSpec, defaults: &TemplateDefaults) -> CellTempla
     for stage in Stage::ALL {
         files.push((rules_file_name(stage), rules_stack(spec, stage)));
     }
+    files.push(("security.json".to_owned(), security_template(spec)));
     CellTemplate { files }
 }
 
@@ -201,6 +206,7 @@ fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
                 "KmsMasterKeyId": reference("CellKey"),
                 "KmsDataKeyReusePeriodSeconds": 3600,
                 "MessageRetentionPeriod": 1_209_600,
+                "Tags": queue_tags(cell, "dead-letter"),
             },
         }),
     );
@@ -225,8 +231,8 @@ fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
         }),
     );
 
-    resources.insert("StatusDlq".into(), dlq(&spec.status_dlq_name()));
-    resources.insert("StatusQueue".into(), queue(&spec.status_queue_name(), "StatusDlq"));
+    resources.insert("StatusDlq".into(), dlq(cell, &spec.status_dlq_name()));
+    resources.insert("StatusQueue".into(), queue(cell, &spec.status_queue_name(), "StatusDlq"));
     let topics: Vec<Value> = Stage::ALL.iter().map(|s| reference(&format!("{}Topic", pascal(*s)))).collect();
     resources.insert("StatusQueuePolicy".into(), queue_policy("StatusQueue", &topics));
 
@@ -250,8 +256,8 @@ fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
         );
         // The rules' target: only this cell's rules may send to it.
         let (route, route_dlq) = (format!("{p}Route"), format!("{p}RouteDlq"));
-        resources.insert(route_dlq.clone(), dlq(&spec.route_dlq_name(stage)));
-        resources.insert(route.clone(), queue(&spec.route_queue_name(stage), &route_dlq));
+        resources.insert(route_dlq.clone(), dlq(cell, &spec.route_dlq_name(stage)));
+        resources.insert(route.clone(), queue(cell, &spec.route_queue_name(stage), &route_dlq));
         resources.insert(
             format!("{p}RoutePolicy"),
             json!({
@@ -262,8 +268,8 @@ fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
                 },
             }),
         );
-        resources.insert(dlq_id.clone(), dlq(&spec.dlq_name(stage)));
-        resources.insert(queue_id.clone(), queue(&spec.queue_name(stage), &dlq_id));
+        resources.insert(dlq_id.clone(), dlq(cell, &spec.dlq_name(stage)));
+        resources.insert(queue_id.clone(), queue(cell, &spec.queue_name(stage), &dlq_id));
         resources.insert(format!("{p}QueuePolicy"), queue_policy(&queue_id, &[reference(&topic)]));
         let filter = spec.stage_filter_policy();
         resources.insert(

@@ -72,6 +72,13 @@ pub(super) fn cell_key(rules_arn: &str) -> Value {
     })
 }
 
+/// The tags of a queue of the cell: `bems:cell`, and `bems:role`
+/// (`source` for queues something consumes, `dead-letter` for DLQs), which
+/// scopes the security stack's dead-letter-queue rule to the former.
+pub(super) fn queue_tags(cell: &str, role: &str) -> Value {
+    json!([{ "Key": "bems:cell", "Value": cell }, { "Key": "bems:role", "Value": role }])
+}
+
 /// A FIFO queue of the cell, encrypted with the cell key.
 pub(super) fn fifo_queue(name: &str, extra: Value) -> Value {
     let mut properties = json!({
@@ -94,16 +101,17 @@ pub(super) fn fifo_queue(name: &str, extra: Value) -> Value {
     json!({ "Type": "AWS::SQS::Queue", "Properties": properties })
 }
 
-/// A dead-letter queue: kept 14 days, the most SQS allows.
-pub(super) fn dlq(name: &str) -> Value {
-    fifo_queue(name, json!({ "MessageRetentionPeriod": 1_209_600 }))
+/// A dead-letter queue of `cell`: kept 14 days, the most SQS allows.
+pub(super) fn dlq(cell: &str, name: &str) -> Value {
+    fifo_queue(name, json!({ "MessageRetentionPeriod": 1_209_600, "Tags": queue_tags(cell, "dead-letter") }))
 }
 
-/// A stage or status queue, dead-lettering to `dlq_id`.
-pub(super) fn queue(name: &str, dlq_id: &str) -> Value {
+/// A stage, route or status queue of `cell`, dead-lettering to `dlq_id`.
+pub(super) fn queue(cell: &str, name: &str, dlq_id: &str) -> Value {
     fifo_queue(
         name,
         json!({
+            "Tags": queue_tags(cell, "source"),
             "VisibilityTimeout": reference("VisibilityTimeoutSeconds"),
             "RedrivePolicy": {
                 "deadLetterTargetArn": get_att(dlq_id, "Arn"),
