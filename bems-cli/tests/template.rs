@@ -435,3 +435,45 @@ fn the_security_stack_is_consistent() {
         }
     }
 }
+
+/// The services' alarms watch this cell's resources: every function's
+/// errors and throttles, the API's 4xx and 5xx by its name and stage, and
+/// EventBridge's failures summed over the cell's bus.
+#[test]
+fn every_function_the_api_and_the_bus_are_watched() {
+    let main = read("cell.json");
+    let resources = main["Resources"].as_object().expect("resources");
+    let alarms: Vec<&Value> = resources.values().filter(|r| r["Type"] == "AWS::CloudWatch::Alarm").collect();
+    let stat = |a: &Value, namespace: &str, metric: &str| -> Option<Value> {
+        a["Properties"]["Metrics"].as_array()?.iter().find_map(|m| {
+            let s = &m["MetricStat"]["Metric"];
+            (s["Namespace"] == namespace && s["MetricName"] == metric).then(|| s["Dimensions"].clone())
+        })
+    };
+    for (id, _) in resources.iter().filter(|(_, r)| r["Type"] == "AWS::Serverless::Function") {
+        for metric in ["Errors", "Throttles"] {
+            let watched = alarms
+                .iter()
+                .any(|a| stat(a, "AWS/Lambda", metric).is_some_and(|d| d[0]["Value"]["Ref"] == id.as_str()));
+            assert!(watched, "{id}: no {metric} alarm");
+        }
+    }
+    let api_name = resources.values().find(|r| r["Type"] == "AWS::ApiGateway::RestApi").expect("the API")["Properties"]
+        ["Name"]
+        .clone();
+    for metric in ["4XXError", "5XXError"] {
+        let watched = alarms.iter().any(|a| {
+            stat(a, "AWS/ApiGateway", metric).is_some_and(|d| d[0]["Value"] == api_name && d[1]["Value"] == "v1")
+        });
+        assert!(watched, "no {metric} alarm on {api_name}");
+    }
+    let bus = example().bus_name();
+    for metric in ["FailedInvocations", "InvocationsFailedToBeSentToDlq", "ThrottledRules"] {
+        let watched = alarms.iter().any(|a| {
+            a["Properties"]["Metrics"][0]["Expression"].as_str().is_some_and(|q| {
+                q.contains(&format!("SUM({metric})")) && q.contains(&format!("EventBusName = '{bus}'"))
+            })
+        });
+        assert!(watched, "no {metric} alarm on {bus}");
+    }
+}

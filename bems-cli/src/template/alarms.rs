@@ -17,6 +17,10 @@ use super::*;
 ///   stored) above the SLA;
 /// - warning: a queue's oldest message older than the warning age; a queue
 ///   deeper than the threshold for five minutes;
+/// - the services: EventBridge failed invocations (critical) and events it
+///   could not even dead-letter (critical: lost), throttled rules (warning),
+///   API 5xx (critical) and 4xx (warning) rates, each function's errors and
+///   throttles (warning);
 /// - a composite alarm `bems-C-critical` that is in alarm when any critical
 ///   one is, for a single page.
 pub(super) fn monitoring(
@@ -205,6 +209,7 @@ pub(super) fn monitoring(
         }),
     );
     critical.push("VisibilityOverSlaAlarm".into());
+    critical.extend(service_alarms(spec, resources));
     critical.sort();
     let rule = critical.iter().map(|a| format!("ALARM(\"${{{a}}}\")")).collect::<Vec<_>>().join(" OR ");
     resources.insert(
@@ -271,4 +276,167 @@ pub(super) fn error_rate_alarm(cell: &str, function: &str, slug: &str, what: &st
             "OKActions": [reference("AlertsWarning")],
         },
     })
+}
+
+/// The services' own alarms; returns the ids of the critical ones.
+fn service_alarms(spec: &CellSpec, resources: &mut BTreeMap<String, Value>) -> Vec<String> {
+    let cell = spec.cell_id().as_str();
+    let bus = spec.bus_name();
+    let alarm =
+        |name: String, description: &str, metrics: Value, threshold: Value, periods: (u32, u32), topic: &str| {
+            json!({
+                "Type": "AWS::CloudWatch::Alarm",
+                "Properties": {
+                    "AlarmName": name,
+                    "AlarmDescription": description,
+                    "Metrics": metrics,
+                    "EvaluationPeriods": periods.1,
+                    "DatapointsToAlarm": periods.0,
+                    "Threshold": threshold,
+                    "ComparisonOperator": "GreaterThanThreshold",
+                    "TreatMissingData": "notBreaching",
+                    "AlarmActions": [reference(topic)],
+                    "OKActions": [reference(topic)],
+                },
+            })
+        };
+    // EventBridge reports per rule (dimensions EventBusName, RuleName):
+    // one Metrics Insights query sums the cell's 4 x P rules.
+    let bus_sum = |metric: &str| {
+        json!([{
+            "Id": "total",
+            "Expression": format!(
+                "SELECT SUM({metric}) FROM SCHEMA(\"AWS/Events\", EventBusName, RuleName) WHERE EventBusName = '{bus}'"
+            ),
+            "Period": 60,
+            "Label": format!("{metric} on {bus}"),
+            "ReturnData": true,
+        }])
+    };
+    let mut critical = Vec::new();
+    resources.insert(
+        "BusFailedInvocationsAlarm".into(),
+        alarm(
+            format!("bems-{cell}-bus-failed-invocations"),
+            "EventBridge failed to deliver events to a route queue for good (after its retries); they are in the bus DLQ.",
+            bus_sum("FailedInvocations"),
+            json!(0),
+            (1, 1),
+            "AlertsCritical",
+        ),
+    );
+    critical.push("BusFailedInvocationsAlarm".to_owned());
+    resources.insert(
+        "BusDeadLetterFailedAlarm".into(),
+        alarm(
+            format!("bems-{cell}-bus-events-lost"),
+            "EventBridge could neither deliver events nor put them in the bus DLQ: those events are lost. Check the DLQ's policy and key.",
+            bus_sum("InvocationsFailedToBeSentToDlq"),
+            json!(0),
+            (1, 1),
+            "AlertsCritical",
+        ),
+    );
+    critical.push("BusDeadLetterFailedAlarm".to_owned());
+    resources.insert(
+        "BusThrottledAlarm".into(),
+        alarm(
+            format!("bems-{cell}-bus-throttled"),
+            "EventBridge throttled the cell's rules in 3 of the last 5 minutes (deliveries are delayed): raise the invocations quota.",
+            bus_sum("ThrottledRules"),
+            json!(0),
+            (3, 5),
+            "AlertsWarning",
+        ),
+    );
+
+    // The API: errors as a share of requests (the metrics' average).
+    let api_rate = |metric: &str| {
+        json!([
+            {
+                "Id": "share",
+                "MetricStat": {
+                    "Metric": {
+                        "Namespace": "AWS/ApiGateway",
+                        "MetricName": metric,
+                        "Dimensions": [
+                            { "Name": "ApiName", "Value": format!("bems-{cell}-ingress") },
+                            { "Name": "Stage", "Value": crate::api::STAGE_NAME },
+                        ],
+                    },
+                    "Period": 60,
+                    "Stat": "Average",
+                },
+                "ReturnData": false,
+            },
+            { "Id": "percent", "Expression": "100 * share", "Label": format!("{metric} (%)"), "ReturnData": true },
+        ])
+    };
+    resources.insert(
+        "Api5xxAlarm".into(),
+        alarm(
+            format!("bems-{cell}-api-5xx"),
+            "More than Api5xxRatePercent of API requests failed on our side in 3 of 5 minutes: producers' events are not getting in.",
+            api_rate("5XXError"),
+            reference("Api5xxRatePercent"),
+            (3, 5),
+            "AlertsCritical",
+        ),
+    );
+    critical.push("Api5xxAlarm".to_owned());
+    resources.insert(
+        "Api4xxAlarm".into(),
+        alarm(
+            format!("bems-{cell}-api-4xx"),
+            "More than Api4xxRatePercent of API requests were refused (invalid events, bad keys, throttling) for 5 minutes: a producer needs attention.",
+            api_rate("4XXError"),
+            reference("Api4xxRatePercent"),
+            (5, 5),
+            "AlertsWarning",
+        ),
+    );
+
+    // Each function: invocations that failed as a whole (a crash, a
+    // timeout: the whole batch comes back) and throttles (reserved
+    // concurrency reached: the queues wait).
+    let mut functions: Vec<(String, String)> = bems_core::Stage::ALL
+        .iter()
+        .map(|s| (format!("{}Processor", pascal(*s)), format!("bems-{cell}-{s}-processor")))
+        .collect();
+    functions.push(("RouteForwarder".into(), format!("bems-{cell}-route-forwarder")));
+    functions.push(("TimestreamWriter".into(), format!("bems-{cell}-timestream-writer")));
+    for (logical, name) in functions {
+        for (metric, what) in [("Errors", "invocations failed as a whole"), ("Throttles", "invocations were throttled")]
+        {
+            let metrics = json!([{
+                "Id": "count",
+                "MetricStat": {
+                    "Metric": {
+                        "Namespace": "AWS/Lambda",
+                        "MetricName": metric,
+                        "Dimensions": [{ "Name": "FunctionName", "Value": reference(&logical) }],
+                    },
+                    "Period": 60,
+                    "Stat": "Sum",
+                },
+                "ReturnData": true,
+            }]);
+            resources.insert(
+                format!("{logical}{metric}Alarm"),
+                alarm(
+                    format!(
+                        "bems-{cell}-{}-{}",
+                        name.trim_start_matches(&format!("bems-{cell}-")),
+                        metric.to_lowercase()
+                    ),
+                    &format!("{name}: {what} in 3 of the last 5 minutes."),
+                    metrics,
+                    json!(0),
+                    (3, 5),
+                    "AlertsWarning",
+                ),
+            );
+        }
+    }
+    critical
 }

@@ -418,6 +418,20 @@ fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
                 "Default": "",
                 "Description": "Optional DynamoDB table (key eventId, TTL expiresAt) for the processors' durable idempotency; empty: FIFO deduplication only (see the README's Idempotency section for the cost).",
             },
+            "Api5xxRatePercent": {
+                "Type": "Number",
+                "Default": 1,
+                "MinValue": 0,
+                "MaxValue": 100,
+                "Description": "Share of API requests failing with a 5xx above which the critical alarm fires (3 of 5 minutes).",
+            },
+            "Api4xxRatePercent": {
+                "Type": "Number",
+                "Default": 5,
+                "MinValue": 0,
+                "MaxValue": 100,
+                "Description": "Share of API requests refused with a 4xx above which operations are warned (5 minutes).",
+            },
             "ErrorRatePercent": {
                 "Type": "Number",
                 "Default": defaults.error_rate_percent,
