@@ -126,17 +126,32 @@ impl CellTemplate {
         self.files.iter().find(|(n, _)| n == name).map(|(_, v)| v)
     }
 
-    /// Each file as the text written to disk: pretty JSON, keys sorted (the
-    /// maps are ordered), a final newline.
+    /// Each file as the text written to disk: pretty JSON, keys sorted, a
+    /// final newline.
     pub fn texts(&self) -> Vec<(String, String)> {
         self.files
             .iter()
             .map(|(name, value)| {
-                let mut text = serde_json::to_string_pretty(value).unwrap_or_default();
+                let mut text = serde_json::to_string_pretty(&sorted(value)).unwrap_or_default();
                 text.push('\n');
                 (name.clone(), text)
             })
             .collect()
+    }
+}
+
+/// `value` with every object's keys in sorted order, whatever
+/// `serde_json::Map` is (with the `preserve_order` feature, which any crate
+/// in a build can switch on, it keeps insertion order).
+fn sorted(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            Value::Object(entries.into_iter().map(|(k, v)| (k.clone(), sorted(v))).collect())
+        }
+        Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+        other => other.clone(),
     }
 }
 

@@ -738,20 +738,25 @@ fn ends_with_ignore_case(s: &str, suffix: &str) -> bool {
 
 /// The pattern as the JSON the AWS APIs accept.
 pub(crate) fn to_value(node: &Node) -> Value {
-    let mut map = Map::new();
-    for (key, field) in &node.fields {
-        map.insert(
-            key.clone(),
-            match field {
+    let mut entries: Vec<(String, Value)> = node
+        .fields
+        .iter()
+        .map(|(key, field)| {
+            let value = match field {
                 Field::Nested(n) => to_value(n),
                 Field::Leaf(ms) => Value::Array(ms.iter().map(matcher_value).collect()),
-            },
-        );
-    }
+            };
+            (key.clone(), value)
+        })
+        .collect();
     if !node.or.is_empty() {
-        map.insert("$or".into(), Value::Array(node.or.iter().map(to_value).collect()));
+        entries.push(("$or".into(), Value::Array(node.or.iter().map(to_value).collect())));
     }
-    Value::Object(map)
+    // Keys in sorted order whatever `serde_json::Map` is: with the
+    // `preserve_order` feature (which any crate in a build can switch on)
+    // it keeps insertion order, and the same pattern would get another text.
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    Value::Object(entries.into_iter().collect::<Map<String, Value>>())
 }
 
 fn list_or_one<T>(values: &[T], list: bool, f: impl Fn(&T) -> Value) -> Value {
