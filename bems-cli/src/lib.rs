@@ -9,7 +9,12 @@
 //! - [`api`]: the API Gateway ingress (`POST /invoices/<stage>`), part of
 //!   provisioning.
 //! - [`redrive`]: moves dead-lettered messages back to their queue,
-//!   FIFO-safe and loss-free.
+//!   FIFO-safe and loss-free, all of them or one invoice's.
+//! - [`stuck`]: which invoices are stuck (in a DLQ, or over the SLA) and
+//!   alerting once per stuck invoice.
+//! - [`send`]: one event from a file, validated field by field, published.
+//! - [`history`]: an invoice's lifecycle from Timestream.
+//! - [`replay`]: archived events of a time window back on the bus.
 //! - [`teardown`]: deletes a cell's resources (the inverse of provision).
 //! - [`template`]: the cell's CloudFormation template, generated from the
 //!   same `CellSpec` (`bems template`).
@@ -19,9 +24,13 @@
 //! `AWS_ENDPOINT_URL=http://127.0.0.1:4566` points it at LocalStack.
 
 pub mod api;
+pub mod history;
 mod policy;
 pub mod provision;
 pub mod redrive;
+pub mod replay;
+pub mod send;
+pub mod stuck;
 pub mod teardown;
 pub mod template;
 
@@ -33,6 +42,39 @@ pub async fn aws_config(region: Option<&str>) -> aws_config::SdkConfig {
         loader = loader.region(aws_config::Region::new(region.to_owned()));
     }
     loader.load().await
+}
+
+/// A Timestream query client. Timestream requires endpoint discovery; an
+/// emulator configured with an endpoint URL answers at its own address.
+pub async fn timestream_query(config: &aws_config::SdkConfig) -> anyhow::Result<aws_sdk_timestreamquery::Client> {
+    let client = aws_sdk_timestreamquery::Client::new(config);
+    if config.endpoint_url().is_some() {
+        return Ok(client);
+    }
+    let (client, reloader) = client
+        .with_endpoint_discovery_enabled()
+        .await
+        .map_err(|e| anyhow::anyhow!("Timestream endpoint discovery: {e}"))?;
+    tokio::spawn(reloader.reload_task());
+    Ok(client)
+}
+
+/// Whether `endpoint` is a LocalStack instance (it answers
+/// `/_localstack/health`).
+pub fn is_localstack(endpoint: &str) -> bool {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(3)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = format!("{}/_localstack/health", endpoint.trim_end_matches('/'));
+    agent
+        .get(&url)
+        .call()
+        .ok()
+        .filter(|r| r.status() == 200)
+        .and_then(|mut r| r.body_mut().read_to_string().ok())
+        .is_some_and(|body| body.contains("\"services\""))
 }
 
 /// An AWS SDK error as one line: the service's code and message, or the

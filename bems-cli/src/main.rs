@@ -1,6 +1,8 @@
 //! `bems`: the BEMS operator CLI. Thin: parsing and printing only.
 //!
-//! Exit codes: 0 success, 1 the operation failed, 2 bad arguments (clap).
+//! Exit codes, for scripts: 0 success (for `stuck`: nothing is stuck), 1 the
+//! operation failed, 2 bad arguments, 3 the event given to `send` is
+//! invalid (nothing was sent), 4 `stuck` found stuck invoices.
 
 use anyhow::Context;
 use bems_cli::provision::{Clients, ProvisionOptions, provision};
@@ -8,13 +10,15 @@ use bems_core::fields::{AccountId, CellId, Region};
 use bems_core::partition::PartitionCount;
 use bems_core::routing::{CellSpec, Quotas};
 use clap::{Args, Parser, Subcommand};
+use std::io::Read;
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
     name = "bems",
     version,
-    about = "Operate BEMS cells: provision, tear down, write the CloudFormation template."
+    about = "Operate BEMS cells: provision, tear down, write the template; find stuck invoices, redrive, replay, show history, send events."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -50,6 +54,81 @@ enum Command {
         /// Required: confirms that messages in the cell's queues may be lost.
         #[arg(long)]
         yes: bool,
+    },
+    /// List stuck invoices: messages in the cell's dead-letter queues, and invoices whose latest status change is older than the SLA (exit 4 when any).
+    Stuck {
+        #[command(flatten)]
+        cell: CellArgs,
+        /// The SLA: a non-terminal status older than this many seconds is stuck.
+        #[arg(long, default_value_t = 120)]
+        sla: u64,
+        /// How far back to look in Timestream, hours.
+        #[arg(long, default_value_t = 24)]
+        window_hours: u64,
+        /// Only the dead-letter queues (no Timestream query).
+        #[arg(long)]
+        dlq_only: bool,
+        /// Publish one alert per newly stuck invoice to this SNS topic.
+        #[arg(long, requires = "state")]
+        alert_topic: Option<String>,
+        /// File remembering what was alerted, so each stuck invoice alerts once.
+        #[arg(long)]
+        state: Option<std::path::PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move dead-lettered messages back to their queue (FIFO-safe): all of them, or one invoice's.
+    Redrive {
+        #[command(flatten)]
+        cell: CellArgs,
+        /// Which DLQ: a stage (ingestion, reconciliation, authorization, posting), a route queue (`<stage>-route`), or status.
+        #[arg(long)]
+        queue: String,
+        /// Only this invoice's messages.
+        #[arg(long)]
+        invoice: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put the archived events of a time window back on the cell's bus (AWS only).
+    Replay {
+        #[command(flatten)]
+        cell: CellArgs,
+        /// Start of the window, RFC 3339 (2026-11-30T00:00:00Z).
+        #[arg(long)]
+        from: chrono::DateTime<chrono::Utc>,
+        /// End of the window, RFC 3339.
+        #[arg(long)]
+        to: chrono::DateTime<chrono::Utc>,
+        /// Wait up to this many seconds for the replay to complete.
+        #[arg(long)]
+        wait: Option<u64>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an invoice's whole lifecycle from the cell's Timestream table.
+    History {
+        #[command(flatten)]
+        cell: CellArgs,
+        /// The invoice id.
+        invoice: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate one invoice event (a JSON file, or - for standard input) and put it on the cell's bus (exit 3 when invalid).
+    Send {
+        #[command(flatten)]
+        cell: CellArgs,
+        /// The event file; - reads standard input.
+        #[arg(default_value = "-")]
+        file: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Write the cell's CloudFormation template files (cell.json and one rules file per stage) to a directory.
     Template {
@@ -95,10 +174,15 @@ impl CellArgs {
     }
 }
 
+/// Exit code 3: the event given to `send` is invalid.
+const INVALID: u8 = 3;
+/// Exit code 4: `stuck` found stuck invoices.
+const FOUND: u8 = 4;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     match run(Cli::parse()).await {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("bems: {e:#}");
             ExitCode::FAILURE
@@ -106,7 +190,38 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// The (DLQ, source queue) names `--queue` names.
+fn redrive_queues(spec: &CellSpec, queue: &str) -> anyhow::Result<(String, String)> {
+    if queue == "status" {
+        return Ok((spec.status_dlq_name(), spec.status_queue_name()));
+    }
+    let (stage, route) = match queue.strip_suffix("-route") {
+        Some(stage) => (stage, true),
+        None => (queue, false),
+    };
+    let Some(stage) = bems_core::Stage::from_wire(stage) else {
+        anyhow::bail!(
+            "--queue: {queue:?} is not a queue of the cell; use a stage (ingestion, reconciliation, authorization, posting), <stage>-route, or status"
+        );
+    };
+    Ok(if route {
+        (spec.route_dlq_name(stage), spec.route_queue_name(stage))
+    } else {
+        (spec.dlq_name(stage), spec.queue_name(stage))
+    })
+}
+
+async fn queue_url(sqs: &aws_sdk_sqs::Client, name: &str) -> anyhow::Result<String> {
+    let found = sqs.get_queue_url().queue_name(name).send().await.with_context(|| format!("queue {name}"))?;
+    Ok(found.queue_url().unwrap_or_default().to_owned())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Provision { cell, max_receive_count, visibility_timeout, emulator, api_role_arn, json } => {
             let spec = cell.spec()?;
@@ -139,6 +254,167 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let clients = Clients::new(&bems_cli::aws_config(Some(&cell.region)).await);
             println!("{}", bems_cli::teardown::teardown(&clients, &spec).await?);
         }
+        Command::Stuck { cell, sla, window_hours, dlq_only, alert_topic, state, json } => {
+            let spec = cell.spec()?;
+            let config = bems_cli::aws_config(Some(&cell.region)).await;
+            let mut stuck = bems_cli::stuck::dead_lettered(&aws_sdk_sqs::Client::new(&config), &spec).await?;
+            if !dlq_only {
+                let query = bems_cli::timestream_query(&config).await?;
+                stuck.extend(bems_cli::stuck::over_sla(&query, &spec, sla, window_hours).await?);
+            }
+            if let Some(path) = &state {
+                let mut alerted: bems_cli::stuck::Alerted = match std::fs::read_to_string(path) {
+                    Ok(text) => serde_json::from_str(&text).with_context(|| format!("--state {}", path.display()))?,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+                    Err(e) => return Err(e).with_context(|| format!("--state {}", path.display())),
+                };
+                let fresh = alerted.new_since(&stuck);
+                if let Some(topic) = &alert_topic {
+                    let sent = bems_cli::stuck::alert(
+                        &aws_sdk_sns::Client::new(&config),
+                        topic,
+                        spec.cell_id().as_str(),
+                        &fresh,
+                    )
+                    .await?;
+                    eprintln!("bems: {sent} new alert(s) sent to {topic}");
+                }
+                std::fs::write(path, serde_json::to_string_pretty(&alerted)?)
+                    .with_context(|| format!("--state {}", path.display()))?;
+            }
+            if json {
+                print_json(&stuck)?;
+            } else if stuck.is_empty() {
+                println!("nothing is stuck in cell {}", spec.cell_id());
+            } else {
+                for s in &stuck {
+                    println!(
+                        "{:<24} {:<14} {:>7}s  {}: {}{}",
+                        s.invoice_id.as_deref().unwrap_or("(undecodable)"),
+                        serde_json::to_value(s.kind)?.as_str().unwrap_or_default(),
+                        s.age_secs,
+                        s.place,
+                        s.reason,
+                        if s.more_in_group { " (more may wait behind it in its FIFO group)" } else { "" }
+                    );
+                }
+            }
+            return Ok(if stuck.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(FOUND) });
+        }
+        Command::Redrive { cell, queue, invoice, json } => {
+            let spec = cell.spec()?;
+            let (dlq, source) = redrive_queues(&spec, &queue)?;
+            let sqs = aws_sdk_sqs::Client::new(&bems_cli::aws_config(Some(&cell.region)).await);
+            let (dlq_url, source_url) = (queue_url(&sqs, &dlq).await?, queue_url(&sqs, &source).await?);
+            match invoice {
+                None => {
+                    let moved = bems_cli::redrive::redrive_fifo(&sqs, &dlq_url, &source_url).await?;
+                    if json {
+                        print_json(&moved)?;
+                    } else {
+                        println!("moved {} message(s) from {dlq} to {source}", moved.message_ids.len());
+                    }
+                }
+                Some(invoice) => {
+                    let invoice = bems_core::fields::InvoiceId::new(&invoice).context("--invoice")?;
+                    let moved =
+                        bems_cli::redrive::redrive_invoice(&sqs, &dlq_url, &source_url, invoice.as_str()).await?;
+                    if json {
+                        print_json(&moved)?;
+                    } else {
+                        println!(
+                            "moved {} message(s) of {invoice} from {dlq} to {source}; left {} of other invoices",
+                            moved.message_ids.len(),
+                            moved.left
+                        );
+                        if !moved.unreached_groups.is_empty() {
+                            println!(
+                                "not reached: messages behind another invoice's in group(s) {}",
+                                moved.unreached_groups.join(", ")
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        Command::Replay { cell, from, to, wait, json } => {
+            let spec = cell.spec()?;
+            let config = bems_cli::aws_config(Some(&cell.region)).await;
+            let endpoint = config.endpoint_url().map(str::to_owned);
+            let emulator = match endpoint.clone() {
+                Some(url) => tokio::task::spawn_blocking(move || bems_cli::is_localstack(&url).then_some(url)).await?,
+                None => None,
+            };
+            let events = aws_sdk_eventbridge::Client::new(&config);
+            let replay =
+                bems_cli::replay::replay(&events, &spec, from, to, emulator.as_deref(), wait.map(Duration::from_secs))
+                    .await?;
+            if json {
+                print_json(&replay)?;
+            } else {
+                println!("replay {} ({}): {}", replay.name, replay.arn, replay.state);
+            }
+        }
+        Command::History { cell, invoice, json } => {
+            let spec = cell.spec()?;
+            let invoice = bems_core::fields::InvoiceId::new(&invoice).context("INVOICE")?;
+            let config = bems_cli::aws_config(Some(&cell.region)).await;
+            let query = bems_cli::timestream_query(&config).await?;
+            let entries = bems_cli::history::history(&query, &spec, &invoice).await?;
+            if json {
+                print_json(&entries)?;
+            } else if entries.is_empty() {
+                println!("no history for {invoice} in cell {}", spec.cell_id());
+            } else {
+                for e in &entries {
+                    println!(
+                        "{}  {:<15} {:<11} <- {:<11} {} {}  {}",
+                        e.time,
+                        e.stage,
+                        e.status,
+                        e.previous_status.as_deref().unwrap_or("-"),
+                        e.amount.as_deref().unwrap_or("-"),
+                        e.currency.as_deref().unwrap_or(""),
+                        e.event_id
+                    );
+                }
+            }
+        }
+        Command::Send { cell, file, json } => {
+            let spec = cell.spec()?;
+            let mut text = String::new();
+            if file == "-" {
+                std::io::stdin().read_to_string(&mut text).context("read standard input")?;
+            } else {
+                text = std::fs::read_to_string(&file).with_context(|| format!("read {file}"))?;
+            }
+            let target = bems_core::publish::CellTarget {
+                bus: spec.bus_name(),
+                cell_id: spec.cell_id().clone(),
+                region: spec.region().clone(),
+                account_id: spec.account_id().clone(),
+                partitions: spec.partitions(),
+            };
+            let events = aws_sdk_eventbridge::Client::new(&bems_cli::aws_config(Some(&cell.region)).await);
+            match bems_cli::send::send(events, target, &text).await {
+                Ok(sent) if json => print_json(&sent)?,
+                Ok(sent) => println!(
+                    "sent {} of {} to partition {} (EventBridge id {})",
+                    sent.event_id, sent.invoice_id, sent.partition, sent.eventbridge_id
+                ),
+                Err(bems_cli::send::SendError::Invalid(problems)) => {
+                    if json {
+                        print_json(&serde_json::json!({ "invalid": problems }))?;
+                    }
+                    eprintln!("bems: the event is invalid; nothing was sent:");
+                    for p in &problems {
+                        eprintln!("  {p}");
+                    }
+                    return Ok(ExitCode::from(INVALID));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         Command::Template { cell, out, code_uri } => {
             let spec = cell.spec()?;
             let defaults = bems_cli::template::TemplateDefaults { code_uri, ..Default::default() };
@@ -151,5 +427,5 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

@@ -23,6 +23,7 @@ fn fail(what: &str, e: &(impl std::error::Error + 'static)) -> RedriveError {
 
 /// What a redrive moved.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Moved {
     /// SQS message ids of the moved messages, in the order they moved.
     pub message_ids: Vec<String>,
@@ -70,4 +71,103 @@ pub async fn redrive_fifo(sqs: &aws_sdk_sqs::Client, dlq_url: &str, source_url: 
             moved.message_ids.push(m.message_id().unwrap_or_default().to_owned());
         }
     }
+}
+
+/// What a redrive of one invoice moved, and what it could not reach.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InvoiceMoved {
+    /// SQS message ids of the invoice's moved messages, in order.
+    pub message_ids: Vec<String>,
+    /// Messages of other invoices looked at and left in the DLQ.
+    pub left: usize,
+    /// FIFO message groups where another invoice's message was first: SQS
+    /// returns nothing behind it while it is held, so messages of this
+    /// invoice further back in those groups (if any) were not reached.
+    pub unreached_groups: Vec<String>,
+}
+
+/// The invoice id in a message body (raw EventBridge event, SNS envelope or
+/// bare event), if it has one.
+fn invoice_of(body: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(body).ok()?;
+    let inner = value
+        .get("Message")
+        .and_then(serde_json::Value::as_str)
+        .and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok())
+        .unwrap_or(value);
+    let event = inner.get("detail").unwrap_or(&inner);
+    event.get("invoiceId").and_then(serde_json::Value::as_str).map(str::to_owned)
+}
+
+/// Moves the messages of `invoice` from `dlq_url` back to `source_url` (both
+/// FIFO), as [`redrive_fifo`] does, and leaves every other message where it
+/// was: those are held while the DLQ is read and released at the end.
+pub async fn redrive_invoice(
+    sqs: &aws_sdk_sqs::Client,
+    dlq_url: &str,
+    source_url: &str,
+    invoice: &str,
+) -> Result<InvoiceMoved, RedriveError> {
+    let mut moved = InvoiceMoved::default();
+    let mut held: Vec<String> = Vec::new();
+    let mut blocked = std::collections::BTreeSet::new();
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    loop {
+        let batch = sqs
+            .receive_message()
+            .queue_url(dlq_url)
+            .max_number_of_messages(10)
+            // Long enough to read the whole DLQ while others are held.
+            .visibility_timeout(120)
+            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+            .message_system_attribute_names(MessageSystemAttributeName::MessageDeduplicationId)
+            .send()
+            .await
+            .map_err(|e| fail("receive from the DLQ", &e))?;
+        if batch.messages().is_empty() {
+            break;
+        }
+        for m in batch.messages() {
+            let attr = |name: MessageSystemAttributeName| m.attributes().and_then(|a| a.get(&name)).cloned();
+            let group = attr(MessageSystemAttributeName::MessageGroupId).unwrap_or_else(|| "redrive".to_owned());
+            let body = m.body().unwrap_or_default();
+            if invoice_of(body).as_deref() != Some(invoice) {
+                moved.left += 1;
+                blocked.insert(group);
+                held.push(m.receipt_handle().unwrap_or_default().to_owned());
+                continue;
+            }
+            let original = attr(MessageSystemAttributeName::MessageDeduplicationId)
+                .unwrap_or_else(|| m.message_id().unwrap_or_default().to_owned());
+            let mut dedup = format!("{original}:redrive:{stamp}");
+            dedup.truncate(128);
+            sqs.send_message()
+                .queue_url(source_url)
+                .message_body(body)
+                .message_group_id(group)
+                .message_deduplication_id(dedup)
+                .send()
+                .await
+                .map_err(|e| fail("send to the source queue", &e))?;
+            sqs.delete_message()
+                .queue_url(dlq_url)
+                .receipt_handle(m.receipt_handle().unwrap_or_default())
+                .send()
+                .await
+                .map_err(|e| fail("delete from the DLQ", &e))?;
+            moved.message_ids.push(m.message_id().unwrap_or_default().to_owned());
+        }
+    }
+    for handle in &held {
+        sqs.change_message_visibility()
+            .queue_url(dlq_url)
+            .receipt_handle(handle)
+            .visibility_timeout(0)
+            .send()
+            .await
+            .map_err(|e| fail("release a message of another invoice", &e))?;
+    }
+    moved.unreached_groups = blocked.into_iter().collect();
+    Ok(moved)
 }

@@ -202,11 +202,28 @@ pub async fn run_stage(stage: Stage) -> Result<(), Error> {
     Box::pin(lambda_runtime::run(handler)).await
 }
 
+/// A Timestream write client. Timestream requires endpoint discovery (the
+/// SDK's client does not work without it); an emulator, configured with
+/// `AWS_ENDPOINT_URL`, answers at its own address instead. The discovered
+/// endpoints are refreshed in the background.
+async fn timestream_client(config: &aws_config::SdkConfig) -> Result<aws_sdk_timestreamwrite::Client, ConfigError> {
+    let client = aws_sdk_timestreamwrite::Client::new(config);
+    if config.endpoint_url().is_some() {
+        return Ok(client);
+    }
+    let (client, reloader) = client
+        .with_endpoint_discovery_enabled()
+        .await
+        .map_err(|e| ConfigError(format!("Timestream endpoint discovery: {e}")))?;
+    tokio::spawn(reloader.reload_task());
+    Ok(client)
+}
+
 /// Runs the Timestream writer as a Lambda function.
 pub async fn run_timestream_writer() -> Result<(), Error> {
     let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let table = TimestreamTable {
-        client: aws_sdk_timestreamwrite::Client::new(&config),
+        client: timestream_client(&config).await?,
         database: var("BEMS_TIMESTREAM_DATABASE")?,
         table: var("BEMS_TIMESTREAM_TABLE")?,
     };

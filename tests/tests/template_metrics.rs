@@ -62,3 +62,10 @@ fn alarms_name_the_metrics_the_functions_emit() {
     }
     assert!(seen > 20, "the dashboard shows the functions' metrics ({seen})");
 }
+
+/// `bems stuck` reads the dead-letter reason from the attribute the
+/// processors write it to (bems-cli does not link bems-lambda).
+#[test]
+fn stuck_reads_the_reason_attribute_the_processors_write() {
+    assert_eq!(bems_cli::stuck::bems_lambda_names::REASON_ATTRIBUTE, bems_lambda::sqs::REASON_ATTRIBUTE);
+}

@@ -1,0 +1,346 @@
+//! The operator commands, run as the `bems` binary against the emulators:
+//! `send`, `stuck`, `redrive`, `replay` on LocalStack, and `history` and
+//! `stuck`'s Timestream query on moto.
+//!
+//! moto's Timestream query engine does not run SQL: it answers a query
+//! with the result registered for that exact query text
+//! (`/moto-api/static/timestream/query-results`). The history and over-SLA
+//! tests register an answer for the text the library builds, so they check
+//! that the binary sends exactly that text and reads the answer off the wire
+//! correctly; what Timestream itself would return is not tested here.
+//!
+//! Run by `scripts/test` (which sets `BEMS_LOCALSTACK_URL` and
+//! `BEMS_MOTO_URL`); without them the tests say they are skipped, and fail
+//! under `BEMS_REQUIRE_EMULATORS=1`.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use aws_sdk_sqs::config::Credentials;
+use aws_sdk_sqs::types::MessageAttributeValue;
+use serde_json::Value;
+
+fn endpoint(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) => Some(url),
+        Err(_) => {
+            assert!(
+                std::env::var_os("BEMS_REQUIRE_EMULATORS").is_none(),
+                "BEMS_REQUIRE_EMULATORS=1 but {var} is not set"
+            );
+            eprintln!("skipped: set {var} (scripts/test does)");
+            None
+        }
+    }
+}
+
+/// Runs `bems` with `args` against `endpoint`, feeding `stdin`.
+fn bems(endpoint: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_bems"))
+        .args(args)
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env_remove("BEMS_CELL")
+        .output()
+        .expect("run bems")
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+fn stdout_json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+async fn sqs(endpoint: &str) -> aws_sdk_sqs::Client {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "bems-cli-tests"))
+        .load()
+        .await;
+    aws_sdk_sqs::Client::new(&config)
+}
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../bems-core/fixtures").join(name)
+}
+
+/// A uniquely named cell, provisioned with the binary, torn down on drop.
+struct Cell {
+    endpoint: String,
+    id: String,
+}
+
+impl Cell {
+    fn create(endpoint: &str) -> Cell {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let id = format!("cli-{nanos:08x}");
+        let out = bems(endpoint, &["provision", "--cell", &id, "--partitions", "2", "--emulator", "--json"]);
+        assert_eq!(code(&out), 0, "provision: {}", String::from_utf8_lossy(&out.stderr));
+        Cell { endpoint: endpoint.to_owned(), id }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--cell", &self.id, "--partitions", "2"]);
+        bems(&self.endpoint, &all)
+    }
+
+    fn queue(&self, suffix: &str) -> String {
+        format!("bems-{}-{suffix}", self.id)
+    }
+}
+
+impl Drop for Cell {
+    fn drop(&mut self) {
+        let _ = bems(&self.endpoint, &["teardown", "--cell", &self.id, "--partitions", "2", "--yes"]);
+    }
+}
+
+async fn url(sqs: &aws_sdk_sqs::Client, name: &str) -> String {
+    sqs.get_queue_url().queue_name(name).send().await.expect("queue").queue_url().unwrap_or_default().to_owned()
+}
+
+/// Receives until `want` messages came or a few empty polls passed.
+async fn receive(sqs: &aws_sdk_sqs::Client, queue: &str, want: usize) -> Vec<Value> {
+    let mut got = Vec::new();
+    let mut empty = 0;
+    while got.len() < want && empty < 5 {
+        let out = sqs.receive_message().queue_url(queue).max_number_of_messages(10).wait_time_seconds(1).send().await;
+        let messages = out.expect("receive").messages().to_vec();
+        if messages.is_empty() {
+            empty += 1;
+        }
+        for m in messages {
+            got.push(serde_json::from_str(m.body().unwrap_or_default()).expect("JSON body"));
+            let handle = m.receipt_handle().unwrap_or_default();
+            sqs.delete_message().queue_url(queue).receipt_handle(handle).send().await.expect("delete");
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_refuses_an_invalid_event_by_field_and_puts_a_valid_one_on_the_bus() {
+    let Some(endpoint) = endpoint("BEMS_LOCALSTACK_URL") else { return };
+    let cell = Cell::create(&endpoint);
+
+    let invalid = fixture("invalid/many-problems-at-once.json");
+    let out = cell.run(&["send", invalid.to_str().expect("path")]);
+    assert_eq!(code(&out), 3, "an invalid event exits 3");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("nothing was sent"), "{stderr}");
+    for field in ["amount", "currency"] {
+        assert!(stderr.contains(&format!("  {field}: ")), "the problems name {field}: {stderr}");
+    }
+
+    let valid = fixture("example-invoice-event.json");
+    let out = cell.run(&["send", valid.to_str().expect("path"), "--json"]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let sent = stdout_json(&out);
+    assert_eq!(sent["invoiceId"], "INV-2026-000123");
+    // The reconciliation rule of its partition routed it to the route queue.
+    let sqs = sqs(&endpoint).await;
+    let got = receive(&sqs, &url(&sqs, &cell.queue("reconciliation-route.fifo")).await, 1).await;
+    assert_eq!(got.len(), 1, "the event reached the reconciliation route queue");
+    assert_eq!(got[0]["detail"]["eventId"], sent["eventId"]);
+    assert_eq!(got[0]["detail"]["metadata"]["cellId"], cell.id.as_str(), "placed in the cell");
+}
+
+/// Puts an event of `invoice` into the reconciliation DLQ, as the processor
+/// would after a poison record.
+async fn dead_letter(sqs: &aws_sdk_sqs::Client, dlq: &str, invoice: &str, seq: u32) {
+    let mut event: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("example-invoice-event.json")).expect("fixture"))
+            .expect("JSON");
+    event["invoiceId"] = invoice.into();
+    event["eventId"] = format!("0b9c6f5e-3c1f-4d8e-9a51-2f7f2c1d4e{seq:02}").into();
+    sqs.send_message()
+        .queue_url(dlq)
+        .message_body(event.to_string())
+        .message_group_id("reconciliation-p01")
+        .message_deduplication_id(format!("dl-{invoice}-{seq}"))
+        .message_attributes(
+            "bems-poison-reason",
+            MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value("amount: does not match the purchase order")
+                .build()
+                .expect("attribute"),
+        )
+        .send()
+        .await
+        .expect("send to the DLQ");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stuck_finds_dead_letters_alerts_once_and_redrive_returns_one_invoice_then_the_rest() {
+    let Some(endpoint) = endpoint("BEMS_LOCALSTACK_URL") else { return };
+    let cell = Cell::create(&endpoint);
+    let sqs = sqs(&endpoint).await;
+    let dlq = url(&sqs, &cell.queue("reconciliation-dlq.fifo")).await;
+    let queue = url(&sqs, &cell.queue("reconciliation.fifo")).await;
+    dead_letter(&sqs, &dlq, "INV-STUCK-A", 1).await;
+    dead_letter(&sqs, &dlq, "INV-STUCK-B", 2).await;
+
+    let out = cell.run(&["stuck", "--dlq-only"]);
+    assert_eq!(code(&out), 4, "stuck invoices exit 4: {}", String::from_utf8_lossy(&out.stderr));
+    let out = cell.run(&["stuck", "--dlq-only", "--json"]);
+    let stuck = stdout_json(&out);
+    let invoices: Vec<&str> = stuck.as_array().expect("list").iter().filter_map(|s| s["invoiceId"].as_str()).collect();
+    assert_eq!(invoices, ["INV-STUCK-A", "INV-STUCK-B"]);
+    assert_eq!(stuck[0]["kind"], "dead-lettered");
+    assert_eq!(stuck[0]["reason"], "amount: does not match the purchase order");
+    assert_eq!(stuck[0]["place"], cell.queue("reconciliation-dlq.fifo"));
+
+    // Alerts: an SNS topic with a queue subscribed stands for the alert topic.
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "bems-cli-tests"))
+        .load()
+        .await;
+    let sns = aws_sdk_sns::Client::new(&config);
+    let topic = sns.create_topic().name(format!("{}-alerts", cell.id)).send().await.expect("topic");
+    let topic = topic.topic_arn().expect("arn").to_owned();
+    let inbox = sqs.create_queue().queue_name(format!("{}-inbox", cell.id)).send().await.expect("inbox");
+    let inbox = inbox.queue_url().expect("url").to_owned();
+    let inbox_arn = format!("arn:aws:sqs:us-east-1:000000000000:{}-inbox", cell.id);
+    sns.subscribe().topic_arn(&topic).protocol("sqs").endpoint(&inbox_arn).send().await.expect("subscribe");
+    let state = std::env::temp_dir().join(format!("{}-alerted.json", cell.id));
+    let state = state.to_str().expect("path").to_owned();
+    for _ in 0..2 {
+        let out = cell.run(&["stuck", "--dlq-only", "--alert-topic", &topic, "--state", &state]);
+        assert_eq!(code(&out), 4, "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let alerts = receive(&sqs, &inbox, 3).await;
+    assert_eq!(alerts.len(), 2, "one alert per stuck invoice over two checks: {alerts:?}");
+
+    // The DLQ was only looked at: both messages are still there.
+    let out = cell.run(&["redrive", "--queue", "reconciliation", "--invoice", "INV-STUCK-A", "--json"]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let moved = stdout_json(&out);
+    assert_eq!(moved["messageIds"].as_array().map(Vec::len), Some(1), "{moved}");
+    assert_eq!(moved["left"], 1);
+    let back = receive(&sqs, &queue, 1).await;
+    assert_eq!(back.len(), 1);
+    assert_eq!(back[0]["invoiceId"], "INV-STUCK-A");
+
+    let out = cell.run(&["redrive", "--queue", "reconciliation", "--json"]);
+    assert_eq!(stdout_json(&out)["messageIds"].as_array().map(Vec::len), Some(1));
+    let back = receive(&sqs, &queue, 1).await;
+    assert_eq!(back[0]["invoiceId"], "INV-STUCK-B");
+    let out = cell.run(&["stuck", "--dlq-only"]);
+    assert_eq!(code(&out), 0, "nothing stuck any more: {}", String::from_utf8_lossy(&out.stdout));
+    let _ = std::fs::remove_file(&state);
+
+    let out = cell.run(&["redrive", "--queue", "billing"]);
+    assert_eq!(code(&out), 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--queue: \"billing\" is not a queue of the cell"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_on_localstack_says_it_cannot() {
+    let Some(endpoint) = endpoint("BEMS_LOCALSTACK_URL") else { return };
+    let out =
+        bems(&endpoint, &["replay", "--cell", "any", "--from", "2026-11-26T00:00:00Z", "--to", "2026-11-26T01:00:00Z"]);
+    assert_eq!(code(&out), 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("LocalStack") && stderr.contains("cannot replay"), "{stderr}");
+}
+
+/// Registers `answer` as moto's result for the query text `query`.
+fn moto_answer(moto: &str, query: &str, answer: &Value) {
+    // moto's default account: the one requests with the "test" key land in.
+    let body = serde_json::json!({ "region": "us-east-1", "results": { query: [answer] } });
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let response = agent
+        .post(&format!("{moto}/moto-api/static/timestream/query-results"))
+        .send(body.to_string())
+        .expect("moto answers");
+    assert_eq!(response.status(), 201, "moto took the canned result");
+}
+
+fn spec(cell: &str) -> bems_core::routing::CellSpec {
+    bems_core::routing::CellSpec::new(
+        bems_core::fields::CellId::new(cell).expect("cell"),
+        bems_core::fields::Region::new("us-east-1").expect("region"),
+        bems_core::fields::AccountId::new("000000000000").expect("account"),
+        bems_core::partition::PartitionCount::new(2).expect("partitions"),
+    )
+    .expect("spec")
+}
+
+fn column(name: &str, scalar: &str) -> Value {
+    serde_json::json!({ "Name": name, "Type": { "ScalarType": scalar } })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_and_over_sla_read_timestream_answers_off_the_wire() {
+    let Some(moto) = endpoint("BEMS_MOTO_URL") else { return };
+    let cell = "cli-history";
+    let invoice = bems_core::fields::InvoiceId::new("INV-HIST-1").expect("id");
+    let query = bems_cli::history::history_query(&spec(cell), &invoice);
+    let cells = |values: &[Option<&str>]| {
+        let data: Vec<Value> = values
+            .iter()
+            .map(|v| match v {
+                Some(v) => serde_json::json!({ "ScalarValue": v }),
+                None => serde_json::json!({ "NullValue": true }),
+            })
+            .collect();
+        serde_json::json!({ "Data": data })
+    };
+    let answer = serde_json::json!({
+        "QueryId": "q-history",
+        "ColumnInfo": [
+            column("time", "TIMESTAMP"), column("stage", "VARCHAR"), column("status", "VARCHAR"),
+            column("previous_status", "VARCHAR"), column("event_id", "VARCHAR"), column("amount", "DOUBLE"),
+            column("currency", "VARCHAR"), column("due_date", "VARCHAR"), column("stage_latency_ms", "BIGINT"),
+            column("end_to_end_latency_ms", "BIGINT"),
+        ],
+        "Rows": [
+            cells(&[Some("2026-11-26 13:45:00.123000000"), Some("ingestion"), Some("submitted"), None,
+                Some("e-1"), Some("99.5"), Some("EUR"), Some("2026-12-26"), None, None]),
+            cells(&[Some("2026-11-26 13:45:02.000000000"), Some("reconciliation"), Some("ingested"), Some("submitted"),
+                Some("e-2"), Some("99.5"), Some("EUR"), Some("2026-12-26"), Some("1877"), Some("1877")]),
+        ],
+    });
+    moto_answer(&moto, &query, &answer);
+    let out = bems(&moto, &["history", "INV-HIST-1", "--cell", cell, "--partitions", "2", "--json"]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let entries = stdout_json(&out);
+    assert_eq!(entries.as_array().map(Vec::len), Some(2), "{entries}");
+    assert_eq!(entries[0]["status"], "submitted");
+    assert_eq!(entries[0]["previousStatus"], Value::Null);
+    assert_eq!(entries[1]["endToEndLatencyMs"], 1877);
+    // Another invoice: moto has no answer for that text, so nothing.
+    let out = bems(&moto, &["history", "INV-HIST-2", "--cell", cell, "--partitions", "2"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no history for INV-HIST-2"));
+
+    let query = bems_cli::stuck::over_sla_query(&spec(cell), 120, 24);
+    let answer = serde_json::json!({
+        "QueryId": "q-stuck",
+        "ColumnInfo": [column("invoice_id", "VARCHAR"), column("stage", "VARCHAR"), column("status", "VARCHAR"),
+            column("event_id", "VARCHAR"), column("last_change_ms", "BIGINT")],
+        "Rows": [cells(&[Some("INV-LATE-1"), Some("authorization"), Some("reconciled"), Some("e-9"), Some("1795700000000")])],
+    });
+    moto_answer(&moto, &query, &answer);
+    // moto has no queues of this cell: only the Timestream part finds something.
+    let out = bems(&moto, &["stuck", "--cell", cell, "--partitions", "2", "--json"]);
+    assert_eq!(code(&out), 4, "{}", String::from_utf8_lossy(&out.stderr));
+    let stuck = stdout_json(&out);
+    assert_eq!(stuck[0]["invoiceId"], "INV-LATE-1");
+    assert_eq!(stuck[0]["kind"], "over-sla");
+    assert_eq!(stuck[0]["place"], "authorization");
+}
