@@ -1,0 +1,415 @@
+//! `cargo run -p local-cell`: the whole system on this machine.
+//!
+//! Starts the emulators if they are not up (`scripts/emulators up`),
+//! provisions a cell on LocalStack (and its Timestream table on moto), runs
+//! the six functions with the local event-source runner (the route
+//! forwarder, the four stage processors, the Timestream writer), drives
+//! month-end invoice traffic into it, prints progress, and serves the
+//! dashboard on <http://127.0.0.1:8080/>. Ctrl-C (or `--duration`) stops
+//! the traffic and the functions, prints a summary, deletes the cell, and
+//! stops the emulators if it started them.
+
+mod state;
+mod traffic;
+mod web;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use bems_cli::provision::{Clients, ProvisionOptions, provision};
+use bems_core::Stage;
+use bems_core::fields::{AccountId, CellId, Region};
+use bems_core::partition::PartitionCount;
+use bems_core::publish::{CellTarget, Outcome, Publisher, RetryPolicy};
+use bems_core::routing::CellSpec;
+use bems_lambda::batch::BatchProcessor;
+use bems_lambda::function::{NoApprovals, NoPurchaseOrderSystem};
+use bems_lambda::processor::StageProcessor;
+use bems_lambda::sqs::{EventSource, ProcessorFunction, RunnerOptions, SqsDeadLetter};
+use bems_lambda::stages::Rules;
+use bems_lambda::timestream::{TimestreamTable, TimestreamWriter};
+use clap::Parser;
+use tokio::sync::watch;
+
+use crate::state::{ClassCounts, State, Tee};
+use crate::traffic::{Generator, Made, Profile};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "local-cell",
+    about = "Run a BEMS cell on the local emulators with month-end traffic and a live dashboard."
+)]
+struct Args {
+    /// Cell id.
+    #[arg(long, default_value = "local")]
+    cell: String,
+    /// Partitions (FIFO message groups per stage).
+    #[arg(long, default_value_t = 4)]
+    partitions: u32,
+    /// The month-end peak, status events per minute, before scaling.
+    #[arg(long, default_value_t = 60_000.0)]
+    peak: f64,
+    /// The steady rate before the surge, as a share of the peak.
+    #[arg(long, default_value_t = 0.2)]
+    base_share: f64,
+    /// Scale applied to the rates: what this machine's emulators sustain (about 100 status events/s on two cores).
+    #[arg(long, default_value_t = 0.05)]
+    scale: f64,
+    /// Seconds the climb from the steady rate to the peak takes.
+    #[arg(long, default_value_t = 120)]
+    ramp_secs: u64,
+    /// Share of invoices above the automatic approval limit (they end in the authorization DLQ).
+    #[arg(long, default_value_t = 0.005)]
+    failing: f64,
+    /// Share of invalid payloads (refused by validation, never sent).
+    #[arg(long, default_value_t = 0.01)]
+    invalid: f64,
+    /// The SLA, seconds: a non-terminal status older than this is stuck.
+    #[arg(long, default_value_t = 120)]
+    sla: u64,
+    /// Stop after this many seconds (default: run until Ctrl-C).
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Dashboard port on 127.0.0.1 (0: any free port).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// LocalStack's endpoint.
+    #[arg(long, env = "BEMS_LOCALSTACK_URL", default_value = "http://127.0.0.1:4566")]
+    localstack: String,
+    /// moto's endpoint (Timestream).
+    #[arg(long, env = "BEMS_MOTO_URL", default_value = "http://127.0.0.1:4599")]
+    moto: String,
+    /// Keep the cell when stopping.
+    #[arg(long)]
+    keep: bool,
+}
+
+async fn config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new("test", "test", None, None, "local-cell"))
+        .load()
+        .await
+}
+
+fn emulators_script() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/emulators")
+}
+
+/// Starts the emulators with `scripts/emulators up` unless LocalStack
+/// answers; whether it started them (and so stops them at the end).
+fn ensure_emulators(localstack: &str) -> anyhow::Result<bool> {
+    if bems_cli::is_localstack(localstack) {
+        return Ok(false);
+    }
+    let script = emulators_script();
+    println!("local-cell: starting the emulators ({} up)...", script.display());
+    let status = std::process::Command::new(&script).arg("up").status().context("run scripts/emulators")?;
+    anyhow::ensure!(status.success(), "scripts/emulators up failed ({status})");
+    anyhow::ensure!(bems_cli::is_localstack(localstack), "LocalStack does not answer at {localstack}");
+    Ok(true)
+}
+
+/// The cell's Timestream database and table on moto.
+async fn timestream(moto: &str, cell: &str) -> anyhow::Result<TimestreamTable> {
+    let client = aws_sdk_timestreamwrite::Client::new(&config(moto).await);
+    let database = format!("bems_{}", cell.replace('-', "_"));
+    let table = "status_changes".to_owned();
+    if let Err(e) = client.create_database().database_name(&database).send().await {
+        anyhow::ensure!(format!("{e:?}").contains("Conflict"), "create the Timestream database on moto: {e:?}");
+    }
+    if let Err(e) = client.create_table().database_name(&database).table_name(&table).send().await {
+        anyhow::ensure!(format!("{e:?}").contains("Conflict"), "create the Timestream table on moto: {e:?}");
+    }
+    Ok(TimestreamTable { client, database, table })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let failures = Arc::new(ClassCounts::default());
+    metrics::set_global_recorder(state::Recorder(failures.clone())).map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
+    let started_emulators = ensure_emulators(&args.localstack)?;
+
+    let spec = CellSpec::new(
+        CellId::new(&args.cell).context("--cell")?,
+        Region::new("us-east-1")?,
+        AccountId::new("000000000000")?,
+        PartitionCount::new(args.partitions).context("--partitions")?,
+    )?;
+    let local = config(&args.localstack).await;
+    let clients = Clients::new(&local);
+    // Short visibility and few receives: a failing invoice reaches its DLQ
+    // in seconds, where the dashboard and `bems stuck` show it.
+    let options =
+        ProvisionOptions { visibility_timeout_secs: 5, max_receive_count: 3, emulator: true, ..Default::default() };
+    let provisioned = provision(&clients, &spec, &options).await.context("provision the cell")?;
+    let table = timestream(&args.moto, &args.cell).await?;
+    let alerts = clients.sns.create_topic().name(format!("bems-{}-alerts", args.cell)).send().await?;
+    let alert_topic = alerts.topic_arn().unwrap_or_default().to_owned();
+    println!(
+        "local-cell: cell {} ({} partitions) on {}; API {} (key {})",
+        args.cell, args.partitions, args.localstack, provisioned.ingress.rest_api_id, provisioned.ingress.api_key
+    );
+
+    let state = Arc::new(Mutex::new(State::new(&args.cell, args.sla, failures)));
+    let (stop, stopped) = watch::channel(false);
+    let until_stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let target = CellTarget {
+        bus: spec.bus_name(),
+        cell_id: spec.cell_id().clone(),
+        region: spec.region().clone(),
+        account_id: spec.account_id().clone(),
+        partitions: spec.partitions(),
+    };
+    let queue_url = |name: String| {
+        let sqs = clients.sqs.clone();
+        async move { bems_lambda::sqs::queue_url(&sqs, &name).await }
+    };
+
+    let mut tasks = Vec::new();
+    // The route forwarder.
+    {
+        let (spec, sns, sqs, rx) = (spec.clone(), clients.sns.clone(), clients.sqs.clone(), stopped.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) =
+                bems_lambda::forward::run_locally(&spec, sns, sqs, Duration::from_millis(100), until_stopped(rx)).await
+            {
+                eprintln!("local-cell: route forwarder: {e}");
+            }
+        }));
+    }
+    // The four stage processors.
+    for stage in Stage::ALL {
+        let source = EventSource::connect(
+            clients.sqs.clone(),
+            queue_url(spec.queue_name(stage)).await?,
+            RunnerOptions::default(),
+        )
+        .await?;
+        let function = ProcessorFunction {
+            processor: BatchProcessor::new()
+                .with_dead_letter(SqsDeadLetter::new(clients.sqs.clone(), queue_url(spec.dlq_name(stage)).await?))
+                .with_max_receive_count(options.max_receive_count),
+            handler: StageProcessor::new(
+                stage,
+                Rules::default(),
+                Publisher::new(clients.events.clone(), target.clone())
+                    .with_retry(RetryPolicy { deadline: Duration::from_secs(10), ..RetryPolicy::default() }),
+                NoPurchaseOrderSystem,
+                NoApprovals,
+            ),
+        };
+        let rx = stopped.clone();
+        tasks.push(tokio::spawn(
+            async move { source.run(function, Duration::from_millis(100), until_stopped(rx)).await },
+        ));
+    }
+    // The Timestream writer, teeing what it stores into the dashboard.
+    {
+        let source = EventSource::connect(
+            clients.sqs.clone(),
+            queue_url(spec.status_queue_name()).await?,
+            RunnerOptions::default(),
+        )
+        .await?;
+        let sink = Tee { inner: table, state: state.clone() };
+        let writer = TimestreamWriter::new(
+            sink,
+            SqsDeadLetter::new(clients.sqs.clone(), queue_url(spec.status_dlq_name()).await?),
+        );
+        let rx = stopped.clone();
+        tasks
+            .push(tokio::spawn(async move { source.run(writer, Duration::from_millis(100), until_stopped(rx)).await }));
+    }
+    // The traffic.
+    let profile = Profile {
+        base_per_min: args.peak * args.base_share * args.scale,
+        peak_per_min: args.peak * args.scale,
+        ramp: Duration::from_secs(args.ramp_secs),
+    };
+    println!(
+        "local-cell: traffic from {:.0} to {:.0} status events/min over {} s (peak {:.0}/min scaled by {}); {}% failing, {}% invalid",
+        profile.base_per_min,
+        profile.peak_per_min,
+        args.ramp_secs,
+        args.peak,
+        args.scale,
+        args.failing * 100.0,
+        args.invalid * 100.0
+    );
+    {
+        let (state, rx, publisher) =
+            (state.clone(), stopped.clone(), Publisher::new(clients.events.clone(), target.clone()));
+        let run = format!("{:X}", chrono::Utc::now().timestamp() % 0xFFFFF);
+        let mut generator = Generator::new(&run, args.failing, args.invalid, fastrand::u64(..));
+        tasks.push(tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let mut owed = 0.0;
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            while !*rx.borrow() {
+                tick.tick().await;
+                owed += profile.invoices_per_sec(started.elapsed()) * 0.2;
+                let mut batch = Vec::new();
+                while owed >= 1.0 {
+                    owed -= 1.0;
+                    match generator.make() {
+                        Ok(Made::Valid { event, failing }) => {
+                            if let Ok(mut s) = state.lock() {
+                                s.sent_terms(event.payment_terms.net_days.get());
+                                s.failing_sent += u64::from(failing);
+                            }
+                            batch.push(*event);
+                        }
+                        Ok(Made::Invalid(problem)) => {
+                            if let Ok(mut s) = state.lock() {
+                                s.invalid(problem);
+                            }
+                        }
+                        Err(e) => eprintln!("local-cell: generator: {e}"),
+                    }
+                }
+                if batch.is_empty() {
+                    continue;
+                }
+                let accepted =
+                    publisher.publish(batch).await.iter().filter(|o| matches!(o, Outcome::Accepted { .. })).count();
+                if let Ok(mut s) = state.lock() {
+                    s.sent += accepted as u64;
+                }
+            }
+        }));
+    }
+    // Queue depths, dead letters and stuck invoices, alerts once per invoice.
+    {
+        let (state, rx, sqs, sns, spec) =
+            (state.clone(), stopped.clone(), clients.sqs.clone(), clients.sns.clone(), spec.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut alerted = bems_cli::stuck::Alerted::default();
+            let mut names: Vec<String> =
+                Stage::ALL.iter().flat_map(|s| [spec.queue_name(*s), spec.dlq_name(*s)]).collect();
+            names.extend([spec.status_queue_name(), spec.status_dlq_name()]);
+            let mut tick = tokio::time::interval(Duration::from_secs(3));
+            while !*rx.borrow() {
+                tick.tick().await;
+                for name in &names {
+                    if let Some(q) = queue_state(&sqs, name).await
+                        && let Ok(mut s) = state.lock()
+                    {
+                        s.queues.insert(name.clone(), q);
+                    }
+                }
+                let mut stuck = bems_cli::stuck::dead_lettered(&sqs, &spec).await.unwrap_or_default();
+                let now_ms = chrono::Utc::now().timestamp_millis();
+                if let Ok(mut s) = state.lock() {
+                    stuck.extend(s.over_sla(now_ms));
+                    s.judge();
+                }
+                let fresh: Vec<bems_cli::stuck::Stuck> = alerted.new_since(&stuck).into_iter().cloned().collect();
+                let refs: Vec<&bems_cli::stuck::Stuck> = fresh.iter().collect();
+                let sent =
+                    bems_cli::stuck::alert(&sns, &alert_topic, spec.cell_id().as_str(), &refs).await.unwrap_or(0);
+                if let Ok(mut s) = state.lock() {
+                    s.stuck = stuck;
+                    s.alerts_sent += sent as u64;
+                }
+            }
+        }));
+    }
+    // The dashboard.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await.context("dashboard port")?;
+    println!("local-cell: dashboard on http://{}/  (Ctrl-C stops)", listener.local_addr()?);
+    {
+        let (state, rx) = (state.clone(), stopped.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = web::serve(listener, state, until_stopped(rx)).await {
+                eprintln!("local-cell: dashboard: {e}");
+            }
+        }));
+    }
+
+    // Progress until Ctrl-C or the duration.
+    let deadline = args.duration.map(|d| tokio::time::Instant::now() + Duration::from_secs(d));
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = &mut ctrl_c => break,
+            _ = tick.tick() => {}
+        }
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            break;
+        }
+        if let Ok(s) = state.lock() {
+            let (p50, p99) = s.visibility();
+            let in_dlq: u64 = s.queues.iter().filter(|(n, _)| n.ends_with("-dlq.fifo")).map(|(_, q)| q.depth).sum();
+            println!(
+                "[{:>4}s] sent {:>6}  invalid {:>4}  visible {:>7}  in DLQ {:>3}  stuck {:>3}  visibility p50 {:>5} ms p99 {:>5} ms",
+                s.elapsed_secs(),
+                s.sent,
+                s.invalid,
+                s.visible,
+                in_dlq,
+                s.stuck.len(),
+                p50.map_or("-".into(), |v| v.to_string()),
+                p99.map_or("-".into(), |v| v.to_string()),
+            );
+        }
+    }
+    let _ = stop.send(true);
+    for task in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
+    }
+    if let Ok(s) = state.lock() {
+        let (p50, p99) = s.visibility();
+        let in_dlq: u64 = s.queues.iter().filter(|(n, _)| n.ends_with("-dlq.fifo")).map(|(_, q)| q.depth).sum();
+        println!(
+            "summary: sent {} invoices ({} meant to fail), {} invalid never sent; {} status changes visible; {} in DLQs; {} stuck; {} alerts; visibility latency p50 {} ms, p99 {} ms",
+            s.sent,
+            s.failing_sent,
+            s.invalid,
+            s.visible,
+            in_dlq,
+            s.stuck.len(),
+            s.alerts_sent,
+            p50.map_or("-".into(), |v| v.to_string()),
+            p99.map_or("-".into(), |v| v.to_string()),
+        );
+    }
+    if !args.keep {
+        bems_cli::teardown::teardown(&clients, &spec).await.context("delete the cell")?;
+        let _ = clients.sns.delete_topic().topic_arn(alerts.topic_arn().unwrap_or_default()).send().await;
+        println!("local-cell: cell {} deleted", args.cell);
+    }
+    if started_emulators {
+        let status =
+            std::process::Command::new(emulators_script()).arg("down").status().context("stop the emulators")?;
+        anyhow::ensure!(status.success(), "scripts/emulators down failed ({status})");
+    }
+    Ok(())
+}
+
+/// A queue's depth and in-flight count.
+async fn queue_state(sqs: &aws_sdk_sqs::Client, name: &str) -> Option<state::QueueState> {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let url = bems_lambda::sqs::queue_url(sqs, name).await.ok()?;
+    let out = sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(A::ApproximateNumberOfMessages)
+        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .ok()?;
+    let get = |a: A| out.attributes().and_then(|m| m.get(&a)).and_then(|v| v.parse().ok()).unwrap_or(0);
+    Some(state::QueueState {
+        depth: get(A::ApproximateNumberOfMessages),
+        in_flight: get(A::ApproximateNumberOfMessagesNotVisible),
+        oldest_secs: 0,
+    })
+}

@@ -1,0 +1,176 @@
+//! The local cell end to end: the binary provisions a cell on the
+//! emulators, runs traffic through the six functions, serves the dashboard,
+//! stops after `--duration`, prints its summary and deletes the cell. While
+//! it runs, the dashboard's data has every view's numbers, and headless
+//! Chromium (Debian's `chromium`) loads the page, draws the charts with
+//! data, and leaves a screenshot of each view in
+//! `target/test-artifacts/`.
+//!
+//! Needs the emulators (`BEMS_LOCALSTACK_URL`, `BEMS_MOTO_URL`, set by
+//! `scripts/test`) and, for the browser part, `chromium` on the `PATH`
+//! (`.ci/run` installs it and sets `BEMS_REQUIRE_CHROMIUM=1`, which makes
+//! a missing browser a failure rather than a skipped check).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn chromium() -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .flat_map(|d| ["chromium", "chromium-browser"].map(|n| d.join(n)))
+            .find(|p| p.is_file())
+    })
+}
+
+fn get(url: &str) -> Value {
+    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(10))).build().into();
+    let mut response = agent.get(url).call().unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    serde_json::from_str(&response.body_mut().read_to_string().expect("body")).expect("JSON")
+}
+
+fn artifacts() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-artifacts");
+    std::fs::create_dir_all(&dir).expect("artifact directory");
+    dir
+}
+
+/// Loads `url` in headless Chromium: the DOM after the page's scripts ran,
+/// and a screenshot at `png`.
+fn browse(chromium: &PathBuf, url: &str, png: &std::path::Path) -> String {
+    let common = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1400,1100"];
+    let shot = Command::new(chromium)
+        .args(common)
+        .arg("--virtual-time-budget=6000")
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(url)
+        .output()
+        .expect("run chromium");
+    assert!(png.is_file(), "no screenshot: {}", String::from_utf8_lossy(&shot.stderr));
+    let dom = Command::new(chromium)
+        .args(common)
+        .arg("--virtual-time-budget=6000")
+        .arg("--dump-dom")
+        .arg(url)
+        .output()
+        .expect("run chromium");
+    String::from_utf8_lossy(&dom.stdout).into_owned()
+}
+
+/// The number in `data-points="N"` of the chart with id `id`.
+fn points(dom: &str, id: &str) -> usize {
+    let at = dom.find(&format!("id=\"{id}\"")).unwrap_or_else(|| panic!("no {id} in the page"));
+    let tag_end = dom[at..].find('>').map_or(dom.len(), |e| at + e);
+    let tag = &dom[at..tag_end];
+    tag.split("data-points=\"").nth(1).and_then(|rest| rest.split('"').next()).and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn the_local_cell_runs_traffic_serves_a_live_dashboard_and_cleans_up() {
+    let (Ok(localstack), Ok(moto)) = (std::env::var("BEMS_LOCALSTACK_URL"), std::env::var("BEMS_MOTO_URL")) else {
+        assert!(std::env::var_os("BEMS_REQUIRE_EMULATORS").is_none(), "BEMS_REQUIRE_EMULATORS=1 but no emulators");
+        eprintln!("skipped: set BEMS_LOCALSTACK_URL and BEMS_MOTO_URL (scripts/test does)");
+        return;
+    };
+    let browser = chromium();
+    if browser.is_none() {
+        assert!(
+            std::env::var_os("BEMS_REQUIRE_CHROMIUM").is_none(),
+            "BEMS_REQUIRE_CHROMIUM=1 but chromium is not on PATH"
+        );
+        eprintln!("chromium not found: the browser checks are skipped (apt-get install chromium)");
+    }
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let cell = format!("lc-{nanos:08x}");
+    let child = Command::new(env!("CARGO_BIN_EXE_local-cell"))
+        .args(["--cell", &cell, "--partitions", "2", "--duration", "55", "--port", "0", "--scale", "0.02"])
+        .args(["--failing", "0.02", "--ramp-secs", "30"])
+        .env("BEMS_LOCALSTACK_URL", &localstack)
+        .env("BEMS_MOTO_URL", &moto)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start local-cell");
+    let mut child = Finish(Some(child));
+    let (lines_tx, lines) = mpsc::channel::<String>();
+    let stdout = child.0.as_mut().and_then(|c| c.stdout.take()).expect("stdout");
+    std::thread::spawn(move || {
+        // Keeps reading after the test stopped listening, so the cell can
+        // finish its run and delete itself.
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("{line}");
+            let _ = lines_tx.send(line);
+        }
+    });
+    let started = Instant::now();
+    let mut base = None;
+    let mut seen = Vec::new();
+    while base.is_none() && started.elapsed() < Duration::from_secs(120) {
+        if let Ok(line) = lines.recv_timeout(Duration::from_secs(1)) {
+            if let Some(rest) = line.split("dashboard on ").nth(1) {
+                base = rest.split_whitespace().next().map(|u| u.trim_end_matches('/').to_owned());
+            }
+            seen.push(line);
+        }
+    }
+    let base = base.unwrap_or_else(|| panic!("the dashboard address was not printed: {seen:?}"));
+
+    // Let traffic flow, then read what the dashboard reads.
+    std::thread::sleep(Duration::from_secs(35));
+    let state = get(&format!("{base}/api/state"));
+    let number = |v: &Value| v.as_u64().unwrap_or(0);
+    assert!(number(&state["sent"]) > 20, "invoices were sent: {}", state["sent"]);
+    assert!(number(&state["visible"]) >= number(&state["sent"]), "submissions at least are visible: {state}");
+    assert!(state["visibilityMs"]["p99"].is_u64(), "visibility latency is measured");
+    for list in ["series", "currencies", "dueWeeks", "terms", "highValue"] {
+        assert!(state[list].as_array().is_some_and(|l| !l.is_empty()), "{list} is empty: {state}");
+    }
+    assert_eq!(state["queues"].as_object().map(serde_json::Map::len), Some(10), "stage and status queues and DLQs");
+    assert!(number(&state["failures"]["Processed"]) > 0, "the functions' metrics are counted: {}", state["failures"]);
+    assert!(state["anomalyMethod"].as_str().is_some_and(|m| m.contains("3 standard deviations")));
+
+    if let Some(browser) = &browser {
+        for view in ["executive", "operations", "finance"] {
+            let png = artifacts().join(format!("local-cell-{view}.png"));
+            let _ = std::fs::remove_file(&png);
+            let dom = browse(browser, &format!("{base}/#{view}"), &png);
+            assert!(dom.contains(&format!("cell <span id=\"cell\">{cell}</span>")), "the page loaded its data");
+            let size = std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0);
+            assert!(size > 20_000, "{view}: a screenshot of a drawn page, not a blank one ({size} bytes)");
+            match view {
+                "executive" => {
+                    assert!(points(&dom, "chart-stages") > 0, "the stage chart has data");
+                    assert!(points(&dom, "chart-currency") > 0, "the currency chart has data");
+                }
+                "finance" => {
+                    assert!(points(&dom, "chart-weeks") > 0, "the due-week chart has data");
+                    assert!(points(&dom, "chart-terms") > 0, "the payment-terms chart has data");
+                }
+                _ => assert!(dom.contains("Method: per stage"), "the anomaly method is stated"),
+            }
+        }
+    }
+
+    let status = child.0.take().expect("the child").wait().expect("local-cell ends after --duration");
+    let rest: Vec<String> = lines.try_iter().collect();
+    assert!(status.success(), "local-cell failed: {rest:?}");
+    let summary = rest.iter().find(|l| l.starts_with("summary: ")).unwrap_or_else(|| panic!("no summary: {rest:?}"));
+    assert!(summary.contains("status changes visible") && summary.contains("p99"), "{summary}");
+    assert!(rest.iter().any(|l| l == &format!("local-cell: cell {cell} deleted")), "the cell was deleted: {rest:?}");
+}
+
+/// Waits for the local cell when the test ends early (a failed assertion),
+/// so it still stops at its `--duration` and deletes its cell.
+struct Finish(Option<std::process::Child>);
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.wait();
+        }
+    }
+}
