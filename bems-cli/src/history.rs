@@ -237,9 +237,12 @@ mod tests {
         let page = QueryOutput::builder()
             .query_id("q-2")
             .set_column_info(Some(vec![column("time", ScalarType::Timestamp)]))
-            .set_rows(Some(Vec::new()))
+            .rows(Row::builder().data(datum(Some("2026-11-26 13:45:00.123000000"))).build().expect("row"))
             .build()
             .expect("output");
         assert!(matches!(parse_page(&page), Err(HistoryError::MissingColumn("stage"))));
+        // An empty answer may come without columns: no history, no error.
+        let empty = QueryOutput::builder().query_id("q-3").set_column_info(Some(Vec::new())).set_rows(Some(Vec::new()));
+        assert_eq!(parse_page(&empty.build().expect("output")).expect("empty"), Vec::new());
     }
 }
