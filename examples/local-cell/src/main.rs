@@ -204,10 +204,8 @@ async fn main() -> anyhow::Result<()> {
                 NoApprovals,
             ),
         };
-        let rx = stopped.clone();
-        tasks.push(tokio::spawn(
-            async move { source.run(function, Duration::from_millis(100), until_stopped(rx)).await },
-        ));
+        let (rx, state) = (stopped.clone(), state.clone());
+        tasks.push(tokio::spawn(async move { run_counted(&source, function, stage, &state, rx).await }));
     }
     // The Timestream writer, teeing what it stores into the dashboard.
     {
@@ -392,6 +390,38 @@ async fn main() -> anyhow::Result<()> {
         anyhow::ensure!(status.success(), "scripts/emulators down failed ({status})");
     }
     Ok(())
+}
+
+/// Runs a stage processor like `EventSource::run`, counting per stage the
+/// records received and those returned for redelivery (the stage's error
+/// rate on the dashboard).
+async fn run_counted<F: bems_lambda::sqs::BatchFunction>(
+    source: &EventSource,
+    mut function: F,
+    stage: Stage,
+    state: &Mutex<State>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    while !*stopped.borrow() {
+        let idle = match source.poll_once(&mut function).await {
+            Ok(stats) => {
+                if let Ok(mut s) = state.lock() {
+                    s.processed(stage, stats.received as u64, stats.failed as u64);
+                }
+                stats.received == 0
+            }
+            Err(e) => {
+                eprintln!("local-cell: {stage} processor: {e}");
+                true
+            }
+        };
+        if idle {
+            tokio::select! {
+                _ = stopped.changed() => {}
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    }
 }
 
 /// A queue's depth and in-flight count.

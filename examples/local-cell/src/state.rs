@@ -9,7 +9,8 @@
 //! Anomaly flags: per stage, the events of each 5-second bucket are compared
 //! with an exponentially weighted mean and variance of the earlier buckets
 //! (weight 0.2, after 6 buckets of warm-up); a bucket more than 3 standard
-//! deviations away is flagged.
+//! deviations away is flagged; so is each stage's share of records returned
+//! for redelivery (its error rate) in buckets where it received any.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -152,6 +153,11 @@ pub(crate) struct State {
     pub(crate) alerts_sent: u64,
     failures: Arc<ClassCounts>,
     rate_baselines: BTreeMap<String, Ewma>,
+    error_baselines: BTreeMap<String, Ewma>,
+    /// Per stage: records received and returned for redelivery, in total.
+    stage_errors: BTreeMap<String, (u64, u64)>,
+    /// Per bucket, per stage: the same.
+    error_buckets: BTreeMap<u64, BTreeMap<String, (u64, u64)>>,
     anomalies: Vec<Anomaly>,
     judged_bucket: u64,
 }
@@ -211,6 +217,9 @@ impl State {
             alerts_sent: 0,
             failures,
             rate_baselines: BTreeMap::new(),
+            error_baselines: BTreeMap::new(),
+            stage_errors: BTreeMap::new(),
+            error_buckets: BTreeMap::new(),
             anomalies: Vec::new(),
             judged_bucket: 0,
         }
@@ -273,6 +282,21 @@ impl State {
         }
     }
 
+    /// Counts a stage processor's batch: records received, and returned
+    /// for redelivery.
+    pub(crate) fn processed(&mut self, stage: bems_core::Stage, received: u64, failed: u64) {
+        if received == 0 {
+            return;
+        }
+        let total = self.stage_errors.entry(stage.to_string()).or_default();
+        total.0 += received;
+        total.1 += failed;
+        let bucket = self.started.elapsed().as_secs() / BUCKET_SECS;
+        let this = self.error_buckets.entry(bucket).or_default().entry(stage.to_string()).or_default();
+        this.0 += received;
+        this.1 += failed;
+    }
+
     /// Records the payment terms of a sent invoice.
     pub(crate) fn sent_terms(&mut self, net_days: u16) {
         *self.terms.entry(net_days).or_default() += 1;
@@ -327,6 +351,23 @@ impl State {
                         at_secs: b * BUCKET_SECS,
                     });
                 }
+                let errors = self.error_buckets.get(&b).and_then(|e| e.get(stage)).copied();
+                if let Some((received, failed)) = errors.filter(|(r, _)| *r > 0) {
+                    #[allow(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+                    let share = 100.0 * failed as f64 / received as f64;
+                    let baseline = self.error_baselines.entry(stage.to_owned()).or_default();
+                    let mean = baseline.mean;
+                    if let Some(sigmas) = baseline.observe(share) {
+                        self.anomalies.push(Anomaly {
+                            stage: stage.to_owned(),
+                            what: "error rate (%)".into(),
+                            value: share,
+                            baseline: mean,
+                            sigmas,
+                            at_secs: b * BUCKET_SECS,
+                        });
+                    }
+                }
             }
             self.judged_bucket += 1;
         }
@@ -358,6 +399,20 @@ impl State {
         let weeks: Vec<serde_json::Value> =
             self.due_weeks.iter().map(|(w, by)| serde_json::json!({ "week": w, "byCurrency": by })).collect();
         let failures = self.failures.snapshot();
+        #[allow(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+        let stage_errors: Vec<serde_json::Value> = self
+            .stage_errors
+            .iter()
+            .map(|(stage, (received, failed))| {
+                let percent = if *received == 0 { 0.0 } else { 100.0 * *failed as f64 / *received as f64 };
+                serde_json::json!({
+                    "stage": stage,
+                    "received": received,
+                    "returned": failed,
+                    "percent": (percent * 100.0).round() / 100.0,
+                })
+            })
+            .collect();
         serde_json::json!({
             "cell": self.cell,
             "elapsedSecs": self.elapsed_secs(),
@@ -376,11 +431,12 @@ impl State {
             "highValue": self.high_value,
             "queues": self.queues,
             "failures": failures,
+            "stageErrors": stage_errors,
             "stuck": self.stuck,
             "alertsSent": self.alerts_sent,
             "anomalies": self.anomalies,
             "fxNote": "EUR equivalents at fixed indicative rates (USD 0.92, GBP 1.17, CHF 1.05, JPY 0.0062, SEK 0.088), not market data",
-            "anomalyMethod": "per stage, events per 5-second bucket against an exponentially weighted mean and variance of the earlier buckets (weight 0.2, 6 buckets of warm-up); flagged beyond 3 standard deviations",
+            "anomalyMethod": "per stage, the events stored and the share of records returned for redelivery in each 5-second bucket, each against an exponentially weighted mean and variance of the earlier buckets (weight 0.2, 6 buckets of warm-up); flagged beyond 3 standard deviations",
         })
     }
 

@@ -131,6 +131,12 @@ fn the_local_cell_runs_traffic_serves_a_live_dashboard_and_cleans_up() {
     }
     assert_eq!(state["queues"].as_object().map(serde_json::Map::len), Some(10), "stage and status queues and DLQs");
     assert!(number(&state["failures"]["Processed"]) > 0, "the functions' metrics are counted: {}", state["failures"]);
+    assert_eq!(
+        state["stageErrors"].as_array().map(Vec::len),
+        Some(4),
+        "an error rate per stage: {}",
+        state["stageErrors"]
+    );
     assert!(state["anomalyMethod"].as_str().is_some_and(|m| m.contains("3 standard deviations")));
 
     if let Some(browser) = &browser {
