@@ -9,7 +9,7 @@
 
 use aws_sdk_timestreamquery::operation::query::QueryOutput;
 use bems_core::fields::InvoiceId;
-use bems_core::routing::CellSpec;
+use bems_core::routing::{CellSpec, TIMESTREAM_TABLE};
 use serde::Serialize;
 
 /// A failed history lookup.
@@ -23,14 +23,6 @@ pub enum HistoryError {
     MissingColumn(&'static str),
 }
 
-/// The cell's Timestream database, as the template names it.
-pub fn database(spec: &CellSpec) -> String {
-    format!("bems_{}", spec.cell_id().as_str().replace('-', "_"))
-}
-
-/// The table of status changes.
-pub const TABLE: &str = "status_changes";
-
 /// The query for `invoice`'s history in `spec`'s cell.
 pub fn history_query(spec: &CellSpec, invoice: &InvoiceId) -> String {
     // Invoice ids are validated (letters, digits and a few separators); the
@@ -38,9 +30,9 @@ pub fn history_query(spec: &CellSpec, invoice: &InvoiceId) -> String {
     let id = invoice.as_str().replace('\'', "''");
     format!(
         "SELECT time, stage, status, previous_status, event_id, amount, currency, due_date, \
-         stage_latency_ms, end_to_end_latency_ms FROM \"{}\".\"{TABLE}\" \
+         stage_latency_ms, end_to_end_latency_ms FROM \"{}\".\"{TIMESTREAM_TABLE}\" \
          WHERE measure_name = 'status_change' AND invoice_id = '{id}' ORDER BY time ASC",
-        database(spec)
+        spec.timestream_database()
     )
 }
 
@@ -114,21 +106,28 @@ pub async fn history(
     spec: &CellSpec,
     invoice: &InvoiceId,
 ) -> Result<Vec<Entry>, HistoryError> {
-    let query = history_query(spec, invoice);
     let mut entries = Vec::new();
+    for page in query_pages(client, &history_query(spec, invoice)).await.map_err(HistoryError::Query)? {
+        entries.extend(parse_page(&page)?);
+    }
+    Ok(entries)
+}
+
+/// Every page of `query`'s answer, following `NextToken`; a failed call as
+/// one line.
+pub(crate) async fn query_pages(
+    client: &aws_sdk_timestreamquery::Client,
+    query: &str,
+) -> Result<Vec<QueryOutput>, String> {
+    let mut pages = Vec::new();
     let mut token: Option<String> = None;
     loop {
-        let page = client
-            .query()
-            .query_string(&query)
-            .set_next_token(token)
-            .send()
-            .await
-            .map_err(|e| HistoryError::Query(crate::describe(&e)))?;
-        entries.extend(parse_page(&page)?);
+        let page =
+            client.query().query_string(query).set_next_token(token).send().await.map_err(|e| crate::describe(&e))?;
         token = page.next_token().map(str::to_owned);
+        pages.push(page);
         if token.is_none() {
-            return Ok(entries);
+            return Ok(pages);
         }
     }
 }

@@ -31,46 +31,8 @@ pub struct Moved {
 
 /// Moves every message visible in `dlq_url` to `source_url` (both FIFO).
 pub async fn redrive_fifo(sqs: &aws_sdk_sqs::Client, dlq_url: &str, source_url: &str) -> Result<Moved, RedriveError> {
-    let mut moved = Moved::default();
-    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
-    loop {
-        let batch = sqs
-            .receive_message()
-            .queue_url(dlq_url)
-            .max_number_of_messages(10)
-            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
-            .message_system_attribute_names(MessageSystemAttributeName::MessageDeduplicationId)
-            .send()
-            .await
-            .map_err(|e| fail("receive from the DLQ", &e))?;
-        if batch.messages().is_empty() {
-            return Ok(moved);
-        }
-        for m in batch.messages() {
-            let attr = |name: MessageSystemAttributeName| m.attributes().and_then(|a| a.get(&name)).cloned();
-            let group = attr(MessageSystemAttributeName::MessageGroupId).unwrap_or_else(|| "redrive".to_owned());
-            let original = attr(MessageSystemAttributeName::MessageDeduplicationId)
-                .unwrap_or_else(|| m.message_id().unwrap_or_default().to_owned());
-            // SQS allows 128 characters in a deduplication id.
-            let mut dedup = format!("{original}:redrive:{stamp}");
-            dedup.truncate(128);
-            sqs.send_message()
-                .queue_url(source_url)
-                .message_body(m.body().unwrap_or_default())
-                .message_group_id(group)
-                .message_deduplication_id(dedup)
-                .send()
-                .await
-                .map_err(|e| fail("send to the source queue", &e))?;
-            sqs.delete_message()
-                .queue_url(dlq_url)
-                .receipt_handle(m.receipt_handle().unwrap_or_default())
-                .send()
-                .await
-                .map_err(|e| fail("delete from the DLQ", &e))?;
-            moved.message_ids.push(m.message_id().unwrap_or_default().to_owned());
-        }
-    }
+    let moved = move_matching(sqs, dlq_url, source_url, None, |_| true).await?;
+    Ok(Moved { message_ids: moved.message_ids })
 }
 
 /// What a redrive of one invoice moved, and what it could not reach.
@@ -87,19 +49,6 @@ pub struct InvoiceMoved {
     pub unreached_groups: Vec<String>,
 }
 
-/// The invoice id in a message body (raw EventBridge event, SNS envelope or
-/// bare event), if it has one.
-fn invoice_of(body: &str) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_str(body).ok()?;
-    let inner = value
-        .get("Message")
-        .and_then(serde_json::Value::as_str)
-        .and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok())
-        .unwrap_or(value);
-    let event = inner.get("detail").unwrap_or(&inner);
-    event.get("invoiceId").and_then(serde_json::Value::as_str).map(str::to_owned)
-}
-
 /// Moves the messages of `invoice` from `dlq_url` back to `source_url` (both
 /// FIFO), as [`redrive_fifo`] does, and leaves every other message where it
 /// was: those are held while the DLQ is read and released at the end.
@@ -108,6 +57,24 @@ pub async fn redrive_invoice(
     dlq_url: &str,
     source_url: &str,
     invoice: &str,
+) -> Result<InvoiceMoved, RedriveError> {
+    // Long enough to read the whole DLQ while others are held.
+    move_matching(sqs, dlq_url, source_url, Some(120), |body| {
+        crate::stuck::identify(body).0.as_deref() == Some(invoice)
+    })
+    .await
+}
+
+/// Moves each message of `dlq_url` whose body `matches` to `source_url`
+/// (same group, a new deduplication id; deleted from the DLQ only after the
+/// send), holding the others for `hold` seconds (the queue's visibility
+/// timeout when `None`) while the DLQ is read, then releasing them.
+async fn move_matching(
+    sqs: &aws_sdk_sqs::Client,
+    dlq_url: &str,
+    source_url: &str,
+    hold: Option<i32>,
+    matches: impl Fn(&str) -> bool,
 ) -> Result<InvoiceMoved, RedriveError> {
     let mut moved = InvoiceMoved::default();
     let mut held: Vec<String> = Vec::new();
@@ -118,8 +85,7 @@ pub async fn redrive_invoice(
             .receive_message()
             .queue_url(dlq_url)
             .max_number_of_messages(10)
-            // Long enough to read the whole DLQ while others are held.
-            .visibility_timeout(120)
+            .set_visibility_timeout(hold)
             .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
             .message_system_attribute_names(MessageSystemAttributeName::MessageDeduplicationId)
             .send()
@@ -132,7 +98,7 @@ pub async fn redrive_invoice(
             let attr = |name: MessageSystemAttributeName| m.attributes().and_then(|a| a.get(&name)).cloned();
             let group = attr(MessageSystemAttributeName::MessageGroupId).unwrap_or_else(|| "redrive".to_owned());
             let body = m.body().unwrap_or_default();
-            if invoice_of(body).as_deref() != Some(invoice) {
+            if !matches(body) {
                 moved.left += 1;
                 blocked.insert(group);
                 held.push(m.receipt_handle().unwrap_or_default().to_owned());
@@ -140,6 +106,7 @@ pub async fn redrive_invoice(
             }
             let original = attr(MessageSystemAttributeName::MessageDeduplicationId)
                 .unwrap_or_else(|| m.message_id().unwrap_or_default().to_owned());
+            // SQS allows 128 characters in a deduplication id.
             let mut dedup = format!("{original}:redrive:{stamp}");
             dedup.truncate(128);
             sqs.send_message()
@@ -166,7 +133,7 @@ pub async fn redrive_invoice(
             .visibility_timeout(0)
             .send()
             .await
-            .map_err(|e| fail("release a message of another invoice", &e))?;
+            .map_err(|e| fail("release a message left in the DLQ", &e))?;
     }
     moved.unreached_groups = blocked.into_iter().collect();
     Ok(moved)

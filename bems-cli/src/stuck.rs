@@ -24,11 +24,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, MessageSystemAttributeName};
 use aws_sdk_timestreamquery::operation::query::QueryOutput;
-use bems_core::routing::CellSpec;
+use bems_core::routing::{CellSpec, TIMESTREAM_TABLE};
 use bems_core::{Stage, Status};
 use serde::{Deserialize, Serialize};
-
-use crate::history::{TABLE, database};
 
 /// A failed check.
 #[derive(Debug, thiserror::Error)]
@@ -195,8 +193,9 @@ async fn release(sqs: &aws_sdk_sqs::Client, url: &str, name: &str, handles: &[St
     Ok(())
 }
 
-/// Invoice id, event id and status from a message body of any envelope.
-fn identify(body: &str) -> (Option<String>, Option<String>, Option<String>) {
+/// Invoice id, event id and status from a message body of any envelope
+/// (raw EventBridge event, SNS envelope around one, bare event).
+pub(crate) fn identify(body: &str) -> (Option<String>, Option<String>, Option<String>) {
     let Ok(value) = serde_json::from_str::<serde_json::Value>(body) else { return (None, None, None) };
     // Raw delivery of an EventBridge event, an SNS envelope around one, or a bare event.
     let inner = value
@@ -217,11 +216,11 @@ pub fn over_sla_query(spec: &CellSpec, sla_secs: u64, window_hours: u64) -> Stri
     format!(
         "SELECT invoice_id, max_by(stage, time) AS stage, max_by(status, time) AS status, \
          max_by(event_id, time) AS event_id, to_milliseconds(max(time)) AS last_change_ms \
-         FROM \"{}\".\"{TABLE}\" WHERE measure_name = 'status_change' AND time > ago({window_hours}h) \
+         FROM \"{}\".\"{TIMESTREAM_TABLE}\" WHERE measure_name = 'status_change' AND time > ago({window_hours}h) \
          GROUP BY invoice_id \
          HAVING max_by(status, time) NOT IN ({}) AND max(time) < ago({sla_secs}s) \
          ORDER BY last_change_ms ASC",
-        database(spec),
+        spec.timestream_database(),
         terminal.join(", ")
     )
 }
@@ -265,22 +264,14 @@ pub async fn over_sla(
     window_hours: u64,
 ) -> Result<Vec<Stuck>, StuckError> {
     let query = over_sla_query(spec, sla_secs, window_hours);
+    let pages = crate::history::query_pages(client, &query)
+        .await
+        .map_err(|e| StuckError(format!("the Timestream query: {e}")))?;
     let mut out = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        let page = client
-            .query()
-            .query_string(&query)
-            .set_next_token(token)
-            .send()
-            .await
-            .map_err(|e| fail("the Timestream query", &e))?;
-        out.extend(parse_over_sla(&page, now_ms())?);
-        token = page.next_token().map(str::to_owned);
-        if token.is_none() {
-            return Ok(out);
-        }
+    for page in &pages {
+        out.extend(parse_over_sla(page, now_ms())?);
     }
+    Ok(out)
 }
 
 /// What has been alerted, kept between runs.

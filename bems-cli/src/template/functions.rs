@@ -172,7 +172,7 @@ pub(super) fn functions(spec: &CellSpec, defaults: &TemplateDefaults, resources:
         "BEMS_CELL_ID": cell,
         "BEMS_DLQ_URL": reference("StatusDlq"),
         "BEMS_TIMESTREAM_DATABASE": { "Fn::If": ["WithTimestream", reference("TimestreamDatabase"), ""] },
-        "BEMS_TIMESTREAM_TABLE": super::timestream::TABLE_NAME,
+        "BEMS_TIMESTREAM_TABLE": bems_core::routing::TIMESTREAM_TABLE,
     });
     function(
         "TimestreamWriter",

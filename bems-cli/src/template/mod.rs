@@ -183,6 +183,30 @@ fn reference(name: &str) -> Value {
     json!({ "Ref": name })
 }
 
+/// A customer managed key that rotates yearly: the account administers it
+/// (and grants use through IAM), `services` are the statements that let
+/// AWS services use it.
+fn rotating_key(description: &str, services: Value) -> Value {
+    let mut statements = vec![json!({
+        "Sid": "account-administers",
+        "Effect": "Allow",
+        "Principal": { "AWS": sub("arn:${AWS::Partition}:iam::${AWS::AccountId}:root") },
+        "Action": "kms:*",
+        "Resource": "*",
+    })];
+    if let Value::Array(services) = services {
+        statements.extend(services);
+    }
+    json!({
+        "Type": "AWS::KMS::Key",
+        "Properties": {
+            "Description": description,
+            "EnableKeyRotation": true,
+            "KeyPolicy": { "Version": "2012-10-17", "Statement": statements },
+        },
+    })
+}
+
 /// The template files of `spec`'s cell.
 pub fn cell_template(spec: &CellSpec, defaults: &TemplateDefaults) -> CellTemplate {
     let mut files = vec![("cell.json".to_owned(), main_stack(spec, defaults))];

@@ -14,62 +14,48 @@ use super::*;
 /// may use it to send to the route queues and the bus DLQ, and SNS to send
 /// to the stage and status queues.
 pub(super) fn cell_key(rules_arn: &str) -> Value {
-    json!({
-        "Type": "AWS::KMS::Key",
-        "Properties": {
-            "Description": "BEMS: encrypts the cell's topics and queues.",
-            "EnableKeyRotation": true,
-            "KeyPolicy": {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {
-                        "Sid": "account-administers",
-                        "Effect": "Allow",
-                        "Principal": { "AWS": sub("arn:${AWS::Partition}:iam::${AWS::AccountId}:root") },
-                        "Action": "kms:*",
-                        "Resource": "*",
-                    },
-                    {
-                        "Sid": "rules-publish",
-                        "Effect": "Allow",
-                        "Principal": { "Service": "events.amazonaws.com" },
-                        "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
-                        "Resource": "*",
-                        "Condition": { "ArnLike": { "aws:SourceArn": sub(rules_arn) } },
-                    },
-                    {
-                        "Sid": "logs-encrypt",
-                        "Effect": "Allow",
-                        "Principal": { "Service": sub("logs.${AWS::Region}.amazonaws.com") },
-                        "Action": ["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"],
-                        "Resource": "*",
-                        "Condition": {
-                            "ArnLike": {
-                                "kms:EncryptionContext:aws:logs:arn":
-                                    sub("arn:${AWS::Partition}:logs:${AWS::Region}:${AWS::AccountId}:log-group:*"),
-                            },
-                        },
-                    },
-                    {
-                        "Sid": "alarms-notify",
-                        "Effect": "Allow",
-                        "Principal": { "Service": "cloudwatch.amazonaws.com" },
-                        "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
-                        "Resource": "*",
-                        "Condition": { "StringEquals": { "aws:SourceAccount": sub("${AWS::AccountId}") } },
-                    },
-                    {
-                        "Sid": "topics-deliver",
-                        "Effect": "Allow",
-                        "Principal": { "Service": "sns.amazonaws.com" },
-                        "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
-                        "Resource": "*",
-                        "Condition": { "StringEquals": { "aws:SourceAccount": sub("${AWS::AccountId}") } },
-                    },
-                ],
+    rotating_key(
+        "BEMS: encrypts the cell's topics and queues.",
+        json!([
+            {
+                "Sid": "rules-publish",
+                "Effect": "Allow",
+                "Principal": { "Service": "events.amazonaws.com" },
+                "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
+                "Resource": "*",
+                "Condition": { "ArnLike": { "aws:SourceArn": sub(rules_arn) } },
             },
-        },
-    })
+            {
+                "Sid": "logs-encrypt",
+                "Effect": "Allow",
+                "Principal": { "Service": sub("logs.${AWS::Region}.amazonaws.com") },
+                "Action": ["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"],
+                "Resource": "*",
+                "Condition": {
+                    "ArnLike": {
+                        "kms:EncryptionContext:aws:logs:arn":
+                            sub("arn:${AWS::Partition}:logs:${AWS::Region}:${AWS::AccountId}:log-group:*"),
+                    },
+                },
+            },
+            {
+                "Sid": "alarms-notify",
+                "Effect": "Allow",
+                "Principal": { "Service": "cloudwatch.amazonaws.com" },
+                "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
+                "Resource": "*",
+                "Condition": { "StringEquals": { "aws:SourceAccount": sub("${AWS::AccountId}") } },
+            },
+            {
+                "Sid": "topics-deliver",
+                "Effect": "Allow",
+                "Principal": { "Service": "sns.amazonaws.com" },
+                "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
+                "Resource": "*",
+                "Condition": { "StringEquals": { "aws:SourceAccount": sub("${AWS::AccountId}") } },
+            },
+        ]),
+    )
 }
 
 /// The tags of a queue of the cell: `bems:cell`, and `bems:role`

@@ -140,21 +140,9 @@ pub fn security_template(spec: &CellSpec) -> Value {
 
     resources.insert(
         "AuditKey".into(),
-        json!({
-            "Type": "AWS::KMS::Key",
-            "Properties": {
-                "Description": format!("BEMS cell {cell}: encrypts the audit trail and the Config snapshots."),
-                "EnableKeyRotation": true,
-                "KeyPolicy": {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Sid": "account-administers",
-                            "Effect": "Allow",
-                            "Principal": { "AWS": sub("arn:${AWS::Partition}:iam::${AWS::AccountId}:root") },
-                            "Action": "kms:*",
-                            "Resource": "*",
-                        },
+        rotating_key(
+            &format!("BEMS cell {cell}: encrypts the audit trail and the Config snapshots."),
+            json!([
                         {
                             "Sid": "trail-encrypts",
                             "Effect": "Allow",
@@ -185,10 +173,8 @@ pub fn security_template(spec: &CellSpec) -> Value {
                             "Resource": "*",
                             "Condition": { "StringEquals": { "aws:SourceAccount": sub("${AWS::AccountId}") } },
                         },
-                    ],
-                },
-            },
-        }),
+            ]),
+        ),
     );
 
     // Server access logs of the audit bucket. Their target cannot use
@@ -506,7 +492,7 @@ fn monitoring_access(spec: &CellSpec, resources: &mut BTreeMap<String, Value>, o
     let cell = spec.cell_id().as_str();
     let here = "${AWS::Partition}:{service}:${AWS::Region}:${AWS::AccountId}";
     let arn = |service: &str, rest: &str| sub(&format!("arn:{}:{rest}", here.replace("{service}", service)));
-    let database = super::timestream::database_name(spec);
+    let database = spec.timestream_database();
     resources.insert(
         "MonitoringRole".into(),
         json!({
@@ -575,7 +561,7 @@ fn monitoring_access(spec: &CellSpec, resources: &mut BTreeMap<String, Value>, o
                                 "Sid": "History",
                                 "Effect": "Allow",
                                 "Action": "timestream:Select",
-                                "Resource": arn("timestream", &format!("database/{database}/table/{}", super::timestream::TABLE_NAME)),
+                                "Resource": arn("timestream", &format!("database/{database}/table/{}", bems_core::routing::TIMESTREAM_TABLE)),
                             },
                             {
                                 "Sid": "TimestreamEndpoints",

@@ -15,7 +15,7 @@ pub(super) fn timestream(
     resources: &mut BTreeMap<String, Value>,
     outputs: &mut BTreeMap<String, Value>,
 ) {
-    let database = database_name(spec);
+    let database = spec.timestream_database();
     resources.insert(
         "TimestreamDatabase".into(),
         json!({
@@ -33,7 +33,7 @@ pub(super) fn timestream(
             "Metadata": maintenance_mode_note(),
             "Properties": {
                 "DatabaseName": reference("TimestreamDatabase"),
-                "TableName": TABLE_NAME,
+                "TableName": bems_core::routing::TIMESTREAM_TABLE,
                 "RetentionProperties": {
                     "MemoryStoreRetentionPeriodInHours": sub("${MemoryRetentionHours}"),
                     "MagneticStoreRetentionPeriodInDays": sub("${MagneticRetentionDays}"),
@@ -54,11 +54,3 @@ pub(super) fn timestream(
 pub(super) fn maintenance_mode_note() -> Value {
     json!({ "cfn-lint": { "config": { "ignore_checks": ["W3697"] } } })
 }
-
-/// The cell's Timestream database (Timestream names take no hyphens).
-pub(super) fn database_name(spec: &CellSpec) -> String {
-    format!("bems_{}", spec.cell_id().as_str().replace('-', "_"))
-}
-
-/// The table of status changes the writer fills.
-pub(super) const TABLE_NAME: &str = "status_changes";

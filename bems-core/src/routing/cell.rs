@@ -52,6 +52,9 @@ use crate::fields::{AccountId, CellId, Region};
 use crate::lifecycle::{Stage, Status};
 use crate::partition::{Partition, PartitionCount, message_group_id};
 
+/// The Timestream table of status changes in [`CellSpec::timestream_database`].
+pub const TIMESTREAM_TABLE: &str = "status_changes";
+
 /// The service quotas a cell must fit. Defaults are AWS's defaults; raise
 /// one here only after raising it in Service Quotas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -274,6 +277,11 @@ impl CellSpec {
     /// The stage whose route queue is `queue_name`, if any.
     pub fn stage_of_route_queue(&self, queue_name: &str) -> Option<Stage> {
         Stage::ALL.into_iter().find(|s| self.route_queue_name(*s) == queue_name)
+    }
+    /// The Timestream database of the cell's status changes (Timestream
+    /// names take no hyphens).
+    pub fn timestream_database(&self) -> String {
+        format!("bems_{}", self.cell_id.as_str().replace('-', "_"))
     }
     /// The status-change queue the Timestream writer reads.
     pub fn status_queue_name(&self) -> String {
