@@ -13,6 +13,7 @@ mod state;
 mod traffic;
 mod web;
 
+use std::os::unix::process::CommandExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -106,17 +107,21 @@ fn ensure_emulators(localstack: &str) -> anyhow::Result<bool> {
     }
     let script = emulators_script();
     println!("local-cell: starting the emulators ({} up)...", script.display());
-    let status = std::process::Command::new(&script).arg("up").status().context("run scripts/emulators")?;
+    // In a process group of their own: Ctrl-C in the terminal signals the
+    // whole foreground group, and the emulators must outlive it until the
+    // cell is deleted (then `emulators down` stops them).
+    let status =
+        std::process::Command::new(&script).arg("up").process_group(0).status().context("run scripts/emulators")?;
     anyhow::ensure!(status.success(), "scripts/emulators up failed ({status})");
     anyhow::ensure!(bems_cli::is_localstack(localstack), "LocalStack does not answer at {localstack}");
     Ok(true)
 }
 
 /// The cell's Timestream database and table on moto.
-async fn timestream(moto: &str, cell: &str) -> anyhow::Result<TimestreamTable> {
+async fn timestream(moto: &str, spec: &CellSpec) -> anyhow::Result<TimestreamTable> {
     let client = aws_sdk_timestreamwrite::Client::new(&config(moto).await);
-    let database = format!("bems_{}", cell.replace('-', "_"));
-    let table = "status_changes".to_owned();
+    let database = spec.timestream_database();
+    let table = bems_core::routing::TIMESTREAM_TABLE.to_owned();
     if let Err(e) = client.create_database().database_name(&database).send().await {
         anyhow::ensure!(format!("{e:?}").contains("Conflict"), "create the Timestream database on moto: {e:?}");
     }
@@ -146,7 +151,7 @@ async fn main() -> anyhow::Result<()> {
     let options =
         ProvisionOptions { visibility_timeout_secs: 5, max_receive_count: 3, emulator: true, ..Default::default() };
     let provisioned = provision(&clients, &spec, &options).await.context("provision the cell")?;
-    let table = timestream(&args.moto, &args.cell).await?;
+    let table = timestream(&args.moto, &spec).await?;
     let alerts = clients.sns.create_topic().name(format!("bems-{}-alerts", args.cell)).send().await?;
     let alert_topic = alerts.topic_arn().unwrap_or_default().to_owned();
     println!(
