@@ -115,10 +115,7 @@ pub async fn history(
 
 /// Every page of `query`'s answer, following `NextToken`; a failed call as
 /// one line.
-pub(crate) async fn query_pages(
-    client: &aws_sdk_timestreamquery::Client,
-    query: &str,
-) -> Result<Vec<QueryOutput>, String> {
+pub async fn query_pages(client: &aws_sdk_timestreamquery::Client, query: &str) -> Result<Vec<QueryOutput>, String> {
     let mut pages = Vec::new();
     let mut token: Option<String> = None;
     loop {

@@ -169,7 +169,10 @@ pub struct ProvisionError {
     pub message: String,
 }
 
-fn fail(step: impl Into<String>, e: &(impl std::error::Error + 'static)) -> ProvisionError {
+fn fail(
+    step: impl Into<String>,
+    e: &(impl aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + 'static),
+) -> ProvisionError {
     ProvisionError { step: step.into(), message: crate::describe(e) }
 }
 

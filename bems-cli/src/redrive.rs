@@ -17,7 +17,7 @@ use aws_sdk_sqs::types::MessageSystemAttributeName;
 #[error("redrive: {0}")]
 pub struct RedriveError(String);
 
-fn fail(what: &str, e: &(impl std::error::Error + 'static)) -> RedriveError {
+fn fail(what: &str, e: &(impl aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + 'static)) -> RedriveError {
     RedriveError(format!("{what}: {}", crate::describe(e)))
 }
 

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 #[error("stuck: {0}")]
 pub struct StuckError(String);
 
-fn fail(what: &str, e: &(impl std::error::Error + 'static)) -> StuckError {
+fn fail(what: &str, e: &(impl aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + 'static)) -> StuckError {
     StuckError(format!("{what}: {}", crate::describe(e)))
 }
 

@@ -11,7 +11,10 @@ use bems_core::routing::CellSpec;
 
 use crate::provision::{Change, Clients, ProvisionError, Report, bus_dlq_name};
 
-fn fail(step: impl Into<String>, e: &(impl std::error::Error + 'static)) -> ProvisionError {
+fn fail(
+    step: impl Into<String>,
+    e: &(impl aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + 'static),
+) -> ProvisionError {
     ProvisionError { step: step.into(), message: crate::describe(e) }
 }
 

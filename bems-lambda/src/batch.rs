@@ -61,6 +61,11 @@ pub enum RecordError {
     Poison(String),
 }
 
+/// Every `class` label of the `Failed` and `DeadLettered` metrics: the
+/// three [`RecordError`] classes, and `held_back` (a record left in the
+/// queue behind an earlier failure of its FIFO group).
+pub const METRIC_CLASSES: [&str; 4] = ["transient", "business", "poison", "held_back"];
+
 impl RecordError {
     /// `transient`, `business` or `poison`: the metric label of the class.
     pub const fn class(&self) -> &'static str {

@@ -15,7 +15,8 @@
 //! - measure `status_change` (multi): `status`, `previous_status`,
 //!   `event_id`, `amount` (DOUBLE: amounts have at most 15 significant
 //!   digits, which a double holds exactly), `currency`, `due_date`,
-//!   `vendor_id`, `vendor_country`, and `stage_latency_ms` and
+//!   `vendor_id`, `vendor_country`, `net_days` (BIGINT, the payment terms),
+//!   and `stage_latency_ms` and
 //!   `end_to_end_latency_ms` (BIGINT) when the event carries the times they
 //!   need (`previousOccurredAt`, `submittedAt`; the stages always set them).
 //!
@@ -93,6 +94,7 @@ pub fn record(event: &InvoiceEvent, received: DateTime<Utc>) -> Record {
         varchar("due_date", event.payment_terms.due_date.to_string()),
         varchar("vendor_id", event.vendor.id.as_str()),
         varchar("vendor_country", event.vendor.country.as_str()),
+        Measure { name: "net_days", value: event.payment_terms.net_days.get().to_string(), kind: MeasureKind::Bigint },
     ];
     if let Some(previous) = event.previous_status {
         measures.insert(1, varchar("previous_status", previous.as_str()));
@@ -438,6 +440,8 @@ mod tests {
         assert_eq!(m("status").as_deref(), Some("ingested"));
         assert_eq!(m("previous_status").as_deref(), Some("submitted"));
         assert_eq!(m("due_date").as_deref(), Some("2026-12-25"));
+        let terms = r.measures.iter().find(|m| m.name == "net_days").expect("net_days");
+        assert_eq!((terms.value.as_str(), terms.kind), ("30", MeasureKind::Bigint));
         // Same input, same record: a redelivery is an idempotent no-op.
         assert_eq!(record(&event(), received), r);
     }

@@ -554,7 +554,8 @@ fn monitoring_access(spec: &CellSpec, resources: &mut BTreeMap<String, Value>, o
                             {
                                 "Sid": "Queues",
                                 "Effect": "Allow",
-                                "Action": "sqs:GetQueueAttributes",
+                                // Depths and ages; no message reads (invoice data stays in the cell's account).
+                                "Action": ["sqs:GetQueueUrl", "sqs:GetQueueAttributes"],
                                 "Resource": arn("sqs", &format!("bems-{cell}-*")),
                             },
                             {

@@ -8,11 +8,19 @@
 //! dashboard on <http://127.0.0.1:8080/>. Ctrl-C (or `--duration`) stops
 //! the traffic and the functions, prints a summary, deletes the cell, and
 //! stops the emulators if it started them.
+//!
+//! `--aws --region R --account A --cell C` points the same dashboard at a
+//! cell deployed on AWS instead (see `aws.rs`): nothing is provisioned,
+//! run or deleted; the panels come from Timestream aggregate queries and
+//! CloudWatch metrics, queues and dead letters from SQS, and traffic is
+//! sent only with `--send-traffic`.
 
+mod aws;
 mod state;
 mod traffic;
 mod web;
 
+use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -84,6 +92,38 @@ struct Args {
     /// Keep the cell when stopping.
     #[arg(long)]
     keep: bool,
+    /// Point at a cell deployed on AWS (the standard credential chain)
+    /// instead of the emulators: nothing is provisioned, run or deleted.
+    #[arg(long, requires_all = ["region", "account"])]
+    aws: bool,
+    /// With `--aws`: the cell's Region.
+    #[arg(long)]
+    region: Option<String>,
+    /// With `--aws`: the cell's account id.
+    #[arg(long)]
+    account: Option<String>,
+    /// With `--aws`: also send the synthetic traffic to the cell's bus
+    /// (off by default: it is a real cell).
+    #[arg(long, requires = "aws")]
+    send_traffic: bool,
+    /// With `--aws`: an SNS topic to alert on (once per stuck invoice);
+    /// without it the dashboard shows stuck invoices without alerting.
+    #[arg(long, requires = "aws")]
+    alert_topic: Option<String>,
+    /// With `--aws`: minutes of history the panels cover.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=1440))]
+    window_mins: u64,
+    /// With `--aws`: seconds between polls of Timestream and CloudWatch.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    poll_secs: u64,
+    /// With `--aws`: a Timestream query endpoint to use instead of endpoint
+    /// discovery (the tests point it at moto).
+    #[arg(long, env = "BEMS_TIMESTREAM_QUERY_URL")]
+    timestream_endpoint: Option<String>,
+    /// With `--aws`: print the Timestream queries behind the panels, as
+    /// JSON, and exit.
+    #[arg(long, requires = "aws")]
+    print_queries: bool,
 }
 
 async fn config(endpoint: &str) -> aws_config::SdkConfig {
@@ -131,21 +171,35 @@ async fn timestream(moto: &str, spec: &CellSpec) -> anyhow::Result<TimestreamTab
     Ok(TimestreamTable { client, database, table })
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
-    let failures = Arc::new(ClassCounts::default());
-    metrics::set_global_recorder(state::Recorder(failures.clone())).map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
-    let started_emulators = ensure_emulators(&args.localstack)?;
+/// The cell this run shows, and what this process does for it.
+struct Target {
+    spec: CellSpec,
+    clients: Clients,
+    /// On the emulators: what this process started and runs.
+    local: Option<LocalCell>,
+    /// On AWS: the Timestream and CloudWatch pollers.
+    remote: Option<aws::Remote>,
+    /// Where stuck invoices are alerted, if anywhere.
+    alert_topic: Option<String>,
+}
 
+/// What the emulator mode provisions and starts.
+struct LocalCell {
+    started_emulators: bool,
+    table: TimestreamTable,
+    options: ProvisionOptions,
+}
+
+/// Starts the emulators if needed and provisions the cell on them.
+async fn local_target(args: &Args) -> anyhow::Result<Target> {
+    let started_emulators = ensure_emulators(&args.localstack)?;
     let spec = CellSpec::new(
         CellId::new(&args.cell).context("--cell")?,
         Region::new("us-east-1")?,
         AccountId::new("000000000000")?,
         PartitionCount::new(args.partitions).context("--partitions")?,
     )?;
-    let local = config(&args.localstack).await;
-    let clients = Clients::new(&local);
+    let clients = Clients::new(&config(&args.localstack).await);
     // Short visibility and few receives: a failing invoice reaches its DLQ
     // in seconds, where the dashboard and `bems stuck` show it.
     let options =
@@ -153,170 +207,156 @@ async fn main() -> anyhow::Result<()> {
     let provisioned = provision(&clients, &spec, &options).await.context("provision the cell")?;
     let table = timestream(&args.moto, &spec).await?;
     let alerts = clients.sns.create_topic().name(format!("bems-{}-alerts", args.cell)).send().await?;
-    let alert_topic = alerts.topic_arn().unwrap_or_default().to_owned();
     println!(
         "local-cell: cell {} ({} partitions) on {}; API {} (key {})",
         args.cell, args.partitions, args.localstack, provisioned.ingress.rest_api_id, provisioned.ingress.api_key
     );
+    Ok(Target {
+        spec,
+        clients,
+        local: Some(LocalCell { started_emulators, table, options }),
+        remote: None,
+        alert_topic: alerts.topic_arn().map(str::to_owned),
+    })
+}
 
-    let state = Arc::new(Mutex::new(State::new(&args.cell, args.sla, failures)));
-    let (stop, stopped) = watch::channel(false);
-    let until_stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
+/// The cell's spec on AWS, from the arguments.
+fn aws_spec(args: &Args) -> anyhow::Result<CellSpec> {
+    Ok(CellSpec::new(
+        CellId::new(&args.cell).context("--cell")?,
+        Region::new(args.region.as_deref().unwrap_or_default()).context("--region")?,
+        AccountId::new(args.account.as_deref().unwrap_or_default()).context("--account")?,
+        PartitionCount::new(args.partitions).context("--partitions")?,
+    )?)
+}
+
+/// Connects to a cell deployed on AWS, checking that it is there.
+async fn aws_target(args: &Args) -> anyhow::Result<Target> {
+    let spec = aws_spec(args)?;
+    let shared = bems_cli::aws_config(args.region.as_deref()).await;
+    let clients = Clients::new(&shared);
+    let status_queue = spec.status_queue_name();
+    bems_lambda::sqs::queue_url(&clients.sqs, &status_queue).await.with_context(|| {
+        format!("no cell {} in {}: its queue {status_queue} is not there", spec.cell_id(), spec.region())
+    })?;
+    // The service's own configuration: an `AWS_ENDPOINT_URL` in the
+    // environment would otherwise win over an endpoint set on the shared one.
+    let timestream = match &args.timestream_endpoint {
+        Some(url) => aws_sdk_timestreamquery::Client::from_conf(
+            aws_sdk_timestreamquery::config::Builder::from(&shared).endpoint_url(url).build(),
+        ),
+        None => bems_cli::timestream_query(&shared).await?,
     };
-    let target = CellTarget {
+    let remote = aws::Remote {
+        timestream,
+        cloudwatch: aws_sdk_cloudwatch::Client::new(&shared),
+        spec: spec.clone(),
+        window_mins: args.window_mins,
+    };
+    println!(
+        "local-cell: cell {} on AWS ({}, account {}); panels from Timestream and CloudWatch every {} s over the last {} min{}",
+        spec.cell_id(),
+        spec.region(),
+        spec.account_id(),
+        args.poll_secs,
+        args.window_mins,
+        if args.send_traffic { "; sending synthetic traffic" } else { "" }
+    );
+    Ok(Target { spec, clients, local: None, remote: Some(remote), alert_topic: args.alert_topic.clone() })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.print_queries {
+        let queries: serde_json::Map<String, serde_json::Value> = aws::queries(&aws_spec(&args)?, args.window_mins)
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.into()))
+            .collect();
+        println!("{}", serde_json::Value::Object(queries));
+        return Ok(());
+    }
+    let failures = Arc::new(ClassCounts::default());
+    metrics::set_global_recorder(state::Recorder(failures.clone())).map_err(|e| anyhow::anyhow!("metrics: {e}"))?;
+    let mut target = if args.aws { aws_target(&args).await? } else { local_target(&args).await? };
+    let spec = target.spec.clone();
+    let clients = target.clients.clone();
+
+    let state = Arc::new(Mutex::new(if args.aws {
+        State::aws(&args.cell, args.sla)
+    } else {
+        State::local(&args.cell, args.sla, failures)
+    }));
+    let (stop, stopped) = watch::channel(false);
+    let cell_target = CellTarget {
         bus: spec.bus_name(),
         cell_id: spec.cell_id().clone(),
         region: spec.region().clone(),
         account_id: spec.account_id().clone(),
         partitions: spec.partitions(),
     };
-    let queue_url = |name: String| {
-        let sqs = clients.sqs.clone();
-        async move { bems_lambda::sqs::queue_url(&sqs, &name).await }
-    };
 
     let mut tasks = Vec::new();
-    // The route forwarder.
-    {
-        let (spec, sns, sqs, rx) = (spec.clone(), clients.sns.clone(), clients.sqs.clone(), stopped.clone());
-        tasks.push(tokio::spawn(async move {
-            if let Err(e) =
-                bems_lambda::forward::run_locally(&spec, sns, sqs, Duration::from_millis(100), until_stopped(rx)).await
-            {
-                eprintln!("local-cell: route forwarder: {e}");
-            }
-        }));
+    if let Some(local) = target.local.as_ref() {
+        start_functions(&clients, &spec, local, &cell_target, &state, &stopped, &mut tasks).await?;
     }
-    // The four stage processors.
-    for stage in Stage::ALL {
-        let source = EventSource::connect(
-            clients.sqs.clone(),
-            queue_url(spec.queue_name(stage)).await?,
-            RunnerOptions::default(),
-        )
-        .await?;
-        let function = ProcessorFunction {
-            processor: BatchProcessor::new()
-                .with_dead_letter(SqsDeadLetter::new(clients.sqs.clone(), queue_url(spec.dlq_name(stage)).await?))
-                .with_max_receive_count(options.max_receive_count),
-            handler: StageProcessor::new(
-                stage,
-                Rules::default(),
-                Publisher::new(clients.events.clone(), target.clone())
-                    .with_retry(RetryPolicy { deadline: Duration::from_secs(10), ..RetryPolicy::default() }),
-                NoPurchaseOrderSystem,
-                NoApprovals,
-            ),
-        };
-        let (rx, state) = (stopped.clone(), state.clone());
-        tasks.push(tokio::spawn(async move { run_counted(&source, function, stage, &state, rx).await }));
+    if target.local.is_some() || args.send_traffic {
+        start_traffic(&args, Publisher::new(clients.events.clone(), cell_target.clone()), &state, &stopped, &mut tasks);
     }
-    // The Timestream writer, teeing what it stores into the dashboard.
+    // Queue depths, dead letters, stuck invoices (alerted once each), and on
+    // AWS the panels.
     {
-        let source = EventSource::connect(
-            clients.sqs.clone(),
-            queue_url(spec.status_queue_name()).await?,
-            RunnerOptions::default(),
-        )
-        .await?;
-        let sink = Tee { inner: table, state: state.clone() };
-        let writer = TimestreamWriter::new(
-            sink,
-            SqsDeadLetter::new(clients.sqs.clone(), queue_url(spec.status_dlq_name()).await?),
-        );
-        let rx = stopped.clone();
-        tasks
-            .push(tokio::spawn(async move { source.run(writer, Duration::from_millis(100), until_stopped(rx)).await }));
-    }
-    // The traffic.
-    let profile = Profile {
-        base_per_min: args.peak * args.base_share * args.scale,
-        peak_per_min: args.peak * args.scale,
-        ramp: Duration::from_secs(args.ramp_secs),
-    };
-    println!(
-        "local-cell: traffic from {:.0} to {:.0} status events/min over {} s (peak {:.0}/min scaled by {}); {}% failing, {}% invalid",
-        profile.base_per_min,
-        profile.peak_per_min,
-        args.ramp_secs,
-        args.peak,
-        args.scale,
-        args.failing * 100.0,
-        args.invalid * 100.0
-    );
-    {
-        let (state, rx, publisher) =
-            (state.clone(), stopped.clone(), Publisher::new(clients.events.clone(), target.clone()));
-        let run = format!("{:X}", chrono::Utc::now().timestamp() % 0xFFFFF);
-        let mut generator = Generator::new(&run, args.failing, args.invalid, fastrand::u64(..));
-        tasks.push(tokio::spawn(async move {
-            let started = tokio::time::Instant::now();
-            let mut owed = 0.0;
-            let mut tick = tokio::time::interval(Duration::from_millis(200));
-            while !*rx.borrow() {
-                tick.tick().await;
-                owed += profile.invoices_per_sec(started.elapsed()) * 0.2;
-                let mut batch = Vec::new();
-                while owed >= 1.0 {
-                    owed -= 1.0;
-                    match generator.make() {
-                        Ok(Made::Valid { event, failing }) => {
-                            if let Ok(mut s) = state.lock() {
-                                s.sent_terms(event.payment_terms.net_days.get());
-                                s.failing_sent += u64::from(failing);
-                            }
-                            batch.push(*event);
-                        }
-                        Ok(Made::Invalid(problem)) => {
-                            if let Ok(mut s) = state.lock() {
-                                s.invalid(problem);
-                            }
-                        }
-                        Err(e) => eprintln!("local-cell: generator: {e}"),
-                    }
-                }
-                if batch.is_empty() {
-                    continue;
-                }
-                let accepted =
-                    publisher.publish(batch).await.iter().filter(|o| matches!(o, Outcome::Accepted { .. })).count();
-                if let Ok(mut s) = state.lock() {
-                    s.sent += accepted as u64;
-                }
-            }
-        }));
-    }
-    // Queue depths, dead letters and stuck invoices, alerts once per invoice.
-    {
-        let (state, rx, sqs, sns, spec) =
-            (state.clone(), stopped.clone(), clients.sqs.clone(), clients.sns.clone(), spec.clone());
+        let (state, rx, spec) = (state.clone(), stopped.clone(), spec.clone());
+        let (sqs, sns, alert_topic, remote) =
+            (clients.sqs.clone(), clients.sns.clone(), target.alert_topic.clone(), target.remote.take());
+        let every = Duration::from_secs(if remote.is_some() { args.poll_secs } else { 3 });
+        let sla = args.sla;
         tasks.push(tokio::spawn(async move {
             let mut alerted = bems_cli::stuck::Alerted::default();
             let mut names: Vec<String> =
                 Stage::ALL.iter().flat_map(|s| [spec.queue_name(*s), spec.dlq_name(*s)]).collect();
             names.extend([spec.status_queue_name(), spec.status_dlq_name()]);
-            let mut tick = tokio::time::interval(Duration::from_secs(3));
+            let mut tick = tokio::time::interval(every);
             while !*rx.borrow() {
                 tick.tick().await;
+                let mut queues = BTreeMap::new();
                 for name in &names {
-                    if let Some(q) = queue_state(&sqs, name).await
-                        && let Ok(mut s) = state.lock()
-                    {
-                        s.queues.insert(name.clone(), q);
+                    if let Some(q) = queue_state(&sqs, name).await {
+                        queues.insert(name.clone(), q);
                     }
                 }
-                let mut stuck = bems_cli::stuck::dead_lettered(&sqs, &spec).await.unwrap_or_default();
-                let now_ms = chrono::Utc::now().timestamp_millis();
-                if let Ok(mut s) = state.lock() {
-                    stuck.extend(s.over_sla(now_ms));
-                    s.judge();
+                let mut problems = Vec::new();
+                let mut stuck = bems_cli::stuck::dead_lettered(&sqs, &spec).await.unwrap_or_else(|e| {
+                    // Listing needs sqs:ReceiveMessage on the DLQs, which a read-only role lacks.
+                    problems.push(format!("dead-lettered invoices (their count is in the queue depths): {e}"));
+                    Vec::new()
+                });
+                if let Some(remote) = &remote {
+                    let (mut panels, ages) = remote.poll(&names).await;
+                    for (name, age) in ages {
+                        queues.entry(name).or_default().oldest_secs = age;
+                    }
+                    match bems_cli::stuck::over_sla(&remote.timestream, &spec, sla, 24).await {
+                        Ok(late) => stuck.extend(late),
+                        Err(e) => panels.problems.push(e.to_string()),
+                    }
+                    if let Ok(mut s) = state.lock() {
+                        s.replace_panels(panels);
+                    }
+                } else if let Ok(s) = state.lock() {
+                    stuck.extend(s.over_sla(chrono::Utc::now().timestamp_millis()));
                 }
                 let fresh: Vec<bems_cli::stuck::Stuck> = alerted.new_since(&stuck).into_iter().cloned().collect();
-                let refs: Vec<&bems_cli::stuck::Stuck> = fresh.iter().collect();
-                let sent =
-                    bems_cli::stuck::alert(&sns, &alert_topic, spec.cell_id().as_str(), &refs).await.unwrap_or(0);
+                let sent = match &alert_topic {
+                    Some(topic) if !fresh.is_empty() => {
+                        let refs: Vec<&bems_cli::stuck::Stuck> = fresh.iter().collect();
+                        bems_cli::stuck::alert(&sns, topic, spec.cell_id().as_str(), &refs).await.unwrap_or(0)
+                    }
+                    _ => 0,
+                };
                 if let Ok(mut s) = state.lock() {
+                    s.queues = queues;
+                    s.monitor_problems = problems;
                     s.stuck = stuck;
                     s.alerts_sent += sent as u64;
                 }
@@ -349,18 +389,17 @@ async fn main() -> anyhow::Result<()> {
             break;
         }
         if let Ok(s) = state.lock() {
-            let (p50, p99) = s.visibility();
-            let in_dlq: u64 = s.queues.iter().filter(|(n, _)| n.ends_with("-dlq.fifo")).map(|(_, q)| q.depth).sum();
+            let v = s.visibility();
             println!(
                 "[{:>4}s] sent {:>6}  invalid {:>4}  visible {:>7}  in DLQ {:>3}  stuck {:>3}  visibility p50 {:>5} ms p99 {:>5} ms",
                 s.elapsed_secs(),
                 s.sent,
                 s.invalid,
-                s.visible,
-                in_dlq,
+                s.panels.visible,
+                s.in_dlq(),
                 s.stuck.len(),
-                p50.map_or("-".into(), |v| v.to_string()),
-                p99.map_or("-".into(), |v| v.to_string()),
+                v.p50.map_or("-".into(), |v| v.to_string()),
+                v.p99.map_or("-".into(), |v| v.to_string()),
             );
         }
     }
@@ -369,32 +408,163 @@ async fn main() -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
     }
     if let Ok(s) = state.lock() {
-        let (p50, p99) = s.visibility();
-        let in_dlq: u64 = s.queues.iter().filter(|(n, _)| n.ends_with("-dlq.fifo")).map(|(_, q)| q.depth).sum();
+        let v = s.visibility();
         println!(
             "summary: sent {} invoices ({} meant to fail), {} invalid never sent; {} status changes visible; {} in DLQs; {} stuck; {} alerts; visibility latency p50 {} ms, p99 {} ms",
             s.sent,
             s.failing_sent,
             s.invalid,
-            s.visible,
-            in_dlq,
+            s.panels.visible,
+            s.in_dlq(),
             s.stuck.len(),
             s.alerts_sent,
-            p50.map_or("-".into(), |v| v.to_string()),
-            p99.map_or("-".into(), |v| v.to_string()),
+            v.p50.map_or("-".into(), |v| v.to_string()),
+            v.p99.map_or("-".into(), |v| v.to_string()),
         );
     }
+    let Some(local) = target.local else { return Ok(()) };
     if !args.keep {
         bems_cli::teardown::teardown(&clients, &spec).await.context("delete the cell")?;
-        let _ = clients.sns.delete_topic().topic_arn(alerts.topic_arn().unwrap_or_default()).send().await;
+        if let Some(topic) = &target.alert_topic {
+            let _ = clients.sns.delete_topic().topic_arn(topic).send().await;
+        }
         println!("local-cell: cell {} deleted", args.cell);
     }
-    if started_emulators {
+    if local.started_emulators {
         let status =
             std::process::Command::new(emulators_script()).arg("down").status().context("stop the emulators")?;
         anyhow::ensure!(status.success(), "scripts/emulators down failed ({status})");
     }
     Ok(())
+}
+
+/// Resolves once the stop signal is sent.
+async fn until_stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Runs the six functions of a cell on the emulators: the route forwarder,
+/// the four stage processors, and the Timestream writer, whose stored
+/// records are teed into the dashboard.
+async fn start_functions(
+    clients: &Clients,
+    spec: &CellSpec,
+    local: &LocalCell,
+    target: &CellTarget,
+    state: &Arc<Mutex<State>>,
+    stopped: &watch::Receiver<bool>,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> anyhow::Result<()> {
+    let queue_url = |name: String| {
+        let sqs = clients.sqs.clone();
+        async move { bems_lambda::sqs::queue_url(&sqs, &name).await }
+    };
+    {
+        let (spec, sns, sqs, rx) = (spec.clone(), clients.sns.clone(), clients.sqs.clone(), stopped.clone());
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) =
+                bems_lambda::forward::run_locally(&spec, sns, sqs, Duration::from_millis(100), until_stopped(rx)).await
+            {
+                eprintln!("local-cell: route forwarder: {e}");
+            }
+        }));
+    }
+    for stage in Stage::ALL {
+        let source = EventSource::connect(
+            clients.sqs.clone(),
+            queue_url(spec.queue_name(stage)).await?,
+            RunnerOptions::default(),
+        )
+        .await?;
+        let function = ProcessorFunction {
+            processor: BatchProcessor::new()
+                .with_dead_letter(SqsDeadLetter::new(clients.sqs.clone(), queue_url(spec.dlq_name(stage)).await?))
+                .with_max_receive_count(local.options.max_receive_count),
+            handler: StageProcessor::new(
+                stage,
+                Rules::default(),
+                Publisher::new(clients.events.clone(), target.clone())
+                    .with_retry(RetryPolicy { deadline: Duration::from_secs(10), ..RetryPolicy::default() }),
+                NoPurchaseOrderSystem,
+                NoApprovals,
+            ),
+        };
+        let (rx, state) = (stopped.clone(), state.clone());
+        tasks.push(tokio::spawn(async move { run_counted(&source, function, stage, &state, rx).await }));
+    }
+    let source =
+        EventSource::connect(clients.sqs.clone(), queue_url(spec.status_queue_name()).await?, RunnerOptions::default())
+            .await?;
+    let sink = Tee { inner: local.table.clone(), state: state.clone() };
+    let writer =
+        TimestreamWriter::new(sink, SqsDeadLetter::new(clients.sqs.clone(), queue_url(spec.status_dlq_name()).await?));
+    let rx = stopped.clone();
+    tasks.push(tokio::spawn(async move { source.run(writer, Duration::from_millis(100), until_stopped(rx)).await }));
+    Ok(())
+}
+
+/// Drives month-end invoice traffic onto the cell's bus.
+fn start_traffic<B: bems_core::publish::EventBus + Send + Sync + 'static>(
+    args: &Args,
+    publisher: Publisher<B>,
+    state: &Arc<Mutex<State>>,
+    stopped: &watch::Receiver<bool>,
+    tasks: &mut Vec<tokio::task::JoinHandle<()>>,
+) {
+    let profile = Profile {
+        base_per_min: args.peak * args.base_share * args.scale,
+        peak_per_min: args.peak * args.scale,
+        ramp: Duration::from_secs(args.ramp_secs),
+    };
+    println!(
+        "local-cell: traffic from {:.0} to {:.0} status events/min over {} s (peak {:.0}/min scaled by {}); {}% failing, {}% invalid",
+        profile.base_per_min,
+        profile.peak_per_min,
+        args.ramp_secs,
+        args.peak,
+        args.scale,
+        args.failing * 100.0,
+        args.invalid * 100.0
+    );
+    let (state, rx) = (state.clone(), stopped.clone());
+    let run = format!("{:X}", chrono::Utc::now().timestamp() % 0xFFFFF);
+    let mut generator = Generator::new(&run, args.failing, args.invalid, fastrand::u64(..));
+    tasks.push(tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        let mut owed = 0.0;
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        while !*rx.borrow() {
+            tick.tick().await;
+            owed += profile.invoices_per_sec(started.elapsed()) * 0.2;
+            let mut batch = Vec::new();
+            while owed >= 1.0 {
+                owed -= 1.0;
+                match generator.make() {
+                    Ok(Made::Valid { event, failing }) => {
+                        if let Ok(mut s) = state.lock() {
+                            s.sent_terms(event.payment_terms.net_days.get());
+                            s.failing_sent += u64::from(failing);
+                        }
+                        batch.push(*event);
+                    }
+                    Ok(Made::Invalid(problem)) => {
+                        if let Ok(mut s) = state.lock() {
+                            s.invalid(problem);
+                        }
+                    }
+                    Err(e) => eprintln!("local-cell: generator: {e}"),
+                }
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            let accepted =
+                publisher.publish(batch).await.iter().filter(|o| matches!(o, Outcome::Accepted { .. })).count();
+            if let Ok(mut s) = state.lock() {
+                s.sent += accepted as u64;
+            }
+        }
+    }));
 }
 
 /// Runs a stage processor like `EventSource::run`, counting per stage the

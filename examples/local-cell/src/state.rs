@@ -1,36 +1,60 @@
 //! What the dashboard shows, kept up to date as the cell runs.
 //!
-//! The Timestream writer's sink is wrapped in [`Tee`]: every record it
-//! stores also updates the [`State`] (counts per stage, latencies, money
-//! by currency and due week, each invoice's latest status for the SLA
-//! check). Queue depths and dead letters are polled from SQS; failures by
-//! class come from the functions' own metrics through [`ClassCounts`].
+//! The panels ([`Panels`]) have two sources. On the emulators, the
+//! Timestream writer's sink is wrapped in [`Tee`]: every record it stores
+//! also updates the [`State`] (counts per stage, latencies, money by
+//! currency and due week, each invoice's latest status for the SLA check),
+//! and failures by class come from the functions' own metrics through
+//! [`ClassCounts`]. Against a cell on AWS, `crate::aws` replaces the panels
+//! on every poll with the answers of Timestream aggregate queries and
+//! CloudWatch metrics. Queue depths, dead letters and stuck invoices are
+//! polled from SQS (and Timestream) in both.
 //!
-//! Anomaly flags: per stage, the events of each 5-second bucket are compared
-//! with an exponentially weighted mean and variance of the earlier buckets
-//! (weight 0.2, after 6 buckets of warm-up); a bucket more than 3 standard
-//! deviations away is flagged; so is each stage's share of records returned
-//! for redelivery (its error rate) in buckets where it received any.
+//! Anomaly flags, recomputed from the panels on every read: per stage, the
+//! event rate of each completed bucket is compared with an exponentially
+//! weighted mean and variance of the earlier buckets (weight 0.2, after 6
+//! buckets of warm-up); a bucket more than 3 standard deviations away is
+//! flagged; so is each stage's share of records returned for redelivery
+//! (its error rate) in buckets where it received any.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use bems_core::Stage;
 use bems_lambda::timestream::{Record, RecordSink, SinkError, Written};
 use serde::Serialize;
 
 /// Fixed, indicative rates to EUR for adding amounts of different
 /// currencies on the finance view (not market data; the generator's mix).
-const TO_EUR: [(&str, f64); 6] =
+pub(crate) const TO_EUR: [(&str, f64); 6] =
     [("EUR", 1.0), ("USD", 0.92), ("GBP", 1.17), ("CHF", 1.05), ("JPY", 0.0062), ("SEK", 0.088)];
 
-fn in_eur(currency: &str, amount: f64) -> f64 {
+const FX_NOTE: &str =
+    "EUR equivalents at fixed indicative rates (USD 0.92, GBP 1.17, CHF 1.05, JPY 0.0062, SEK 0.088), not market data";
+
+const ANOMALY_METHOD: &str = "per stage, the status changes and the share of records returned for redelivery in each completed bucket, each against an exponentially weighted mean and variance of the earlier buckets (weight 0.2, 6 buckets of warm-up); flagged beyond 3 standard deviations";
+
+/// `amount` of `currency` in EUR at the indicative rate (unknown
+/// currencies count at par).
+pub(crate) fn in_eur(currency: &str, amount: f64) -> f64 {
     TO_EUR.iter().find(|(c, _)| *c == currency).map_or(amount, |(_, rate)| amount * rate)
 }
 
-/// Width of a time bucket, seconds.
-pub(crate) const BUCKET_SECS: u64 = 5;
+/// Width of a time bucket on the emulators, seconds.
+pub(crate) const LOCAL_BUCKET_SECS: u64 = 5;
+
+/// The stages' names, in pipeline order (the order of a series row).
+const STAGES: [&str; 4] = ["ingestion", "reconciliation", "authorization", "posting"];
+
+fn stage_index(stage: &str) -> Option<usize> {
+    STAGES.iter().position(|s| *s == stage)
+}
+
+fn now_unix() -> i64 {
+    chrono::Utc::now().timestamp()
+}
 
 /// One invoice's latest known status.
 #[derive(Debug, Clone)]
@@ -41,7 +65,7 @@ struct Latest {
 }
 
 /// An invoice worth a finance team's attention.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct HighValue {
     /// Invoice.
@@ -66,18 +90,18 @@ pub(crate) struct QueueState {
     pub(crate) depth: u64,
     /// Messages being processed.
     pub(crate) in_flight: u64,
-    /// Seconds the oldest has waited (SQS reports it only on AWS; the
-    /// emulators leave it 0).
+    /// Seconds the oldest has waited (CloudWatch's
+    /// `ApproximateAgeOfOldestMessage` on AWS; the emulators leave it 0).
     pub(crate) oldest_secs: u64,
 }
 
 /// A flagged departure from a baseline.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Anomaly {
     /// The stage.
     pub(crate) stage: String,
-    /// `event rate` or `error rate`.
+    /// `event rate (/s)` or `error rate (%)`.
     pub(crate) what: String,
     /// The bucket's value.
     pub(crate) value: f64,
@@ -85,8 +109,17 @@ pub(crate) struct Anomaly {
     pub(crate) baseline: f64,
     /// Standard deviations away.
     pub(crate) sigmas: f64,
-    /// Seconds into the run.
-    pub(crate) at_secs: u64,
+    /// The bucket's start, Unix seconds.
+    pub(crate) at: i64,
+}
+
+/// Two percentiles, milliseconds; `None` without data.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub(crate) struct Percentiles {
+    /// Median.
+    pub(crate) p50: Option<u64>,
+    /// 99th percentile.
+    pub(crate) p99: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -119,47 +152,105 @@ impl Ewma {
     }
 }
 
-/// Everything the dashboard and the summary read.
-#[derive(Debug)]
-pub(crate) struct State {
-    started: Instant,
-    /// The cell.
-    pub(crate) cell: String,
-    /// The SLA, seconds.
-    pub(crate) sla_secs: u64,
-    /// Invoices sent.
-    pub(crate) sent: u64,
-    /// Invoices refused by validation (never sent), with the last problem.
-    pub(crate) invalid: u64,
-    last_invalid: String,
-    /// Invoices sent that are meant to fail approval.
-    pub(crate) failing_sent: u64,
-    /// Status changes stored in Timestream.
+/// What the dashboard's panels show, whichever source filled them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Panels {
+    /// Status changes stored.
     pub(crate) visible: u64,
-    /// Per bucket index, per stage: status changes stored.
-    buckets: BTreeMap<u64, BTreeMap<String, u64>>,
-    visibility_ms: Vec<u64>,
-    end_to_end_ms: Vec<u64>,
-    by_currency: BTreeMap<String, (u64, f64)>,
-    due_weeks: BTreeMap<String, BTreeMap<String, f64>>,
-    terms: BTreeMap<u16, u64>,
-    high_value: Vec<HighValue>,
-    latest: HashMap<String, Latest>,
-    /// Queue name → state.
-    pub(crate) queues: BTreeMap<String, QueueState>,
-    /// The stuck invoices at the last check.
-    pub(crate) stuck: Vec<bems_cli::stuck::Stuck>,
-    /// Alerts published (once per stuck invoice).
-    pub(crate) alerts_sent: u64,
-    failures: Arc<ClassCounts>,
-    rate_baselines: BTreeMap<String, Ewma>,
-    error_baselines: BTreeMap<String, Ewma>,
-    /// Per stage: records received and returned for redelivery, in total.
-    stage_errors: BTreeMap<String, (u64, u64)>,
-    /// Per bucket, per stage: the same.
-    error_buckets: BTreeMap<u64, BTreeMap<String, (u64, u64)>>,
-    anomalies: Vec<Anomaly>,
-    judged_bucket: u64,
+    /// Width of a series bucket, seconds.
+    pub(crate) bucket_secs: u64,
+    /// Bucket start (Unix seconds) → status changes per stage, in pipeline order.
+    pub(crate) series: BTreeMap<i64, [u64; 4]>,
+    /// Event → visible in Timestream.
+    pub(crate) visibility_ms: Percentiles,
+    /// Submitted → posted.
+    pub(crate) end_to_end_ms: Percentiles,
+    /// Currency → (invoices submitted, their amount).
+    pub(crate) currencies: BTreeMap<String, (u64, f64)>,
+    /// ISO week of the due date → currency → amount in EUR.
+    pub(crate) due_weeks: BTreeMap<String, BTreeMap<String, f64>>,
+    /// Payment terms (net days) → invoices.
+    pub(crate) terms: BTreeMap<u16, u64>,
+    /// The ten largest submitted invoices by EUR equivalent.
+    pub(crate) high_value: Vec<HighValue>,
+    /// Stage → (records received, returned for redelivery).
+    pub(crate) stage_errors: BTreeMap<String, (u64, u64)>,
+    /// Bucket start → stage → (records received, returned for redelivery).
+    pub(crate) error_series: BTreeMap<i64, BTreeMap<String, (u64, u64)>>,
+    /// Records by outcome (and error class), as the functions count them.
+    pub(crate) failures: BTreeMap<String, u64>,
+    /// Where the numbers come from.
+    pub(crate) source: String,
+    /// Panels that could not be filled at the last refresh, and why.
+    pub(crate) problems: Vec<String>,
+}
+
+impl Panels {
+    /// Adds `amount` of `currency`, due on `due`, to the cash-outflow weeks.
+    pub(crate) fn add_due(&mut self, currency: &str, due: chrono::NaiveDate, amount: f64) {
+        use chrono::Datelike;
+        let week = due.iso_week();
+        let key = format!("{}-W{:02}", week.year(), week.week());
+        *self.due_weeks.entry(key).or_default().entry(currency.to_owned()).or_default() += in_eur(currency, amount);
+    }
+
+    /// Keeps `candidate` if it is among the ten largest by EUR equivalent.
+    pub(crate) fn offer_high_value(&mut self, candidate: HighValue) {
+        self.high_value.push(candidate);
+        self.high_value.sort_by(|a, b| b.eur_equivalent.total_cmp(&a.eur_equivalent));
+        self.high_value.truncate(10);
+    }
+
+    /// The anomalies of the buckets that start before `complete_before`
+    /// (Unix seconds), the newest 20.
+    pub(crate) fn anomalies(&self, complete_before: i64) -> Vec<Anomaly> {
+        let step = i64::try_from(self.bucket_secs.max(1)).unwrap_or(1);
+        let Some(&first) = self.series.keys().next().into_iter().chain(self.error_series.keys()).min() else {
+            return Vec::new();
+        };
+        let mut rates = [Ewma::default(); 4];
+        let mut errors = [Ewma::default(); 4];
+        let mut out = Vec::new();
+        let mut at = first;
+        while at + step <= complete_before {
+            let counts = self.series.get(&at).copied().unwrap_or_default();
+            for (i, stage) in STAGES.iter().enumerate() {
+                #[allow(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+                let x = counts[i] as f64 / step as f64;
+                let baseline = rates[i].mean;
+                if let Some(sigmas) = rates[i].observe(x) {
+                    out.push(Anomaly {
+                        stage: (*stage).into(),
+                        what: "event rate (/s)".into(),
+                        value: x,
+                        baseline,
+                        sigmas,
+                        at,
+                    });
+                }
+                let bucket = self.error_series.get(&at).and_then(|e| e.get(*stage)).copied();
+                if let Some((received, failed)) = bucket.filter(|(r, _)| *r > 0) {
+                    #[allow(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+                    let share = 100.0 * failed as f64 / received as f64;
+                    let baseline = errors[i].mean;
+                    if let Some(sigmas) = errors[i].observe(share) {
+                        out.push(Anomaly {
+                            stage: (*stage).into(),
+                            what: "error rate (%)".into(),
+                            value: share,
+                            baseline,
+                            sigmas,
+                            at,
+                        });
+                    }
+                }
+            }
+            at += step;
+        }
+        let keep = out.len().saturating_sub(20);
+        out.drain(..keep);
+        out
+    }
 }
 
 fn percentile(values: &[u64], p: f64) -> Option<u64> {
@@ -178,6 +269,10 @@ fn percentile(values: &[u64], p: f64) -> Option<u64> {
     sorted.get(i).copied()
 }
 
+fn percentiles(values: &[u64]) -> Percentiles {
+    Percentiles { p50: percentile(values, 0.5), p99: percentile(values, 0.99) }
+}
+
 /// At most this many latency samples are kept (uniform reservoir).
 const SAMPLES: usize = 50_000;
 
@@ -192,36 +287,119 @@ fn sample(into: &mut Vec<u64>, value: u64, seen: u64) {
     }
 }
 
+/// One row of the status-changes chart.
+#[derive(Debug, Serialize)]
+struct SeriesRow {
+    t: i64,
+    ingestion: u64,
+    reconciliation: u64,
+    authorization: u64,
+    posting: u64,
+}
+
+/// What `/api/state` answers.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Snapshot {
+    mode: &'static str,
+    source: String,
+    problems: Vec<String>,
+    cell: String,
+    elapsed_secs: u64,
+    sla_secs: u64,
+    sent: u64,
+    invalid: u64,
+    last_invalid: String,
+    failing_sent: u64,
+    visible: u64,
+    bucket_secs: u64,
+    series: Vec<SeriesRow>,
+    visibility_ms: Percentiles,
+    end_to_end_ms: Percentiles,
+    currencies: Vec<serde_json::Value>,
+    due_weeks: Vec<serde_json::Value>,
+    terms: Vec<serde_json::Value>,
+    high_value: Vec<HighValue>,
+    queues: BTreeMap<String, QueueState>,
+    failures: BTreeMap<String, u64>,
+    stage_errors: Vec<serde_json::Value>,
+    stuck: Vec<bems_cli::stuck::Stuck>,
+    alerts_sent: u64,
+    anomalies: Vec<Anomaly>,
+    fx_note: &'static str,
+    anomaly_method: &'static str,
+}
+
+/// Everything the dashboard and the summary read.
+#[derive(Debug)]
+pub(crate) struct State {
+    started: Instant,
+    /// `local` or `aws`.
+    mode: &'static str,
+    /// The cell.
+    pub(crate) cell: String,
+    /// The SLA, seconds.
+    pub(crate) sla_secs: u64,
+    /// Invoices sent.
+    pub(crate) sent: u64,
+    /// Invoices refused by validation (never sent), with the last problem.
+    pub(crate) invalid: u64,
+    last_invalid: String,
+    /// Invoices sent that are meant to fail approval.
+    pub(crate) failing_sent: u64,
+    /// The panels.
+    pub(crate) panels: Panels,
+    visibility_ms: Vec<u64>,
+    end_to_end_ms: Vec<u64>,
+    latest: HashMap<String, Latest>,
+    /// Queue name → state.
+    pub(crate) queues: BTreeMap<String, QueueState>,
+    /// The stuck invoices at the last check.
+    pub(crate) stuck: Vec<bems_cli::stuck::Stuck>,
+    /// Alerts published (once per stuck invoice).
+    pub(crate) alerts_sent: u64,
+    /// What the last queue and stuck check could not read, and why.
+    pub(crate) monitor_problems: Vec<String>,
+    /// On the emulators: the functions' record counts.
+    failures: Option<Arc<ClassCounts>>,
+}
+
 impl State {
-    /// An empty state for `cell`.
-    pub(crate) fn new(cell: &str, sla_secs: u64, failures: Arc<ClassCounts>) -> State {
+    /// The state of a cell on the emulators, its panels fed by [`Tee`] and
+    /// `failures`.
+    pub(crate) fn local(cell: &str, sla_secs: u64, failures: Arc<ClassCounts>) -> State {
+        let panels = Panels {
+            bucket_secs: LOCAL_BUCKET_SECS,
+            source: "the local Timestream writer's stored records, bucketed by when they were stored; error rates from each stage processor's polls".into(),
+            ..Panels::default()
+        };
+        State::new("local", cell, sla_secs, panels, Some(failures))
+    }
+
+    /// The state of a cell on AWS, its panels replaced by each poll.
+    pub(crate) fn aws(cell: &str, sla_secs: u64) -> State {
+        State::new("aws", cell, sla_secs, Panels::default(), None)
+    }
+
+    fn new(mode: &'static str, cell: &str, sla_secs: u64, panels: Panels, failures: Option<Arc<ClassCounts>>) -> State {
         State {
             started: Instant::now(),
+            mode,
             cell: cell.to_owned(),
             sla_secs,
             sent: 0,
             invalid: 0,
             last_invalid: String::new(),
             failing_sent: 0,
-            visible: 0,
-            buckets: BTreeMap::new(),
+            panels,
             visibility_ms: Vec::new(),
             end_to_end_ms: Vec::new(),
-            by_currency: BTreeMap::new(),
-            due_weeks: BTreeMap::new(),
-            terms: BTreeMap::new(),
-            high_value: Vec::new(),
             latest: HashMap::new(),
             queues: BTreeMap::new(),
             stuck: Vec::new(),
             alerts_sent: 0,
+            monitor_problems: Vec::new(),
             failures,
-            rate_baselines: BTreeMap::new(),
-            error_baselines: BTreeMap::new(),
-            stage_errors: BTreeMap::new(),
-            error_buckets: BTreeMap::new(),
-            anomalies: Vec::new(),
-            judged_bucket: 0,
         }
     }
 
@@ -236,6 +414,11 @@ impl State {
         self.last_invalid = problem;
     }
 
+    fn bucket(&self, unix: i64) -> i64 {
+        let width = i64::try_from(self.panels.bucket_secs.max(1)).unwrap_or(1);
+        unix.div_euclid(width) * width
+    }
+
     /// Takes in one stored record.
     fn record(&mut self, r: &Record, now_ms: i64) {
         let dim =
@@ -243,29 +426,27 @@ impl State {
         let measure = |name: &str| r.measures.iter().find(|m| m.name == name).map(|m| m.value.clone());
         let (invoice, stage) = (dim("invoice_id"), dim("stage"));
         let status = measure("status").unwrap_or_default();
-        self.visible += 1;
-        let bucket = self.started.elapsed().as_secs() / BUCKET_SECS;
-        *self.buckets.entry(bucket).or_default().entry(stage.clone()).or_default() += 1;
-        sample(&mut self.visibility_ms, u64::try_from(now_ms - r.time_ms).unwrap_or(0), self.visible);
+        self.panels.visible += 1;
+        let bucket = self.bucket(now_ms.div_euclid(1000));
+        if let Some(i) = stage_index(&stage) {
+            self.panels.series.entry(bucket).or_default()[i] += 1;
+        }
+        sample(&mut self.visibility_ms, u64::try_from(now_ms - r.time_ms).unwrap_or(0), self.panels.visible);
         if status == "posted"
             && let Some(ms) = measure("end_to_end_latency_ms").and_then(|v| v.parse::<u64>().ok())
         {
-            sample(&mut self.end_to_end_ms, ms, self.visible);
+            sample(&mut self.end_to_end_ms, ms, self.panels.visible);
         }
         if status == "submitted" {
             let amount: f64 = measure("amount").and_then(|a| a.parse().ok()).unwrap_or(0.0);
             let currency = measure("currency").unwrap_or_default();
-            let entry = self.by_currency.entry(currency.clone()).or_default();
+            let entry = self.panels.currencies.entry(currency.clone()).or_default();
             entry.0 += 1;
             entry.1 += amount;
             if let Some(due) = measure("due_date").and_then(|d| d.parse::<chrono::NaiveDate>().ok()) {
-                use chrono::Datelike;
-                let week = due.iso_week();
-                let key = format!("{}-W{:02}", week.year(), week.week());
-                *self.due_weeks.entry(key).or_default().entry(currency.clone()).or_default() +=
-                    in_eur(&currency, amount);
+                self.panels.add_due(&currency, due, amount);
             }
-            self.high_value.push(HighValue {
+            self.panels.offer_high_value(HighValue {
                 invoice_id: invoice.clone(),
                 amount: measure("amount").unwrap_or_default(),
                 vendor_id: measure("vendor_id").unwrap_or_default(),
@@ -273,8 +454,6 @@ impl State {
                 eur_equivalent: (in_eur(&currency, amount) * 100.0).round() / 100.0,
                 currency,
             });
-            self.high_value.sort_by(|a, b| b.eur_equivalent.total_cmp(&a.eur_equivalent));
-            self.high_value.truncate(10);
         }
         let newer = self.latest.get(&invoice).is_none_or(|l| l.time_ms <= r.time_ms);
         if newer {
@@ -284,25 +463,35 @@ impl State {
 
     /// Counts a stage processor's batch: records received, and returned
     /// for redelivery.
-    pub(crate) fn processed(&mut self, stage: bems_core::Stage, received: u64, failed: u64) {
+    pub(crate) fn processed(&mut self, stage: Stage, received: u64, failed: u64) {
         if received == 0 {
             return;
         }
-        let total = self.stage_errors.entry(stage.to_string()).or_default();
+        let total = self.panels.stage_errors.entry(stage.to_string()).or_default();
         total.0 += received;
         total.1 += failed;
-        let bucket = self.started.elapsed().as_secs() / BUCKET_SECS;
-        let this = self.error_buckets.entry(bucket).or_default().entry(stage.to_string()).or_default();
+        let bucket = self.bucket(now_unix());
+        let this = self.panels.error_series.entry(bucket).or_default().entry(stage.to_string()).or_default();
         this.0 += received;
         this.1 += failed;
     }
 
-    /// Records the payment terms of a sent invoice.
+    /// Records the payment terms of a sent invoice (on the emulators; on
+    /// AWS the terms come from Timestream).
     pub(crate) fn sent_terms(&mut self, net_days: u16) {
-        *self.terms.entry(net_days).or_default() += 1;
+        if self.failures.is_some() {
+            *self.panels.terms.entry(net_days).or_default() += 1;
+        }
     }
 
-    /// The invoices whose latest status is not terminal and older than the SLA.
+    /// Replaces the panels with a poll's answers (AWS).
+    pub(crate) fn replace_panels(&mut self, panels: Panels) {
+        self.panels = panels;
+    }
+
+    /// The invoices whose latest stored status is not terminal and older
+    /// than the SLA (on the emulators; on AWS `bems_cli::stuck::over_sla`
+    /// asks Timestream).
     pub(crate) fn over_sla(&self, now_ms: i64) -> Vec<bems_cli::stuck::Stuck> {
         let limit = i64::try_from(self.sla_secs * 1000).unwrap_or(i64::MAX);
         let mut out: Vec<bems_cli::stuck::Stuck> = self
@@ -329,78 +518,32 @@ impl State {
         out
     }
 
-    /// Judges the buckets completed since the last call against their
-    /// baselines.
-    pub(crate) fn judge(&mut self) {
-        let current = self.started.elapsed().as_secs() / BUCKET_SECS;
-        while self.judged_bucket < current {
-            let b = self.judged_bucket;
-            let counts = self.buckets.get(&b).cloned().unwrap_or_default();
-            for stage in ["ingestion", "reconciliation", "authorization", "posting"] {
-                #[allow(clippy::cast_precision_loss, reason = "counts far below 2^52")]
-                let x = counts.get(stage).copied().unwrap_or(0) as f64 / BUCKET_SECS as f64;
-                let baseline = self.rate_baselines.entry(stage.to_owned()).or_default();
-                let mean = baseline.mean;
-                if let Some(sigmas) = baseline.observe(x) {
-                    self.anomalies.push(Anomaly {
-                        stage: stage.to_owned(),
-                        what: "event rate".into(),
-                        value: x,
-                        baseline: mean,
-                        sigmas,
-                        at_secs: b * BUCKET_SECS,
-                    });
-                }
-                let errors = self.error_buckets.get(&b).and_then(|e| e.get(stage)).copied();
-                if let Some((received, failed)) = errors.filter(|(r, _)| *r > 0) {
-                    #[allow(clippy::cast_precision_loss, reason = "counts far below 2^52")]
-                    let share = 100.0 * failed as f64 / received as f64;
-                    let baseline = self.error_baselines.entry(stage.to_owned()).or_default();
-                    let mean = baseline.mean;
-                    if let Some(sigmas) = baseline.observe(share) {
-                        self.anomalies.push(Anomaly {
-                            stage: stage.to_owned(),
-                            what: "error rate (%)".into(),
-                            value: share,
-                            baseline: mean,
-                            sigmas,
-                            at_secs: b * BUCKET_SECS,
-                        });
-                    }
-                }
-            }
-            self.judged_bucket += 1;
-        }
-        let keep = self.anomalies.len().saturating_sub(20);
-        self.anomalies.drain(..keep);
+    /// The anomalies of the completed buckets.
+    pub(crate) fn anomalies(&self) -> Vec<Anomaly> {
+        self.panels.anomalies(self.bucket(now_unix()))
     }
 
-    /// The JSON the dashboard reads.
-    pub(crate) fn snapshot(&self) -> serde_json::Value {
-        let stages = ["ingestion", "reconciliation", "authorization", "posting"];
-        let series: Vec<serde_json::Value> = self
-            .buckets
+    /// What the dashboard reads.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        let mut panels = self.panels.clone();
+        if let Some(counts) = &self.failures {
+            panels.failures = counts.snapshot();
+            panels.visibility_ms = percentiles(&self.visibility_ms);
+            panels.end_to_end_ms = percentiles(&self.end_to_end_ms);
+        }
+        let series = panels
+            .series
             .iter()
-            .map(|(b, counts)| {
-                let mut row = serde_json::json!({ "t": b * BUCKET_SECS });
-                for s in stages {
-                    row[s] = counts.get(s).copied().unwrap_or(0).into();
-                }
-                row
+            .map(|(t, c)| SeriesRow {
+                t: *t,
+                ingestion: c[0],
+                reconciliation: c[1],
+                authorization: c[2],
+                posting: c[3],
             })
             .collect();
-        let terms: Vec<serde_json::Value> =
-            self.terms.iter().map(|(d, n)| serde_json::json!({ "netDays": d, "invoices": n })).collect();
-        let currencies: Vec<serde_json::Value> = self
-            .by_currency
-            .iter()
-            .map(|(c, (n, sum))| serde_json::json!({ "currency": c, "invoices": n, "amount": (sum * 100.0).round() / 100.0 }))
-            .collect();
-        let weeks: Vec<serde_json::Value> =
-            self.due_weeks.iter().map(|(w, by)| serde_json::json!({ "week": w, "byCurrency": by })).collect();
-        let failures = self.failures.snapshot();
         #[allow(clippy::cast_precision_loss, reason = "counts far below 2^52")]
-        let stage_errors: Vec<serde_json::Value> = self
+        let stage_errors = panels
             .stage_errors
             .iter()
             .map(|(stage, (received, failed))| {
@@ -413,36 +556,53 @@ impl State {
                 })
             })
             .collect();
-        serde_json::json!({
-            "cell": self.cell,
-            "elapsedSecs": self.elapsed_secs(),
-            "slaSecs": self.sla_secs,
-            "sent": self.sent,
-            "invalid": self.invalid,
-            "lastInvalid": self.last_invalid,
-            "failingSent": self.failing_sent,
-            "visible": self.visible,
-            "series": series,
-            "visibilityMs": { "p50": percentile(&self.visibility_ms, 0.5), "p99": percentile(&self.visibility_ms, 0.99) },
-            "endToEndMs": { "p50": percentile(&self.end_to_end_ms, 0.5), "p99": percentile(&self.end_to_end_ms, 0.99) },
-            "currencies": currencies,
-            "dueWeeks": weeks,
-            "terms": terms,
-            "highValue": self.high_value,
-            "queues": self.queues,
-            "failures": failures,
-            "stageErrors": stage_errors,
-            "stuck": self.stuck,
-            "alertsSent": self.alerts_sent,
-            "anomalies": self.anomalies,
-            "fxNote": "EUR equivalents at fixed indicative rates (USD 0.92, GBP 1.17, CHF 1.05, JPY 0.0062, SEK 0.088), not market data",
-            "anomalyMethod": "per stage, the events stored and the share of records returned for redelivery in each 5-second bucket, each against an exponentially weighted mean and variance of the earlier buckets (weight 0.2, 6 buckets of warm-up); flagged beyond 3 standard deviations",
-        })
+        Snapshot {
+            mode: self.mode,
+            source: panels.source.clone(),
+            problems: panels.problems.iter().chain(&self.monitor_problems).cloned().collect(),
+            cell: self.cell.clone(),
+            elapsed_secs: self.elapsed_secs(),
+            sla_secs: self.sla_secs,
+            sent: self.sent,
+            invalid: self.invalid,
+            last_invalid: self.last_invalid.clone(),
+            failing_sent: self.failing_sent,
+            visible: panels.visible,
+            bucket_secs: panels.bucket_secs,
+            series,
+            visibility_ms: panels.visibility_ms,
+            end_to_end_ms: panels.end_to_end_ms,
+            currencies: panels
+                .currencies
+                .iter()
+                .map(|(c, (n, sum))| serde_json::json!({ "currency": c, "invoices": n, "amount": (sum * 100.0).round() / 100.0 }))
+                .collect(),
+            due_weeks: panels
+                .due_weeks
+                .iter()
+                .map(|(w, by)| serde_json::json!({ "week": w, "byCurrency": by }))
+                .collect(),
+            terms: panels.terms.iter().map(|(d, n)| serde_json::json!({ "netDays": d, "invoices": n })).collect(),
+            high_value: panels.high_value.clone(),
+            queues: self.queues.clone(),
+            failures: panels.failures.clone(),
+            stage_errors,
+            stuck: self.stuck.clone(),
+            alerts_sent: self.alerts_sent,
+            anomalies: self.anomalies(),
+            fx_note: FX_NOTE,
+            anomaly_method: ANOMALY_METHOD,
+        }
     }
 
     /// Visibility latency percentiles, milliseconds.
-    pub(crate) fn visibility(&self) -> (Option<u64>, Option<u64>) {
-        (percentile(&self.visibility_ms, 0.5), percentile(&self.visibility_ms, 0.99))
+    pub(crate) fn visibility(&self) -> Percentiles {
+        if self.failures.is_some() { percentiles(&self.visibility_ms) } else { self.panels.visibility_ms }
+    }
+
+    /// Messages in the cell's dead-letter queues.
+    pub(crate) fn in_dlq(&self) -> u64 {
+        self.queues.iter().filter(|(n, _)| n.ends_with("-dlq.fifo")).map(|(_, q)| q.depth).sum()
     }
 }
 
@@ -536,6 +696,35 @@ mod tests {
             assert!(e.observe(x).is_none(), "{x}");
         }
         assert!(e.observe(40.0).is_some_and(|s| s > 3.0));
+    }
+
+    #[test]
+    fn a_surge_in_one_bucket_is_flagged_at_its_time_and_the_open_bucket_is_not_judged() {
+        let mut panels = Panels { bucket_secs: 60, ..Panels::default() };
+        for minute in 0..10 {
+            panels.series.insert(1_800_000_000 + minute * 60, [600 + (minute as u64 % 3) * 6, 0, 0, 0]);
+        }
+        panels.series.insert(1_800_000_600, [6000, 0, 0, 0]);
+        let flagged = panels.anomalies(1_800_000_660);
+        assert_eq!(flagged.len(), 1, "{flagged:?}");
+        assert_eq!((flagged[0].stage.as_str(), flagged[0].at), ("ingestion", 1_800_000_600));
+        assert!((flagged[0].value - 100.0).abs() < 1e-9);
+        // The surge's bucket still filling: not judged yet.
+        assert!(panels.anomalies(1_800_000_600).is_empty());
+    }
+
+    #[test]
+    fn due_weeks_add_in_eur_by_iso_week() {
+        let mut panels = Panels::default();
+        let day = |d: &str| d.parse::<chrono::NaiveDate>().expect("date");
+        panels.add_due("USD", day("2026-12-28"), 100.0);
+        panels.add_due("USD", day("2027-01-03"), 100.0);
+        panels.add_due("EUR", day("2027-01-04"), 50.0);
+        let weeks: Vec<(&String, f64)> = panels.due_weeks.iter().map(|(w, by)| (w, by.values().sum())).collect();
+        assert_eq!(weeks.len(), 2);
+        assert_eq!(weeks[0].0, "2026-W53");
+        assert!((weeks[0].1 - 184.0).abs() < 1e-9);
+        assert_eq!(weeks[1].0, "2027-W01");
     }
 
     #[test]

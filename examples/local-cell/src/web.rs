@@ -12,14 +12,14 @@ use crate::state::State;
 
 /// The page, with the current state written in so its first paint has data.
 async fn page(Shared(state): Shared<Arc<Mutex<State>>>) -> Html<String> {
-    let snapshot = state.lock().map(|s| s.snapshot()).unwrap_or_default();
+    let snapshot = state.lock().ok().and_then(|s| serde_json::to_value(s.snapshot()).ok()).unwrap_or_default();
     // `</` inside a script would end it; JSON allows `<\/`.
     let json = snapshot.to_string().replace("</", "<\\/");
     Html(include_str!("../static/index.html").replace("/*STATE*/null", &json))
 }
 
 async fn api(Shared(state): Shared<Arc<Mutex<State>>>) -> Json<serde_json::Value> {
-    let snapshot = state.lock().map(|s| s.snapshot()).unwrap_or_default();
+    let snapshot = state.lock().ok().and_then(|s| serde_json::to_value(s.snapshot()).ok()).unwrap_or_default();
     Json(snapshot)
 }
 
