@@ -402,3 +402,56 @@ fn named(record: &Value, list: &str, name: &str) -> String {
         .unwrap_or_default()
         .to_owned()
 }
+
+/// A TCP proxy in front of an emulator that can go dark: while it is down
+/// it cuts every open connection and refuses new ones, as a restarting
+/// service (or a network partition) does to its clients. Clients built on
+/// [`Outage::config`] go through it; the test's own clients do not.
+pub struct Outage {
+    addr: std::net::SocketAddr,
+    down: tokio::sync::watch::Sender<bool>,
+    /// Connections cut or refused while down.
+    pub cut: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Outage {
+    /// A proxy to `upstream` (`http://host:port`), up.
+    pub async fn start(upstream: &str) -> Outage {
+        let target = upstream.trim_start_matches("http://").trim_end_matches('/').to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("proxy port");
+        let addr = listener.local_addr().expect("proxy address");
+        let (down, down_rx) = tokio::sync::watch::channel(false);
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = cut.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if *down_rx.borrow() {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    drop(client);
+                    continue;
+                }
+                let (target, mut down_rx, counter) = (target.clone(), down_rx.clone(), counter.clone());
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = down_rx.wait_for(|d| *d) => {
+                            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                    }
+                });
+            }
+        });
+        Outage { addr, down, cut }
+    }
+
+    /// `config` with its endpoint through the proxy.
+    pub fn config(&self, config: &aws_config::SdkConfig) -> aws_config::SdkConfig {
+        config.to_builder().endpoint_url(format!("http://{}", self.addr)).build()
+    }
+
+    /// Goes dark (`true`) or comes back (`false`).
+    pub fn set_down(&self, down: bool) {
+        let _ = self.down.send(down);
+    }
+}

@@ -14,7 +14,9 @@ use bems_core::envelope::PutEventsEntry;
 use bems_core::fields::InvoiceId;
 use bems_core::publish::{BusError, EntryResult, EventBus, Publisher, RetryPolicy};
 use bems_core::{Stage, Status};
-use bems_e2e::{Cell, dimension, environment, event, idempotency_table, measure, stored_records, timestream_table};
+use bems_e2e::{
+    Cell, Outage, dimension, environment, event, idempotency_table, measure, stored_records, timestream_table,
+};
 use bems_lambda::batch::BatchProcessor;
 use bems_lambda::idempotency::DynamoDbStore;
 use bems_lambda::processor::StageProcessor;
@@ -124,7 +126,13 @@ struct Plan {
     /// Whether the processors claim their next events in a DynamoDB
     /// idempotency table (in moto).
     store: bool,
+    /// Whether LocalStack goes dark for a while under load: the producer,
+    /// the processors and the writer reach it through an [`Outage`] proxy
+    /// that cuts every connection and refuses new ones for eight seconds.
+    outage: bool,
 }
+
+const OUTAGE: Duration = Duration::from_secs(8);
 
 /// The number: 5,000 invoices through all four stages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,14 +140,18 @@ async fn five_thousand_invoices_flow_through_all_four_stages_once_each() {
     let Some(env) = environment().await else { return };
     // BEMS_PIPELINE_INVOICES makes a quicker local run; CI runs the 5,000.
     let invoices = std::env::var("BEMS_PIPELINE_INVOICES").ok().and_then(|v| v.parse().ok()).unwrap_or(5_000);
-    let done = pipeline(&env, Plan { invoices, partitions: 8, throttle_every: 0, kills: 0, store: false }).await;
+    let done =
+        pipeline(&env, Plan { invoices, partitions: 8, throttle_every: 0, kills: 0, store: false, outage: false })
+            .await;
     assert_eq!(done.injected, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_every_third_call_to_the_bus_and_the_store_loses_nothing() {
     let Some(env) = environment().await else { return };
-    let done = pipeline(&env, Plan { invoices: 40, partitions: 4, throttle_every: 3, kills: 0, store: false }).await;
+    let done =
+        pipeline(&env, Plan { invoices: 40, partitions: 4, throttle_every: 3, kills: 0, store: false, outage: false })
+            .await;
     assert!(done.injected > 10, "the faults really happened: {}", done.injected);
 }
 
@@ -148,8 +160,25 @@ async fn killing_each_stage_processor_mid_batch_loses_nothing_and_doubles_nothin
     // With the idempotency table, as a deployment that wants exactly-once
     // beyond the FIFO window runs.
     let Some(env) = environment().await else { return };
-    let done = pipeline(&env, Plan { invoices: 200, partitions: 4, throttle_every: 0, kills: 2, store: true }).await;
+    let done =
+        pipeline(&env, Plan { invoices: 200, partitions: 4, throttle_every: 0, kills: 2, store: true, outage: false })
+            .await;
     assert_eq!(done.kills, 8, "every processor was killed twice after publishing and before deleting");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn localstack_going_dark_under_load_loses_nothing_and_doubles_nothing() {
+    // The producer keeps submitting through the outage, resubmitting what
+    // the bus did not accept, as a producer using the SDK does.
+    let Some(env) = environment().await else { return };
+    if env.localstack.is_none() {
+        eprintln!("skipped: the outage is made with a proxy in front of LocalStack");
+        return;
+    }
+    let done =
+        pipeline(&env, Plan { invoices: 200, partitions: 4, throttle_every: 0, kills: 0, store: false, outage: true })
+            .await;
+    assert!(done.cut > 0, "the outage really cut connections");
 }
 
 /// How long `invoice_count` invoices may take to be stored: generous for
@@ -182,6 +211,8 @@ struct Done {
     injected: usize,
     /// Runners killed.
     kills: usize,
+    /// Connections cut or refused by the outage.
+    cut: usize,
 }
 
 /// Runs `plan.invoices` invoices through the four processors and the
@@ -210,19 +241,22 @@ async fn pipeline(env: &bems_e2e::Env, plan: Plan) -> Done {
         }
         _ => None,
     };
+    let outage = match (&env.localstack, plan.outage) {
+        (Some(url), true) => Some(Outage::start(url).await),
+        _ => None,
+    };
+    // The clients of the functions and the producer: through the outage
+    // proxy when there is one.
+    let through = outage.as_ref().map_or_else(|| env.config.clone(), |o| o.config(&env.config));
+    let (sqs, bus) = (aws_sdk_sqs::Client::new(&through), aws_sdk_eventbridge::Client::new(&through));
     let (stop, stopped) = watch::channel(false);
     for stage in Stage::ALL {
         let queue = cell.queue_url(&cell.spec.queue_name(stage)).await;
         let dlq = cell.queue_url(&cell.spec.dlq_name(stage)).await;
         // A fresh function per (re)start, like a new Lambda instance.
         let function = {
-            let (sqs, events, target, orders, injected) = (
-                cell.clients.sqs.clone(),
-                cell.clients.events.clone(),
-                cell.target(),
-                orders.clone(),
-                injected.clone(),
-            );
+            let (sqs, events, target, orders, injected) =
+                (sqs.clone(), bus.clone(), cell.target(), orders.clone(), injected.clone());
             let (max_receive_count, store) = (cell.options.max_receive_count, store.clone());
             move |stalled: Option<Arc<Notify>>| ProcessorFunction {
                 processor: BatchProcessor::new()
@@ -246,8 +280,7 @@ async fn pipeline(env: &bems_e2e::Env, plan: Plan) -> Done {
             }
         };
         let mut stopped = stopped.clone();
-        let source =
-            EventSource::connect(cell.clients.sqs.clone(), queue, RunnerOptions::default()).await.expect("queue");
+        let source = EventSource::connect(sqs.clone(), queue, RunnerOptions::default()).await.expect("queue");
         let kills = kills.clone();
         tokio::spawn(async move {
             for _ in 0..plan.kills {
@@ -277,11 +310,10 @@ async fn pipeline(env: &bems_e2e::Env, plan: Plan) -> Done {
     if let Some(table) = &table {
         let status_dlq = cell.queue_url(&cell.spec.status_dlq_name()).await;
         let sink = Throttled::new(table.clone(), plan.throttle_every, injected.clone());
-        let writer = TimestreamWriter::new(sink, SqsDeadLetter::new(cell.clients.sqs.clone(), status_dlq));
+        let writer = TimestreamWriter::new(sink, SqsDeadLetter::new(sqs.clone(), status_dlq));
         let mut stopped = stopped.clone();
         let queue = cell.queue_url(&cell.spec.status_queue_name()).await;
-        let source =
-            EventSource::connect(cell.clients.sqs.clone(), queue, RunnerOptions::default()).await.expect("queue");
+        let source = EventSource::connect(sqs.clone(), queue, RunnerOptions::default()).await.expect("queue");
         tokio::spawn(async move {
             source
                 .run(writer, Duration::from_millis(100), async move {
@@ -292,8 +324,36 @@ async fn pipeline(env: &bems_e2e::Env, plan: Plan) -> Done {
     }
 
     let invoice_count = plan.invoices;
-    let outcomes = cell.publisher().publish(events.clone()).await;
-    assert!(outcomes.iter().all(|o| o.is_accepted()), "{:?}", outcomes.iter().find(|o| !o.is_accepted()));
+    if let Some(outage) = &outage {
+        // Submissions in chunks over about twelve seconds; two seconds in,
+        // LocalStack goes dark for eight.
+        let publisher = Publisher::new(bus.clone(), cell.target())
+            .with_retry(RetryPolicy { deadline: Duration::from_secs(2), ..RetryPolicy::default() });
+        let dark = async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            outage.set_down(true);
+            tokio::time::sleep(OUTAGE).await;
+            outage.set_down(false);
+        };
+        let produce = async {
+            for chunk in events.chunks(events.len().div_ceil(20)) {
+                let mut pending = chunk.to_vec();
+                while !pending.is_empty() {
+                    let outcomes = publisher.publish(pending.clone()).await;
+                    pending =
+                        pending.into_iter().zip(&outcomes).filter(|(_, o)| !o.is_accepted()).map(|(e, _)| e).collect();
+                    if !pending.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(600)).await;
+            }
+        };
+        tokio::join!(dark, produce);
+    } else {
+        let outcomes = cell.publisher().publish(events.clone()).await;
+        assert!(outcomes.iter().all(|o| o.is_accepted()), "{:?}", outcomes.iter().find(|o| !o.is_accepted()));
+    }
     // moto's records, or without moto (on AWS) the status queue's messages.
     let changes: Vec<Change> = match (&moto, &table) {
         (Some(url), Some(table)) => stored_records(url, table, invoice_count * 5, patience(invoice_count))
@@ -378,5 +438,9 @@ async fn pipeline(env: &bems_e2e::Env, plan: Plan) -> Done {
             "{stage} DLQ not empty"
         );
     }
-    Done { injected: injected.load(Ordering::SeqCst), kills: kills.load(Ordering::SeqCst) }
+    Done {
+        injected: injected.load(Ordering::SeqCst),
+        kills: kills.load(Ordering::SeqCst),
+        cut: outage.map_or(0, |o| o.cut.load(Ordering::SeqCst)),
+    }
 }

@@ -92,6 +92,11 @@ struct Args {
     /// Keep the cell when stopping.
     #[arg(long)]
     keep: bool,
+    /// On the emulators: after the traffic stops, seconds to let the cell
+    /// finish what is in flight (until every published event is visible)
+    /// before the summary.
+    #[arg(long, default_value_t = 60)]
+    drain_secs: u64,
     /// Point at a cell deployed on AWS (the standard credential chain)
     /// instead of the emulators: nothing is provisioned, run or deleted.
     #[arg(long, requires_all = ["region", "account"])]
@@ -288,6 +293,8 @@ async fn main() -> anyhow::Result<()> {
         State::local(&args.cell, args.sla, failures)
     }));
     let (stop, stopped) = watch::channel(false);
+    // The traffic stops first; the functions after the drain.
+    let (stop_traffic, traffic_stopped) = watch::channel(false);
     let cell_target = CellTarget {
         bus: spec.bus_name(),
         cell_id: spec.cell_id().clone(),
@@ -301,7 +308,8 @@ async fn main() -> anyhow::Result<()> {
         start_functions(&clients, &spec, local, &cell_target, &state, &stopped, &mut tasks).await?;
     }
     if target.local.is_some() || args.send_traffic {
-        start_traffic(&args, Publisher::new(clients.events.clone(), cell_target.clone()), &state, &stopped, &mut tasks);
+        let bus = Counting { inner: clients.events.clone(), state: state.clone() };
+        start_traffic(&args, Publisher::new(bus, cell_target.clone()), &state, &traffic_stopped, &mut tasks);
     }
     // Queue depths, dead letters, stuck invoices (alerted once each), and on
     // AWS the panels.
@@ -403,14 +411,19 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
+    let _ = stop_traffic.send(true);
+    if target.local.is_some() {
+        drain(&state, Duration::from_secs(args.drain_secs)).await;
+    }
     let _ = stop.send(true);
     for task in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
     }
     if let Ok(s) = state.lock() {
         let v = s.visibility();
+        let ms = |v: Option<u64>| v.map_or("-".into(), |v| v.to_string());
         println!(
-            "summary: sent {} invoices ({} meant to fail), {} invalid never sent; {} status changes visible; {} in DLQs; {} stuck; {} alerts; visibility latency p50 {} ms, p99 {} ms",
+            "summary: sent {} invoices ({} meant to fail), {} invalid never sent; {} status changes visible; {} in DLQs; {} stuck; {} alerts; visibility latency p50 {} ms, p99 {} ms, max {} ms",
             s.sent,
             s.failing_sent,
             s.invalid,
@@ -418,9 +431,22 @@ async fn main() -> anyhow::Result<()> {
             s.in_dlq(),
             s.stuck.len(),
             s.alerts_sent,
-            v.p50.map_or("-".into(), |v| v.to_string()),
-            v.p99.map_or("-".into(), |v| v.to_string()),
+            ms(v.p50),
+            ms(v.p99),
+            ms(s.visibility_max()),
         );
+        if target.local.is_some() {
+            #[allow(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+            let rate = s.panels.visible as f64 / s.traffic_secs().max(1) as f64;
+            let missing = s.published.saturating_sub(s.panels.visible);
+            println!(
+                "load: {} events published (producer and stages), {} visible, {}; {rate:.1} visible events/s over {} s of traffic",
+                s.published,
+                s.panels.visible,
+                if missing == 0 { "none missing".to_owned() } else { format!("{missing} NOT VISIBLE") },
+                s.traffic_secs(),
+            );
+        }
     }
     let Some(local) = target.local else { return Ok(()) };
     if !args.keep {
@@ -436,6 +462,58 @@ async fn main() -> anyhow::Result<()> {
         anyhow::ensure!(status.success(), "scripts/emulators down failed ({status})");
     }
     Ok(())
+}
+
+/// Waits until every published event is visible (or `limit` passes, or a
+/// second Ctrl-C), so that the summary compares like with like.
+async fn drain(state: &Arc<Mutex<State>>, limit: Duration) {
+    if let Ok(mut s) = state.lock() {
+        s.traffic_stopped();
+    }
+    println!("local-cell: traffic stopped; draining (up to {} s, Ctrl-C skips)", limit.as_secs());
+    let deadline = tokio::time::Instant::now() + limit;
+    // A new listener: the first Ctrl-C (if that is what stopped the
+    // traffic) has completed the main loop's.
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    // Done when every published event is visible and no queue holds or
+    // processes anything, for long enough to span a refresh of the queue
+    // states (a batch still in a processor would publish more).
+    let mut quiet_since: Option<tokio::time::Instant> = None;
+    loop {
+        let quiet = state.lock().map(|s| s.panels.visible >= s.published && s.queues_idle()).unwrap_or(true);
+        let now = tokio::time::Instant::now();
+        quiet_since = if quiet { quiet_since.or(Some(now)) } else { None };
+        if quiet_since.is_some_and(|t| now - t >= Duration::from_secs(4)) || now >= deadline {
+            return;
+        }
+        tokio::select! {
+            _ = &mut ctrl_c => return,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+/// A bus that counts the events it accepted into the state: what the
+/// producer and the stages published, which must all become visible.
+#[derive(Clone)]
+struct Counting<B> {
+    inner: B,
+    state: Arc<Mutex<State>>,
+}
+
+impl<B: bems_core::publish::EventBus + Sync> bems_core::publish::EventBus for Counting<B> {
+    async fn put_events(
+        &self,
+        entries: &[bems_core::envelope::PutEventsEntry],
+    ) -> Result<Vec<bems_core::publish::EntryResult>, bems_core::publish::BusError> {
+        let results = self.inner.put_events(entries).await?;
+        let accepted = results.iter().filter(|r| matches!(r, bems_core::publish::EntryResult::Accepted(_))).count();
+        if let Ok(mut s) = self.state.lock() {
+            s.published += accepted as u64;
+        }
+        Ok(results)
+    }
 }
 
 /// Resolves once the stop signal is sent.
@@ -483,7 +561,7 @@ async fn start_functions(
             handler: StageProcessor::new(
                 stage,
                 Rules::default(),
-                Publisher::new(clients.events.clone(), target.clone())
+                Publisher::new(Counting { inner: clients.events.clone(), state: state.clone() }, target.clone())
                     .with_retry(RetryPolicy { deadline: Duration::from_secs(10), ..RetryPolicy::default() }),
                 NoPurchaseOrderSystem,
                 NoApprovals,

@@ -347,6 +347,10 @@ pub(crate) struct State {
     last_invalid: String,
     /// Invoices sent that are meant to fail approval.
     pub(crate) failing_sent: u64,
+    /// Events the bus accepted from the producer and the stages.
+    pub(crate) published: u64,
+    traffic_secs: Option<u64>,
+    visibility_max_ms: Option<u64>,
     /// The panels.
     pub(crate) panels: Panels,
     visibility_ms: Vec<u64>,
@@ -391,6 +395,9 @@ impl State {
             invalid: 0,
             last_invalid: String::new(),
             failing_sent: 0,
+            published: 0,
+            traffic_secs: None,
+            visibility_max_ms: None,
             panels,
             visibility_ms: Vec::new(),
             end_to_end_ms: Vec::new(),
@@ -431,7 +438,9 @@ impl State {
         if let Some(i) = stage_index(&stage) {
             self.panels.series.entry(bucket).or_default()[i] += 1;
         }
-        sample(&mut self.visibility_ms, u64::try_from(now_ms - r.time_ms).unwrap_or(0), self.panels.visible);
+        let visibility = u64::try_from(now_ms - r.time_ms).unwrap_or(0);
+        sample(&mut self.visibility_ms, visibility, self.panels.visible);
+        self.visibility_max_ms = self.visibility_max_ms.max(Some(visibility));
         if status == "posted"
             && let Some(ms) = measure("end_to_end_latency_ms").and_then(|v| v.parse::<u64>().ok())
         {
@@ -598,6 +607,32 @@ impl State {
     /// Visibility latency percentiles, milliseconds.
     pub(crate) fn visibility(&self) -> Percentiles {
         if self.failures.is_some() { percentiles(&self.visibility_ms) } else { self.panels.visibility_ms }
+    }
+
+    /// The largest visibility latency seen (emulators), milliseconds.
+    pub(crate) fn visibility_max(&self) -> Option<u64> {
+        self.visibility_max_ms
+    }
+
+    /// Marks the end of the traffic.
+    pub(crate) fn traffic_stopped(&mut self) {
+        self.traffic_secs.get_or_insert(self.started.elapsed().as_secs());
+    }
+
+    /// Seconds the traffic ran.
+    pub(crate) fn traffic_secs(&self) -> u64 {
+        self.traffic_secs.unwrap_or_else(|| self.elapsed_secs())
+    }
+
+    /// Whether no queue but the dead-letter queues holds or processes a
+    /// message, at the last check.
+    pub(crate) fn queues_idle(&self) -> bool {
+        !self.queues.is_empty()
+            && self
+                .queues
+                .iter()
+                .filter(|(n, _)| !n.ends_with("-dlq.fifo"))
+                .all(|(_, q)| q.depth == 0 && q.in_flight == 0)
     }
 
     /// Messages in the cell's dead-letter queues.

@@ -166,6 +166,10 @@ fn the_local_cell_runs_traffic_serves_a_live_dashboard_and_cleans_up() {
     assert!(status.success(), "local-cell failed: {rest:?}");
     let summary = rest.iter().find(|l| l.starts_with("summary: ")).unwrap_or_else(|| panic!("no summary: {rest:?}"));
     assert!(summary.contains("status changes visible") && summary.contains("p99"), "{summary}");
+    // After the drain, every event the bus accepted (submissions and the
+    // stages' next events) is stored: the run lost nothing.
+    let load = rest.iter().find(|l| l.starts_with("load: ")).unwrap_or_else(|| panic!("no load line: {rest:?}"));
+    assert!(load.contains("none missing"), "{load}");
     assert!(rest.iter().any(|l| l == &format!("local-cell: cell {cell} deleted")), "the cell was deleted: {rest:?}");
 }
 

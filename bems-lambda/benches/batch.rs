@@ -1,0 +1,125 @@
+//! The batch-processing core on the batch a stage processor receives: ten
+//! SQS FIFO records in three message groups, each body an ~850-byte
+//! EventBridge event (`fifo-batch-10.json`, next to this file), decoded and
+//! validated, no I/O. The same batch, the same work (`json.loads` of each
+//! body), through Powertools for AWS Lambda (Python)'s
+//! `SqsFifoPartialProcessor` is `powertools_fifo.py`; `scripts/bench-batch`
+//! runs both in one go and prints the ratio.
+//!
+//! Also here: a whole stage processor (decode, validate, the stage's rules,
+//! the next events built and published in one `PutEvents` per batch) on the
+//! same batch with an in-memory bus, which is what our code sustains per
+//! core with the emulators (and AWS) out of the loop; and building the
+//! Timestream record of a status change.
+//!
+//! `cargo bench -p bems-lambda --bench batch`
+
+use std::hint::black_box;
+
+use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
+use bems_core::Validator;
+use bems_core::envelope::PutEventsEntry;
+use bems_core::publish::{BusError, CellTarget, EntryResult, EventBus, Publisher};
+use bems_lambda::batch::{BatchProcessor, RecordError, RecordHandler, consumer_validator, decode};
+use bems_lambda::function::{NoApprovals, NoPurchaseOrderSystem};
+use bems_lambda::processor::StageProcessor;
+use bems_lambda::stages::Rules;
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+
+/// A bus that accepts everything at once, counting the entries.
+struct MemoryBus;
+
+impl EventBus for MemoryBus {
+    async fn put_events(&self, entries: &[PutEventsEntry]) -> Result<Vec<EntryResult>, BusError> {
+        Ok(entries.iter().map(|e| EntryResult::Accepted(black_box(e).size().to_string())).collect())
+    }
+}
+
+/// Decodes and validates each record, as a stage processor does before its
+/// rules; keeps nothing.
+struct DecodeOnly {
+    validator: Validator,
+    handled: usize,
+}
+
+impl RecordHandler for DecodeOnly {
+    async fn handle(&mut self, record: &SqsMessage) -> Result<(), RecordError> {
+        let delivery = decode(record, &self.validator)?;
+        black_box(&delivery);
+        self.handled += 1;
+        Ok(())
+    }
+}
+
+fn batch() -> SqsEvent {
+    serde_json::from_str(include_str!("fifo-batch-10.json")).expect("the batch fixture")
+}
+
+fn bench(c: &mut Criterion) {
+    let event = batch();
+    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let processor = BatchProcessor::new();
+    let mut handler = DecodeOnly { validator: consumer_validator(), handled: 0 };
+    // The fixture must be a batch of valid records, or the benchmark would time failures.
+    let response = runtime.block_on(processor.process(&event, &mut handler));
+    assert!(response.batch_item_failures.is_empty(), "the fixture's records must all be valid");
+    assert_eq!(handler.handled, 10);
+
+    let mut group = c.benchmark_group("batch");
+    group.throughput(Throughput::Elements(event.records.len() as u64));
+    group.bench_function("fifo 10 records, decode + validate", |b| {
+        b.iter(|| runtime.block_on(processor.process(black_box(&event), &mut handler)));
+    });
+    group.finish();
+
+    // The whole reconciliation processor. A new one per batch: a processor
+    // remembers the events it handled and would skip them the second time.
+    let first = decode(&event.records[0], &consumer_validator()).expect("valid").event;
+    let target = CellTarget {
+        bus: "bems-prod-eu-1".into(),
+        cell_id: first.metadata.cell_id.clone(),
+        region: first.metadata.region.clone(),
+        account_id: first.metadata.account_id.clone(),
+        partitions: bems_core::partition::PartitionCount::new(8).expect("partitions"),
+    };
+    let stage_processor = || {
+        StageProcessor::new(
+            bems_core::Stage::Reconciliation,
+            Rules::default(),
+            Publisher::new(MemoryBus, target.clone()),
+            NoPurchaseOrderSystem,
+            NoApprovals,
+        )
+    };
+    let mut once = stage_processor();
+    let response = runtime.block_on(processor.process(&event, &mut once));
+    assert!(response.batch_item_failures.is_empty(), "the reconciliation stage must take the whole batch");
+    let mut group = c.benchmark_group("stage");
+    group.throughput(Throughput::Elements(event.records.len() as u64));
+    group.bench_function("reconciliation processor, 10 records, in-memory bus", |b| {
+        b.iter_batched(
+            stage_processor,
+            |mut handler| runtime.block_on(processor.process(black_box(&event), &mut handler)),
+            BatchSize::SmallInput,
+        );
+    });
+    group.finish();
+
+    let record = &event.records[0];
+    let validator = consumer_validator();
+    let delivery = decode(record, &validator).expect("valid");
+    let mut group = c.benchmark_group("timestream");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("record of one status change", |b| {
+        let received = bems_lambda::timestream::received_at(&delivery);
+        b.iter(|| bems_lambda::timestream::record(black_box(&delivery.event), received));
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(std::time::Duration::from_secs(4));
+    targets = bench
+}
+criterion_main!(benches);
