@@ -553,10 +553,21 @@ impl fmt::Display for Kind {
     }
 }
 
-fn string(raw: &RawValue) -> Result<String, FieldError> {
+/// A JSON string's text: borrowed from the input when it has no escapes
+/// (most values), which spares an allocation and a second parse per field.
+fn string(raw: &RawValue) -> Result<Cow<'_, str>, FieldError> {
     match Kind::of(raw) {
-        Kind::String => serde_json::from_str(raw.get())
-            .map_err(|e| FieldError::new(Code::InvalidFormat, format!("is not a valid string: {e}"))),
+        Kind::String => {
+            let text = raw.get();
+            // A raw value is valid JSON: a string without a backslash is
+            // exactly the text between its quotes.
+            match text.get(1..text.len() - 1) {
+                Some(inner) if !inner.contains('\\') => Ok(Cow::Borrowed(inner)),
+                _ => serde_json::from_str::<String>(text)
+                    .map(Cow::Owned)
+                    .map_err(|e| FieldError::new(Code::InvalidFormat, format!("is not a valid string: {e}"))),
+            }
+        }
         other => Err(FieldError::new(Code::WrongType, format!("expected a string, got {other}"))),
     }
 }
