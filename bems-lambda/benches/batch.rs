@@ -51,6 +51,19 @@ impl RecordHandler for DecodeOnly {
     }
 }
 
+/// Parses each body into a `serde_json::Value` and validates nothing: the
+/// same work as the Python side's `json.loads`.
+struct ParseOnly;
+
+impl RecordHandler for ParseOnly {
+    async fn handle(&mut self, record: &SqsMessage) -> Result<(), RecordError> {
+        let body = record.body.as_deref().unwrap_or_default();
+        let value: serde_json::Value = serde_json::from_str(body).map_err(|e| RecordError::poison(e.to_string()))?;
+        black_box(value);
+        Ok(())
+    }
+}
+
 fn batch() -> SqsEvent {
     serde_json::from_str(include_str!("fifo-batch-10.json")).expect("the batch fixture")
 }
@@ -69,6 +82,9 @@ fn bench(c: &mut Criterion) {
     group.throughput(Throughput::Elements(event.records.len() as u64));
     group.bench_function("fifo 10 records, decode + validate", |b| {
         b.iter(|| runtime.block_on(processor.process(black_box(&event), &mut handler)));
+    });
+    group.bench_function("fifo 10 records, JSON parse only (as json.loads)", |b| {
+        b.iter(|| runtime.block_on(processor.process(black_box(&event), &mut ParseOnly)));
     });
     group.finish();
 
