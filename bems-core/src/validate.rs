@@ -80,6 +80,15 @@ impl Default for ValidationOptions {
     }
 }
 
+impl ValidationOptions {
+    /// What consumers of delivered events use: unknown fields are ignored
+    /// (producers may be on a newer minor schema version) and the clock is
+    /// not checked (redelivered and replayed events are old by design).
+    pub fn consumer() -> ValidationOptions {
+        ValidationOptions { unknown_fields: UnknownFields::Ignore, max_future_skew: None, partitions: None }
+    }
+}
+
 /// Parses and validates invoice events.
 #[derive(Debug, Clone, Default)]
 pub struct Validator {

@@ -406,15 +406,9 @@ pub fn decode(record: &SqsMessage, validator: &bems_core::Validator) -> Result<b
     bems_core::decode_body(body, validator).map_err(|e| RecordError::Poison(e.to_string()))
 }
 
-/// The validator consumers use: unknown fields are ignored (producers may
-/// be on a newer minor schema version) and the clock is not checked
-/// (redelivered and replayed events are old by design).
+/// The validator consumers use ([`bems_core::ValidationOptions::consumer`]).
 pub fn consumer_validator() -> bems_core::Validator {
-    bems_core::Validator::new(bems_core::ValidationOptions {
-        unknown_fields: bems_core::UnknownFields::Ignore,
-        max_future_skew: None,
-        partitions: None,
-    })
+    bems_core::Validator::new(bems_core::ValidationOptions::consumer())
 }
 
 /// The record's FIFO message group, `None` on a standard queue.

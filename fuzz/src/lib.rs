@@ -23,23 +23,17 @@
 use std::sync::OnceLock;
 
 use bems_core::routing::{EventPattern, FilterPolicy, FilterPolicyScope, RuleSet};
-use bems_core::{UnknownFields, ValidationOptions, Validator};
+use bems_core::{ValidationOptions, Validator};
 
 fn strict() -> &'static Validator {
     static V: OnceLock<Validator> = OnceLock::new();
     V.get_or_init(Validator::default)
 }
 
-/// Consumers' validator: unknown fields ignored, no clock check.
+/// Consumers' validator (`bems_lambda::batch::consumer_validator`'s options).
 fn consumer() -> &'static Validator {
     static V: OnceLock<Validator> = OnceLock::new();
-    V.get_or_init(|| {
-        Validator::new(ValidationOptions {
-            unknown_fields: UnknownFields::Ignore,
-            max_future_skew: None,
-            ..ValidationOptions::default()
-        })
-    })
+    V.get_or_init(|| Validator::new(ValidationOptions::consumer()))
 }
 
 /// The invoice event: both validators; an accepted event round-trips.
