@@ -142,6 +142,41 @@ pub struct EventSource {
     options: RunnerOptions,
 }
 
+/// Worth calling again: throttling, a 5xx, a timeout, no connection.
+fn transient<E: aws_sdk_sqs::error::ProvideErrorMetadata>(e: &aws_sdk_sqs::error::SdkError<E>) -> bool {
+    use aws_sdk_sqs::error::SdkError;
+    match e {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
+        SdkError::ServiceError(s) => {
+            s.raw().status().as_u16() >= 500 || s.err().code().is_some_and(|c| c.contains("Throttl"))
+        }
+        _ => false,
+    }
+}
+
+/// Runs a start-up lookup, calling again on transient errors (the SDK has
+/// already retried each call) with backoff for up to half a minute: a
+/// runner started while SQS throttles or restarts must not die of it.
+async fn looked_up<T, E, F, Fut>(call: F) -> Result<T, aws_sdk_sqs::error::SdkError<E>>
+where
+    E: aws_sdk_sqs::error::ProvideErrorMetadata,
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T, aws_sdk_sqs::error::SdkError<E>>>,
+{
+    let policy = bems_core::publish::RetryPolicy::default();
+    let started = tokio::time::Instant::now();
+    let mut attempt = 0;
+    loop {
+        match call().await {
+            Err(e) if transient(&e) && started.elapsed() < policy.deadline => {
+                tokio::time::sleep(policy.backoff(attempt)).await;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
 /// The service's code and message when SQS answered, else the whole
 /// transport error (connection refused, timeout).
 fn sqs_error<E>(e: aws_sdk_sqs::error::SdkError<E>) -> RunnerError
@@ -157,20 +192,18 @@ where
 
 impl EventSource {
     /// The event source for the queue at `queue_url`; fails if the queue
-    /// cannot be read.
+    /// cannot be read (transient errors are retried for half a minute).
     pub async fn connect(
         client: aws_sdk_sqs::Client,
         queue_url: impl Into<String>,
         options: RunnerOptions,
     ) -> Result<EventSource, RunnerError> {
         let queue_url = queue_url.into();
-        let out = client
-            .get_queue_attributes()
-            .queue_url(&queue_url)
-            .attribute_names(QueueAttributeName::QueueArn)
-            .send()
-            .await
-            .map_err(sqs_error)?;
+        let out = looked_up(|| {
+            client.get_queue_attributes().queue_url(&queue_url).attribute_names(QueueAttributeName::QueueArn).send()
+        })
+        .await
+        .map_err(sqs_error)?;
         let queue_arn = out
             .attributes()
             .and_then(|a| a.get(&QueueAttributeName::QueueArn))
@@ -266,12 +299,10 @@ impl EventSource {
     }
 }
 
-/// The URL of the queue named `name`.
+/// The URL of the queue named `name` (transient errors are retried for half
+/// a minute).
 pub async fn queue_url(client: &aws_sdk_sqs::Client, name: &str) -> Result<String, RunnerError> {
-    let out = client
-        .get_queue_url()
-        .queue_name(name)
-        .send()
+    let out = looked_up(|| client.get_queue_url().queue_name(name).send())
         .await
         .map_err(|e| RunnerError(format!("queue {name}: {}", sqs_error(e).0)))?;
     out.queue_url().map(str::to_owned).ok_or_else(|| RunnerError(format!("queue {name}: no URL")))

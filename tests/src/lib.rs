@@ -18,6 +18,9 @@ use bems_core::{InvoiceEvent, Stage, Status};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+mod faults;
+pub use faults::{Outage, Throttle};
+
 /// Where the tests run.
 #[derive(Debug, Clone)]
 pub struct Env {
@@ -123,6 +126,15 @@ impl Cell {
             .unwrap_or_else(|e| panic!("provisioning failed: {e}. Is LocalStack running? (scripts/emulators status)"));
         let stop_forwarder = Some(start_forwarder(&clients, &spec));
         Cell { spec, clients, report: done.report, options, ingress: done.ingress, env: env.clone(), stop_forwarder }
+    }
+
+    /// Restarts the route forwarder with clients on `config`: through a
+    /// fault proxy, say.
+    pub fn restart_forwarder(&mut self, config: &aws_config::SdkConfig) {
+        if let Some(stop) = self.stop_forwarder.take() {
+            let _ = stop.send(());
+        }
+        self.stop_forwarder = Some(start_forwarder(&Clients::new(config), &self.spec));
     }
 
     /// Where this cell's events go.
@@ -296,7 +308,7 @@ pub fn moto_url(env: &Env) -> Option<String> {
 }
 
 /// SDK configuration for moto at `moto`.
-async fn moto_config(moto: &str) -> aws_config::SdkConfig {
+pub async fn moto_config(moto: &str) -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(moto)
         .region(aws_config::Region::new("us-east-1"))
@@ -347,38 +359,93 @@ pub async fn idempotency_table(moto: &str, cell: &str) -> (aws_sdk_dynamodb::Cli
     (client, table)
 }
 
-/// Every record moto stored in `table`, once at least `expected` are there
-/// or `timeout` passed. moto keeps each write exactly as sent (no version
-/// semantics) and shows them at `/moto-api/data.json`.
-pub async fn stored_records(
+/// The rows of `table` as Timestream holds them, once at least `expected`
+/// are there or `timeout` passed, and how many writes merged into rows.
+///
+/// moto keeps each write exactly as sent and shows them at
+/// `/moto-api/data.json`; Timestream keeps one row per series, measure name
+/// and time: a write of the same record again (a redelivered status change
+/// written twice) changes nothing, and a write with a higher version
+/// replaces the row. [`as_timestream_holds`] applies those rules.
+pub async fn stored_rows(
     moto: &str,
     table: &bems_lambda::timestream::TimestreamTable,
     expected: usize,
     timeout: Duration,
-) -> Vec<Value> {
+) -> (Vec<Value>, Merged) {
     let started = Instant::now();
     loop {
-        let url = format!("{}/moto-api/data.json", moto.trim_end_matches('/'));
-        let body: Value = tokio::task::spawn_blocking(move || {
-            let mut r = ureq::get(&url).call().expect("moto data");
-            // ureq refuses bodies over 10 MB by default; 25,000 records are more.
-            let text = r.body_mut().with_config().limit(u64::MAX).read_to_string().expect("moto data body");
-            serde_json::from_str(&text).expect("moto data is JSON")
-        })
-        .await
-        .expect("join");
-        let tables = body["timestreamwrite"]["TimestreamTable"].as_array().cloned().unwrap_or_default();
-        let records: Vec<Value> = tables
-            .iter()
-            .filter(|t| t["db_name"] == table.database.as_str() && t["name"] == table.table.as_str())
-            .flat_map(|t| t["records"].as_array().cloned().unwrap_or_default())
-            .collect();
-        if records.len() >= expected || started.elapsed() > timeout {
-            return records;
+        let (rows, merged) = as_timestream_holds(moto_writes(moto, table).await);
+        if rows.len() >= expected || started.elapsed() > timeout {
+            return (rows, merged);
         }
         // moto serialises its whole state per call: poll big tables slowly.
         tokio::time::sleep(Duration::from_millis(if expected > 2_000 { 5_000 } else { 500 })).await;
     }
+}
+
+/// Every write moto holds for `table`, in write order.
+async fn moto_writes(moto: &str, table: &bems_lambda::timestream::TimestreamTable) -> Vec<Value> {
+    let url = format!("{}/moto-api/data.json", moto.trim_end_matches('/'));
+    let body: Value = tokio::task::spawn_blocking(move || {
+        let mut r = ureq::get(&url).call().expect("moto data");
+        // ureq refuses bodies over 10 MB by default; 25,000 records are more.
+        let text = r.body_mut().with_config().limit(u64::MAX).read_to_string().expect("moto data body");
+        serde_json::from_str(&text).expect("moto data is JSON")
+    })
+    .await
+    .expect("join");
+    let tables = body["timestreamwrite"]["TimestreamTable"].as_array().cloned().unwrap_or_default();
+    tables
+        .iter()
+        .filter(|t| t["db_name"] == table.database.as_str() && t["name"] == table.table.as_str())
+        .flat_map(|t| t["records"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+/// Writes [`as_timestream_holds`] merged into an existing row.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Merged {
+    /// Writes of a record exactly as stored (a redelivered status change).
+    pub repeated: usize,
+    /// Writes with a higher version than the row's, which replace it.
+    pub replaced: usize,
+}
+
+/// `records` (in write order) as Timestream holds them: one row per
+/// dimensions, measure name and time, the highest version winning. Two
+/// writes of one row with the same version must be the same record:
+/// Timestream would reject the second, so that is a bug here.
+pub fn as_timestream_holds(records: Vec<Value>) -> (Vec<Value>, Merged) {
+    use std::collections::btree_map::{BTreeMap, Entry};
+    let key = |r: &Value| {
+        let mut dimensions: Vec<String> =
+            r["Dimensions"].as_array().into_iter().flatten().map(Value::to_string).collect();
+        dimensions.sort();
+        (dimensions, r["MeasureName"].to_string(), r["Time"].to_string())
+    };
+    let version = |r: &Value| r["Version"].as_i64().or_else(|| r["Version"].as_str().and_then(|v| v.parse().ok()));
+    let mut rows: BTreeMap<_, Value> = BTreeMap::new();
+    let mut merged = Merged::default();
+    for record in records {
+        match rows.entry(key(&record)) {
+            Entry::Vacant(row) => {
+                row.insert(record);
+            }
+            Entry::Occupied(mut row) => {
+                if version(&record) == version(row.get()) {
+                    assert_eq!(&record, row.get(), "two different records with one version: Timestream rejects one");
+                    merged.repeated += 1;
+                } else {
+                    merged.replaced += 1;
+                    if version(&record) > version(row.get()) {
+                        row.insert(record);
+                    }
+                }
+            }
+        }
+    }
+    (rows.into_values().collect(), merged)
 }
 
 /// A dimension of a stored record.
@@ -401,57 +468,4 @@ fn named(record: &Value, list: &str, name: &str) -> String {
         .and_then(|d| d["Value"].as_str())
         .unwrap_or_default()
         .to_owned()
-}
-
-/// A TCP proxy in front of an emulator that can go dark: while it is down
-/// it cuts every open connection and refuses new ones, as a restarting
-/// service (or a network partition) does to its clients. Clients built on
-/// [`Outage::config`] go through it; the test's own clients do not.
-pub struct Outage {
-    addr: std::net::SocketAddr,
-    down: tokio::sync::watch::Sender<bool>,
-    /// Connections cut or refused while down.
-    pub cut: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl Outage {
-    /// A proxy to `upstream` (`http://host:port`), up.
-    pub async fn start(upstream: &str) -> Outage {
-        let target = upstream.trim_start_matches("http://").trim_end_matches('/').to_owned();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("proxy port");
-        let addr = listener.local_addr().expect("proxy address");
-        let (down, down_rx) = tokio::sync::watch::channel(false);
-        let cut = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let counter = cut.clone();
-        tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if *down_rx.borrow() {
-                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    drop(client);
-                    continue;
-                }
-                let (target, mut down_rx, counter) = (target.clone(), down_rx.clone(), counter.clone());
-                tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else { return };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        _ = down_rx.wait_for(|d| *d) => {
-                            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        }
-                    }
-                });
-            }
-        });
-        Outage { addr, down, cut }
-    }
-
-    /// `config` with its endpoint through the proxy.
-    pub fn config(&self, config: &aws_config::SdkConfig) -> aws_config::SdkConfig {
-        config.to_builder().endpoint_url(format!("http://{}", self.addr)).build()
-    }
-
-    /// Goes dark (`true`) or comes back (`false`).
-    pub fn set_down(&self, down: bool) {
-        let _ = self.down.send(down);
-    }
 }

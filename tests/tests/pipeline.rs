@@ -4,7 +4,7 @@
 //! exactly once (read back from moto's stored records, not by counting
 //! calls), and nothing is left behind in any queue or DLQ.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -15,7 +15,8 @@ use bems_core::fields::InvoiceId;
 use bems_core::publish::{BusError, EntryResult, EventBus, Publisher, RetryPolicy};
 use bems_core::{Stage, Status};
 use bems_e2e::{
-    Cell, Outage, dimension, environment, event, idempotency_table, measure, stored_records, timestream_table,
+    Cell, Outage, Throttle, dimension, environment, event, idempotency_table, measure, moto_config, stored_rows,
+    timestream_table,
 };
 use bems_lambda::batch::BatchProcessor;
 use bems_lambda::idempotency::DynamoDbStore;
@@ -118,8 +119,13 @@ struct Plan {
     invoices: usize,
     partitions: u32,
     /// Every n-th call of each processor's bus client and of the writer's
-    /// store fails with throttling (0: none).
+    /// store fails with throttling (0: none), in our code, below the SDK's
+    /// retries.
     throttle_every: usize,
+    /// The share (0–1) of all requests to LocalStack and moto, from every
+    /// client of the functions, the forwarder and the producer, answered
+    /// with the service's throttling error by a [`Throttle`] proxy.
+    throttle_share: f64,
     /// How many times each stage processor's runner is killed between
     /// publishing a batch's next events and deleting the batch.
     kills: usize,
@@ -132,6 +138,19 @@ struct Plan {
     outage: bool,
 }
 
+impl Plan {
+    /// 40 invoices over 4 partitions, no faults.
+    const SMALL: Plan = Plan {
+        invoices: 40,
+        partitions: 4,
+        throttle_every: 0,
+        throttle_share: 0.0,
+        kills: 0,
+        store: false,
+        outage: false,
+    };
+}
+
 const OUTAGE: Duration = Duration::from_secs(8);
 
 /// The number: 5,000 invoices through all four stages.
@@ -140,19 +159,35 @@ async fn five_thousand_invoices_flow_through_all_four_stages_once_each() {
     let Some(env) = environment().await else { return };
     // BEMS_PIPELINE_INVOICES makes a quicker local run; CI runs the 5,000.
     let invoices = std::env::var("BEMS_PIPELINE_INVOICES").ok().and_then(|v| v.parse().ok()).unwrap_or(5_000);
-    let done =
-        pipeline(&env, Plan { invoices, partitions: 8, throttle_every: 0, kills: 0, store: false, outage: false })
-            .await;
+    let done = pipeline(&env, Plan { invoices, partitions: 8, ..Plan::SMALL }).await;
     assert_eq!(done.injected, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_every_third_call_to_the_bus_and_the_store_loses_nothing() {
     let Some(env) = environment().await else { return };
-    let done =
-        pipeline(&env, Plan { invoices: 40, partitions: 4, throttle_every: 3, kills: 0, store: false, outage: false })
-            .await;
+    let done = pipeline(&env, Plan { throttle_every: 3, ..Plan::SMALL }).await;
     assert!(done.injected > 10, "the faults really happened: {}", done.injected);
+}
+
+/// Throttling where AWS does it, in front of the services: a third of all
+/// requests from the functions, the forwarder and the producer to SQS, SNS,
+/// EventBridge, Timestream and DynamoDB are refused with the service's
+/// throttling error. Most are retried by the SDK; the calls that exhaust
+/// its retries reach our code as transient errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_a_third_of_the_requests_to_every_service_loses_nothing_and_doubles_nothing() {
+    let Some(env) = environment().await else { return };
+    if env.localstack.is_none() {
+        eprintln!("skipped: the throttling is made with proxies in front of the emulators");
+        return;
+    }
+    let done = pipeline(&env, Plan { invoices: 100, throttle_share: 0.33, store: true, ..Plan::SMALL }).await;
+    eprintln!("throttled requests by service: {:?}", done.throttled);
+    let services: BTreeSet<&str> = done.throttled.keys().map(String::as_str).collect();
+    for service in ["dynamodb", "events", "sns", "sqs", "timestream"] {
+        assert!(services.contains(service), "{service} was never throttled: {:?}", done.throttled);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -160,9 +195,7 @@ async fn killing_each_stage_processor_mid_batch_loses_nothing_and_doubles_nothin
     // With the idempotency table, as a deployment that wants exactly-once
     // beyond the FIFO window runs.
     let Some(env) = environment().await else { return };
-    let done =
-        pipeline(&env, Plan { invoices: 200, partitions: 4, throttle_every: 0, kills: 2, store: true, outage: false })
-            .await;
+    let done = pipeline(&env, Plan { invoices: 200, kills: 2, store: true, ..Plan::SMALL }).await;
     assert_eq!(done.kills, 8, "every processor was killed twice after publishing and before deleting");
 }
 
@@ -175,9 +208,7 @@ async fn localstack_going_dark_under_load_loses_nothing_and_doubles_nothing() {
         eprintln!("skipped: the outage is made with a proxy in front of LocalStack");
         return;
     }
-    let done =
-        pipeline(&env, Plan { invoices: 200, partitions: 4, throttle_every: 0, kills: 0, store: false, outage: true })
-            .await;
+    let done = pipeline(&env, Plan { invoices: 200, outage: true, ..Plan::SMALL }).await;
     assert!(done.cut > 0, "the outage really cut connections");
 }
 
@@ -213,6 +244,8 @@ struct Done {
     kills: usize,
     /// Connections cut or refused by the outage.
     cut: usize,
+    /// Requests answered with a throttling error by the proxies, by service.
+    throttled: BTreeMap<String, usize>,
 }
 
 /// Runs `plan.invoices` invoices through the four processors and the
@@ -222,7 +255,7 @@ struct Done {
 async fn pipeline(env: &bems_e2e::Env, plan: Plan) -> Done {
     let injected = Arc::new(AtomicUsize::new(0));
     let kills = Arc::new(AtomicUsize::new(0));
-    let cell = Cell::create(
+    let mut cell = Cell::create(
         env,
         plan.partitions,
         ProvisionOptions { visibility_timeout_secs: 5, ..ProvisionOptions::default() },
@@ -234,20 +267,42 @@ async fn pipeline(env: &bems_e2e::Env, plan: Plan) -> Done {
     let orders = Orders(events.iter().map(|e| (e.invoice_id.to_string(), e.amount.value())).collect());
 
     let moto = bems_e2e::moto_url(env);
-    let store = match (&moto, plan.store) {
-        (Some(url), true) => {
-            let (client, table) = idempotency_table(url, &cell.spec.cell_id().to_string()).await;
-            Some(DynamoDbStore::new(client, table, Duration::from_secs(3600)))
-        }
+    let store_table = match (&moto, plan.store) {
+        (Some(url), true) => Some(idempotency_table(url, &cell.spec.cell_id().to_string()).await),
         _ => None,
     };
     let outage = match (&env.localstack, plan.outage) {
         (Some(url), true) => Some(Outage::start(url).await),
         _ => None,
     };
-    // The clients of the functions and the producer: through the outage
-    // proxy when there is one.
-    let through = outage.as_ref().map_or_else(|| env.config.clone(), |o| o.config(&env.config));
+    // One throttling proxy in front of each emulator.
+    let throttles = match (&env.localstack, &moto) {
+        (Some(localstack), Some(moto)) if plan.throttle_share > 0.0 => Some((
+            Throttle::start(localstack, plan.throttle_share).await,
+            Throttle::start(moto, plan.throttle_share).await,
+        )),
+        _ => None,
+    };
+    // The clients of the functions, the forwarder and the producer: through
+    // the fault proxy when there is one.
+    let through = match (&outage, &throttles) {
+        (Some(o), _) => o.config(&env.config),
+        (None, Some((localstack, _))) => localstack.config(&env.config),
+        (None, None) => env.config.clone(),
+    };
+    if throttles.is_some() {
+        cell.restart_forwarder(&through);
+    }
+    // The store and the table are made directly; the functions reach moto
+    // through its throttling proxy.
+    let moto_through = match (&moto, &throttles) {
+        (Some(url), Some((_, proxy))) => Some(proxy.config(&moto_config(url).await)),
+        _ => None,
+    };
+    let store = store_table.map(|(client, table)| {
+        let client = moto_through.as_ref().map_or(client, aws_sdk_dynamodb::Client::new);
+        DynamoDbStore::new(client, table, Duration::from_secs(3600))
+    });
     let (sqs, bus) = (aws_sdk_sqs::Client::new(&through), aws_sdk_eventbridge::Client::new(&through));
     let (stop, stopped) = watch::channel(false);
     for stage in Stage::ALL {
@@ -308,8 +363,12 @@ async fn pipeline(env: &bems_e2e::Env, plan: Plan) -> Done {
         None => None,
     };
     if let Some(table) = &table {
+        let mut table = table.clone();
+        if let Some(config) = &moto_through {
+            table.client = aws_sdk_timestreamwrite::Client::new(config);
+        }
         let status_dlq = cell.queue_url(&cell.spec.status_dlq_name()).await;
-        let sink = Throttled::new(table.clone(), plan.throttle_every, injected.clone());
+        let sink = Throttled::new(table, plan.throttle_every, injected.clone());
         let writer = TimestreamWriter::new(sink, SqsDeadLetter::new(sqs.clone(), status_dlq));
         let mut stopped = stopped.clone();
         let queue = cell.queue_url(&cell.spec.status_queue_name()).await;
@@ -324,53 +383,62 @@ async fn pipeline(env: &bems_e2e::Env, plan: Plan) -> Done {
     }
 
     let invoice_count = plan.invoices;
-    if let Some(outage) = &outage {
-        // Submissions in chunks over about twelve seconds; two seconds in,
-        // LocalStack goes dark for eight.
-        let publisher = Publisher::new(bus.clone(), cell.target())
-            .with_retry(RetryPolicy { deadline: Duration::from_secs(2), ..RetryPolicy::default() });
-        let dark = async {
+    // The producer resubmits what the bus did not accept, as a producer
+    // using the SDK does. With an outage: submissions in chunks over about
+    // twelve seconds; two seconds in, LocalStack goes dark for eight.
+    let publisher = Publisher::new(bus.clone(), cell.target())
+        .with_retry(RetryPolicy { deadline: Duration::from_secs(2), ..RetryPolicy::default() });
+    let chunk = if outage.is_some() { events.len().div_ceil(20) } else { events.len() };
+    let produce = async {
+        for chunk in events.chunks(chunk.max(1)) {
+            let mut pending = chunk.to_vec();
+            while !pending.is_empty() {
+                let outcomes = publisher.publish(pending.clone()).await;
+                pending =
+                    pending.into_iter().zip(&outcomes).filter(|(_, o)| !o.is_accepted()).map(|(e, _)| e).collect();
+                if !pending.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+            if outage.is_some() {
+                tokio::time::sleep(Duration::from_millis(600)).await;
+            }
+        }
+    };
+    let dark = async {
+        if let Some(outage) = &outage {
             tokio::time::sleep(Duration::from_secs(2)).await;
             outage.set_down(true);
             tokio::time::sleep(OUTAGE).await;
             outage.set_down(false);
-        };
-        let produce = async {
-            for chunk in events.chunks(events.len().div_ceil(20)) {
-                let mut pending = chunk.to_vec();
-                while !pending.is_empty() {
-                    let outcomes = publisher.publish(pending.clone()).await;
-                    pending =
-                        pending.into_iter().zip(&outcomes).filter(|(_, o)| !o.is_accepted()).map(|(e, _)| e).collect();
-                    if !pending.is_empty() {
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(600)).await;
-            }
-        };
-        tokio::join!(dark, produce);
-    } else {
-        let outcomes = cell.publisher().publish(events.clone()).await;
-        assert!(outcomes.iter().all(|o| o.is_accepted()), "{:?}", outcomes.iter().find(|o| !o.is_accepted()));
-    }
+        }
+    };
+    tokio::join!(dark, produce);
     // moto's records, or without moto (on AWS) the status queue's messages.
     let changes: Vec<Change> = match (&moto, &table) {
-        (Some(url), Some(table)) => stored_records(url, table, invoice_count * 5, patience(invoice_count))
-            .await
-            .iter()
-            .map(|r| {
-                let number = |v: &serde_json::Value| v.as_str().and_then(|t| t.parse().ok()).or(v.as_i64());
-                Change {
-                    invoice: dimension(r, "invoice_id"),
-                    status: measure(r, "status"),
-                    time: number(&r["Time"]).unwrap_or(-1),
-                    version: number(&r["Version"]).unwrap_or(-1),
-                    stage_latency: measure(r, "stage_latency_ms").parse().ok(),
-                    end_to_end: measure(r, "end_to_end_latency_ms").parse().ok(),
-                }
-            })
-            .collect(),
+        (Some(url), Some(table)) => {
+            let (rows, merged) = stored_rows(url, table, invoice_count * 5, patience(invoice_count)).await;
+            // A status change written again as it was (its message
+            // redelivered after the delete failed) is one row in
+            // Timestream; one that went through the bus twice would have
+            // a second version.
+            eprintln!("{} rows; {} repeated identical writes", rows.len(), merged.repeated);
+            assert_eq!(merged.replaced, 0, "status changes written with two versions");
+            rows
+        }
+        .iter()
+        .map(|r| {
+            let number = |v: &serde_json::Value| v.as_str().and_then(|t| t.parse().ok()).or(v.as_i64());
+            Change {
+                invoice: dimension(r, "invoice_id"),
+                status: measure(r, "status"),
+                time: number(&r["Time"]).unwrap_or(-1),
+                version: number(&r["Version"]).unwrap_or(-1),
+                stage_latency: measure(r, "stage_latency_ms").parse().ok(),
+                end_to_end: measure(r, "end_to_end_latency_ms").parse().ok(),
+            }
+        })
+        .collect(),
         _ => cell
             .drain(&cell.spec.status_queue_name(), invoice_count * 5, Duration::from_secs(60))
             .await
@@ -442,5 +510,8 @@ async fn pipeline(env: &bems_e2e::Env, plan: Plan) -> Done {
         injected: injected.load(Ordering::SeqCst),
         kills: kills.load(Ordering::SeqCst),
         cut: outage.map_or(0, |o| o.cut.load(Ordering::SeqCst)),
+        throttled: throttles
+            .map(|(localstack, moto)| localstack.throttled().into_iter().chain(moto.throttled()).collect())
+            .unwrap_or_default(),
     }
 }
