@@ -83,13 +83,24 @@ fn varchar(name: &'static str, value: impl Into<String>) -> Measure {
     Measure { name, value: value.into(), kind: MeasureKind::Varchar }
 }
 
+/// The amount at its currency's scale (EUR 1250.5 is "1250.50"): the same
+/// text however a bus re-serialised the number on the way (LocalStack's
+/// EventBridge writes 1250.50 as 1250.5), so the same event always makes
+/// the same record. Validation guarantees no more decimals than the scale,
+/// so nothing is rounded.
+fn amount_text(event: &InvoiceEvent) -> String {
+    let mut value = event.amount.value();
+    value.rescale(event.currency.minor_units());
+    value.to_string()
+}
+
 /// The record of one delivered status change. `received` is EventBridge's
 /// receipt time (the envelope's `time`), the record's version.
 pub fn record(event: &InvoiceEvent, received: DateTime<Utc>) -> Record {
     let mut measures = vec![
         varchar("status", event.status.as_str()),
         varchar("event_id", event.event_id.to_string()),
-        Measure { name: "amount", value: event.amount.to_string(), kind: MeasureKind::Double },
+        Measure { name: "amount", value: amount_text(event), kind: MeasureKind::Double },
         varchar("currency", event.currency.code()),
         varchar("due_date", event.payment_terms.due_date.to_string()),
         varchar("vendor_id", event.vendor.id.as_str()),
@@ -444,6 +455,22 @@ mod tests {
         assert_eq!((terms.value.as_str(), terms.kind), ("30", MeasureKind::Bigint));
         // Same input, same record: a redelivery is an idempotent no-op.
         assert_eq!(record(&event(), received), r);
+    }
+
+    #[test]
+    fn the_amount_is_written_at_its_currency_s_scale_whatever_the_wire_text() {
+        let received: DateTime<Utc> = "2026-11-26T13:45:01Z".parse().expect("time");
+        let amount = |json: &str, currency: &str| {
+            let mut e = event();
+            e.amount = bems_core::Amount::from_json_number(json).expect("amount");
+            e.currency = bems_core::Currency::new(currency).expect("currency");
+            record(&e, received).measures.iter().find(|m| m.name == "amount").map(|m| m.value.clone())
+        };
+        assert_eq!(amount("1250.5", "EUR").as_deref(), Some("1250.50"));
+        assert_eq!(amount("1250.50", "EUR").as_deref(), Some("1250.50"));
+        assert_eq!(amount("1250", "EUR").as_deref(), Some("1250.00"));
+        assert_eq!(amount("1e3", "JPY").as_deref(), Some("1000"));
+        assert_eq!(amount("0.125", "BHD").as_deref(), Some("0.125"));
     }
 
     #[test]

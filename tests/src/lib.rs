@@ -408,8 +408,12 @@ async fn moto_writes(moto: &str, table: &bems_lambda::timestream::TimestreamTabl
 pub struct Merged {
     /// Writes of a record exactly as stored (a redelivered status change).
     pub repeated: usize,
-    /// Writes with a higher version than the row's, which replace it.
-    pub replaced: usize,
+    /// Writes of the same measures with another version (a status change
+    /// that went through the bus again: a replay).
+    pub rewritten: usize,
+    /// Writes of other measures with another version: a status change
+    /// stored with two different contents.
+    pub changed: usize,
 }
 
 /// `records` (in write order) as Timestream holds them: one row per
@@ -437,7 +441,11 @@ pub fn as_timestream_holds(records: Vec<Value>) -> (Vec<Value>, Merged) {
                     assert_eq!(&record, row.get(), "two different records with one version: Timestream rejects one");
                     merged.repeated += 1;
                 } else {
-                    merged.replaced += 1;
+                    if record["MeasureValues"] == row.get()["MeasureValues"] {
+                        merged.rewritten += 1;
+                    } else {
+                        merged.changed += 1;
+                    }
                     if version(&record) > version(row.get()) {
                         row.insert(record);
                     }
