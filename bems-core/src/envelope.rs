@@ -205,8 +205,133 @@ pub enum DecodeError {
 
 /// Decodes a message body in any of the three shapes (see the module docs)
 /// and validates the invoice event with `validator`.
+///
+/// An EventBridge event, the shape the stage queues carry, is read in one
+/// pass, envelope and event together; anything irregular about it is read
+/// again by the thorough path, which says exactly what is wrong.
 pub fn decode_body(body: &str, validator: &Validator) -> Result<Delivery, DecodeError> {
+    // `"detail-type"` with its quotes cannot occur inside an escaped SNS
+    // message, so other shapes go straight to the thorough path, as do
+    // bodies over the event size limit (it reports them).
+    if body.len() <= crate::validate::MAX_EVENT_BYTES
+        && body.contains("\"detail-type\"")
+        && let Some(delivery) = fast_eventbridge(body, validator)
+    {
+        return Ok(delivery);
+    }
     decode(body, validator, true)
+}
+
+/// The thorough path alone: what [`decode_body`] falls back to, and what the
+/// fuzz targets check it against.
+#[doc(hidden)]
+pub fn decode_body_thorough(body: &str, validator: &Validator) -> Result<Delivery, DecodeError> {
+    decode(body, validator, true)
+}
+
+/// A valid invoice event in an EventBridge envelope, read in one pass, or
+/// `None` for the thorough path. Accepts exactly what that path accepts as
+/// an EventBridge event: every envelope member present with its type
+/// (unknown ones ignored, a duplicate refused), no SNS `Type` and
+/// `TopicArn` pair, and a valid event in `detail`.
+fn fast_eventbridge(body: &str, validator: &Validator) -> Option<Delivery> {
+    let mut de = serde_json::Deserializer::from_str(body);
+    let read =
+        serde::de::DeserializeSeed::deserialize(FastEnvelope { detail: validator.event_seed() }, &mut de).ok()?;
+    de.end().ok()?;
+    if read.sns_type && read.topic_arn {
+        return None;
+    }
+    let event = validator.finish(&read.detail, chrono::Utc::now())?;
+    Some(Delivery {
+        event,
+        shape: Shape::EventBridge,
+        eventbridge_id: Some(read.id),
+        eventbridge_time: Some(read.time),
+        replay_name: read.replay_name,
+        sns_message_id: None,
+    })
+}
+
+/// The seed of [`fast_eventbridge`]'s one pass.
+struct FastEnvelope {
+    detail: crate::validate::ObjectSeed,
+}
+
+/// What that pass read.
+struct FastRead<'a> {
+    id: String,
+    time: String,
+    replay_name: Option<String>,
+    sns_type: bool,
+    topic_arn: bool,
+    detail: crate::validate::Fields<'a>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for FastEnvelope {
+    type Value = FastRead<'de>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<FastRead<'de>, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for FastEnvelope {
+    type Value = FastRead<'de>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an EventBridge event")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<FastRead<'de>, A::Error> {
+        use crate::validate::Key;
+        use serde::de::Error;
+        // The members `EventBridgeEvent` requires, as strings.
+        const STRINGS: [&str; 7] = ["version", "id", "detail-type", "source", "account", "time", "region"];
+        let mut strings: [Option<Key<'de>>; 7] = Default::default();
+        let (mut resources, mut replay_name, mut detail) = (false, None, None);
+        // `Some(present and not null)` once seen: the thorough path's SNS test.
+        let (mut sns_type, mut topic_arn) = (None, None);
+        let duplicate = || A::Error::custom("duplicate member");
+        while let Some(Key(key)) = map.next_key()? {
+            if let Some(i) = STRINGS.iter().position(|n| *n == key) {
+                if strings[i].is_some() {
+                    return Err(duplicate());
+                }
+                strings[i] = Some(map.next_value()?);
+                continue;
+            }
+            match key.as_ref() {
+                "resources" if resources => return Err(duplicate()),
+                "resources" => {
+                    map.next_value::<Vec<Key<'de>>>()?;
+                    resources = true;
+                }
+                "replay-name" if replay_name.is_some() => return Err(duplicate()),
+                "replay-name" => replay_name = Some(map.next_value::<Option<Key<'de>>>()?),
+                "detail" if detail.is_some() => return Err(duplicate()),
+                "detail" => detail = Some(map.next_value_seed(self.detail)?),
+                "Type" if sns_type.is_some() => return Err(duplicate()),
+                "Type" => sns_type = Some(map.next_value::<Option<serde::de::IgnoredAny>>()?.is_some()),
+                "TopicArn" if topic_arn.is_some() => return Err(duplicate()),
+                "TopicArn" => topic_arn = Some(map.next_value::<Option<serde::de::IgnoredAny>>()?.is_some()),
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        let [Some(_), Some(id), Some(_), Some(_), Some(_), Some(time), Some(_)] = strings else {
+            return Err(A::Error::custom("missing member"));
+        };
+        Ok(FastRead {
+            id: id.0.into_owned(),
+            time: time.0.into_owned(),
+            replay_name: replay_name.flatten().map(|k| k.0.into_owned()),
+            sns_type: sns_type == Some(true),
+            topic_arn: topic_arn == Some(true),
+            detail: detail.ok_or_else(|| A::Error::missing_field("detail"))?,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -267,4 +392,22 @@ fn decode(body: &str, validator: &Validator, allow_sns: bool) -> Result<Delivery
         replay_name: None,
         sns_message_id: None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ValidationOptions;
+
+    #[test]
+    fn a_valid_eventbridge_event_is_read_in_one_pass() {
+        // The equivalence with the thorough path is tests/fast_path.rs;
+        // this checks the fast path is really taken.
+        let body = include_str!("../fixtures/example-eventbridge-event-invoice.json");
+        let v = Validator::new(ValidationOptions::consumer());
+        let fast = fast_eventbridge(body, &v).expect("one pass");
+        assert_eq!(Ok(fast), decode_body_thorough(body, &v));
+        let replayed = include_str!("../fixtures/example-eventbridge-event-replayed.json");
+        assert!(fast_eventbridge(replayed, &v).and_then(|d| d.replay_name).is_some());
+    }
 }

@@ -1,11 +1,20 @@
 //! Parsing and validating the wire form of an [`InvoiceEvent`].
 //!
-//! The validator reads the JSON once into borrowed raw slices, one per field
+//! The validator reads the JSON into borrowed raw slices, one per field
 //! (`serde_json`'s `RawValue`), then decodes each field on its own. A field
 //! that fails does not stop the others, so one call reports every problem:
 //! wrong types, missing and unknown fields, formats, ranges, and the checks
 //! that span several fields. Amounts are decoded from their raw digits, never
 //! through a float.
+//!
+//! Two readers fill those slices. The fast one reads a well-formed event in
+//! a single pass, nested objects included, and gives up at the first
+//! irregularity (a duplicate member, an unknown one under
+//! [`UnknownFields::Reject`], a nested member that is not an object); the
+//! thorough one then reads the input again, member by member, and reports
+//! everything. A valid event never takes the second; both decode fields
+//! with the same code, and the fast path only ever returns an event the
+//! thorough one returns too (the fuzz targets check that they agree).
 //!
 //! ```
 //! use bems_core::{Code, Validator};
@@ -113,6 +122,23 @@ impl Validator {
 
     /// Parses `bytes` as of `now`. Returns the event, or every problem found.
     pub fn parse_at(&self, bytes: &[u8], now: DateTime<Utc>) -> Result<InvoiceEvent, Violations> {
+        if bytes.len() <= MAX_EVENT_BYTES {
+            let mut de = serde_json::Deserializer::from_slice(bytes);
+            if let Ok(fields) = serde::de::DeserializeSeed::deserialize(self.event_seed(), &mut de)
+                && de.end().is_ok()
+                && let Some(event) = self.finish(&fields, now)
+            {
+                return Ok(event);
+            }
+        }
+        self.parse_thorough(bytes, now)
+    }
+
+    /// The thorough reader alone, without the single-pass fast path: what
+    /// [`Validator::parse_at`] falls back to, and what the fuzz targets check
+    /// it against.
+    #[doc(hidden)]
+    pub fn parse_thorough(&self, bytes: &[u8], now: DateTime<Utc>) -> Result<InvoiceEvent, Violations> {
         let mut reader = Reader { found: Vec::new(), unknown: self.options.unknown_fields };
         let event = reader.event(bytes, &self.options, now);
         match (event, Violations::new(reader.found)) {
@@ -121,6 +147,21 @@ impl Validator {
             // Every path that yields no event records why.
             (None, None) => Err(one("$", Code::InvalidJson, "the event could not be decoded")),
         }
+    }
+}
+
+impl Validator {
+    /// Reads one event object in a single pass (see the module docs).
+    pub(crate) fn event_seed(&self) -> ObjectSeed {
+        ObjectSeed { shape: &EVENT, reject_unknown: self.options.unknown_fields == UnknownFields::Reject }
+    }
+
+    /// The event in `fields` (from [`Validator::event_seed`]) when it has
+    /// no problem at all; `None` sends the caller to the thorough reader.
+    pub(crate) fn finish(&self, fields: &Fields<'_>, now: DateTime<Utc>) -> Option<InvoiceEvent> {
+        let mut reader = Reader { found: Vec::new(), unknown: self.options.unknown_fields };
+        let event = reader.convert(fields, &self.options, now);
+        event.filter(|_| reader.found.is_empty())
     }
 }
 
@@ -282,17 +323,93 @@ struct Reader {
     unknown: UnknownFields,
 }
 
-/// The raw members of one object, in the order of its field list.
-struct Fields<'a> {
+/// The raw members of one object, in the order of its field list, and
+/// the nested objects the fast reader has read already.
+pub(crate) struct Fields<'a> {
     prefix: &'static str,
     names: &'static [&'static str],
     values: Vec<Option<&'a RawValue>>,
+    children: Vec<(&'static str, Fields<'a>)>,
 }
 
 impl<'a> Fields<'a> {
     fn get(&self, name: &str) -> Option<&'a RawValue> {
         let i = self.names.iter().position(|n| *n == name)?;
         self.values[i]
+    }
+
+    fn child(&self, name: &str) -> Option<&Fields<'a>> {
+        self.children.iter().find(|(n, _)| *n == name).map(|(_, f)| f)
+    }
+}
+
+/// The members of one kind of object: its field list and which of them
+/// are objects with their own.
+pub(crate) struct Shape {
+    prefix: &'static str,
+    names: &'static [&'static str],
+    nested: &'static [(&'static str, &'static Shape)],
+}
+
+static VENDOR: Shape = Shape { prefix: "vendor", names: VENDOR_FIELDS, nested: &[] };
+static TERMS: Shape = Shape { prefix: "paymentTerms", names: TERMS_FIELDS, nested: &[] };
+static METADATA: Shape = Shape { prefix: "metadata", names: METADATA_FIELDS, nested: &[] };
+static EVENT: Shape = Shape {
+    prefix: "",
+    names: EVENT_FIELDS,
+    nested: &[("vendor", &VENDOR), ("paymentTerms", &TERMS), ("metadata", &METADATA)],
+};
+
+/// The fast reader of one object of `shape`: each member raw, nested
+/// objects read in the same pass. Fails, for the thorough reader to take
+/// over, at a duplicate member, an unknown one when they are refused, or a
+/// nested member that is not an object.
+#[derive(Clone, Copy)]
+pub(crate) struct ObjectSeed {
+    shape: &'static Shape,
+    reject_unknown: bool,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for ObjectSeed {
+    type Value = Fields<'de>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Fields<'de>, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ObjectSeed {
+    type Value = Fields<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
+        use serde::de::Error;
+        let Shape { prefix, names, nested } = *self.shape;
+        let mut fields = Fields { prefix, names, values: vec![None; names.len()], children: Vec::new() };
+        while let Some(Key(key)) = map.next_key()? {
+            if let Some(&(name, shape)) = nested.iter().find(|(n, _)| *n == key) {
+                if fields.child(name).is_some() {
+                    return Err(A::Error::custom("duplicate member"));
+                }
+                let child = map.next_value_seed(ObjectSeed { shape, reject_unknown: self.reject_unknown })?;
+                fields.children.push((name, child));
+            } else if let Some(i) = names.iter().position(|n| *n == key) {
+                if fields.values[i].is_some() {
+                    return Err(A::Error::custom("duplicate member"));
+                }
+                fields.values[i] = Some(map.next_value()?);
+            } else if self.reject_unknown {
+                return Err(A::Error::custom("unknown member"));
+            } else {
+                // Captured, not skipped: skipping does not check that a
+                // string is UTF-8, and the thorough reader refuses it.
+                map.next_value::<&RawValue>()?;
+            }
+        }
+        Ok(fields)
     }
 }
 
@@ -317,7 +434,11 @@ impl Reader {
             return None;
         }
         let top = self.root(bytes)?;
-        let f = &top;
+        self.convert(&top, options, now)
+    }
+
+    /// The event in the members of its object, every problem recorded.
+    fn convert(&mut self, f: &Fields<'_>, options: &ValidationOptions, now: DateTime<Utc>) -> Option<InvoiceEvent> {
         let event_id = self.req(f, "eventId", |r| EventId::parse(&string(r)?));
         let invoice_id = self.req(f, "invoiceId", |r| InvoiceId::new(string(r)?));
         let stage = self.req(f, "stage", |r| enumerated(r, Stage::from_wire, &Stage::ALL.map(Stage::as_str)));
@@ -462,7 +583,7 @@ impl Reader {
                 None => {}
             }
         }
-        Fields { prefix, names, values }
+        Fields { prefix, names, values, children: Vec::new() }
     }
 
     /// A required member: records `missing` or the decoder's error.
@@ -504,6 +625,9 @@ impl Reader {
         names: &'static [&'static str],
         decode: impl FnOnce(&mut Reader, &Fields<'a>) -> Option<T>,
     ) -> Option<T> {
+        if let Some(read) = f.child(name) {
+            return decode(self, read);
+        }
         let Some(raw) = f.get(name) else {
             self.push(path(f.prefix, name), FieldError::new(Code::Missing, "is required"));
             return None;
@@ -783,6 +907,20 @@ mod tests {
         assert_eq!(integer(&raw("3e1")).unwrap_err().code, Code::WrongType);
         assert_eq!(integer(&raw("\"30\"")).unwrap_err().code, Code::WrongType);
         assert_eq!(integer(&raw("99999999999999999999")).unwrap_err().code, Code::OutOfRange);
+    }
+
+    #[test]
+    fn a_valid_event_is_read_in_one_pass() {
+        // The equivalence with the thorough reader is tests/fast_path.rs;
+        // this checks the fast path is really taken.
+        let bytes = include_bytes!("../fixtures/example-invoice-event.json");
+        let now = "2026-11-26T14:00:00Z".parse().expect("time");
+        for v in [Validator::default(), Validator::new(ValidationOptions::consumer())] {
+            let mut de = serde_json::Deserializer::from_slice(bytes);
+            let fields = serde::de::DeserializeSeed::deserialize(v.event_seed(), &mut de).expect("one pass");
+            assert_eq!(v.finish(&fields, now), v.parse_thorough(bytes, now).ok());
+            assert!(v.finish(&fields, now).is_some());
+        }
     }
 
     #[test]

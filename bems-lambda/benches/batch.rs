@@ -14,6 +14,7 @@
 //!
 //! `cargo bench -p bems-lambda --bench batch`
 
+use std::borrow::Cow;
 use std::hint::black_box;
 
 use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
@@ -64,6 +65,115 @@ impl RecordHandler for ParseOnly {
     }
 }
 
+/// The floor under any decoder of these bodies with `serde_json`: one
+/// typed pass into borrowed fields, envelope and event, checking nothing
+/// (no formats, no ranges, no cross-field rules, nothing owned). Compare
+/// with the Python side: it is the cost of reading the JSON at all.
+struct TypedParseOnly;
+
+#[derive(serde::Deserialize)]
+#[allow(dead_code, reason = "read to be parsed, never used")]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    version: Cow<'a, str>,
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(rename = "detail-type", borrow)]
+    detail_type: Cow<'a, str>,
+    #[serde(borrow)]
+    source: Cow<'a, str>,
+    #[serde(borrow)]
+    account: Cow<'a, str>,
+    #[serde(borrow)]
+    time: Cow<'a, str>,
+    #[serde(borrow)]
+    region: Cow<'a, str>,
+    #[serde(borrow)]
+    resources: Vec<Cow<'a, str>>,
+    #[serde(borrow)]
+    detail: Detail<'a>,
+}
+
+#[derive(serde::Deserialize)]
+#[allow(dead_code, reason = "read to be parsed, never used")]
+#[serde(rename_all = "camelCase")]
+struct Detail<'a> {
+    #[serde(borrow)]
+    event_id: Cow<'a, str>,
+    #[serde(borrow)]
+    invoice_id: Cow<'a, str>,
+    #[serde(borrow)]
+    stage: Cow<'a, str>,
+    #[serde(borrow)]
+    status: Cow<'a, str>,
+    #[serde(borrow)]
+    previous_status: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    amount: &'a serde_json::value::RawValue,
+    #[serde(borrow)]
+    currency: Cow<'a, str>,
+    #[serde(borrow)]
+    occurred_at: Cow<'a, str>,
+    #[serde(borrow)]
+    issue_date: Cow<'a, str>,
+    #[serde(borrow)]
+    vendor: Vendor<'a>,
+    #[serde(borrow)]
+    payment_terms: Terms<'a>,
+    #[serde(borrow)]
+    metadata: Meta<'a>,
+}
+
+#[derive(serde::Deserialize)]
+#[allow(dead_code, reason = "read to be parsed, never used")]
+#[serde(rename_all = "camelCase")]
+struct Vendor<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    #[serde(borrow)]
+    name: Cow<'a, str>,
+    #[serde(borrow)]
+    country: Cow<'a, str>,
+    #[serde(borrow)]
+    tax_id: Option<Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+#[allow(dead_code, reason = "read to be parsed, never used")]
+#[serde(rename_all = "camelCase")]
+struct Terms<'a> {
+    net_days: u16,
+    #[serde(borrow)]
+    due_date: Option<Cow<'a, str>>,
+}
+
+#[derive(serde::Deserialize)]
+#[allow(dead_code, reason = "read to be parsed, never used")]
+#[serde(rename_all = "camelCase")]
+struct Meta<'a> {
+    schema_version: u32,
+    #[serde(borrow)]
+    region: Cow<'a, str>,
+    #[serde(borrow)]
+    account_id: Cow<'a, str>,
+    #[serde(borrow)]
+    cell_id: Cow<'a, str>,
+    partition: u32,
+    #[serde(borrow)]
+    correlation_id: Cow<'a, str>,
+    #[serde(borrow)]
+    producer: Cow<'a, str>,
+}
+
+impl RecordHandler for TypedParseOnly {
+    async fn handle(&mut self, record: &SqsMessage) -> Result<(), RecordError> {
+        let body = record.body.as_deref().unwrap_or_default();
+        let envelope: Envelope<'_> = serde_json::from_str(body).map_err(|e| RecordError::poison(e.to_string()))?;
+        black_box(envelope);
+        Ok(())
+    }
+}
+
 fn batch() -> SqsEvent {
     serde_json::from_str(include_str!("fifo-batch-10.json")).expect("the batch fixture")
 }
@@ -85,6 +195,11 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("fifo 10 records, JSON parse only (as json.loads)", |b| {
         b.iter(|| runtime.block_on(processor.process(black_box(&event), &mut ParseOnly)));
+    });
+    let response = runtime.block_on(processor.process(&event, &mut TypedParseOnly));
+    assert!(response.batch_item_failures.is_empty(), "the typed floor must read every record");
+    group.bench_function("fifo 10 records, typed parse only, nothing checked (floor)", |b| {
+        b.iter(|| runtime.block_on(processor.process(black_box(&event), &mut TypedParseOnly)));
     });
     group.finish();
 

@@ -13,7 +13,9 @@
 //!   serializes to JSON that parses to the same event; an accepted pattern
 //!   prints as JSON that parses to the same pattern);
 //! - the rule index (`RuleSet`) selects exactly the rules whose patterns
-//!   match one by one.
+//!   match one by one;
+//! - the single-pass fast paths of the validator and of `decode_body`
+//!   answer exactly what the thorough readers answer.
 //!
 //! The targets (`fuzz_targets/`) call these; `tests/regressions.rs` runs
 //! every file of the seed corpora (`corpus/<target>/`) and of
@@ -36,9 +38,16 @@ fn consumer() -> &'static Validator {
     V.get_or_init(|| Validator::new(ValidationOptions::consumer()))
 }
 
-/// The invoice event: both validators; an accepted event round-trips.
+/// The invoice event: both validators, the fast path agreeing with the
+/// thorough reader; an accepted event round-trips.
 pub fn event_json(data: &[u8]) {
+    let now = chrono::DateTime::from_timestamp(1_795_700_000, 0).unwrap_or_default();
     for validator in [strict(), consumer()] {
+        assert_eq!(
+            validator.parse_at(data, now),
+            validator.parse_thorough(data, now),
+            "the fast path and the thorough reader must agree"
+        );
         if let Ok(event) = validator.parse(data) {
             let again = serde_json::to_vec(&event).expect("an accepted event serializes");
             let back = consumer().parse(&again);
@@ -50,6 +59,11 @@ pub fn event_json(data: &[u8]) {
 /// A consumer's message body in any of its three shapes.
 pub fn envelope(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
+    assert_eq!(
+        bems_core::decode_body(text, consumer()),
+        bems_core::envelope::decode_body_thorough(text, consumer()),
+        "the fast path and the thorough path must agree"
+    );
     if let Ok(delivery) = bems_core::decode_body(text, consumer()) {
         let again = serde_json::to_vec(&delivery.event).expect("serializes");
         assert!(consumer().parse(&again).is_ok(), "a decoded event must validate again");
