@@ -42,8 +42,9 @@ pub(crate) enum AwsError {
         /// The service's answer.
         message: String,
     },
-    /// A Timestream answer lacks a column the panel needs.
-    #[error("Timestream ({panel}): the answer has no column {column:?}")]
+    /// A Timestream answer has no value for a column the panel needs:
+    /// the column is missing, or null in a row (rows leave nulls out).
+    #[error("Timestream ({panel}): no value in column {column:?} (missing from the answer, or null)")]
     MissingColumn {
         /// The panel.
         panel: &'static str,
@@ -534,7 +535,10 @@ mod tests {
         assert_eq!(panels.high_value[0].invoice_id, "INV-2");
         assert!((panels.high_value[1].eur_equivalent - 6200.0).abs() < 1e-9);
         let broken = apply(&mut panels, "currencies", &vec![row(&[("invoices", "3")])]).expect_err("no currency");
-        assert_eq!(broken.to_string(), "Timestream (currencies): the answer has no column \"currency\"");
+        assert_eq!(
+            broken.to_string(),
+            "Timestream (currencies): no value in column \"currency\" (missing from the answer, or null)"
+        );
     }
 
     #[test]
