@@ -463,29 +463,30 @@ mod sdk {
         }
     }
 
-    /// Throttling, 5xx, timeouts and connection failures are transient;
-    /// every other service error is permanent.
+    /// [`is_transient`] errors and EventBridge's `LimitExceededException`
+    /// are transient; every other service error is permanent.
     fn classify(e: &SdkError<PutEventsError, HttpResponse>) -> BusError {
         let text = DisplayErrorContext(e).to_string();
+        let limit = matches!(e, SdkError::ServiceError(s) if s.err().code() == Some("LimitExceededException"));
+        if is_transient(e) || limit { BusError::Transient(text) } else { BusError::Permanent(text) }
+    }
+
+    /// Whether an AWS SDK call's error is worth another attempt: a timeout,
+    /// no connection, an unreadable response, a 5xx or throttling. Every
+    /// AWS SDK crate shares this error type, so the functions' SQS and
+    /// Timestream clients use this too.
+    pub fn is_transient<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
         match e {
-            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-                BusError::Transient(text)
+            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
+            SdkError::ServiceError(s) => {
+                s.raw().status().as_u16() >= 500 || s.err().code().is_some_and(|c| c.contains("Throttl"))
             }
-            SdkError::ServiceError(service) => {
-                let code = service.err().code().unwrap_or_default();
-                if service.raw().status().as_u16() >= 500
-                    || code.contains("Throttl")
-                    || code == "LimitExceededException"
-                {
-                    BusError::Transient(text)
-                } else {
-                    BusError::Permanent(text)
-                }
-            }
-            _ => BusError::Permanent(text),
+            _ => false,
         }
     }
 }
+
+pub use sdk::is_transient;
 
 #[cfg(test)]
 mod tests {

@@ -14,6 +14,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use aws_sdk_sqs::config::http::HttpResponse;
 use aws_sdk_sqs::types::{
     DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
 };
@@ -142,33 +143,21 @@ pub struct EventSource {
     options: RunnerOptions,
 }
 
-/// Worth calling again: throttling, a 5xx, a timeout, no connection.
-fn transient<E: aws_sdk_sqs::error::ProvideErrorMetadata>(e: &aws_sdk_sqs::error::SdkError<E>) -> bool {
-    use aws_sdk_sqs::error::SdkError;
-    match e {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
-        SdkError::ServiceError(s) => {
-            s.raw().status().as_u16() >= 500 || s.err().code().is_some_and(|c| c.contains("Throttl"))
-        }
-        _ => false,
-    }
-}
-
 /// Runs a start-up lookup, calling again on transient errors (the SDK has
 /// already retried each call) with backoff for up to half a minute: a
 /// runner started while SQS throttles or restarts must not die of it.
-async fn looked_up<T, E, F, Fut>(call: F) -> Result<T, aws_sdk_sqs::error::SdkError<E>>
+async fn looked_up<T, E, F, Fut>(call: F) -> Result<T, aws_sdk_sqs::error::SdkError<E, HttpResponse>>
 where
     E: aws_sdk_sqs::error::ProvideErrorMetadata,
     F: Fn() -> Fut,
-    Fut: Future<Output = Result<T, aws_sdk_sqs::error::SdkError<E>>>,
+    Fut: Future<Output = Result<T, aws_sdk_sqs::error::SdkError<E, HttpResponse>>>,
 {
     let policy = bems_core::publish::RetryPolicy::default();
     let started = tokio::time::Instant::now();
     let mut attempt = 0;
     loop {
         match call().await {
-            Err(e) if transient(&e) && started.elapsed() < policy.deadline => {
+            Err(e) if bems_core::publish::is_transient(&e) && started.elapsed() < policy.deadline => {
                 tokio::time::sleep(policy.backoff(attempt)).await;
                 attempt += 1;
             }

@@ -304,7 +304,7 @@ pub async fn write_all<S: RecordSink>(sink: &S, records: &[Record]) -> Vec<Outco
 mod sdk {
     //! `RecordSink` for Timestream for LiveAnalytics.
 
-    use aws_sdk_timestreamwrite::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+    use aws_sdk_timestreamwrite::error::{DisplayErrorContext, SdkError};
     use aws_sdk_timestreamwrite::types::{Dimension, MeasureValue, MeasureValueType, TimeUnit};
 
     use super::{MEASURE_NAME, MeasureKind, Record, RecordSink, SinkError, Written};
@@ -383,13 +383,7 @@ mod sdk {
                 }
                 Err(e) => {
                     let text = DisplayErrorContext(&e).to_string();
-                    let transient = match &e {
-                        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
-                        SdkError::ServiceError(s) => {
-                            s.raw().status().as_u16() >= 500 || s.err().code().is_some_and(|c| c.contains("Throttl"))
-                        }
-                        _ => false,
-                    };
+                    let transient = bems_core::publish::is_transient(&e);
                     Err(if transient { SinkError::Transient(text) } else { SinkError::Permanent(text) })
                 }
             }

@@ -183,11 +183,9 @@ async fn throttling_every_third_call_to_the_bus_and_the_store_loses_nothing() {
 /// its retries reach our code as transient errors.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_a_third_of_the_requests_to_every_service_loses_nothing_and_doubles_nothing() {
-    let Some(env) = environment().await else { return };
-    if env.localstack.is_none() {
-        eprintln!("skipped: the throttling is made with proxies in front of the emulators");
+    let Some(env) = on_emulators("the throttling is made with proxies in front of the emulators").await else {
         return;
-    }
+    };
     let done = pipeline(&env, Plan { invoices: 100, throttle_share: 0.33, store: true, ..Plan::SMALL }).await;
     eprintln!("throttled requests by service: {:?}", done.throttled);
     let services: BTreeSet<&str> = done.throttled.keys().map(String::as_str).collect();
@@ -209,11 +207,7 @@ async fn killing_each_stage_processor_mid_batch_loses_nothing_and_doubles_nothin
 async fn localstack_going_dark_under_load_loses_nothing_and_doubles_nothing() {
     // The producer keeps submitting through the outage, resubmitting what
     // the bus did not accept, as a producer using the SDK does.
-    let Some(env) = environment().await else { return };
-    if env.localstack.is_none() {
-        eprintln!("skipped: the outage is made with a proxy in front of LocalStack");
-        return;
-    }
+    let Some(env) = on_emulators("the outage is made with a proxy in front of LocalStack").await else { return };
     let done = pipeline(&env, Plan { invoices: 200, outage: true, ..Plan::SMALL }).await;
     assert!(done.cut > 0, "the outage really cut connections");
 }
@@ -233,14 +227,23 @@ async fn localstack_going_dark_under_load_loses_nothing_and_doubles_nothing() {
 /// control), as the emulator's five-minute window cannot be waited out here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replaying_processed_events_after_the_deduplication_window_doubles_nothing() {
-    let Some(env) = environment().await else { return };
-    if env.localstack.is_none() {
-        eprintln!("skipped: replays are put straight on the queues, as delivered after the window");
+    let Some(env) = on_emulators("replays are put straight on the queues, as delivered after the window").await else {
         return;
-    }
+    };
     let done = pipeline(&env, Plan { invoices: 100, store: true, replay: true, ..Plan::SMALL }).await;
     assert_eq!(done.replayed, 200, "every submission replayed into both queues");
     assert_eq!(done.merged.rewritten, 100, "the writer wrote each replayed submission again, as it was");
+}
+
+/// The environment when the tests run on the emulators; on a real account
+/// `None`, saying why the test is skipped there.
+async fn on_emulators(why: &str) -> Option<bems_e2e::Env> {
+    let env = environment().await?;
+    if env.localstack.is_none() {
+        eprintln!("skipped: {why}");
+        return None;
+    }
+    Some(env)
 }
 
 /// How long `invoice_count` invoices may take to be stored: generous for

@@ -81,6 +81,7 @@ async fn killing_the_writer_mid_batch_and_restarting_it_loses_nothing_and_writes
             .await;
     });
 
+    // Until every event is stored (or 90 s passed).
     stored_rows(&moto, &table, EVENTS, Duration::from_secs(90)).await;
     // Let redeliveries of killed batches come back and be written again.
     tokio::time::sleep(Duration::from_secs(5)).await;
