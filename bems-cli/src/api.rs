@@ -103,11 +103,19 @@ pub fn request_template(spec: &CellSpec, emulator: bool) -> String {
 }
 
 /// The gateway's own answers, in JSON: (response type, status, body).
+///
+/// Gateway response templates are not VTL: API Gateway substitutes
+/// `$context` values as they are, with no escaping function, so a body
+/// holds only values that stay valid JSON: `$context.error.messageString`
+/// is the message already quoted (and API Gateway's messages hold no
+/// quote). The detailed `$context.error.validationErrorString` quotes the
+/// values it names, which would break the JSON, so the 400 body says where
+/// to find every problem instead.
 pub const GATEWAY_RESPONSES: &[(&str, &str, &str)] = &[
     (
         "BAD_REQUEST_BODY",
         "400",
-        r#"{"message": "the request body is not a valid invoice event", "errors": "$context.error.validationErrorString"}"#,
+        r#"{"message": $context.error.messageString, "hint": "the body is not a valid invoice event for this stage and cell (the stage's model is bems-schema's <stage>-request.v1.json, with metadata.partition at most the cell's partition count and metadata.cellId, region and accountId the cell's); bems_core::Validator, or `bems send`, lists every problem"}"#,
     ),
     (
         "MISSING_AUTHENTICATION_TOKEN",
@@ -119,20 +127,130 @@ pub const GATEWAY_RESPONSES: &[(&str, &str, &str)] = &[
     ("QUOTA_EXCEEDED", "429", r#"{"message": "the usage plan's quota is exhausted"}"#),
 ];
 
-/// The statuses a method answers with.
-pub const METHOD_STATUSES: [&str; 5] = ["200", "400", "403", "429", "500"];
+/// The statuses a method answers with: success, the gateway's own
+/// refusals, and what the bus's answer is mapped to
+/// ([`INTEGRATION_RESPONSES`]).
+pub const METHOD_STATUSES: [&str; 7] = ["200", "400", "403", "429", "500", "502", "503"];
 
-/// The body when EventBridge answered with a 5xx.
-pub const BUS_ERROR_BODY: &str = r#"{"message": "the event bus could not be reached; retry"}"#;
+/// One integration response: which answers of the bus it takes (a regular
+/// expression over the bus's HTTP status; `None`: every answer no other
+/// takes), the method status it answers with unless the template overrides
+/// it, and the template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IntegrationResponse {
+    /// The `SelectionPattern`.
+    pub selection_pattern: Option<&'static str>,
+    /// The `StatusCode`.
+    pub status: &'static str,
+    /// The `application/json` response template.
+    pub template: &'static str,
+}
 
-/// The response mapping template: EventBridge's result, named for producers.
-pub const RESPONSE_TEMPLATE: &str =
-    r#"{"failedEntryCount": $input.json('$.FailedEntryCount'), "entries": $input.json('$.Entries')}"#;
+/// How the bus's answers become the API's. PutEvents answers 200 even when
+/// it refuses the entry (`FailedEntryCount` 1 and the entry's `ErrorCode`),
+/// and 4xx for a throttled or refused call (`__type` names the error), so
+/// each template reads the answer and sets
+/// `$context.responseOverride.status` once where the default status is
+/// wrong: never 2xx for an event the bus did not take. Throttling becomes
+/// 429 (retry with backoff), the bus's internal failures 503 (retry),
+/// everything else 502 (the cell's configuration, not the producer's
+/// event, is at fault: access denied, a missing bus). Every body is JSON:
+/// the only value copied from the answer goes through `$input.json`, which
+/// writes it as JSON.
+pub const INTEGRATION_RESPONSES: [IntegrationResponse; 3] = [
+    IntegrationResponse {
+        selection_pattern: None,
+        status: "200",
+        template: r#"#set($failed = "$input.path('$.FailedEntryCount')")
+#if($failed == "0")
+{"failedEntryCount": 0, "entries": $input.json('$.Entries')}
+#else
+#set($code = "$input.path('$.Entries[0].ErrorCode')")
+#if($code == "ThrottlingException")
+#set($context.responseOverride.status = 429)
+#elseif($code == "InternalFailure")
+#set($context.responseOverride.status = 503)
+#else
+#set($context.responseOverride.status = 502)
+#end
+{"message": "the event bus did not take the event; it was not accepted", "errorCode": $input.json('$.Entries[0].ErrorCode')}
+#end"#,
+    },
+    IntegrationResponse {
+        selection_pattern: Some("4\\d{2}"),
+        status: "502",
+        template: r#"#set($type = "$input.path('$.__type')")
+#if($type.contains("ThrottlingException"))
+#set($context.responseOverride.status = 429)
+{"message": "the event bus is throttling; retry with backoff", "errorCode": "ThrottlingException"}
+#elseif($type.contains("AccessDeniedException"))
+{"message": "the ingress may not put events on the bus; the event was not accepted", "errorCode": "AccessDeniedException"}
+#else
+{"message": "the event bus refused the request; the event was not accepted", "errorCode": "BusRefused"}
+#end"#,
+    },
+    IntegrationResponse {
+        selection_pattern: Some("5\\d{2}"),
+        status: "503",
+        template: r#"{"message": "the event bus failed; retry", "errorCode": "BusUnavailable"}"#,
+    },
+];
 
-/// The model to deploy for a stage (see the module docs for `emulator`).
-pub fn model(stage: Stage, emulator: bool) -> Result<Value, ProvisionError> {
+/// The values a cell's request models fix: literal for `bems provision`,
+/// CloudFormation references (`{"Ref": "AWS::Region"}`) in the template.
+#[derive(Debug, Clone)]
+pub struct ModelCell {
+    /// The cell id.
+    pub cell_id: String,
+    /// The partition count: `metadata.partition` is at most this.
+    pub partitions: u8,
+    /// The cell's Region, as a JSON value.
+    pub region: Value,
+    /// The cell's account, as a JSON value.
+    pub account_id: Value,
+}
+
+impl From<&CellSpec> for ModelCell {
+    fn from(spec: &CellSpec) -> ModelCell {
+        ModelCell {
+            cell_id: spec.cell_id().as_str().to_owned(),
+            partitions: spec.partitions().get(),
+            region: Value::String(spec.region().as_str().to_owned()),
+            account_id: Value::String(spec.account_id().as_str().to_owned()),
+        }
+    }
+}
+
+/// The model to deploy for a stage of `cell`: the committed `bems-schema`
+/// request schema, plus what makes an event routable in this cell, so that
+/// an event no rule of the cell would route is refused with 400 instead of
+/// accepted and dropped: `metadata.partition` at most the cell's partition
+/// count, and `cellId`, `region` and `accountId` the cell's own. (Whether
+/// an in-range partition is the invoice's own takes a hash no model can
+/// express; the consumers check it and dead-letter a wrong one with the
+/// reason.) See the module docs for `emulator`.
+pub fn model(cell: &ModelCell, stage: Stage, emulator: bool) -> Result<Value, ProvisionError> {
     let mut schema = bems_schema::request_schema(stage)
         .map_err(|e| ProvisionError { step: format!("model for {stage}"), message: e.to_string() })?;
+    let metadata = schema
+        .pointer_mut("/properties/metadata/properties")
+        .and_then(Value::as_object_mut)
+        .ok_or_else(|| ProvisionError {
+            step: format!("model for {stage}"),
+            message: "the request schema has no metadata properties".into(),
+        })?;
+    let mut fix = |field: &str, keyword: &str, value: Value| -> Result<(), ProvisionError> {
+        let property = metadata.get_mut(field).and_then(Value::as_object_mut).ok_or_else(|| ProvisionError {
+            step: format!("model for {stage}"),
+            message: format!("the request schema has no metadata.{field}"),
+        })?;
+        property.insert(keyword.to_owned(), value);
+        Ok(())
+    };
+    fix("partition", "maximum", Value::from(cell.partitions))?;
+    fix("cellId", "enum", Value::Array(vec![Value::String(cell.cell_id.clone())]))?;
+    fix("region", "enum", Value::Array(vec![cell.region.clone()]))?;
+    fix("accountId", "enum", Value::Array(vec![cell.account_id.clone()]))?;
     if emulator && let Some(Value::Array(all_of)) = schema.get_mut("allOf") {
         // Drop the currency/decimals branch; keep the transition table.
         all_of.retain(|branch| !branch.to_string().contains("multipleOf"));
@@ -167,7 +285,7 @@ pub async fn provision_api(
     for stage in Stage::ALL {
         let path = format!("/invoices/{stage}");
         let resource_id = resource(client, &api_id, &invoices, stage.as_str(), &path, &mut by_path, report).await?;
-        changed |= model_up_to_date(client, &api_id, stage, emulator, report).await?;
+        changed |= model_up_to_date(client, &api_id, &ModelCell::from(spec), stage, emulator, report).await?;
         changed |=
             method(client, spec, &api_id, &resource_id, stage, &validator, api_role_arn, emulator, report).await?;
     }
@@ -282,12 +400,13 @@ async fn request_validator(
 async fn model_up_to_date(
     client: &aws_sdk_apigateway::Client,
     api: &str,
+    cell: &ModelCell,
     stage: Stage,
     emulator: bool,
     report: &mut Report,
 ) -> Result<bool, ProvisionError> {
     let name = model_name(stage);
-    let wanted = model(stage, emulator)?;
+    let wanted = model(cell, stage, emulator)?;
     match client.get_model().rest_api_id(api).model_name(&name).send().await {
         Ok(found) => {
             let current: Option<Value> = found.schema().and_then(|s| serde_json::from_str(s).ok());
@@ -397,27 +516,19 @@ async fn method(
             .await
             .map_err(|e| fail(format!("{label} response {status}"), &e))?;
     }
-    client
-        .put_integration_response()
-        .rest_api_id(api)
-        .resource_id(resource)
-        .http_method("POST")
-        .status_code("200")
-        .response_templates("application/json", RESPONSE_TEMPLATE)
-        .send()
-        .await
-        .map_err(|e| fail(format!("{label} integration response"), &e))?;
-    client
-        .put_integration_response()
-        .rest_api_id(api)
-        .resource_id(resource)
-        .http_method("POST")
-        .status_code("500")
-        .selection_pattern("5\\d{2}")
-        .response_templates("application/json", BUS_ERROR_BODY)
-        .send()
-        .await
-        .map_err(|e| fail(format!("{label} error response"), &e))?;
+    for response in INTEGRATION_RESPONSES {
+        client
+            .put_integration_response()
+            .rest_api_id(api)
+            .resource_id(resource)
+            .http_method("POST")
+            .status_code(response.status)
+            .set_selection_pattern(response.selection_pattern.map(str::to_owned))
+            .response_templates("application/json", response.template)
+            .send()
+            .await
+            .map_err(|e| fail(format!("{label} integration response {}", response.status), &e))?;
+    }
     report.push("method", label, Change::Created);
     Ok(true)
 }
@@ -599,8 +710,9 @@ mod tests {
 
     #[test]
     fn emulator_models_drop_only_the_decimal_rule() {
-        let full = model(Stage::Posting, false).unwrap();
-        let emulator = model(Stage::Posting, true).unwrap();
+        let cell = ModelCell::from(&spec());
+        let full = model(&cell, Stage::Posting, false).unwrap();
+        let emulator = model(&cell, Stage::Posting, true).unwrap();
         assert!(full.to_string().contains("multipleOf"));
         assert!(!emulator.to_string().contains("multipleOf"));
         assert_eq!(emulator["allOf"].as_array().map(Vec::len), Some(1), "the transition branch stays");

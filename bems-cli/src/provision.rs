@@ -19,7 +19,9 @@
 //! - per stage: SQS FIFO route queue `bems-C-S-route.fifo` (+ DLQ
 //!   `bems-C-S-route-dlq.fifo`), which only the cell's rules may send to;
 //! - per stage and partition: rule `bems-C-S-pNN` with one target, the
-//!   stage's route queue, with the message group `S-pNN`.
+//!   stage's route queue, with the message group `S-pNN`;
+//! - rule `bems-C-unrouted` (events of our source no stage rule takes) with
+//!   one target, the standard queue `bems-C-unrouted`.
 //!
 //! All queues use SQS-managed server-side encryption and high-throughput
 //! FIFO (deduplication and throughput quotas per message group).
@@ -247,8 +249,15 @@ pub async fn provision(
     }
     for rule in spec.stage_rules() {
         p.rule(&mut report, &rule.name, &rule.pattern.to_json()).await?;
-        p.target(&mut report, &rule.name, &route_arns[&rule.stage], &rule.message_group_id, &bus_dlq.arn).await?;
+        p.target(&mut report, &rule.name, &route_arns[&rule.stage], Some(&rule.message_group_id), &bus_dlq.arn)
+            .await?;
     }
+    let unrouted_name = spec.unrouted_queue_name();
+    let unrouted =
+        p.queue(&mut report, &unrouted_name, false, None, Some(rules_may_send(spec, &unrouted_name))).await?;
+    let rule = spec.unrouted_rule_name();
+    p.rule(&mut report, &rule, &spec.unrouted_pattern().to_json()).await?;
+    p.target(&mut report, &rule, &unrouted.arn, None, &bus_dlq.arn).await?;
     let ingress =
         crate::api::provision_api(&clients.apigateway, spec, &options.api_role_arn, options.emulator, &mut report)
             .await?;
@@ -330,7 +339,7 @@ impl Provisioner<'_> {
             wanted.insert(QueueAttributeName::DeduplicationScope, "messageGroup".into());
             wanted.insert(QueueAttributeName::FifoThroughputLimit, "perMessageGroupId".into());
         }
-        if name.ends_with("-dlq.fifo") || name.ends_with("-bus-dlq") {
+        if name.ends_with("-dlq.fifo") || name.ends_with("-bus-dlq") || name == self.spec.unrouted_queue_name() {
             wanted.insert(QueueAttributeName::MessageRetentionPeriod, "1209600".into());
         } else {
             wanted.insert(QueueAttributeName::VisibilityTimeout, self.options.visibility_timeout_secs.to_string());
@@ -533,7 +542,7 @@ impl Provisioner<'_> {
         report: &mut Report,
         rule: &str,
         arn: &str,
-        group: &str,
+        group: Option<&str>,
         dlq_arn: &str,
     ) -> Result<(), ProvisionError> {
         use aws_sdk_eventbridge::types::{DeadLetterConfig, RetryPolicy, SqsParameters, Target};
@@ -547,16 +556,16 @@ impl Provisioner<'_> {
             .await
             .map_err(|e| fail(format!("list targets of {rule}"), &e))?;
         let same = current.targets().iter().any(|t| {
-            t.id() == "stage" && t.arn() == arn && t.sqs_parameters().and_then(|p| p.message_group_id()) == Some(group)
+            t.id() == TARGET_ID && t.arn() == arn && t.sqs_parameters().and_then(|p| p.message_group_id()) == group
         }) && current.targets().len() == 1;
         if same {
             report.push("target", rule, Change::Unchanged);
             return Ok(());
         }
         let target = Target::builder()
-            .id("stage")
+            .id(TARGET_ID)
             .arn(arn)
-            .sqs_parameters(SqsParameters::builder().message_group_id(group).build())
+            .set_sqs_parameters(group.map(|g| SqsParameters::builder().message_group_id(g).build()))
             .dead_letter_config(DeadLetterConfig::builder().arn(dlq_arn).build())
             // A day of retries: a target outage shorter than that loses nothing.
             .retry_policy(
@@ -582,6 +591,9 @@ impl Provisioner<'_> {
         Ok(())
     }
 }
+
+/// The id of the one target of each of the cell's rules.
+pub(crate) const TARGET_ID: &str = "stage";
 
 /// Attributes SQS reports in another spelling than they are set in.
 fn same_attribute(name: &QueueAttributeName, current: Option<&str>, wanted: &str) -> bool {

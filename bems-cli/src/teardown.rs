@@ -9,7 +9,7 @@
 use bems_core::Stage;
 use bems_core::routing::CellSpec;
 
-use crate::provision::{Change, Clients, ProvisionError, Report, bus_dlq_name};
+use crate::provision::{Change, Clients, ProvisionError, Report, TARGET_ID, bus_dlq_name};
 
 fn fail(
     step: impl Into<String>,
@@ -27,16 +27,17 @@ pub async fn teardown(clients: &Clients, spec: &CellSpec) -> Result<Report, Prov
     let mut report = Report::default();
     let bus = spec.bus_name();
     let events = &clients.events;
-    for rule in spec.stage_rules() {
-        match events.remove_targets().rule(&rule.name).event_bus_name(&bus).ids("stage").send().await {
+    let rules = spec.stage_rules().into_iter().map(|r| r.name).chain([spec.unrouted_rule_name()]);
+    for rule in rules {
+        match events.remove_targets().rule(&rule).event_bus_name(&bus).ids(TARGET_ID).send().await {
             Ok(_) => {}
             Err(e) if missing(&crate::describe(&e)) => continue,
-            Err(e) => return Err(fail(format!("remove target of {}", rule.name), &e)),
+            Err(e) => return Err(fail(format!("remove target of {rule}"), &e)),
         }
-        match events.delete_rule().name(&rule.name).event_bus_name(&bus).send().await {
-            Ok(_) => report.push("rule", &rule.name, Change::Deleted),
+        match events.delete_rule().name(&rule).event_bus_name(&bus).send().await {
+            Ok(_) => report.push("rule", &rule, Change::Deleted),
             Err(e) if missing(&crate::describe(&e)) => {}
-            Err(e) => return Err(fail(format!("delete rule {}", rule.name), &e)),
+            Err(e) => return Err(fail(format!("delete rule {rule}"), &e)),
         }
     }
     let archive = spec.archive_name();
@@ -65,7 +66,8 @@ pub async fn teardown(clients: &Clients, spec: &CellSpec) -> Result<Report, Prov
             report.push("topic", spec.topic_name(stage), Change::Deleted);
         }
     }
-    let mut queues = vec![bus_dlq_name(spec), spec.status_queue_name(), spec.status_dlq_name()];
+    let mut queues =
+        vec![bus_dlq_name(spec), spec.unrouted_queue_name(), spec.status_queue_name(), spec.status_dlq_name()];
     for stage in Stage::ALL {
         queues.extend([
             spec.queue_name(stage),

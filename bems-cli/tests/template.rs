@@ -93,7 +93,12 @@ fn committed_template_routes_exactly_as_the_cell_spec_does() {
     let want_queues: BTreeSet<String> = Stage::ALL
         .iter()
         .flat_map(|s| [spec.queue_name(*s), spec.dlq_name(*s), spec.route_queue_name(*s), spec.route_dlq_name(*s)])
-        .chain([spec.status_queue_name(), spec.status_dlq_name(), format!("bems-{}-bus-dlq", spec.cell_id())])
+        .chain([
+            spec.status_queue_name(),
+            spec.status_dlq_name(),
+            format!("bems-{}-bus-dlq", spec.cell_id()),
+            spec.unrouted_queue_name(),
+        ])
         .collect();
     assert_eq!(named("AWS::SQS::Queue", "QueueName"), want_queues);
     let topics = named("AWS::SNS::Topic", "TopicName");
@@ -126,13 +131,20 @@ fn committed_template_routes_exactly_as_the_cell_spec_does() {
         assert_eq!(policy, spec.stage_filter_policy());
     }
 
-    // Request models: the committed bems-schema files, unchanged.
+    // Request models: the committed bems-schema files plus the cell's
+    // constraints (partition at most P, the cell's id, Region and account),
+    // and nothing else changed.
     for stage in Stage::ALL {
         let committed = fs::read_to_string(
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../bems-schema/schemas/{stage}-request.v1.json")),
         )
         .expect("committed schema");
-        let committed: Value = serde_json::from_str(&committed).expect("schema JSON");
+        let mut committed: Value = serde_json::from_str(&committed).expect("schema JSON");
+        let metadata = &mut committed["properties"]["metadata"]["properties"];
+        metadata["partition"]["maximum"] = serde_json::json!(16);
+        metadata["cellId"]["enum"] = serde_json::json!(["prod-eu-1"]);
+        metadata["region"]["enum"] = serde_json::json!([{ "Ref": "AWS::Region" }]);
+        metadata["accountId"]["enum"] = serde_json::json!([{ "Ref": "AWS::AccountId" }]);
         let model = resources
             .values()
             .find(|r| {
@@ -141,6 +153,14 @@ fn committed_template_routes_exactly_as_the_cell_spec_does() {
             .unwrap_or_else(|| panic!("no {stage} model"));
         assert_eq!(model["Properties"]["Schema"], committed, "{stage} model");
     }
+
+    // Events of our source no stage rule takes: one rule in the main stack,
+    // with the spec's pattern, to the unrouted queue.
+    let unrouted = &resources["UnroutedRule"]["Properties"];
+    assert_eq!(unrouted["Name"], spec.unrouted_rule_name().as_str());
+    assert_eq!(EventPattern::from_value(&unrouted["EventPattern"]).expect("a valid pattern"), spec.unrouted_pattern());
+    assert_eq!(unrouted["Targets"][0]["Arn"]["Fn::GetAtt"][0], "UnroutedQueue");
+    assert_eq!(resources["UnroutedQueue"]["Properties"]["QueueName"], spec.unrouted_queue_name().as_str());
 
     // Rules: one nested stack per stage, one rule per partition, each with
     // the spec's pattern, name and message group, targeting the queue the
@@ -187,7 +207,7 @@ fn every_queue_and_dlq_is_watched() {
         })
     };
     for (id, r) in resources.iter().filter(|(_, r)| r["Type"] == "AWS::SQS::Queue") {
-        if id.ends_with("Dlq") {
+        if id.ends_with("Dlq") || id == "UnroutedQueue" {
             assert!(watched("ApproximateNumberOfMessagesVisible", id), "{id}: no not-empty alarm");
         } else {
             assert!(watched("ApproximateAgeOfOldestMessage", id), "{id}: no age alarm");
@@ -210,9 +230,9 @@ fn every_queue_and_dlq_is_watched() {
 }
 
 /// Each function's role names only the resources that function touches:
-/// its queue and DLQ, the cell key, and the bus (processors) or the
-/// Timestream table (writer); the forwarder its four route queues, the key
-/// and the four topics.
+/// its queue and DLQ, its log group, the cell key, and the bus
+/// (processors) or the Timestream table (writer); the forwarder its four
+/// route queues, its log group, the key and the four topics.
 #[test]
 fn every_function_touches_only_its_own_resources() {
     let main = read("cell.json");
@@ -220,20 +240,22 @@ fn every_function_touches_only_its_own_resources() {
     let mut functions = 0;
     for (id, r) in resources.iter().filter(|(_, r)| r["Type"] == "AWS::Serverless::Function") {
         functions += 1;
-        let policy = r["Properties"]["Policies"].to_string();
+        let role = r["Properties"]["Role"]["Fn::GetAtt"][0].as_str().unwrap_or_else(|| panic!("{id}: no role"));
+        let policy = resources[role]["Properties"]["Policies"].to_string();
         let referenced: BTreeSet<String> =
             resources.keys().filter(|other| policy.contains(&format!("[\"{other}\",\"Arn\"]"))).cloned().collect();
         let routes = Stage::ALL.map(|s| format!("{}Route", pascal(s)));
+        let logs = format!("{id}Logs");
         let (want, sources): (BTreeSet<String>, Vec<String>) = match (id.strip_suffix("Processor"), id.as_str()) {
             (Some(stage), _) => (
-                [format!("{stage}Queue"), format!("{stage}Dlq"), "CellKey".into(), "Bus".into()].into(),
+                [format!("{stage}Queue"), format!("{stage}Dlq"), "CellKey".into(), "Bus".into(), logs].into(),
                 vec![format!("{stage}Queue")],
             ),
             (None, "RouteForwarder") => {
-                (routes.iter().cloned().chain(["CellKey".to_owned()]).collect(), routes.to_vec())
+                (routes.iter().cloned().chain(["CellKey".to_owned(), logs]).collect(), routes.to_vec())
             }
             (None, _) => (
-                ["StatusQueue".into(), "StatusDlq".into(), "CellKey".into(), "TimestreamTable".into()].into(),
+                ["StatusQueue".into(), "StatusDlq".into(), "CellKey".into(), "TimestreamTable".into(), logs].into(),
                 vec!["StatusQueue".to_owned()],
             ),
         };
@@ -247,10 +269,17 @@ fn every_function_touches_only_its_own_resources() {
             BTreeSet::new()
         };
         assert_eq!(published, topics, "{id}");
-        // And nothing with a wildcard but endpoint discovery.
-        for statement in r["Properties"]["Policies"][0]["Statement"].as_array().expect("statements") {
+        // And nothing with a wildcard but tracing and endpoint discovery,
+        // which take no resource.
+        let statements = &resources[role]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"];
+        for statement in statements.as_array().expect("statements") {
             if statement["Resource"] == "*" {
-                assert_eq!(statement["Action"], "timestream:DescribeEndpoints", "{id}: {statement}");
+                let action = statement["Action"].to_string();
+                assert!(
+                    action == r#""timestream:DescribeEndpoints""#
+                        || action == r#"["xray:PutTraceSegments","xray:PutTelemetryRecords"]"#,
+                    "{id}: {statement}"
+                );
             }
         }
         let events = r["Properties"]["Events"].as_object().expect("events");
@@ -266,8 +295,8 @@ fn every_function_touches_only_its_own_resources() {
     assert_eq!(functions, 6);
 }
 
-/// 99 partitions: 396 rules, still within a stack's 500 resources because
-/// each stage's rules are a nested stack.
+/// 99 partitions: 396 stage rules, still within a stack's 500 resources
+/// because each stage's rules are a nested stack.
 #[test]
 fn the_largest_cell_fits_cloudformation_s_limits() {
     let spec = spec("big", 99, 400);

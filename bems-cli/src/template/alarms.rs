@@ -173,6 +173,20 @@ pub(super) fn monitoring(
     );
     critical.push("BusDlqNotEmptyAlarm".into());
     resources.insert(
+        "UnroutedNotEmptyAlarm".into(),
+        sqs_alarm(
+            format!("bems-{cell}-unrouted-not-empty"),
+            "An event of the cell's source matched no stage rule (a partition outside 1..P, another cell's id, a missing field): it is kept in the unrouted queue, unprocessed. Fix the producer, then send the corrected event again."
+                .into(),
+            "UnroutedQueue",
+            "ApproximateNumberOfMessagesVisible",
+            json!(0),
+            1,
+            "AlertsCritical",
+        ),
+    );
+    critical.push("UnroutedNotEmptyAlarm".into());
+    resources.insert(
         "VisibilityOverSlaAlarm".into(),
         json!({
             "Type": "AWS::CloudWatch::Alarm",
@@ -397,15 +411,15 @@ fn service_alarms(spec: &CellSpec, resources: &mut BTreeMap<String, Value>) -> V
     );
 
     // Each function: invocations that failed as a whole (a crash, a
-    // timeout: the whole batch comes back) and throttles (reserved
-    // concurrency reached: the queues wait).
-    let mut functions: Vec<(String, String)> = bems_core::Stage::ALL
+    // timeout: the whole batch comes back) and throttles (the account's
+    // concurrency quota reached: the queues wait).
+    let mut functions: Vec<(String, String, Option<&str>)> = bems_core::Stage::ALL
         .iter()
-        .map(|s| (format!("{}Processor", pascal(*s)), format!("bems-{cell}-{s}-processor")))
+        .map(|s| (format!("{}Processor", pascal(*s)), format!("bems-{cell}-{s}-processor"), None))
         .collect();
-    functions.push(("RouteForwarder".into(), format!("bems-{cell}-route-forwarder")));
-    functions.push(("TimestreamWriter".into(), format!("bems-{cell}-timestream-writer")));
-    for (logical, name) in functions {
+    functions.push(("RouteForwarder".into(), format!("bems-{cell}-route-forwarder"), None));
+    functions.push(("TimestreamWriter".into(), format!("bems-{cell}-timestream-writer"), Some("WithTimestream")));
+    for (logical, name, condition) in functions {
         for (metric, what) in [("Errors", "invocations failed as a whole"), ("Throttles", "invocations were throttled")]
         {
             let metrics = json!([{
@@ -421,9 +435,7 @@ fn service_alarms(spec: &CellSpec, resources: &mut BTreeMap<String, Value>) -> V
                 },
                 "ReturnData": true,
             }]);
-            resources.insert(
-                format!("{logical}{metric}Alarm"),
-                alarm(
+            let mut watch = alarm(
                     format!(
                         "bems-{cell}-{}-{}",
                         name.trim_start_matches(&format!("bems-{cell}-")),
@@ -434,8 +446,11 @@ fn service_alarms(spec: &CellSpec, resources: &mut BTreeMap<String, Value>) -> V
                     json!(0),
                     (3, 5),
                     "AlertsWarning",
-                ),
             );
+            if let Some(condition) = condition {
+                watch["Condition"] = json!(condition);
+            }
+            resources.insert(format!("{logical}{metric}Alarm"), watch);
         }
     }
     critical

@@ -1,4 +1,4 @@
-//! The six Lambda functions and their roles.
+//! The six Lambda functions, their roles and their event sources.
 
 use std::collections::BTreeMap;
 
@@ -8,179 +8,234 @@ use serde_json::{Value, json};
 
 use super::*;
 
+/// The smallest `MaximumConcurrency` an SQS event source takes.
+const MIN_SOURCE_CONCURRENCY: u32 = 2;
+
+/// The concurrency that saturates a FIFO queue with `groups` message
+/// groups: Lambda runs at most one batch per group at a time, so more is
+/// never used; at least the 2 an event source mapping requires.
+pub(super) fn source_concurrency(groups: u32) -> u32 {
+    groups.max(MIN_SOURCE_CONCURRENCY)
+}
+
+/// One function of the cell.
+struct Function<'a> {
+    /// Logical id: `IngestionProcessor`; its role is `<id>Role`, its log
+    /// group `<id>Logs`.
+    logical: String,
+    name: String,
+    /// The `bems-lambda` binary.
+    binary: String,
+    /// The queues it consumes (logical ids) and the parameter bounding each
+    /// event source's concurrency.
+    sources: Vec<String>,
+    concurrency: &'a str,
+    /// What it may do besides consuming its queues, logging and tracing.
+    statements: Vec<Value>,
+    env: Value,
+    /// The template condition it exists under, if any.
+    condition: Option<&'a str>,
+}
+
 /// The six functions (`AWS::Serverless::Function`, arm64, built by
-/// cargo-lambda from `bems-lambda`), each with its own role scoped to the
-/// resources it touches, its log group (encrypted, kept
-/// `LogRetentionDays`), X-Ray, and SQS event sources with
-/// `ReportBatchItemFailures`: the four processors (their stage queue), the
-/// route forwarder (the four route queues), the Timestream writer (the
-/// status queue). Timeout 30 s: the queues' visibility timeout
-/// (180 s by default) is six times that, as AWS advises.
+/// cargo-lambda from `bems-lambda`): the four processors (their stage
+/// queue), the route forwarder (the four route queues) and the Timestream
+/// writer (the status queue, only with `Store=timestream`).
+///
+/// Each has its own role (`AWS::IAM::Role`) naming exactly the resources it
+/// touches: given `Role`, SAM creates no role of its own, so none of the
+/// managed policies it would attach (`AWSLambdaSQSQueueExecutionRole` grants
+/// receive and delete on every queue of the account). Each has its log
+/// group (encrypted, kept `LogRetentionDays`, retained when the stack is
+/// deleted), X-Ray, and SQS event sources with `ReportBatchItemFailures`
+/// and a `MaximumConcurrency` instead of reserved concurrency: a new
+/// account's concurrency quota is small, and Lambda refuses a reservation
+/// that leaves less than its minimum unreserved. Timeout 30 s: the queues'
+/// visibility timeout (180 s by default) is six times that, as AWS advises.
 pub(super) fn functions(spec: &CellSpec, defaults: &TemplateDefaults, resources: &mut BTreeMap<String, Value>) {
     let cell = spec.cell_id().as_str();
-    let sqs_consume = |queue: &str| {
-        json!({
-            "Effect": "Allow",
-            "Action": ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes"],
-            "Resource": get_att(queue, "Arn"),
-        })
-    };
-    let sqs_send = |queue: &str| json!({ "Effect": "Allow", "Action": ["sqs:SendMessage", "sqs:GetQueueAttributes"], "Resource": get_att(queue, "Arn") });
-    let kms = json!({
-        "Effect": "Allow",
-        "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
-        "Resource": get_att("CellKey", "Arn"),
-    });
-    let suppressions = json!({
-        "checkov": { "skip": [
-            { "id": "CKV_AWS_116", "comment": "Invoked by an SQS event source: failures go back to the queue and its DLQ; a Lambda DLQ applies to asynchronous invocations only." },
-            { "id": "CKV_AWS_117", "comment": "Calls only AWS public endpoints (SQS, EventBridge, Timestream, DynamoDB) with IAM; a VPC would add NAT cost and cold-start time for nothing." },
-        ] },
-    });
-    let mut function = |logical: &str,
-                        name: String,
-                        binary: &str,
-                        sources: &[String],
-                        mut statements: Vec<Value>,
-                        env: Value,
-                        concurrency: &str| {
-        statements.extend(sources.iter().map(|q| sqs_consume(q)));
-        statements.push(kms.clone());
-        let events: BTreeMap<&str, Value> = sources
-            .iter()
-            .map(|q| {
-                let source = json!({
-                    "Type": "SQS",
-                    "Properties": {
-                        "Queue": get_att(q, "Arn"),
-                        "BatchSize": 10,
-                        "FunctionResponseTypes": ["ReportBatchItemFailures"],
-                    },
-                });
-                (q.as_str(), source)
-            })
-            .collect();
-        resources.insert(
-            format!("{logical}Logs"),
-            json!({
-                "Type": "AWS::Logs::LogGroup",
-                "Properties": {
-                    "LogGroupName": format!("/aws/lambda/{name}"),
-                    "RetentionInDays": reference("LogRetentionDays"),
-                    "KmsKeyId": get_att("CellKey", "Arn"),
-                },
-            }),
-        );
-        resources.insert(
-            logical.to_owned(),
-            json!({
-                "Type": "AWS::Serverless::Function",
-                "DependsOn": [format!("{logical}Logs")],
-                "Metadata": {
-                    "BuildMethod": "rust-cargolambda",
-                    "BuildProperties": { "Binary": binary },
-                    "checkov": suppressions["checkov"],
-                },
-                "Properties": {
-                    "FunctionName": name,
-                    "CodeUri": defaults.code_uri,
-                    "Handler": "bootstrap",
-                    "Runtime": "provided.al2023",
-                    "Architectures": ["arm64"],
-                    "MemorySize": 256,
-                    "Timeout": 30,
-                    "Tracing": "Active",
-                    "KmsKeyArn": get_att("CellKey", "Arn"),
-                    "ReservedConcurrentExecutions": reference(concurrency),
-                    "Environment": { "Variables": env },
-                    "Policies": [{ "Version": "2012-10-17", "Statement": statements }],
-                    "Events": events,
-                },
-            }),
-        );
-    };
+    let partitions = spec.partitions().get().to_string();
+    let mut all = Vec::new();
     for stage in Stage::ALL {
         let p = pascal(stage);
         let (queue, dlq) = (format!("{p}Queue"), format!("{p}Dlq"));
-        let statements = vec![
-            sqs_send(&dlq),
-            json!({ "Effect": "Allow", "Action": "events:PutEvents", "Resource": get_att("Bus", "Arn") }),
-            json!({
-                "Fn::If": [
-                    "WithIdempotencyTable",
-                    {
-                        "Effect": "Allow",
-                        "Action": ["dynamodb:PutItem", "dynamodb:GetItem"],
-                        "Resource": sub("arn:${AWS::Partition}:dynamodb:${AWS::Region}:${AWS::AccountId}:table/${IdempotencyTable}"),
-                    },
-                    { "Ref": "AWS::NoValue" },
-                ],
+        all.push(Function {
+            logical: format!("{p}Processor"),
+            name: format!("bems-{cell}-{stage}-processor"),
+            binary: format!("invoice-{stage}-processor"),
+            sources: vec![queue],
+            concurrency: "ProcessorMaximumConcurrency",
+            statements: vec![
+                sqs_send(&dlq),
+                json!({ "Effect": "Allow", "Action": "events:PutEvents", "Resource": get_att("Bus", "Arn") }),
+                json!({
+                    "Fn::If": [
+                        "WithIdempotencyTable",
+                        {
+                            "Effect": "Allow",
+                            "Action": ["dynamodb:PutItem", "dynamodb:GetItem"],
+                            "Resource": sub("arn:${AWS::Partition}:dynamodb:${AWS::Region}:${AWS::AccountId}:table/${IdempotencyTable}"),
+                        },
+                        { "Ref": "AWS::NoValue" },
+                    ],
+                }),
+            ],
+            env: json!({
+                "BEMS_CELL_ID": cell,
+                "BEMS_PARTITIONS": partitions,
+                "BEMS_DLQ_URL": reference(&dlq),
+                "BEMS_MAX_RECEIVE_COUNT": reference("MaxReceiveCount"),
+                "BEMS_IDEMPOTENCY_TABLE": reference("IdempotencyTable"),
             }),
-        ];
-        let env = json!({
-            "BEMS_CELL_ID": cell,
-            "BEMS_PARTITIONS": spec.partitions().get().to_string(),
-            "BEMS_DLQ_URL": reference(&dlq),
-            "BEMS_MAX_RECEIVE_COUNT": reference("MaxReceiveCount"),
-            "BEMS_IDEMPOTENCY_TABLE": reference("IdempotencyTable"),
+            condition: None,
         });
-        function(
-            &format!("{p}Processor"),
-            format!("bems-{cell}-{stage}-processor"),
-            &format!("invoice-{stage}-processor"),
-            &[queue],
-            statements,
-            env,
-            "ProcessorReservedConcurrency",
-        );
     }
     // The forwarder reads the route queues and publishes to the topics;
     // failures stay in the route queues (SQS's redrive moves them to the
     // route DLQs), so it sends to no queue.
-    let routes: Vec<String> = Stage::ALL.iter().map(|s| format!("{}Route", pascal(*s))).collect();
     let topics: Vec<Value> = Stage::ALL.iter().map(|s| reference(&format!("{}Topic", pascal(*s)))).collect();
-    function(
-        "RouteForwarder",
-        format!("bems-{cell}-route-forwarder"),
-        "route-forwarder",
-        &routes,
-        vec![json!({ "Effect": "Allow", "Action": "sns:Publish", "Resource": topics })],
-        json!({
+    all.push(Function {
+        logical: "RouteForwarder".into(),
+        name: format!("bems-{cell}-route-forwarder"),
+        binary: "route-forwarder".into(),
+        sources: Stage::ALL.iter().map(|s| format!("{}Route", pascal(*s))).collect(),
+        concurrency: "ForwarderMaximumConcurrency",
+        statements: vec![json!({ "Effect": "Allow", "Action": "sns:Publish", "Resource": topics })],
+        env: json!({
             "BEMS_CELL_ID": cell,
-            "BEMS_PARTITIONS": spec.partitions().get().to_string(),
+            "BEMS_PARTITIONS": partitions,
             "BEMS_ACCOUNT_ID": reference("AWS::AccountId"),
         }),
-        "ForwarderReservedConcurrency",
-    );
-    let statements = vec![
-        sqs_send("StatusDlq"),
-        json!({
-            "Fn::If": [
-                "WithTimestream",
-                {
-                    "Effect": "Allow",
-                    "Action": "timestream:WriteRecords",
-                    "Resource": get_att("TimestreamTable", "Arn"),
-                },
-                { "Ref": "AWS::NoValue" },
-            ],
-        }),
-        // Endpoint discovery is an account-level call with no resource.
-        json!({ "Effect": "Allow", "Action": "timestream:DescribeEndpoints", "Resource": "*" }),
-    ];
-    let env = json!({
-        "BEMS_CELL_ID": cell,
-        "BEMS_DLQ_URL": reference("StatusDlq"),
-        "BEMS_TIMESTREAM_DATABASE": { "Fn::If": ["WithTimestream", reference("TimestreamDatabase"), ""] },
-        "BEMS_TIMESTREAM_TABLE": bems_core::routing::TIMESTREAM_TABLE,
+        condition: None,
     });
-    function(
-        "TimestreamWriter",
-        format!("bems-{cell}-timestream-writer"),
-        "timestream-writer",
-        &["StatusQueue".to_owned()],
-        statements,
-        env,
-        "WriterReservedConcurrency",
-    );
+    all.push(Function {
+        logical: "TimestreamWriter".into(),
+        name: format!("bems-{cell}-timestream-writer"),
+        binary: "timestream-writer".into(),
+        sources: vec!["StatusQueue".to_owned()],
+        concurrency: "WriterMaximumConcurrency",
+        statements: vec![
+            sqs_send("StatusDlq"),
+            json!({ "Effect": "Allow", "Action": "timestream:WriteRecords", "Resource": get_att("TimestreamTable", "Arn") }),
+            // Endpoint discovery is an account-level call with no resource.
+            json!({ "Effect": "Allow", "Action": "timestream:DescribeEndpoints", "Resource": "*" }),
+        ],
+        env: json!({
+            "BEMS_CELL_ID": cell,
+            "BEMS_PARTITIONS": partitions,
+            "BEMS_DLQ_URL": reference("StatusDlq"),
+            "BEMS_TIMESTREAM_DATABASE": reference("TimestreamDatabase"),
+            "BEMS_TIMESTREAM_TABLE": bems_core::routing::TIMESTREAM_TABLE,
+        }),
+        condition: Some("WithTimestream"),
+    });
+    for function in all {
+        insert(function, defaults, resources);
+    }
+}
+
+/// Sending to a queue of the cell (a DLQ).
+fn sqs_send(queue: &str) -> Value {
+    json!({ "Effect": "Allow", "Action": ["sqs:SendMessage", "sqs:GetQueueAttributes"], "Resource": get_att(queue, "Arn") })
+}
+
+/// What Lambda's event source needs of the function's role to poll `queue`.
+fn sqs_consume(queue: &str) -> Value {
+    json!({
+        "Effect": "Allow",
+        "Action": ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes"],
+        "Resource": get_att(queue, "Arn"),
+    })
+}
+
+fn insert(f: Function<'_>, defaults: &TemplateDefaults, resources: &mut BTreeMap<String, Value>) {
+    let logs = format!("{}Logs", f.logical);
+    let role = format!("{}Role", f.logical);
+    let mut statements = f.statements;
+    statements.extend(f.sources.iter().map(|q| sqs_consume(q)));
+    statements.extend([
+        // The queues, topics and the function's logs are under the cell key.
+        json!({ "Effect": "Allow", "Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": get_att("CellKey", "Arn") }),
+        // Its own log group only (created below, so no logs:CreateLogGroup).
+        json!({ "Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"], "Resource": get_att(&logs, "Arn") }),
+        // Active tracing; X-Ray's write actions take no resource.
+        json!({ "Effect": "Allow", "Action": ["xray:PutTraceSegments", "xray:PutTelemetryRecords"], "Resource": "*" }),
+    ]);
+    let events: BTreeMap<&str, Value> = f
+        .sources
+        .iter()
+        .map(|q| {
+            let source = json!({
+                "Type": "SQS",
+                "Properties": {
+                    "Queue": get_att(q, "Arn"),
+                    "BatchSize": 10,
+                    "FunctionResponseTypes": ["ReportBatchItemFailures"],
+                    "ScalingConfig": { "MaximumConcurrency": reference(f.concurrency) },
+                },
+            });
+            (q.as_str(), source)
+        })
+        .collect();
+    let mut log_group = retained(json!({
+        "Type": "AWS::Logs::LogGroup",
+        "Properties": {
+            "LogGroupName": format!("/aws/lambda/{}", f.name),
+            "RetentionInDays": reference("LogRetentionDays"),
+            "KmsKeyId": get_att("CellKey", "Arn"),
+        },
+    }));
+    let mut role_resource = json!({
+        "Type": "AWS::IAM::Role",
+        "Properties": {
+            "Description": format!("{}: its queues, its log group, the cell key, and what it writes to; nothing else.", f.name),
+            "AssumeRolePolicyDocument": {
+                "Version": "2012-10-17",
+                "Statement": [{
+                    "Effect": "Allow",
+                    "Principal": { "Service": "lambda.amazonaws.com" },
+                    "Action": "sts:AssumeRole",
+                }],
+            },
+            "Policies": [{
+                "PolicyName": "function",
+                "PolicyDocument": { "Version": "2012-10-17", "Statement": statements },
+            }],
+        },
+    });
+    let mut function = json!({
+        "Type": "AWS::Serverless::Function",
+        "DependsOn": [logs],
+        "Metadata": {
+            "BuildMethod": "rust-cargolambda",
+            "BuildProperties": { "Binary": f.binary },
+            "checkov": { "skip": [
+                { "id": "CKV_AWS_115", "comment": "Bounded by each event source's MaximumConcurrency instead: reserved concurrency fails on new accounts, whose concurrency quota is reduced." },
+                { "id": "CKV_AWS_116", "comment": "Invoked by an SQS event source: failures go back to the queue and its DLQ; a Lambda DLQ applies to asynchronous invocations only." },
+                { "id": "CKV_AWS_117", "comment": "Calls only AWS public endpoints (SQS, EventBridge, Timestream, DynamoDB) with IAM; a VPC would add NAT cost and cold-start time for nothing." },
+            ] },
+        },
+        "Properties": {
+            "FunctionName": f.name,
+            "CodeUri": defaults.code_uri,
+            "Handler": "bootstrap",
+            "Runtime": "provided.al2023",
+            "Architectures": ["arm64"],
+            "MemorySize": 256,
+            "Timeout": 30,
+            "Tracing": "Active",
+            "KmsKeyArn": get_att("CellKey", "Arn"),
+            "Role": get_att(&role, "Arn"),
+            "Environment": { "Variables": f.env },
+            "Events": events,
+        },
+    });
+    if let Some(condition) = f.condition {
+        for resource in [&mut log_group, &mut role_resource, &mut function] {
+            resource["Condition"] = json!(condition);
+        }
+    }
+    resources.insert(logs, log_group);
+    resources.insert(role, role_resource);
+    resources.insert(f.logical, function);
 }

@@ -8,16 +8,19 @@ use serde_json::{Value, json};
 
 use super::*;
 
-/// The ingress: `POST /invoices/<stage>` with the stage's draft-04 model and
-/// a body validator, an API key and usage plan, the PutEvents integration
-/// (through a role that may put events on this bus only), JSON gateway
-/// responses, stage throttling, access logs (encrypted, kept
-/// `LogRetentionDays`), X-Ray, and a WAF web ACL with AWS's common and
-/// known-bad-inputs rule sets. The same tables as `bems provision`
-/// ([`crate::api`]) so both deploy the same API.
+/// The ingress: `POST /invoices/<stage>` with the stage's draft-04 model
+/// (fixed to this cell: [`crate::api::model`]) and a body validator, an
+/// API key and usage plan, the PutEvents integration (through a role that
+/// may put events on this bus only) whose responses never answer 2xx for an
+/// event the bus did not take ([`crate::api::INTEGRATION_RESPONSES`]), JSON
+/// gateway responses, stage throttling, access logs (encrypted, kept
+/// `LogRetentionDays`, retained), X-Ray, and a WAF web ACL with AWS's
+/// common and known-bad-inputs rule sets, the common rules that would
+/// refuse legitimate producers set to count. The same tables as `bems
+/// provision` ([`crate::api`]) so both deploy the same API.
 pub(super) fn api(spec: &CellSpec, resources: &mut BTreeMap<String, Value>, outputs: &mut BTreeMap<String, Value>) {
     use crate::api::{
-        BURST_LIMIT, BUS_ERROR_BODY, GATEWAY_RESPONSES, METHOD_STATUSES, RATE_LIMIT, RESPONSE_TEMPLATE, STAGE_NAME,
+        BURST_LIMIT, GATEWAY_RESPONSES, INTEGRATION_RESPONSES, METHOD_STATUSES, RATE_LIMIT, STAGE_NAME,
         model, model_name, request_template,
     };
     let cell = spec.cell_id().as_str();
@@ -45,7 +48,17 @@ pub(super) fn api(spec: &CellSpec, resources: &mut BTreeMap<String, Value>, outp
                         "Effect": "Allow",
                         "Principal": { "Service": "apigateway.amazonaws.com" },
                         "Action": "sts:AssumeRole",
-                        "Condition": { "StringEquals": { "aws:SourceAccount": sub("${AWS::AccountId}") } },
+                        // No aws:SourceAccount condition: API Gateway does not
+                        // send it when it assumes an integration's
+                        // credentials role, so AssumeRole would be denied and
+                        // every request answer 500 (reported from a live stack:
+                        // aws-solutions-library-samples/accelerated-intelligent-
+                        // document-processing-on-aws, pull request 479). Every
+                        // trust policy in API Gateway's developer guide for such
+                        // a role is this unconditioned statement
+                        // (integrating-api-with-aws-services-s3.html,
+                        // getting-started-aws-proxy.html). Only a principal that
+                        // may iam:PassRole this role can attach it to an API.
                     }],
                 },
                 "Policies": [{
@@ -72,11 +85,13 @@ pub(super) fn api(spec: &CellSpec, resources: &mut BTreeMap<String, Value>, outp
             "Properties": { "RestApiId": api, "Name": "body", "ValidateRequestBody": true, "ValidateRequestParameters": false },
         }),
     );
-    let mut methods = Vec::new();
+    let mut published = Vec::new();
+    let model_cell = model_cell(spec);
     for stage in Stage::ALL {
         let p = pascal(stage);
         // The generated schemas are fixed data; a failure is a bug in bems-schema.
-        let schema = model(stage, false).unwrap_or_else(|e| unreachable!("the {stage} model generates: {e}"));
+        let schema =
+            model(&model_cell, stage, false).unwrap_or_else(|e| unreachable!("the {stage} model generates: {e}"));
         resources.insert(
             format!("{p}Model"),
             json!({
@@ -91,7 +106,7 @@ pub(super) fn api(spec: &CellSpec, resources: &mut BTreeMap<String, Value>, outp
                 "Properties": { "RestApiId": api, "ParentId": reference("InvoicesResource"), "PathPart": stage.as_str() },
             }),
         );
-        methods.push(format!("{p}Method"));
+        published.push(format!("{p}Method"));
         resources.insert(
             format!("{p}Method"),
             json!({
@@ -115,14 +130,16 @@ pub(super) fn api(spec: &CellSpec, resources: &mut BTreeMap<String, Value>, outp
                         },
                         "RequestTemplates": { "application/json": request_template(spec, false) },
                         "PassthroughBehavior": "NEVER",
-                        "IntegrationResponses": [
-                            { "StatusCode": "200", "ResponseTemplates": { "application/json": RESPONSE_TEMPLATE } },
-                            {
-                                "StatusCode": "500",
-                                "SelectionPattern": "5\\d{2}",
-                                "ResponseTemplates": { "application/json": BUS_ERROR_BODY },
-                            },
-                        ],
+                        "IntegrationResponses": INTEGRATION_RESPONSES.iter().map(|r| {
+                            let mut response = json!({
+                                "StatusCode": r.status,
+                                "ResponseTemplates": { "application/json": r.template },
+                            });
+                            if let Some(pattern) = r.selection_pattern {
+                                response["SelectionPattern"] = json!(pattern);
+                            }
+                            response
+                        }).collect::<Vec<_>>(),
                     },
                     "MethodResponses": METHOD_STATUSES.iter().map(|s| json!({ "StatusCode": s })).collect::<Vec<_>>(),
                 },
@@ -130,8 +147,10 @@ pub(super) fn api(spec: &CellSpec, resources: &mut BTreeMap<String, Value>, outp
         );
     }
     for &(kind, status, body) in GATEWAY_RESPONSES {
+        let id = format!("GatewayResponse{}", kind.split('_').map(|w| capitalized(&w.to_lowercase())).collect::<String>());
+        published.push(id.clone());
         resources.insert(
-            format!("GatewayResponse{}", kind.split('_').map(|w| capitalized(&w.to_lowercase())).collect::<String>()),
+            id,
             json!({
                 "Type": "AWS::ApiGateway::GatewayResponse",
                 "Properties": {
@@ -143,24 +162,44 @@ pub(super) fn api(spec: &CellSpec, resources: &mut BTreeMap<String, Value>, outp
             }),
         );
     }
-    // The deployment must follow every method; its logical id does not
-    // change with them, so a method change needs `aws apigateway
-    // create-deployment` (or a new id) to go live: a known CloudFormation
-    // trait, written down in infra/README.md.
+    // A deployment is a snapshot of the API: CloudFormation makes a new one
+    // only for a new logical id, so the id carries a hash of everything the
+    // snapshot holds (as SAM names `AWS::Serverless::Api` deployments), and
+    // every change to a model, method or gateway response is served after
+    // `sam deploy` without a manual `create-deployment`.
+    let deployment = deployment_id(resources);
     resources.insert(
-        "Deployment".into(),
-        json!({ "Type": "AWS::ApiGateway::Deployment", "DependsOn": methods, "Properties": { "RestApiId": api } }),
+        deployment.clone(),
+        json!({
+            "Type": "AWS::ApiGateway::Deployment",
+            "DependsOn": published,
+            "Properties": {
+                "RestApiId": api,
+                "Description": format!("BEMS ingress, API definition {}", &deployment["Deployment".len()..]),
+            },
+        }),
+    );
+    // A stage that logs needs the account's CloudWatch Logs role first
+    // (API Gateway refuses it otherwise: aws-cdk issue 10722). When this
+    // stack sets the role, the stage waits for it (a DependsOn cannot name
+    // a resource whose condition is false, hence the handle).
+    resources.insert(
+        "ApiGatewayAccountReady".into(),
+        json!({
+            "Type": "AWS::CloudFormation::WaitConditionHandle",
+            "Metadata": { "Account": { "Fn::If": ["WithApiGatewayAccount", reference("ApiGatewayAccount"), ""] } },
+        }),
     );
     resources.insert(
         "AccessLogs".into(),
-        json!({
+        retained(json!({
             "Type": "AWS::Logs::LogGroup",
             "Properties": {
                 "LogGroupName": format!("/bems/{cell}/api-access"),
                 "RetentionInDays": reference("LogRetentionDays"),
                 "KmsKeyId": get_att("CellKey", "Arn"),
             },
-        }),
+        })),
     );
     resources.insert(
         "ApiGatewayLogsRole".into(),
@@ -193,6 +232,7 @@ pub(super) fn api(spec: &CellSpec, resources: &mut BTreeMap<String, Value>, outp
         "ApiStage".into(),
         json!({
             "Type": "AWS::ApiGateway::Stage",
+            "DependsOn": ["ApiGatewayAccountReady"],
             "Metadata": {
                 "checkov": { "skip": [{
                     "id": "CKV_AWS_120",
@@ -202,7 +242,7 @@ pub(super) fn api(spec: &CellSpec, resources: &mut BTreeMap<String, Value>, outp
             "Properties": {
                 "RestApiId": api,
                 "StageName": STAGE_NAME,
-                "DeploymentId": reference("Deployment"),
+                "DeploymentId": reference(&deployment),
                 "TracingEnabled": true,
                 "MethodSettings": [{
                     "ResourcePath": "/*",
@@ -217,7 +257,12 @@ pub(super) fn api(spec: &CellSpec, resources: &mut BTreeMap<String, Value>, outp
                 }],
                 "AccessLogSetting": {
                     "DestinationArn": get_att("AccessLogs", "Arn"),
-                    "Format": r#"{"requestId":"$context.requestId","ip":"$context.identity.sourceIp","apiKeyId":"$context.identity.apiKeyId","time":"$context.requestTimeEpoch","path":"$context.path","status":"$context.status","error":"$context.error.messageString","validation":"$context.error.validationErrorString","integrationStatus":"$context.integration.status","latencyMs":"$context.responseLatency"}"#,
+                    // JSON lines. Access logs substitute values without
+                    // escaping: `$context.error.message` is API Gateway's
+                    // own text (no quotes); the validation message quotes
+                    // the values it names, so it is left out (see
+                    // `crate::api::GATEWAY_RESPONSES`).
+                    "Format": r#"{"requestId":"$context.requestId","ip":"$context.identity.sourceIp","apiKeyId":"$context.identity.apiKeyId","time":"$context.requestTimeEpoch","path":"$context.path","status":"$context.status","error":"$context.error.message","responseType":"$context.error.responseType","integrationStatus":"$context.integration.status","latencyMs":"$context.responseLatency"}"#,
                 },
             },
         }),
@@ -249,12 +294,20 @@ pub(super) fn api(spec: &CellSpec, resources: &mut BTreeMap<String, Value>, outp
             "Properties": { "KeyId": reference("ProducersKey"), "KeyType": "API_KEY", "UsagePlanId": reference("UsagePlan") },
         }),
     );
-    let managed = |priority: u32, name: &str| {
+    let managed = |priority: u32, name: &str, counted: &[&str]| {
+        let mut statement = json!({ "VendorName": "AWS", "Name": name });
+        if !counted.is_empty() {
+            statement["RuleActionOverrides"] = counted
+                .iter()
+                .map(|rule| json!({ "Name": rule, "ActionToUse": { "Count": {} } }))
+                .collect::<Vec<_>>()
+                .into();
+        }
         json!({
             "Name": name,
             "Priority": priority,
             "OverrideAction": { "None": {} },
-            "Statement": { "ManagedRuleGroupStatement": { "VendorName": "AWS", "Name": name } },
+            "Statement": { "ManagedRuleGroupStatement": statement },
             "VisibilityConfig": { "SampledRequestsEnabled": true, "CloudWatchMetricsEnabled": true, "MetricName": name },
         })
     };
@@ -267,8 +320,8 @@ pub(super) fn api(spec: &CellSpec, resources: &mut BTreeMap<String, Value>, outp
                 "Scope": "REGIONAL",
                 "DefaultAction": { "Allow": {} },
                 "Rules": [
-                    managed(0, "AWSManagedRulesCommonRuleSet"),
-                    managed(1, "AWSManagedRulesKnownBadInputsRuleSet"),
+                    managed(0, "AWSManagedRulesCommonRuleSet", &WAF_COUNTED_RULES),
+                    managed(1, "AWSManagedRulesKnownBadInputsRuleSet", &[]),
                 ],
                 "VisibilityConfig": {
                     "SampledRequestsEnabled": true,
@@ -295,4 +348,46 @@ pub(super) fn api(spec: &CellSpec, resources: &mut BTreeMap<String, Value>, outp
     );
     outputs.insert("ApiId".into(), json!({ "Value": api }));
     outputs.insert("ProducersKeyId".into(), json!({ "Value": reference("ProducersKey") }));
+}
+
+/// The rules of `AWSManagedRulesCommonRuleSet` that count instead of
+/// block (AWS WAF developer guide, "Baseline rule groups"), because they
+/// would refuse legitimate producers: invoices come from ERP systems and
+/// SDK clients, many of which send no `User-Agent` (`NoUserAgent_HEADER`);
+/// and the body rules match patterns (markup, path fragments, URLs) that
+/// free-text fields such as a vendor's name or a rejection reason may hold,
+/// while every other field is checked by the request model's patterns and
+/// enums before anything reaches the bus. `SizeRestrictions_BODY` refuses
+/// bodies over 8 KB; a valid event may reach 256 KB. The counts stay
+/// visible in the rule group's metrics and sampled requests. AWS WAF
+/// ignores an override naming no rule of the group, so a test keeps the
+/// names to the guide's.
+pub(super) const WAF_COUNTED_RULES: [&str; 6] = [
+    "NoUserAgent_HEADER",
+    "SizeRestrictions_BODY",
+    "CrossSiteScripting_BODY",
+    "GenericLFI_BODY",
+    "GenericRFI_BODY",
+    "EC2MetaDataSSRF_BODY",
+];
+
+/// `Deployment` and a hash of every resource a deployment snapshots (the
+/// API, its resources, models, validator, methods with their integrations,
+/// gateway responses), as they appear in the template.
+fn deployment_id(resources: &BTreeMap<String, Value>) -> String {
+    const SNAPSHOT: [&str; 6] = [
+        "AWS::ApiGateway::RestApi",
+        "AWS::ApiGateway::Resource",
+        "AWS::ApiGateway::Model",
+        "AWS::ApiGateway::RequestValidator",
+        "AWS::ApiGateway::Method",
+        "AWS::ApiGateway::GatewayResponse",
+    ];
+    let definition: BTreeMap<&String, Value> = resources
+        .iter()
+        .filter(|(_, r)| SNAPSHOT.iter().any(|t| r["Type"] == *t))
+        .map(|(id, r)| (id, sorted(r)))
+        .collect();
+    let text = serde_json::to_string(&definition).unwrap_or_default();
+    format!("Deployment{:016x}", xxhash_rust::xxh64::xxh64(text.as_bytes(), 0))
 }

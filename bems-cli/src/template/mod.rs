@@ -52,9 +52,9 @@ pub use security::{guard_rules, security_template};
 
 use alarms::monitoring;
 use dashboard::dashboard;
-use functions::functions;
+use functions::{functions, source_concurrency};
 use ingress::api;
-use routing::{cell_key, dlq, queue, queue_policy, queue_tags, rules_may, rules_stack};
+use routing::{cell_key, dlq, queue, queue_policy, rules_may, rules_stack, standard_dlq, target};
 use timestream::timestream;
 
 /// Deploy-time settings with their defaults; they become the template's
@@ -183,6 +183,26 @@ fn reference(name: &str) -> Value {
     json!({ "Ref": name })
 }
 
+/// What the request models fix, as the stack sees it: the cell's Region
+/// and account are the stack's own.
+fn model_cell(spec: &CellSpec) -> crate::api::ModelCell {
+    crate::api::ModelCell {
+        cell_id: spec.cell_id().as_str().to_owned(),
+        partitions: spec.partitions().get(),
+        region: reference("AWS::Region"),
+        account_id: reference("AWS::AccountId"),
+    }
+}
+
+/// `resource`, kept when the stack is deleted or the resource replaced:
+/// what holds events or the means to read them (the cell key, the archive,
+/// dead-letter queues, logs) must outlive a mistaken `sam delete`.
+fn retained(mut resource: Value) -> Value {
+    resource["DeletionPolicy"] = json!("Retain");
+    resource["UpdateReplacePolicy"] = json!("Retain");
+    resource
+}
+
 /// A customer managed key that rotates yearly: the account administers it
 /// (and grants use through IAM), `services` are the statements that let
 /// AWS services use it.
@@ -226,7 +246,7 @@ fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
         .insert("Bus".into(), json!({ "Type": "AWS::Events::EventBus", "Properties": { "Name": spec.bus_name() } }));
     resources.insert(
         "Archive".into(),
-        json!({
+        retained(json!({
             "Type": "AWS::Events::Archive",
             "Properties": {
                 "ArchiveName": spec.archive_name(),
@@ -234,21 +254,9 @@ fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
                 "EventPattern": { "source": [bems_core::envelope::EVENT_SOURCE] },
                 "RetentionDays": reference("ArchiveRetentionDays"),
             },
-        }),
+        })),
     );
-    resources.insert(
-        "BusDlq".into(),
-        json!({
-            "Type": "AWS::SQS::Queue",
-            "Properties": {
-                "QueueName": format!("bems-{cell}-bus-dlq"),
-                "KmsMasterKeyId": reference("CellKey"),
-                "KmsDataKeyReusePeriodSeconds": 3600,
-                "MessageRetentionPeriod": 1_209_600,
-                "Tags": queue_tags(cell, "dead-letter"),
-            },
-        }),
-    );
+    resources.insert("BusDlq".into(), standard_dlq(cell, &format!("bems-{cell}-bus-dlq")));
     let rules_arn =
         format!("arn:${{AWS::Partition}}:events:${{AWS::Region}}:${{AWS::AccountId}}:rule/{}/*", spec.bus_name());
     resources.insert(
@@ -261,7 +269,35 @@ fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
             },
         }),
     );
-    resources.insert("CellKey".into(), cell_key(&rules_arn));
+    // Events of our source that no stage rule takes (see
+    // `CellSpec::unrouted_pattern`): kept in a queue with an alarm.
+    resources.insert("UnroutedQueue".into(), standard_dlq(cell, &spec.unrouted_queue_name()));
+    resources.insert(
+        "UnroutedQueuePolicy".into(),
+        json!({
+            "Type": "AWS::SQS::QueuePolicy",
+            "Properties": {
+                "Queues": [reference("UnroutedQueue")],
+                "PolicyDocument": rules_may("sqs:SendMessage", &get_att("UnroutedQueue", "Arn"), &rules_arn),
+            },
+        }),
+    );
+    resources.insert(
+        "UnroutedRule".into(),
+        json!({
+            "Type": "AWS::Events::Rule",
+            "DependsOn": ["UnroutedQueuePolicy", "BusDlqPolicy"],
+            "Properties": {
+                "Name": spec.unrouted_rule_name(),
+                "Description": "Events of the cell's source that no stage rule routes (a partition outside 1..P, another cell, a missing field): kept for an operator.",
+                "EventBusName": reference("Bus"),
+                "EventPattern": spec.unrouted_pattern().to_value(),
+                "State": "ENABLED",
+                "Targets": [target(get_att("UnroutedQueue", "Arn"), None, get_att("BusDlq", "Arn"))],
+            },
+        }),
+    );
+    resources.insert("CellKey".into(), retained(cell_key()));
     resources.insert(
         "CellKeyAlias".into(),
         json!({
@@ -368,6 +404,7 @@ fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
     outputs.insert("BusDlqUrl".into(), json!({ "Value": reference("BusDlq") }));
     outputs.insert("StatusQueueUrl".into(), json!({ "Value": reference("StatusQueue") }));
     outputs.insert("StatusDlqUrl".into(), json!({ "Value": reference("StatusDlq") }));
+    outputs.insert("UnroutedQueueUrl".into(), json!({ "Value": reference("UnroutedQueue") }));
 
     json!({
         "AWSTemplateFormatVersion": "2010-09-09",
@@ -430,27 +467,29 @@ fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
             },
             "ConfigureApiGatewayAccount": {
                 "Type": "String",
-                "Default": "true",
                 "AllowedValues": ["true", "false"],
-                "Description": "Set the account's API Gateway CloudWatch role (one per account and Region; false when another stack already does).",
+                "Description": "Region-wide, shared by every API of the account in this Region: true makes this stack set API Gateway's CloudWatch Logs role (needed before a stage may log); false when another stack or an administrator already set it (check: aws apigateway get-account). Deleting the stack does not unset it.",
             },
-            "ProcessorReservedConcurrency": {
+            "ProcessorMaximumConcurrency": {
                 "Type": "Number",
-                "Default": spec.partitions().get(),
-                "MinValue": 1,
-                "Description": "Reserved concurrency of each stage processor. A FIFO queue runs at most one batch per message group (partition) at a time, so more than the partition count is never used.",
+                "Default": source_concurrency(u32::from(spec.partitions().get())),
+                "MinValue": 2,
+                "MaxValue": 1000,
+                "Description": "Concurrent batches each stage processor's event source may run. A FIFO queue runs one batch per message group (partition) at a time, so the partition count saturates it.",
             },
-            "ForwarderReservedConcurrency": {
+            "ForwarderMaximumConcurrency": {
                 "Type": "Number",
-                "Default": 4 * u32::from(spec.partitions().get()),
-                "MinValue": 1,
-                "Description": "Reserved concurrency of the route forwarder: at most one batch per message group of its four route queues at a time.",
+                "Default": source_concurrency(u32::from(spec.partitions().get())),
+                "MinValue": 2,
+                "MaxValue": 1000,
+                "Description": "Concurrent batches each of the route forwarder's four event sources (one per route queue, P message groups each) may run.",
             },
-            "WriterReservedConcurrency": {
+            "WriterMaximumConcurrency": {
                 "Type": "Number",
-                "Default": spec.partitions().get(),
-                "MinValue": 1,
-                "Description": "Reserved concurrency of the Timestream writer.",
+                "Default": source_concurrency(4 * u32::from(spec.partitions().get())),
+                "MinValue": 2,
+                "MaxValue": 1000,
+                "Description": "Concurrent batches the status writer's event source may run: the status queue has one message group per stage and partition (4 x P).",
             },
             "IdempotencyTable": {
                 "Type": "String",
@@ -483,11 +522,10 @@ fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
                 "Default": "",
                 "Description": "Where alerts are mailed (both severities); empty: subscribe to the alert topics yourself.",
             },
-            "CreateTimestream": {
+            "Store": {
                 "Type": "String",
-                "Default": "true",
-                "AllowedValues": ["true", "false"],
-                "Description": "false for accounts that cannot create Timestream for LiveAnalytics (closed to new customers since 2025-06-20); bring another RecordSink.",
+                "AllowedValues": ["timestream", "none"],
+                "Description": "Where status changes are stored. timestream: Timestream for LiveAnalytics, only for accounts that already use it (closed to new customers since 2025-06-20). none: no store and no status writer; the status-change queue still receives every status change, for a consumer of your own, and alarms when nothing reads it.",
             },
             "MemoryRetentionHours": {
                 "Type": "Number",
@@ -506,7 +544,7 @@ fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
         },
         "Conditions": {
             "HasAlertEmail": { "Fn::Not": [{ "Fn::Equals": [reference("AlertEmail"), ""] }] },
-            "WithTimestream": { "Fn::Equals": [reference("CreateTimestream"), "true"] },
+            "WithTimestream": { "Fn::Equals": [reference("Store"), "timestream"] },
             "WithApiGatewayAccount": { "Fn::Equals": [reference("ConfigureApiGatewayAccount"), "true"] },
             "WithIdempotencyTable": { "Fn::Not": [{ "Fn::Equals": [reference("IdempotencyTable"), ""] }] },
         },

@@ -10,21 +10,52 @@ use serde_json::{Value, json};
 use super::*;
 
 /// The cell's key: the account administers it (and grants its functions
-/// `kms:Decrypt` through their roles); EventBridge (this cell's rules only)
-/// may use it to send to the route queues and the bus DLQ, and SNS to send
-/// to the stage and status queues.
-pub(super) fn cell_key(rules_arn: &str) -> Value {
+/// use through their roles); the services that write to the cell's
+/// encrypted queues, topics and log groups may use it, each statement in
+/// the form the service's own guide gives. Which queue or topic a service
+/// may deliver to is decided by that resource's policy (`aws:SourceArn`
+/// conditions naming this cell's rules, topics and alarms): the key
+/// statements only let the service encrypt what it was allowed to send.
+pub(super) fn cell_key() -> Value {
     rotating_key(
-        "BEMS: encrypts the cell's topics and queues.",
+        "BEMS: encrypts the cell's topics, queues and logs.",
         json!([
+            // EventBridge rules to the encrypted route queues, the bus DLQ
+            // and the unrouted queue. EventBridge user guide, "Troubleshooting
+            // Amazon EventBridge: my events are not delivered to the target
+            // Amazon SQS queue" (eb-troubleshooting.html#eb-sqs-encrypted):
+            // no condition is shown there.
             {
-                "Sid": "rules-publish",
+                "Sid": "rules-deliver",
                 "Effect": "Allow",
                 "Principal": { "Service": "events.amazonaws.com" },
+                "Action": ["kms:Decrypt", "kms:GenerateDataKey"],
+                "Resource": "*",
+            },
+            // SNS topics to the encrypted stage and status queues. SNS
+            // developer guide, "Configuring AWS KMS permissions for Amazon
+            // SQS subscriptions" (sns-enable-encryption-for-topic-sqs-queue-subscriptions.html).
+            {
+                "Sid": "topics-deliver",
+                "Effect": "Allow",
+                "Principal": { "Service": "sns.amazonaws.com" },
                 "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
                 "Resource": "*",
-                "Condition": { "ArnLike": { "aws:SourceArn": sub(rules_arn) } },
             },
+            // CloudWatch alarms to the encrypted alert topics. AWS Knowledge
+            // Center, "Why didn't I receive an SNS notification for my
+            // CloudWatch alarm trigger?" (knowledge-center/cloudwatch-configure-alarm-sns).
+            {
+                "Sid": "alarms-notify",
+                "Effect": "Allow",
+                "Principal": { "Service": "cloudwatch.amazonaws.com" },
+                "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
+                "Resource": "*",
+            },
+            // CloudWatch Logs encrypting the cell's log groups. CloudWatch
+            // Logs user guide, "Encrypt log data in CloudWatch Logs using
+            // AWS KMS" (encrypt-log-data-kms.html): the encryption context
+            // names the log group, limited here to this account's.
             {
                 "Sid": "logs-encrypt",
                 "Effect": "Allow",
@@ -37,22 +68,6 @@ pub(super) fn cell_key(rules_arn: &str) -> Value {
                             sub("arn:${AWS::Partition}:logs:${AWS::Region}:${AWS::AccountId}:log-group:*"),
                     },
                 },
-            },
-            {
-                "Sid": "alarms-notify",
-                "Effect": "Allow",
-                "Principal": { "Service": "cloudwatch.amazonaws.com" },
-                "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
-                "Resource": "*",
-                "Condition": { "StringEquals": { "aws:SourceAccount": sub("${AWS::AccountId}") } },
-            },
-            {
-                "Sid": "topics-deliver",
-                "Effect": "Allow",
-                "Principal": { "Service": "sns.amazonaws.com" },
-                "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
-                "Resource": "*",
-                "Condition": { "StringEquals": { "aws:SourceAccount": sub("${AWS::AccountId}") } },
             },
         ]),
     )
@@ -87,9 +102,42 @@ pub(super) fn fifo_queue(name: &str, extra: Value) -> Value {
     json!({ "Type": "AWS::SQS::Queue", "Properties": properties })
 }
 
-/// A dead-letter queue of `cell`: kept 14 days, the most SQS allows.
+/// A dead-letter queue of `cell`: kept 14 days, the most SQS allows, and
+/// kept when the stack goes.
 pub(super) fn dlq(cell: &str, name: &str) -> Value {
-    fifo_queue(name, json!({ "MessageRetentionPeriod": 1_209_600, "Tags": queue_tags(cell, "dead-letter") }))
+    retained(fifo_queue(name, json!({ "MessageRetentionPeriod": 1_209_600, "Tags": queue_tags(cell, "dead-letter") })))
+}
+
+/// A standard queue of `cell` that holds what could not go where it was
+/// meant to (the bus DLQ, the unrouted queue): like [`dlq`], without FIFO,
+/// since EventBridge sends to it without a message group.
+pub(super) fn standard_dlq(cell: &str, name: &str) -> Value {
+    retained(json!({
+        "Type": "AWS::SQS::Queue",
+        "Properties": {
+            "QueueName": name,
+            "KmsMasterKeyId": reference("CellKey"),
+            "KmsDataKeyReusePeriodSeconds": 3600,
+            "MessageRetentionPeriod": 1_209_600,
+            "Tags": queue_tags(cell, "dead-letter"),
+        },
+    }))
+}
+
+/// The one target of a rule of the cell: `arn`, with the message group
+/// `group` for a FIFO queue, dead-lettering to `dlq` after a day of
+/// retries (a target outage shorter than that loses nothing).
+pub(super) fn target(arn: Value, group: Option<&str>, dlq: Value) -> Value {
+    let mut target = json!({
+        "Id": crate::provision::TARGET_ID,
+        "Arn": arn,
+        "DeadLetterConfig": { "Arn": dlq },
+        "RetryPolicy": { "MaximumRetryAttempts": 185, "MaximumEventAgeInSeconds": 86_400 },
+    });
+    if let Some(group) = group {
+        target["SqsParameters"] = json!({ "MessageGroupId": group });
+    }
+    target
 }
 
 /// A stage, route or status queue of `cell`, dead-lettering to `dlq_id`.
@@ -138,13 +186,11 @@ pub(super) fn rules_stack(spec: &CellSpec, stage: Stage) -> Value {
                     "EventBusName": reference("BusName"),
                     "EventPattern": rule.pattern.to_value(),
                     "State": "ENABLED",
-                    "Targets": [{
-                        "Id": "stage",
-                        "Arn": reference("RouteQueueArn"),
-                        "SqsParameters": { "MessageGroupId": rule.message_group_id },
-                        "DeadLetterConfig": { "Arn": reference("DeadLetterQueueArn") },
-                        "RetryPolicy": { "MaximumRetryAttempts": 185, "MaximumEventAgeInSeconds": 86_400 },
-                    }],
+                    "Targets": [target(
+                        reference("RouteQueueArn"),
+                        Some(&rule.message_group_id),
+                        reference("DeadLetterQueueArn"),
+                    )],
                 },
             }),
         );

@@ -13,9 +13,9 @@
 //!   out on purpose: at month-end volume they would be billed per call, for
 //!   hundreds of millions of calls a day, and the pipeline's own history
 //!   (Timestream) is the audit trail of the invoices.
-//! - **Config rules** (always; a configuration recorder must exist, and
-//!   `CreateConfigRecorder` makes one that records the cell's resource
-//!   types): AWS managed rules for encryption (topics, log groups, key
+//! - **Config rules** (always; a configuration recorder must exist, and the
+//!   required `ConfigRecorderSource` parameter says whether this stack creates
+//!   one, recording the rules' resource types, or one exists): AWS managed rules for encryption (topics, log groups, key
 //!   rotation, the trail), dead-letter queues (every queue tagged
 //!   `bems:role=source`), no public access (queues, buckets, functions) and
 //!   the API (X-Ray, WAF, execution logging); and Guard rules for what no
@@ -115,9 +115,12 @@ fn managed_rules() -> Vec<(&'static str, &'static str, Option<Value>, Option<Val
     ]
 }
 
-/// The resource types the optional recorder records: every type the rules
-/// evaluate.
-const RECORDED_TYPES: [&str; 9] = [
+/// The resource types the optional recorder records: every type the
+/// change-triggered rules evaluate, each a value of AWS Config's
+/// `ResourceType` (botocore's `config` service model). Log groups are not
+/// one: `CLOUDWATCH_LOG_GROUP_ENCRYPTED` is a periodic rule, which reads
+/// them without the recorder.
+const RECORDED_TYPES: [&str; 8] = [
     "AWS::SQS::Queue",
     "AWS::SNS::Topic",
     "AWS::Events::Rule",
@@ -126,7 +129,6 @@ const RECORDED_TYPES: [&str; 9] = [
     "AWS::S3::Bucket",
     "AWS::KMS::Key",
     "AWS::CloudTrail::Trail",
-    "AWS::Logs::LogGroup",
 ];
 
 /// `security.json` of `spec`'s cell.
@@ -442,11 +444,10 @@ pub fn security_template(spec: &CellSpec) -> Value {
                 "AllowedValues": ["true", "false"],
                 "Description": "false when an organization or account trail already records management events in every Region.",
             },
-            "CreateConfigRecorder": {
+            "ConfigRecorderSource": {
                 "Type": "String",
-                "Default": "false",
-                "AllowedValues": ["true", "false"],
-                "Description": "true only if this account and Region have no AWS Config recorder yet (one is allowed; Control Tower accounts have one). The rules need one either way.",
+                "AllowedValues": ["create", "existing"],
+                "Description": "Region-wide: the Config rules need a configuration recorder (AWS Config refuses a rule without one). create: this stack makes one, recording the rules' resource types (an account and Region allow one: choose it only where `aws configservice describe-configuration-recorders` lists none). existing: one already runs (Control Tower, an organization, another cell's security stack).",
             },
             "AuditRetentionDays": {
                 "Type": "Number",
@@ -475,7 +476,7 @@ pub fn security_template(spec: &CellSpec) -> Value {
         },
         "Conditions": {
             "WithTrail": { "Fn::Equals": [reference("CreateTrail"), "true"] },
-            "WithRecorder": { "Fn::Equals": [reference("CreateConfigRecorder"), "true"] },
+            "WithRecorder": { "Fn::Equals": [reference("ConfigRecorderSource"), "create"] },
             "WithMonitoringRole": { "Fn::And": [
                 { "Fn::Not": [{ "Fn::Equals": [reference("MonitoringAccountId"), ""] }] },
                 { "Fn::Not": [{ "Fn::Equals": [reference("MonitoringExternalId"), ""] }] },

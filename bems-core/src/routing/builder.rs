@@ -96,6 +96,11 @@ impl Match {
     pub fn anything_but_numbers(values: impl IntoIterator<Item = f64>) -> Match {
         Match(json!({ "anything-but": values.into_iter().map(number).collect::<Vec<_>>() }))
     }
+    /// Anything but these whole numbers (written without a fraction, as
+    /// [`Match::integer`] writes them).
+    pub fn anything_but_integers(values: impl IntoIterator<Item = i64>) -> Match {
+        Match(json!({ "anything-but": values.into_iter().collect::<Vec<_>>() }))
+    }
     /// Any present value that does not start with `s`.
     pub fn anything_but_prefix(s: &str) -> Match {
         Match(json!({ "anything-but": { "prefix": s } }))

@@ -28,14 +28,31 @@
 //! `rejected`) travel the same way but the stage queue's filter policy keeps
 //! them away from the processors; the status queue records them.
 //!
+//! ## Events no rule routes
+//!
+//! An event of our source that no stage rule matches (a partition outside
+//! 1..P, another cell's id, an unknown stage or detail type, a field
+//! missing) would be dropped by EventBridge without a trace. The API's
+//! models refuse such events with 400, but producers using the SDK reach
+//! the bus directly, so one more rule, [`CellSpec::unrouted_pattern`], is
+//! the exact complement of the stage rules within our source and delivers
+//! what they miss to the standard queue `bems-<cell>-unrouted`, which has
+//! a not-empty alarm. What an in-range partition cannot show (that it is
+//! the invoice's own, `xxh64(invoiceId) mod P + 1`) is checked by the
+//! consumers, which dead-letter a wrong one with the reason.
+//!
 //! ## Quota arithmetic
 //!
-//! | partitions | stage rules (4·P) | targets per rule | fits the default 300 rules per bus |
+//! A bus holds its stage rules (4·P), the unrouted rule, and the managed
+//! rule EventBridge creates for the archive: 4·P + 2.
+//!
+//! | partitions | rules on the bus (4·P + 2) | targets per rule | fits the default 300 rules per bus |
 //! |---:|---:|---:|---|
-//! | 1 | 4 | 1 (of 5) | yes |
-//! | 16 | 64 | 1 | yes |
-//! | 75 | 300 | 1 | yes, exactly |
-//! | 99 | 396 | 1 | no: raise "Maximum number of rules per event bus" to ≥ 396 first |
+//! | 1 | 6 | 1 (of 5) | yes |
+//! | 16 | 66 | 1 | yes |
+//! | 74 | 298 | 1 | yes |
+//! | 75 | 302 | 1 | no |
+//! | 99 | 398 | 1 | no: raise "Maximum number of rules per event bus" to ≥ 398 first |
 //!
 //! [`CellSpec::new`] refuses a configuration that breaks a quota it knows
 //! (rules per bus, targets per rule, pattern length, SNS filter policy
@@ -182,7 +199,7 @@ impl CellSpec {
                 what: "EventBridge rules per event bus",
                 needed: rules,
                 limit: u64::from(self.quotas.rules_per_bus),
-                hint: "Use fewer partitions (4 rules each), or raise the quota in Service Quotas and declare it in Quotas::rules_per_bus.",
+                hint: "Use fewer partitions (4 rules each, plus the unrouted rule and the archive's), or raise the quota in Service Quotas and declare it in Quotas::rules_per_bus.",
             });
         }
         if self.quotas.targets_per_rule < 1 {
@@ -204,7 +221,14 @@ impl CellSpec {
                 name_fits(&self.rule_name(stage, last), RULE_NAME_MAX, "EventBridge")?;
             }
         }
-        let longest = self.stage_rules().iter().map(|r| r.pattern.to_json().chars().count()).max().unwrap_or(0);
+        let longest = self
+            .stage_rules()
+            .iter()
+            .map(|r| &r.pattern)
+            .chain([&self.unrouted_pattern()])
+            .map(|p| p.to_json().chars().count())
+            .max()
+            .unwrap_or(0);
         if longest > self.quotas.pattern_chars {
             return Err(CellSpecError::QuotaExceeded {
                 what: "EventBridge event pattern characters",
@@ -237,9 +261,10 @@ impl CellSpec {
         self.quotas
     }
 
-    /// EventBridge rules the cell needs: one per stage and partition.
+    /// EventBridge rules the cell puts on its bus: one per stage and
+    /// partition, the unrouted rule, and the archive's managed rule.
     pub fn rule_count(&self) -> u32 {
-        4 * u32::from(self.partitions.get())
+        4 * u32::from(self.partitions.get()) + 2
     }
 
     fn prefix(&self) -> String {
@@ -277,6 +302,15 @@ impl CellSpec {
     /// The stage whose route queue is `queue_name`, if any.
     pub fn stage_of_route_queue(&self, queue_name: &str) -> Option<Stage> {
         Stage::ALL.into_iter().find(|s| self.route_queue_name(*s) == queue_name)
+    }
+    /// The standard queue that keeps events of our source no stage rule
+    /// routes (see the module docs).
+    pub fn unrouted_queue_name(&self) -> String {
+        format!("{}-unrouted", self.prefix())
+    }
+    /// The rule that delivers them there.
+    pub fn unrouted_rule_name(&self) -> String {
+        format!("{}-unrouted", self.prefix())
     }
     /// The Timestream database of the cell's status changes (Timestream
     /// names take no hyphens).
@@ -320,6 +354,39 @@ impl CellSpec {
             .build()
             // Every part is a validated value: the pattern is always valid.
             .unwrap_or_else(|e| unreachable!("stage pattern is valid: {e}"))
+    }
+
+    /// The unrouted rule's pattern: our source, and any of a detail type,
+    /// stage, cell id or partition that no stage rule accepts (missing
+    /// included). It matches exactly the events of our source that no stage
+    /// rule matches: each stage rule requires the detail type, one of the
+    /// four stages, this cell and one whole number in 1..P, and each
+    /// alternative here negates one of those with `anything-but` (a present
+    /// value outside the list) or `exists: false` (no value).
+    pub fn unrouted_pattern(&self) -> EventPattern {
+        let stages: Vec<&str> = Stage::ALL.iter().map(|s| s.as_str()).collect();
+        let partitions = self.partitions.partitions().map(|p| i64::from(p.get()));
+        PatternBuilder::default()
+            .field(&["source"], [Match::exact(EVENT_SOURCE)])
+            .any_of(
+                &[],
+                [
+                    PatternBuilder::default().field(&["detail-type"], [Match::anything_but([DETAIL_TYPE])]),
+                    PatternBuilder::default()
+                        .field(&["detail", "stage"], [Match::anything_but(stages), Match::exists(false)]),
+                    PatternBuilder::default().field(
+                        &["detail", "metadata", "cellId"],
+                        [Match::anything_but([self.cell_id.as_str()]), Match::exists(false)],
+                    ),
+                    PatternBuilder::default().field(
+                        &["detail", "metadata", "partition"],
+                        [Match::anything_but_integers(partitions), Match::exists(false)],
+                    ),
+                ],
+            )
+            .build()
+            // Every part is a validated value: the pattern is always valid.
+            .unwrap_or_else(|e| unreachable!("unrouted pattern is valid: {e}"))
     }
 
     /// Every stage rule, by stage then partition.
@@ -381,11 +448,15 @@ impl CellSpec {
     }
 
     /// Where an EventBridge event goes: the queues that receive it, after
-    /// the rules and the filter policies. Empty for events of another cell
-    /// or source.
+    /// the rules and the filter policies; the unrouted queue for an event
+    /// of our source that no stage rule takes. Empty for events of another
+    /// source.
     pub fn destinations(&self, event: &serde_json::Value) -> Vec<String> {
         let subscriptions = self.subscriptions();
         let mut out = Vec::new();
+        if self.unrouted_pattern().matches(event) {
+            out.push(self.unrouted_queue_name());
+        }
         for rule in self.stage_rules().iter().filter(|r| r.pattern.matches(event)) {
             for sub in subscriptions.iter().filter(|s| s.topic == rule.target_topic) {
                 if sub.filter_policy.as_ref().is_none_or(|f| f.matches(event, &serde_json::Value::Null)) {
@@ -419,18 +490,20 @@ mod tests {
     }
 
     #[test]
-    fn quota_arithmetic_for_1_16_75_and_99_partitions() {
+    fn quota_arithmetic_for_1_16_74_75_and_99_partitions() {
         assert_eq!(spec(1).unwrap().stage_rules().len(), 4);
         assert_eq!(spec(16).unwrap().stage_rules().len(), 64);
-        assert_eq!(spec(75).unwrap().stage_rules().len(), 300);
+        assert_eq!(spec(16).unwrap().rule_count(), 66, "the unrouted rule and the archive's count too");
+        assert_eq!(spec(74).unwrap().rule_count(), 298);
+        assert!(matches!(spec(75), Err(CellSpecError::QuotaExceeded { needed: 302, limit: 300, .. })));
         let err = spec(99).unwrap_err();
         assert_eq!(
             err,
             CellSpecError::QuotaExceeded {
                 what: "EventBridge rules per event bus",
-                needed: 396,
+                needed: 398,
                 limit: 300,
-                hint: "Use fewer partitions (4 rules each), or raise the quota in Service Quotas and declare it in Quotas::rules_per_bus.",
+                hint: "Use fewer partitions (4 rules each, plus the unrouted rule and the archive's), or raise the quota in Service Quotas and declare it in Quotas::rules_per_bus.",
             }
         );
         let raised = CellSpec::with_quotas(
@@ -441,7 +514,7 @@ mod tests {
             Quotas { rules_per_bus: 400, ..Quotas::default() },
         )
         .unwrap();
-        assert_eq!(raised.rule_count(), 396);
+        assert_eq!(raised.rule_count(), 398);
     }
 
     #[test]
@@ -450,11 +523,12 @@ mod tests {
             CellId::new("abcdefghij-klmnopqrs").unwrap(),
             Region::new("ap-southeast-4").unwrap(),
             AccountId::new("123456789012").unwrap(),
-            PartitionCount::new(75).unwrap(),
+            PartitionCount::new(74).unwrap(),
         )
         .unwrap();
         assert_eq!(s.dlq_name(Stage::Reconciliation), "bems-abcdefghij-klmnopqrs-reconciliation-dlq.fifo");
         assert!(s.stage_rules().iter().all(|r| r.name.len() <= 64 && r.pattern.to_json().len() <= 2048));
+        assert!(s.unrouted_rule_name().len() <= 64 && s.unrouted_pattern().to_json().len() <= 2048);
     }
 
     #[test]
@@ -498,9 +572,57 @@ mod tests {
 
         let mut other_cell = event.clone();
         other_cell["detail"]["metadata"]["cellId"] = json!("prod-us-1");
-        assert!(s.destinations(&other_cell).is_empty());
+        assert_eq!(s.destinations(&other_cell), vec!["bems-prod-eu-1-unrouted"], "kept, not dropped");
         let mut other_source = event;
         other_source["source"] = json!("acme.invoices");
         assert!(s.destinations(&other_source).is_empty());
+    }
+
+    /// Within our source, an event goes to exactly one of: some stage
+    /// rule, or the unrouted rule.
+    #[test]
+    fn the_unrouted_rule_takes_exactly_what_no_stage_rule_takes() {
+        let s = spec(3).unwrap();
+        let mut base: serde_json::Value =
+            serde_json::from_str(include_str!("../../fixtures/example-eventbridge-event-invoice.json")).unwrap();
+        base["detail"]["metadata"]["partition"] = json!(2);
+        let rules = s.rule_set();
+        let unrouted = s.unrouted_pattern();
+        let variants: Vec<(&str, &[&str], serde_json::Value)> = vec![
+            ("in range", &["detail", "metadata", "partition"], json!(2)),
+            ("first", &["detail", "metadata", "partition"], json!(1)),
+            ("last", &["detail", "metadata", "partition"], json!(3)),
+            ("P + 1", &["detail", "metadata", "partition"], json!(4)),
+            ("zero", &["detail", "metadata", "partition"], json!(0)),
+            ("fraction", &["detail", "metadata", "partition"], json!(2.5)),
+            ("text", &["detail", "metadata", "partition"], json!("2")),
+            ("null", &["detail", "metadata", "partition"], json!(null)),
+            ("other cell", &["detail", "metadata", "cellId"], json!("prod-us-1")),
+            ("cell null", &["detail", "metadata", "cellId"], json!(null)),
+            ("unknown stage", &["detail", "stage"], json!("archiving")),
+            ("stage as number", &["detail", "stage"], json!(1)),
+            ("other detail type", &["detail-type"], json!("Invoice Deleted")),
+        ];
+        for (what, path, value) in variants {
+            let mut event = base.clone();
+            let (last, parents) = path.split_last().unwrap();
+            let mut slot = &mut event;
+            for key in parents {
+                slot = &mut slot[*key];
+            }
+            slot[*last] = value;
+            let routed = !rules.matching(&event).is_empty();
+            assert_ne!(routed, unrouted.matches(&event), "{what}: routed {routed}, unrouted {}", unrouted.matches(&event));
+        }
+        for path in [&["detail", "metadata"][..], &["detail", "stage"], &["detail"]] {
+            let mut event = base.clone();
+            let (last, parents) = path.split_last().unwrap();
+            let mut slot = &mut event;
+            for key in parents {
+                slot = &mut slot[*key];
+            }
+            slot.as_object_mut().unwrap().remove(*last);
+            assert!(rules.matching(&event).is_empty() && unrouted.matches(&event), "without {path:?}");
+        }
     }
 }
