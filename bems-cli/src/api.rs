@@ -69,6 +69,47 @@ impl Ingress {
     }
 }
 
+/// The REST API's name: `bems-<cell>-ingress`.
+pub fn api_name(spec: &CellSpec) -> String {
+    format!("bems-{}-ingress", spec.cell_id())
+}
+
+/// The producers' API key and usage plan's name: `bems-<cell>-producers`.
+pub fn producers_name(spec: &CellSpec) -> String {
+    format!("bems-{}-producers", spec.cell_id())
+}
+
+/// The deployed ingress of `spec`'s cell, found by its names: the API's id
+/// and the producers' key (whose value reading it needs
+/// `apigateway:GET` on the key).
+pub async fn find_ingress(client: &aws_sdk_apigateway::Client, spec: &CellSpec) -> Result<Ingress, ProvisionError> {
+    let name = api_name(spec);
+    let apis = client.get_rest_apis().limit(500).send().await.map_err(|e| fail("list APIs", &e))?;
+    let rest_api_id = apis
+        .items()
+        .iter()
+        .find(|a| a.name() == Some(name.as_str()))
+        .and_then(|a| a.id())
+        .ok_or_else(|| ProvisionError { step: "find the API".into(), message: format!("no REST API named {name}") })?
+        .to_owned();
+    let key_name = producers_name(spec);
+    let keys = client
+        .get_api_keys()
+        .name_query(&key_name)
+        .include_values(true)
+        .send()
+        .await
+        .map_err(|e| fail("list keys", &e))?;
+    let api_key = keys
+        .items()
+        .iter()
+        .find(|k| k.name() == Some(key_name.as_str()))
+        .and_then(|k| k.value())
+        .ok_or_else(|| ProvisionError { step: "find the key".into(), message: format!("no API key named {key_name}") })?
+        .to_owned();
+    Ok(Ingress { rest_api_id, api_key })
+}
+
 fn fail(
     step: impl Into<String>,
     e: &(impl aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + 'static),
@@ -232,12 +273,12 @@ impl From<&CellSpec> for ModelCell {
 pub fn model(cell: &ModelCell, stage: Stage, emulator: bool) -> Result<Value, ProvisionError> {
     let mut schema = bems_schema::request_schema(stage)
         .map_err(|e| ProvisionError { step: format!("model for {stage}"), message: e.to_string() })?;
-    let metadata = schema
-        .pointer_mut("/properties/metadata/properties")
-        .and_then(Value::as_object_mut)
-        .ok_or_else(|| ProvisionError {
-            step: format!("model for {stage}"),
-            message: "the request schema has no metadata properties".into(),
+    let metadata =
+        schema.pointer_mut("/properties/metadata/properties").and_then(Value::as_object_mut).ok_or_else(|| {
+            ProvisionError {
+                step: format!("model for {stage}"),
+                message: "the request schema has no metadata properties".into(),
+            }
         })?;
     let mut fix = |field: &str, keyword: &str, value: Value| -> Result<(), ProvisionError> {
         let property = metadata.get_mut(field).and_then(Value::as_object_mut).ok_or_else(|| ProvisionError {
@@ -266,7 +307,7 @@ pub async fn provision_api(
     emulator: bool,
     report: &mut Report,
 ) -> Result<Ingress, ProvisionError> {
-    let name = format!("bems-{}-ingress", spec.cell_id());
+    let name = api_name(spec);
     let api_id = rest_api(client, &name, report).await?;
 
     // Resources: / -> /invoices -> /invoices/<stage>.
@@ -573,7 +614,7 @@ async fn key_and_plan(
     report: &mut Report,
 ) -> Result<String, ProvisionError> {
     use aws_sdk_apigateway::types::{ApiStage, ThrottleSettings};
-    let key_name = format!("bems-{}-producers", spec.cell_id());
+    let key_name = producers_name(spec);
     let keys = client
         .get_api_keys()
         .name_query(&key_name)
@@ -598,7 +639,7 @@ async fn key_and_plan(
             (k.id().unwrap_or_default().to_owned(), k.value().unwrap_or_default().to_owned())
         }
     };
-    let plan_name = format!("bems-{}-producers", spec.cell_id());
+    let plan_name = producers_name(spec);
     let plans = client.get_usage_plans().send().await.map_err(|e| fail("list usage plans", &e))?;
     let plan_id = match plans.items().iter().find(|p| p.name() == Some(plan_name.as_str())).and_then(|p| p.id()) {
         Some(id) => {
@@ -642,7 +683,7 @@ pub async fn teardown_api(
     spec: &CellSpec,
     report: &mut Report,
 ) -> Result<(), ProvisionError> {
-    let name = format!("bems-{}-producers", spec.cell_id());
+    let name = producers_name(spec);
     let plans = client.get_usage_plans().send().await.map_err(|e| fail("list usage plans", &e))?;
     for plan in plans.items().iter().filter(|p| p.name() == Some(name.as_str())) {
         let id = plan.id().unwrap_or_default();
@@ -671,7 +712,7 @@ pub async fn teardown_api(
             .map_err(|e| fail("delete key", &e))?;
         report.push("api-key", &name, Change::Deleted);
     }
-    let api_name = format!("bems-{}-ingress", spec.cell_id());
+    let api_name = api_name(spec);
     let apis = client.get_rest_apis().limit(500).send().await.map_err(|e| fail("list APIs", &e))?;
     for api in apis.items().iter().filter(|a| a.name() == Some(api_name.as_str())) {
         client

@@ -15,6 +15,8 @@
 //! - [`send`]: one event from a file, validated field by field, published.
 //! - [`history`]: an invoice's lifecycle from Timestream.
 //! - [`replay`]: archived events of a time window back on the bus.
+//! - [`smoke`]: one marked invoice through a deployed cell's API, followed
+//!   through every stage into the store (`bems smoke`).
 //! - [`teardown`]: deletes a cell's resources (the inverse of provision).
 //! - [`template`]: the cell's CloudFormation template, generated from the
 //!   same `CellSpec` (`bems template`).
@@ -30,6 +32,7 @@ pub mod provision;
 pub mod redrive;
 pub mod replay;
 pub mod send;
+pub mod smoke;
 pub mod stuck;
 pub mod teardown;
 pub mod template;

@@ -6,6 +6,7 @@
 
 use anyhow::Context;
 use bems_cli::provision::{Clients, ProvisionOptions, provision};
+use bems_core::Stage;
 use bems_core::fields::{AccountId, CellId, Region};
 use bems_core::partition::PartitionCount;
 use bems_core::routing::{CellSpec, Quotas};
@@ -18,7 +19,7 @@ use std::time::Duration;
 #[command(
     name = "bems",
     version,
-    about = "Operate BEMS cells: provision, tear down, write the template; find stuck invoices, redrive, replay, show history, send events."
+    about = "Operate BEMS cells: provision, tear down, write the template, smoke-test a deployment; find stuck invoices, redrive, replay, show history, send events."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -130,6 +131,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Send one marked invoice through the cell's API and follow it through every stage into the store; says where it stopped (exit 5).
+    Smoke {
+        #[command(flatten)]
+        cell: CellArgs,
+        /// The API's URL up to the stage, as the stack's ApiUrl output gives it; default: the cell's API, found by name.
+        #[arg(long)]
+        api_url: Option<String>,
+        /// The producers' API key; default: the cell's key, found by name.
+        #[arg(long, env = "BEMS_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+        /// Seconds to wait for each next step.
+        #[arg(long, default_value_t = 180)]
+        timeout: u64,
+        /// Read the store through moto's own API at this URL instead of Timestream (a cell on the local emulators, whose Timestream runs no query).
+        #[arg(long)]
+        moto_store: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the cell's CloudFormation template files (cell.json and one rules file per stage) to a directory.
     Template {
         #[command(flatten)]
@@ -178,6 +199,37 @@ impl CellArgs {
 const INVALID: u8 = 3;
 /// Exit code 4: `stuck` found stuck invoices.
 const FOUND: u8 = 4;
+/// Exit code 5: the `smoke` invoice stopped before the end.
+const STOPPED: u8 = 5;
+
+/// The smoke report, a line per step.
+fn print_smoke(report: &bems_cli::smoke::Report) {
+    println!("smoke: invoice {} (event {})", report.invoice_id, report.event_id);
+    println!("  {:<15} HTTP {} in {} ms", "api", report.api.status, report.api.ms);
+    if report.stopped.as_ref().is_some_and(|s| s.at == "api") {
+        println!("  (nothing was accepted, so nothing is followed)");
+    } else {
+        for c in &report.checkpoints {
+            match c.seen_after_ms {
+                #[allow(clippy::cast_precision_loss, reason = "milliseconds of one run")]
+                Some(ms) => println!("  {:<15} {:<11} stored after {:.1} s", c.name, c.status, ms as f64 / 1000.0),
+                None => println!("  {:<15} {:<11} not seen", c.name, c.status),
+            }
+        }
+    }
+    match &report.stopped {
+        None => println!("smoke: passed: every stage handled it and the store holds each status change"),
+        Some(stop) => {
+            println!("smoke: STOPPED at {}: {}", stop.at, stop.reason);
+            for q in &stop.queues {
+                println!("  {}: {} waiting, {} in flight", q.queue, q.waiting, q.in_flight);
+            }
+            for d in &stop.dead_lettered {
+                println!("  dead-lettered in {}: {}", d.place, d.reason);
+            }
+        }
+    }
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -413,6 +465,46 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(INVALID));
                 }
                 Err(e) => return Err(e.into()),
+            }
+        }
+        Command::Smoke { cell, api_url, api_key, timeout, moto_store, json } => {
+            let spec = cell.spec()?;
+            let config = bems_cli::aws_config(Some(&cell.region)).await;
+            let (url, key) = match (api_url, api_key) {
+                (Some(url), Some(key)) => (format!("{}/invoices/ingestion", url.trim_end_matches('/')), key),
+                (url, key) => {
+                    let found = bems_cli::api::find_ingress(&aws_sdk_apigateway::Client::new(&config), &spec).await?;
+                    let url = match (url, config.endpoint_url()) {
+                        (Some(url), _) => format!("{}/invoices/ingestion", url.trim_end_matches('/')),
+                        (None, Some(endpoint)) => found.localstack_url(endpoint, Stage::Ingestion),
+                        (None, None) => found.aws_url(&cell.region, Stage::Ingestion),
+                    };
+                    (url, key.unwrap_or(found.api_key))
+                }
+            };
+            let sqs = aws_sdk_sqs::Client::new(&config);
+            let options = bems_cli::smoke::Options { timeout: Duration::from_secs(timeout), ..Default::default() };
+            if !json {
+                println!("smoke: one invoice into cell {} through {url}", spec.cell_id());
+            }
+            let report = match moto_store {
+                Some(moto) => {
+                    let store = bems_cli::smoke::MotoStore { url: moto, spec: spec.clone() };
+                    bems_cli::smoke::smoke(&spec, &url, &key, &store, &sqs, options).await?
+                }
+                None => {
+                    let client = bems_cli::timestream_query(&config).await?;
+                    let store = bems_cli::smoke::TimestreamStore { client, spec: spec.clone() };
+                    bems_cli::smoke::smoke(&spec, &url, &key, &store, &sqs, options).await?
+                }
+            };
+            if json {
+                print_json(&report)?;
+            } else {
+                print_smoke(&report);
+            }
+            if !report.passed() {
+                return Ok(ExitCode::from(STOPPED));
             }
         }
         Command::Template { cell, out, code_uri } => {

@@ -249,8 +249,7 @@ pub async fn provision(
     }
     for rule in spec.stage_rules() {
         p.rule(&mut report, &rule.name, &rule.pattern.to_json()).await?;
-        p.target(&mut report, &rule.name, &route_arns[&rule.stage], Some(&rule.message_group_id), &bus_dlq.arn)
-            .await?;
+        p.target(&mut report, &rule.name, &route_arns[&rule.stage], Some(&rule.message_group_id), &bus_dlq.arn).await?;
     }
     let unrouted_name = spec.unrouted_queue_name();
     let unrouted =

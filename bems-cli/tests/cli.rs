@@ -344,3 +344,34 @@ async fn history_and_over_sla_read_timestream_answers_off_the_wire() {
     assert_eq!(stuck[0]["kind"], "over-sla");
     assert_eq!(stuck[0]["place"], "authorization");
 }
+
+/// `bems smoke` finds the cell's API and key by name, sends its invoice
+/// through the API and follows it in the store (moto, through its own API);
+/// on a provisioned cell with no functions running the invoice is routed
+/// into the ingestion route queue and no further, and the binary says so,
+/// names the queue it waits in, and exits 5.
+#[tokio::test]
+async fn smoke_says_where_the_invoice_stopped() {
+    let (Some(localstack), Some(moto)) = (endpoint("BEMS_LOCALSTACK_URL"), endpoint("BEMS_MOTO_URL")) else { return };
+    let cell = Cell::create(&localstack);
+    let out = cell.run(&["smoke", "--moto-store", &moto, "--timeout", "4"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(code(&out), 5, "{text}\nstderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("HTTP 200"), "the API accepted it: {text}");
+    assert!(text.contains("STOPPED at routing"), "{text}");
+    let route = cell.queue("ingestion-route.fifo");
+    assert!(text.contains(&format!("{route}: 1 waiting")), "the invoice waits in {route}: {text}");
+
+    let out = cell.run(&["smoke", "--moto-store", &moto, "--timeout", "2", "--json"]);
+    let report = stdout_json(&out);
+    assert_eq!(code(&out), 5);
+    assert!(report["invoiceId"].as_str().is_some_and(|i| i.starts_with("BEMS-SMOKE-")), "{report}");
+    assert_eq!(report["stopped"]["at"], "routing");
+    assert_eq!(report["checkpoints"].as_array().map(Vec::len), Some(5));
+
+    // A wrong key: the API refuses it, and the report stops at the API.
+    let out = cell.run(&["smoke", "--moto-store", &moto, "--api-key", "not-a-key", "--timeout", "2"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(code(&out), 5, "{text}");
+    assert!(text.contains("STOPPED at api: the API answered 403"), "{text}");
+}

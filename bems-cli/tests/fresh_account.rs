@@ -78,7 +78,10 @@ fn the_store_is_chosen_explicitly_and_none_runs_no_writer() {
     let template = cell();
     let allowed = required(&template, "Store");
     assert_eq!(allowed, serde_json::json!(["timestream", "none"]));
-    assert_eq!(template["Conditions"]["WithTimestream"], serde_json::json!({ "Fn::Equals": [{ "Ref": "Store" }, "timestream"] }));
+    assert_eq!(
+        template["Conditions"]["WithTimestream"],
+        serde_json::json!({ "Fn::Equals": [{ "Ref": "Store" }, "timestream"] })
+    );
     // Everything of the writer and the store exists only with a store.
     let writer_parts: Vec<&String> = resources(&template)
         .iter()
@@ -145,7 +148,11 @@ fn api_gateway_can_assume_the_integration_role() {
         let trust = &resources(&template)[role]["Properties"]["AssumeRolePolicyDocument"]["Statement"];
         assert_eq!(trust.as_array().map(Vec::len), Some(1), "{id}");
         assert_eq!(trust[0]["Principal"]["Service"], "apigateway.amazonaws.com");
-        assert!(trust[0].get("Condition").is_none(), "{id}: {role} trusts API Gateway only with {}", trust[0]["Condition"]);
+        assert!(
+            trust[0].get("Condition").is_none(),
+            "{id}: {role} trusts API Gateway only with {}",
+            trust[0]["Condition"]
+        );
     }
 }
 
@@ -181,7 +188,8 @@ fn every_api_change_gets_a_new_deployment() {
     let hash = id.strip_prefix("Deployment").unwrap_or_default();
     assert!(hash.len() == 16 && hash.chars().all(|c| c.is_ascii_hexdigit()), "deployment id {id}");
     assert_eq!(resources(&template)["ApiStage"]["Properties"]["DeploymentId"]["Ref"], id.as_str());
-    let after: BTreeSet<&str> = deployment["DependsOn"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    let after: BTreeSet<&str> =
+        deployment["DependsOn"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
     for ty in ["AWS::ApiGateway::Method", "AWS::ApiGateway::GatewayResponse"] {
         for (part, _) in of_type(&template, ty) {
             assert!(after.contains(part.as_str()), "the deployment may be made before {part}");
@@ -276,7 +284,9 @@ fn functions_run_under_explicit_least_privilege_roles() {
         let role = &resources(&template)[role];
         assert_eq!(role["Type"], "AWS::IAM::Role");
         assert!(role["Properties"].get("ManagedPolicyArns").is_none(), "{id}: managed policies on its role");
-        for statement in role["Properties"]["Policies"][0]["PolicyDocument"]["Statement"].as_array().expect("statements") {
+        for statement in
+            role["Properties"]["Policies"][0]["PolicyDocument"]["Statement"].as_array().expect("statements")
+        {
             let actions = statement["Action"].to_string();
             if actions.contains("sqs:ReceiveMessage") || actions.contains("sqs:DeleteMessage") {
                 assert!(statement["Resource"]["Fn::GetAtt"].is_array(), "{id} consumes {}", statement["Resource"]);
@@ -321,8 +331,9 @@ fn what_holds_events_is_retained() {
     let template = cell();
     let mut held: Vec<&String> = Vec::new();
     for (id, r) in resources(&template) {
-        let keeps = matches!(r["Type"].as_str(), Some("AWS::KMS::Key" | "AWS::Events::Archive" | "AWS::Logs::LogGroup"))
-            || (r["Type"] == "AWS::SQS::Queue" && (id.ends_with("Dlq") || id == "UnroutedQueue"));
+        let keeps =
+            matches!(r["Type"].as_str(), Some("AWS::KMS::Key" | "AWS::Events::Archive" | "AWS::Logs::LogGroup"))
+                || (r["Type"] == "AWS::SQS::Queue" && (id.ends_with("Dlq") || id == "UnroutedQueue"));
         if keeps {
             held.push(id);
             assert_eq!(r["DeletionPolicy"], "Retain", "{id}");
@@ -346,8 +357,12 @@ fn the_models_refuse_events_no_rule_routes() {
         assert_eq!(metadata["cellId"]["enum"], serde_json::json!(["prod-eu-1"]), "{stage}");
         assert_eq!(metadata["region"]["enum"], serde_json::json!([{ "Ref": "AWS::Region" }]), "{stage}");
         assert_eq!(metadata["accountId"]["enum"], serde_json::json!([{ "Ref": "AWS::AccountId" }]), "{stage}");
-        let required: Vec<&str> =
-            model["properties"]["metadata"]["required"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        let required: Vec<&str> = model["properties"]["metadata"]["required"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
         for field in ["partition", "cellId", "region", "accountId"] {
             assert!(required.contains(&field), "{stage}: metadata.{field} is optional");
         }
@@ -370,11 +385,17 @@ fn every_bus_answer_has_its_integration_response() {
                 .unwrap_or_else(|| panic!("{id}: no integration response for {pattern:?}"))
         };
         let default = by_pattern(None);
-        assert!(default["ResponseTemplates"]["application/json"].as_str().is_some_and(|t| t.contains("FailedEntryCount")));
+        assert!(
+            default["ResponseTemplates"]["application/json"].as_str().is_some_and(|t| t.contains("FailedEntryCount"))
+        );
         assert_eq!(by_pattern(Some("4\\d{2}"))["StatusCode"], "502", "{id}");
         assert_eq!(by_pattern(Some("5\\d{2}"))["StatusCode"], "503", "{id}");
-        let statuses: BTreeSet<&str> =
-            method["Properties"]["MethodResponses"].as_array().into_iter().flatten().filter_map(|r| r["StatusCode"].as_str()).collect();
+        let statuses: BTreeSet<&str> = method["Properties"]["MethodResponses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["StatusCode"].as_str())
+            .collect();
         for status in ["200", "429", "502", "503"] {
             assert!(statuses.contains(status), "{id}: no method response {status}");
         }
@@ -425,7 +446,9 @@ fn what_no_rule_routes_is_kept_and_alarmed() {
     assert_eq!(rule["EventBusName"]["Ref"], "Bus");
     let target = &rule["Targets"][0];
     assert_eq!(target["Arn"]["Fn::GetAtt"][0], "UnroutedQueue");
-    assert!(target["DeadLetterConfig"]["Arn"].is_object() && target["RetryPolicy"]["MaximumEventAgeInSeconds"].is_number());
+    assert!(
+        target["DeadLetterConfig"]["Arn"].is_object() && target["RetryPolicy"]["MaximumEventAgeInSeconds"].is_number()
+    );
     let policy = &r["UnroutedQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"][0];
     assert_eq!(policy["Principal"]["Service"], "events.amazonaws.com");
     let alarm = &r["UnroutedNotEmptyAlarm"]["Properties"];

@@ -96,6 +96,17 @@ impl ValidationOptions {
     pub fn consumer() -> ValidationOptions {
         ValidationOptions { unknown_fields: UnknownFields::Ignore, max_future_skew: None, partitions: None }
     }
+
+    /// What consumers of a cell of `partitions` partitions use: as
+    /// [`ValidationOptions::consumer`], and `metadata.partition` must be
+    /// the invoice's own. The rules route by the partition the producer
+    /// wrote; one that is in range but not `xxh64(invoiceId) mod P + 1`
+    /// (which no rule or API model can compute) would put the invoice's
+    /// events in another FIFO group than its others, out of order, so the
+    /// consumer refuses it for good, with the reason.
+    pub fn consumer_in(partitions: PartitionCount) -> ValidationOptions {
+        ValidationOptions { partitions: Some(partitions), ..ValidationOptions::consumer() }
+    }
 }
 
 /// Parses and validates invoice events.

@@ -370,6 +370,123 @@ fn eventbridge_test_event_pattern_agrees() {
     assert!(disagreements.is_empty(), "{} disagreements:\n{}", disagreements.len(), disagreements.join("\n"));
 }
 
+/// The cell's unrouted rule is the complement of its stage rules within
+/// our source, on LocalStack as in the Rust engine: over events whose
+/// stage, cell id, partition and detail type range over valid, out-of-range,
+/// mistyped and missing values, LocalStack's `TestEventPattern` agrees with
+/// `EventPattern::matches` on every stage rule and on the unrouted rule,
+/// and every event is taken by a stage rule or by the unrouted rule (by
+/// exactly one when no field holds an array, whose elements EventBridge
+/// matches one by one).
+#[test]
+fn the_unrouted_rule_takes_what_no_stage_rule_takes() {
+    use bems_core::fields::{AccountId, CellId, Region};
+    use bems_core::partition::PartitionCount;
+    use bems_core::routing::CellSpec;
+    let Some(ls) = LocalStack::from_env() else {
+        eprintln!("skipped: BEMS_LOCALSTACK_URL is not set (scripts/test sets it after starting the emulators)");
+        return;
+    };
+    let spec = CellSpec::new(
+        CellId::new("prod-eu-1").expect("cell"),
+        Region::new("eu-west-1").expect("region"),
+        AccountId::new("123456789012").expect("account"),
+        PartitionCount::new(3).expect("partitions"),
+    )
+    .expect("spec");
+    let mut rules: Vec<(String, EventPattern)> = spec.stage_rules().into_iter().map(|r| (r.name, r.pattern)).collect();
+    rules.push(("unrouted".into(), spec.unrouted_pattern()));
+    let base: Value =
+        serde_json::from_str(include_str!("../fixtures/example-eventbridge-event-invoice.json")).expect("fixture");
+    let missing = Value::String("<missing>".into());
+    let partitions = [
+        json!(1),
+        json!(3),
+        json!(4),
+        json!(0),
+        json!(-1),
+        json!(2.5),
+        json!("2"),
+        Value::Null,
+        json!([2]),
+        json!([2, 9]),
+        json!({}),
+        missing.clone(),
+    ];
+    let cells = [
+        json!("prod-eu-1"),
+        json!("prod-us-1"),
+        json!(""),
+        Value::Null,
+        json!(7),
+        json!(["prod-eu-1"]),
+        missing.clone(),
+    ];
+    let stages =
+        [json!("ingestion"), json!("posting"), json!("archiving"), Value::Null, json!(["posting"]), missing.clone()];
+    let detail_types = [json!("Invoice Status Changed"), json!("Invoice Deleted")];
+    let mut runner = runner(23);
+    // Each value with the other fields valid (index 0), then random mixes.
+    let mut picks: Vec<(usize, usize, usize, usize)> = (0..partitions.len()).map(|p| (p, 0, 0, 0)).collect();
+    picks.extend((0..cells.len()).map(|c| (0, c, 0, 0)));
+    picks.extend((0..stages.len()).map(|s| (0, 0, s, 0)));
+    picks.extend((0..detail_types.len()).map(|d| (0, 0, 0, d)));
+    picks.extend(sample(
+        &mut runner,
+        &(0..partitions.len(), 0..cells.len(), 0..stages.len(), 0..detail_types.len()),
+        150,
+    ));
+    let count = picks.len();
+    let set = |event: &mut Value, path: &[&str], value: &Value| {
+        let (last, parents) = path.split_last().expect("a path");
+        let mut slot = event;
+        for key in parents {
+            slot = &mut slot[*key];
+        }
+        if *value == missing {
+            if let Some(object) = slot.as_object_mut() {
+                object.remove(*last);
+            }
+        } else {
+            slot[*last] = value.clone();
+        }
+    };
+    let mut disagreements = Vec::new();
+    let mut lost = Vec::new();
+    let (mut routed, mut unrouted) = (0, 0);
+    for (p, c, s, d) in picks {
+        let mut event = base.clone();
+        set(&mut event, &["detail", "metadata", "partition"], &partitions[p]);
+        set(&mut event, &["detail", "metadata", "cellId"], &cells[c]);
+        set(&mut event, &["detail", "stage"], &stages[s]);
+        set(&mut event, &["detail-type"], &detail_types[d]);
+        let mut taken = Vec::new();
+        for (name, pattern) in &rules {
+            let body = json!({ "EventPattern": pattern.to_json(), "Event": event.to_string() });
+            let answer = ls.json("events", "AWSEvents.TestEventPattern", "1.1", &body).expect("TestEventPattern");
+            let localstack = answer["Result"].as_bool().expect("a result");
+            if localstack != pattern.matches(&event) {
+                disagreements.push(format!("{name}: localstack={localstack} on {}", event["detail"]));
+            }
+            if localstack {
+                taken.push(name.clone());
+            }
+        }
+        let by_unrouted = taken.iter().any(|n| n == "unrouted");
+        let by_stage = taken.iter().any(|n| n != "unrouted");
+        routed += usize::from(by_stage);
+        unrouted += usize::from(by_unrouted);
+        let arrays = [&partitions[p], &cells[c], &stages[s]].iter().any(|v| v.is_array());
+        if !(by_stage || by_unrouted) || (!arrays && by_stage == by_unrouted) {
+            lost.push(format!("taken by {taken:?}: {} {}", event["detail-type"], event["detail"]));
+        }
+    }
+    eprintln!("{count} events: {routed} taken by a stage rule, {unrouted} by the unrouted rule");
+    assert!(routed >= 10 && unrouted >= 100, "the corpus should hold both: {routed} / {unrouted}");
+    assert!(disagreements.is_empty(), "{} disagreements:\n{}", disagreements.len(), disagreements.join("\n"));
+    assert!(lost.is_empty(), "{} events not taken by exactly one side:\n{}", lost.len(), lost.join("\n"));
+}
+
 // ------------------------------------------------------------ SNS
 
 /// A message attribute as a publisher sets it: (name, data type, value).

@@ -411,6 +411,13 @@ pub fn consumer_validator() -> bems_core::Validator {
     bems_core::Validator::new(bems_core::ValidationOptions::consumer())
 }
 
+/// The validator consumers of a cell of `partitions` use: also refuses an
+/// event whose partition is not its invoice's
+/// ([`bems_core::ValidationOptions::consumer_in`]).
+pub fn cell_consumer_validator(partitions: bems_core::partition::PartitionCount) -> bems_core::Validator {
+    bems_core::Validator::new(bems_core::ValidationOptions::consumer_in(partitions))
+}
+
 /// The record's FIFO message group, `None` on a standard queue.
 pub fn message_group(record: &SqsMessage) -> Option<&str> {
     record.attributes.get("MessageGroupId").map(String::as_str)

@@ -228,10 +228,11 @@ pub async fn run_timestream_writer() -> Result<(), Error> {
         table: var("BEMS_TIMESTREAM_TABLE")?,
     };
     let dead_letter = SqsDeadLetter::new(aws_sdk_sqs::Client::new(&config), var("BEMS_DLQ_URL")?);
+    let partitions = partition_count(&var("BEMS_PARTITIONS")?)?;
     init_logs();
     let metrics = init_metrics(&var("BEMS_CELL_ID")?, WRITER_METRICS_NAME)?;
     let handler = service_fn(move |event: LambdaEvent<SqsEvent>| {
-        let mut writer = TimestreamWriter::new(table.clone(), dead_letter.clone());
+        let mut writer = TimestreamWriter::new(table.clone(), dead_letter.clone()).in_cell(partitions);
         Box::pin(async move {
             let response = writer.call(event.payload).await;
             flush(metrics, &event.context.request_id);
@@ -288,15 +289,20 @@ pub async fn run_forwarder() -> Result<(), Error> {
     Box::pin(lambda_runtime::run(handler)).await
 }
 
+/// `BEMS_PARTITIONS`, read.
+fn partition_count(text: &str) -> Result<PartitionCount, ConfigError> {
+    let partitions: u32 = text.parse().map_err(|_| ConfigError("BEMS_PARTITIONS must be 1-99".into()))?;
+    PartitionCount::new(partitions).map_err(|e| ConfigError(format!("BEMS_PARTITIONS: {e}")))
+}
+
 /// The cell of a function, from its configuration.
 fn cell_spec(cell: &str, region: &str, account: &str, partitions: &str) -> Result<CellSpec, ConfigError> {
-    let partitions: u32 = partitions.parse().map_err(|_| ConfigError("BEMS_PARTITIONS must be 1-99".into()))?;
     let bad = |name: &str, e: &dyn std::fmt::Display| ConfigError(format!("{name}: {e}"));
     CellSpec::new(
         CellId::new(cell).map_err(|e| bad("BEMS_CELL_ID", &e))?,
         Region::new(region).map_err(|e| bad("AWS_REGION", &e))?,
         AccountId::new(account).map_err(|e| bad("BEMS_ACCOUNT_ID", &e))?,
-        PartitionCount::new(partitions).map_err(|e| bad("BEMS_PARTITIONS", &e))?,
+        partition_count(partitions)?,
     )
     .map_err(|e| bad("cell", &e))
 }

@@ -31,7 +31,7 @@ use bems_core::publish::{EventBus, Outcome, Publisher, Rejection};
 use bems_core::{InvoiceEvent, Stage, Validator};
 use chrono::Utc;
 
-use crate::batch::{RecordError, RecordHandler, consumer_validator, decode};
+use crate::batch::{RecordError, RecordHandler, cell_consumer_validator, decode};
 use crate::idempotency::{IdempotencyStore, NoStore, StoreError};
 use crate::stages::{self, Approvals, Decision, PurchaseOrders, Rules};
 
@@ -73,7 +73,9 @@ impl<B, O, A, S> StageProcessor<B, O, A, S> {
 }
 
 impl<B: EventBus + Sync, O: PurchaseOrders + Send, A: Approvals + Send> StageProcessor<B, O, A> {
-    /// A processor for `stage`, decoding with [`consumer_validator`].
+    /// A processor for `stage` of the publisher's cell, decoding with
+    /// [`cell_consumer_validator`]: an event whose partition is not its
+    /// invoice's is refused for good (poison), with the reason.
     pub fn new(
         stage: Stage,
         rules: Rules,
@@ -84,8 +86,8 @@ impl<B: EventBus + Sync, O: PurchaseOrders + Send, A: Approvals + Send> StagePro
         StageProcessor {
             stage,
             rules,
+            validator: cell_consumer_validator(publisher.target().partitions),
             publisher,
-            validator: consumer_validator(),
             orders,
             approvals,
             handled: HashSet::new(),
@@ -207,4 +209,99 @@ struct Pending {
     message_id: String,
     event: InvoiceEvent,
     next: InvoiceEvent,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::{BatchProcessor, DeadLetterSink};
+    use crate::function::{NoApprovals, NoPurchaseOrderSystem};
+    use aws_lambda_events::sqs::SqsEvent;
+    use bems_core::Status;
+    use bems_core::envelope::PutEventsEntry;
+    use bems_core::publish::{BusError, CellTarget, EntryResult};
+    use std::sync::{Arc, Mutex};
+
+    /// Accepts every entry and keeps it.
+    #[derive(Clone, Default)]
+    struct Recording(Arc<Mutex<Vec<PutEventsEntry>>>);
+
+    impl EventBus for Recording {
+        async fn put_events(&self, entries: &[PutEventsEntry]) -> Result<Vec<EntryResult>, BusError> {
+            if let Ok(mut kept) = self.0.lock() {
+                kept.extend(entries.iter().cloned());
+            }
+            Ok(entries.iter().map(|_| EntryResult::Accepted("eb".into())).collect())
+        }
+    }
+
+    /// Keeps what is dead-lettered, with the reason.
+    #[derive(Clone, Default)]
+    struct Kept(Arc<Mutex<Vec<String>>>);
+
+    impl DeadLetterSink for Kept {
+        async fn send(&self, _: &SqsMessage, reason: &str) -> Result<(), String> {
+            self.0.lock().map_err(|e| e.to_string())?.push(reason.to_owned());
+            Ok(())
+        }
+    }
+
+    fn submitted(partition: u8) -> SqsEvent {
+        let mut e = bems_core::Validator::new(bems_core::ValidationOptions::consumer())
+            .parse(include_bytes!("../../bems-core/fixtures/example-invoice-event.json"))
+            .expect("fixture");
+        e.stage = Stage::Ingestion;
+        e.status = Status::Submitted;
+        e.previous_status = None;
+        e.issue_date = chrono::Utc::now().date_naive();
+        e.payment_terms = bems_core::PaymentTerms::net(e.issue_date, e.payment_terms.net_days);
+        e.metadata.partition = bems_core::partition::Partition::new(i64::from(partition)).expect("partition");
+        let mut record = SqsMessage::default();
+        record.message_id = Some(format!("m-{partition}"));
+        record.body = Some(e.to_json());
+        record.attributes.insert("MessageGroupId".into(), format!("ingestion-p{partition:02}"));
+        let mut event = SqsEvent::default();
+        event.records = vec![record];
+        event
+    }
+
+    /// What no rule can check: a partition in range that is not the
+    /// invoice's own (`INV-2026-000123` is in partition 3 of 4) is refused
+    /// for good, with the reason, and nothing is published for it.
+    #[tokio::test]
+    async fn an_in_range_partition_that_is_not_the_invoice_s_is_dead_lettered_with_the_reason() {
+        let target = CellTarget::new("c1", "eu-west-1", "123456789012", 4).expect("target");
+        let own = bems_core::partition::Partition::for_invoice(
+            &bems_core::fields::InvoiceId::new("INV-2026-000123").expect("id"),
+            target.partitions,
+        )
+        .get();
+        let wrong = if own == 1 { 2 } else { 1 };
+        for (partition, refused) in [(own, false), (wrong, true)] {
+            let bus = Recording::default();
+            let kept = Kept::default();
+            let mut processor = StageProcessor::new(
+                Stage::Ingestion,
+                Rules::default(),
+                Publisher::new(bus.clone(), target.clone()),
+                NoPurchaseOrderSystem,
+                NoApprovals,
+            );
+            let response = BatchProcessor::new()
+                .with_dead_letter(kept.clone())
+                .process(&submitted(partition), &mut processor)
+                .await;
+            assert!(response.batch_item_failures.is_empty(), "{response:?}");
+            let reasons = kept.0.lock().expect("lock").clone();
+            let published = bus.0.lock().expect("lock").len();
+            if refused {
+                assert_eq!(published, 0);
+                assert_eq!(reasons.len(), 1);
+                let want = format!("belongs to partition {own} of 4, got {wrong}");
+                assert!(reasons[0].contains("metadata.partition") && reasons[0].contains(&want), "{}", reasons[0]);
+            } else {
+                assert_eq!((published, reasons.len()), (1, 0), "{reasons:?}");
+            }
+        }
+    }
 }

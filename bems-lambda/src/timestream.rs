@@ -165,6 +165,14 @@ impl<S, D> TimestreamWriter<S, D> {
     pub fn new(sink: S, dead_letter: D) -> TimestreamWriter<S, D> {
         TimestreamWriter { sink, dead_letter, validator: crate::batch::consumer_validator() }
     }
+
+    /// The writer of a cell of `partitions`: an event whose partition is
+    /// not its invoice's goes to the dead-letter sink with the reason, as
+    /// the stage processors send it to theirs, instead of being stored.
+    pub fn in_cell(mut self, partitions: bems_core::partition::PartitionCount) -> TimestreamWriter<S, D> {
+        self.validator = crate::batch::cell_consumer_validator(partitions);
+        self
+    }
 }
 
 impl<S: RecordSink + Sync + Send, D: crate::batch::DeadLetterSink + Sync + Send> crate::sqs::BatchFunction

@@ -19,7 +19,9 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 mod faults;
+mod stub;
 pub use faults::{Outage, Throttle};
+pub use stub::{Answer, PutEventsStub};
 
 /// Where the tests run.
 #[derive(Debug, Clone)]

@@ -488,7 +488,8 @@ async fn pipeline(env: &bems_e2e::Env, plan: Plan) -> Done {
         }
         let status_dlq = cell.queue_url(&cell.spec.status_dlq_name()).await;
         let sink = Throttled::new(table, plan.throttle_every, injected.clone());
-        let writer = TimestreamWriter::new(sink, SqsDeadLetter::new(sqs.clone(), status_dlq));
+        let writer =
+            TimestreamWriter::new(sink, SqsDeadLetter::new(sqs.clone(), status_dlq)).in_cell(cell.spec.partitions());
         let mut stopped = stopped.clone();
         let queue = cell.queue_url(&cell.spec.status_queue_name()).await;
         let source = EventSource::connect(sqs.clone(), queue, RunnerOptions::default()).await.expect("queue");

@@ -436,16 +436,12 @@ fn service_alarms(spec: &CellSpec, resources: &mut BTreeMap<String, Value>) -> V
                 "ReturnData": true,
             }]);
             let mut watch = alarm(
-                    format!(
-                        "bems-{cell}-{}-{}",
-                        name.trim_start_matches(&format!("bems-{cell}-")),
-                        metric.to_lowercase()
-                    ),
-                    &format!("{name}: {what} in 3 of the last 5 minutes."),
-                    metrics,
-                    json!(0),
-                    (3, 5),
-                    "AlertsWarning",
+                format!("bems-{cell}-{}-{}", name.trim_start_matches(&format!("bems-{cell}-")), metric.to_lowercase()),
+                &format!("{name}: {what} in 3 of the last 5 minutes."),
+                metrics,
+                json!(0),
+                (3, 5),
+                "AlertsWarning",
             );
             if let Some(condition) = condition {
                 watch["Condition"] = json!(condition);

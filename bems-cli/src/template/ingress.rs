@@ -20,8 +20,8 @@ use super::*;
 /// provision` ([`crate::api`]) so both deploy the same API.
 pub(super) fn api(spec: &CellSpec, resources: &mut BTreeMap<String, Value>, outputs: &mut BTreeMap<String, Value>) {
     use crate::api::{
-        BURST_LIMIT, GATEWAY_RESPONSES, INTEGRATION_RESPONSES, METHOD_STATUSES, RATE_LIMIT, STAGE_NAME,
-        model, model_name, request_template,
+        BURST_LIMIT, GATEWAY_RESPONSES, INTEGRATION_RESPONSES, METHOD_STATUSES, RATE_LIMIT, STAGE_NAME, model,
+        model_name, request_template,
     };
     let cell = spec.cell_id().as_str();
     let api = reference("Api");
@@ -147,7 +147,8 @@ pub(super) fn api(spec: &CellSpec, resources: &mut BTreeMap<String, Value>, outp
         );
     }
     for &(kind, status, body) in GATEWAY_RESPONSES {
-        let id = format!("GatewayResponse{}", kind.split('_').map(|w| capitalized(&w.to_lowercase())).collect::<String>());
+        let id =
+            format!("GatewayResponse{}", kind.split('_').map(|w| capitalized(&w.to_lowercase())).collect::<String>());
         published.push(id.clone());
         resources.insert(
             id,

@@ -612,7 +612,12 @@ mod tests {
             }
             slot[*last] = value;
             let routed = !rules.matching(&event).is_empty();
-            assert_ne!(routed, unrouted.matches(&event), "{what}: routed {routed}, unrouted {}", unrouted.matches(&event));
+            assert_ne!(
+                routed,
+                unrouted.matches(&event),
+                "{what}: routed {routed}, unrouted {}",
+                unrouted.matches(&event)
+            );
         }
         for path in [&["detail", "metadata"][..], &["detail", "stage"], &["detail"]] {
             let mut event = base.clone();

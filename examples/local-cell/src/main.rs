@@ -92,6 +92,11 @@ struct Args {
     /// Keep the cell when stopping.
     #[arg(long)]
     keep: bool,
+    /// Run the cell without this stage's processor (repeatable): its queue
+    /// fills, its alarms' conditions show on the dashboard, and `bems
+    /// smoke` reports that the invoices stop there.
+    #[arg(long, value_parser = parse_stage)]
+    without_processor: Vec<Stage>,
     /// On the emulators: after the traffic stops, seconds to let the cell
     /// finish what is in flight (until every published event is visible)
     /// before the summary.
@@ -129,6 +134,11 @@ struct Args {
     /// JSON, and exit.
     #[arg(long, requires = "aws")]
     print_queries: bool,
+}
+
+fn parse_stage(name: &str) -> Result<Stage, String> {
+    Stage::from_wire(name)
+        .ok_or_else(|| format!("'{name}' is not a stage (ingestion, reconciliation, authorization, posting)"))
 }
 
 async fn config(endpoint: &str) -> aws_config::SdkConfig {
@@ -216,6 +226,13 @@ async fn local_target(args: &Args) -> anyhow::Result<Target> {
         "local-cell: cell {} ({} partitions) on {}; API {} (key {})",
         args.cell, args.partitions, args.localstack, provisioned.ingress.rest_api_id, provisioned.ingress.api_key
     );
+    println!(
+        "local-cell: follow one invoice through it: AWS_ENDPOINT_URL={} cargo run -q -p bems-cli -- smoke --cell {} --partitions {} --moto-store {}",
+        args.localstack, args.cell, args.partitions, args.moto
+    );
+    for stage in &args.without_processor {
+        println!("local-cell: running without the {stage} processor (--without-processor)");
+    }
     Ok(Target {
         spec,
         clients,
@@ -305,7 +322,8 @@ async fn main() -> anyhow::Result<()> {
 
     let mut tasks = Vec::new();
     if let Some(local) = target.local.as_ref() {
-        start_functions(&clients, &spec, local, &cell_target, &state, &stopped, &mut tasks).await?;
+        start_functions(&clients, &spec, local, &cell_target, &state, &stopped, &args.without_processor, &mut tasks)
+            .await?;
     }
     if target.local.is_some() || args.send_traffic {
         let bus = Counting { inner: clients.events.clone(), state: state.clone() };
@@ -531,6 +549,7 @@ async fn start_functions(
     target: &CellTarget,
     state: &Arc<Mutex<State>>,
     stopped: &watch::Receiver<bool>,
+    without: &[Stage],
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> anyhow::Result<()> {
     let queue_url = |name: String| {
@@ -547,7 +566,7 @@ async fn start_functions(
             }
         }));
     }
-    for stage in Stage::ALL {
+    for stage in Stage::ALL.into_iter().filter(|s| !without.contains(s)) {
         let source = EventSource::connect(
             clients.sqs.clone(),
             queue_url(spec.queue_name(stage)).await?,
@@ -575,7 +594,8 @@ async fn start_functions(
             .await?;
     let sink = Tee { inner: local.table.clone(), state: state.clone() };
     let writer =
-        TimestreamWriter::new(sink, SqsDeadLetter::new(clients.sqs.clone(), queue_url(spec.status_dlq_name()).await?));
+        TimestreamWriter::new(sink, SqsDeadLetter::new(clients.sqs.clone(), queue_url(spec.status_dlq_name()).await?))
+            .in_cell(spec.partitions());
     let rx = stopped.clone();
     tasks.push(tokio::spawn(async move { source.run(writer, Duration::from_millis(100), until_stopped(rx)).await }));
     Ok(())

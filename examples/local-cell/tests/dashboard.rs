@@ -11,12 +11,13 @@
 //! (`.ci/run` installs it and sets `BEMS_REQUIRE_CHROMIUM=1`, which makes
 //! a missing browser a failure rather than a skipped check).
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+mod common;
 
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{LocalCell, smoke};
 use serde_json::Value;
 
 fn chromium() -> Option<PathBuf> {
@@ -71,11 +72,7 @@ fn points(dom: &str, id: &str) -> usize {
 
 #[test]
 fn the_local_cell_runs_traffic_serves_a_live_dashboard_and_cleans_up() {
-    let (Ok(localstack), Ok(moto)) = (std::env::var("BEMS_LOCALSTACK_URL"), std::env::var("BEMS_MOTO_URL")) else {
-        assert!(std::env::var_os("BEMS_REQUIRE_EMULATORS").is_none(), "BEMS_REQUIRE_EMULATORS=1 but no emulators");
-        eprintln!("skipped: set BEMS_LOCALSTACK_URL and BEMS_MOTO_URL (scripts/test does)");
-        return;
-    };
+    let Some((localstack, moto)) = common::emulators() else { return };
     let browser = chromium();
     if browser.is_none() {
         assert!(
@@ -84,40 +81,24 @@ fn the_local_cell_runs_traffic_serves_a_live_dashboard_and_cleans_up() {
         );
         eprintln!("chromium not found: the browser checks are skipped (apt-get install chromium)");
     }
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    let cell = format!("lc-{nanos:08x}");
-    let child = Command::new(env!("CARGO_BIN_EXE_local-cell"))
-        .args(["--cell", &cell, "--partitions", "2", "--duration", "55", "--port", "0", "--scale", "0.02"])
-        .args(["--failing", "0.02", "--ramp-secs", "30"])
-        .env("BEMS_LOCALSTACK_URL", &localstack)
-        .env("BEMS_MOTO_URL", &moto)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start local-cell");
-    let mut child = Finish(Some(child));
-    let (lines_tx, lines) = mpsc::channel::<String>();
-    let stdout = child.0.as_mut().and_then(|c| c.stdout.take()).expect("stdout");
-    std::thread::spawn(move || {
-        // Keeps reading after the test stopped listening, so the cell can
-        // finish its run and delete itself.
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            println!("{line}");
-            let _ = lines_tx.send(line);
-        }
-    });
-    let started = Instant::now();
-    let mut base = None;
-    let mut seen = Vec::new();
-    while base.is_none() && started.elapsed() < Duration::from_secs(120) {
-        if let Ok(line) = lines.recv_timeout(Duration::from_secs(1)) {
-            if let Some(rest) = line.split("dashboard on ").nth(1) {
-                base = rest.split_whitespace().next().map(|u| u.trim_end_matches('/').to_owned());
-            }
-            seen.push(line);
-        }
-    }
-    let base = base.unwrap_or_else(|| panic!("the dashboard address was not printed: {seen:?}"));
+    let cell = common::fresh_cell("lc");
+    let mut child = LocalCell::start(
+        &localstack,
+        &moto,
+        &["--cell", &cell, "--partitions", "2", "--duration", "55", "--port", "0", "--scale", "0.02"]
+            .into_iter()
+            .chain(["--failing", "0.02", "--ramp-secs", "30"])
+            .collect::<Vec<_>>(),
+    );
+    let (api, key) = child.ingress();
+    let base = child.after("dashboard on ", Duration::from_secs(120));
+    let base = base.split_whitespace().next().map(|u| u.trim_end_matches('/').to_owned()).expect("an address");
+
+    // `bems smoke` against the running cell: one marked invoice through
+    // its API, followed through every stage into the store.
+    let report = smoke(&localstack, &moto, &cell, &api, &key);
+    assert!(report.passed(), "the smoke invoice stopped: {report:#?}");
+    assert!(report.checkpoints.iter().all(|c| c.seen_after_ms.is_some()));
 
     // Let traffic flow, then read what the dashboard reads.
     std::thread::sleep(Duration::from_secs(35));
@@ -161,9 +142,8 @@ fn the_local_cell_runs_traffic_serves_a_live_dashboard_and_cleans_up() {
         }
     }
 
-    let status = child.0.take().expect("the child").wait().expect("local-cell ends after --duration");
-    let rest: Vec<String> = lines.try_iter().collect();
-    assert!(status.success(), "local-cell failed: {rest:?}");
+    let (success, rest) = child.finish();
+    assert!(success, "local-cell failed: {rest:?}");
     let summary = rest.iter().find(|l| l.starts_with("summary: ")).unwrap_or_else(|| panic!("no summary: {rest:?}"));
     assert!(summary.contains("status changes visible") && summary.contains("p99"), "{summary}");
     // After the drain, every event the bus accepted (submissions and the
@@ -171,16 +151,4 @@ fn the_local_cell_runs_traffic_serves_a_live_dashboard_and_cleans_up() {
     let load = rest.iter().find(|l| l.starts_with("load: ")).unwrap_or_else(|| panic!("no load line: {rest:?}"));
     assert!(load.contains("none missing"), "{load}");
     assert!(rest.iter().any(|l| l == &format!("local-cell: cell {cell} deleted")), "the cell was deleted: {rest:?}");
-}
-
-/// Waits for the local cell when the test ends early (a failed assertion),
-/// so it still stops at its `--duration` and deletes its cell.
-struct Finish(Option<std::process::Child>);
-
-impl Drop for Finish {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.wait();
-        }
-    }
 }

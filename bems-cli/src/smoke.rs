@@ -1,0 +1,473 @@
+//! `bems smoke`: what a user runs after deploying a cell. One marked
+//! invoice goes in through the API with the producers' key, as a producer's
+//! would, and is followed until every stage has handled it and the store
+//! holds each of its status changes; the report says where it stopped, and
+//! what the queues there hold.
+//!
+//! The invoice is marked twice, so that nobody takes it for business: its
+//! id starts with [`SMOKE_PREFIX`] and its producer is [`SMOKE_PRODUCER`].
+//! It is small (1.00 EUR, under every automatic approval limit) and issued
+//! today, so the stock stage rules pass it through to `posted`.
+//!
+//! What it waits for, in order, each a status change in the store:
+//!
+//! | checkpoint | stored status | what it shows |
+//! |---|---|---|
+//! | `routing` | `submitted` | the bus took it, a stage rule routed it, the route forwarder published it, the status writer stored it |
+//! | `ingestion` | `ingested` | the ingestion processor handled it |
+//! | `reconciliation` | `reconciled` | the reconciliation processor handled it |
+//! | `authorization` | `authorized` | the authorization processor handled it |
+//! | `posting` | `posted` | the posting processor handled it |
+//!
+//! The store is read through [`StatusStore`]: Timestream with `bems
+//! history`'s query on AWS ([`TimestreamStore`]); on the emulators, whose
+//! Timestream (moto) stores writes but runs no query, moto's own record of
+//! the writes ([`MotoStore`], emulator only).
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use aws_sdk_sqs::types::QueueAttributeName;
+use bems_core::fields::InvoiceId;
+use bems_core::partition::Partition;
+use bems_core::routing::{CellSpec, TIMESTREAM_TABLE};
+use bems_core::{InvoiceEvent, Stage, Status};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+/// The start of every smoke invoice's id.
+pub const SMOKE_PREFIX: &str = "BEMS-SMOKE-";
+
+/// The producer written on every smoke invoice's submission.
+pub const SMOKE_PRODUCER: &str = "bems-canary";
+
+/// Why the smoke test could not run (as opposed to a cell that failed it,
+/// which is a [`Report`] that did not pass).
+#[derive(Debug, thiserror::Error)]
+pub enum SmokeError {
+    /// The API could not be called at all (no answer, a bad URL).
+    #[error("smoke: could not call the API at {url}: {reason}")]
+    Unreachable {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The smoke invoice could not be built (a bug: it is fixed data).
+    #[error("smoke: the smoke invoice is invalid: {0}")]
+    Invoice(String),
+}
+
+/// Where the cell's status changes are read from.
+pub trait StatusStore {
+    /// The statuses stored for `invoice`, in any order.
+    fn statuses(&self, invoice: &InvoiceId) -> impl Future<Output = Result<Vec<Status>, String>> + Send;
+}
+
+/// The cell's Timestream table, read with [`crate::history`]'s query.
+#[derive(Debug, Clone)]
+pub struct TimestreamStore {
+    /// The query client.
+    pub client: aws_sdk_timestreamquery::Client,
+    /// The cell.
+    pub spec: CellSpec,
+}
+
+impl StatusStore for TimestreamStore {
+    async fn statuses(&self, invoice: &InvoiceId) -> Result<Vec<Status>, String> {
+        let entries = crate::history::history(&self.client, &self.spec, invoice).await.map_err(|e| e.to_string())?;
+        entries
+            .iter()
+            .map(|e| Status::from_wire(&e.status).ok_or_else(|| format!("a stored status that is none: {}", e.status)))
+            .collect()
+    }
+}
+
+/// moto's record of the writes to the cell's table, at
+/// `/moto-api/data.json`: only for a cell on the emulators, whose
+/// Timestream stores writes but answers no query.
+#[derive(Debug, Clone)]
+pub struct MotoStore {
+    /// moto's endpoint.
+    pub url: String,
+    /// The cell.
+    pub spec: CellSpec,
+}
+
+impl StatusStore for MotoStore {
+    async fn statuses(&self, invoice: &InvoiceId) -> Result<Vec<Status>, String> {
+        let url = format!("{}/moto-api/data.json", self.url.trim_end_matches('/'));
+        let (database, invoice) = (self.spec.timestream_database(), invoice.as_str().to_owned());
+        tokio::task::spawn_blocking(move || {
+            let agent: ureq::Agent =
+                ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(30))).build().into();
+            let mut response = agent.get(&url).call().map_err(|e| format!("moto at {url}: {e}"))?;
+            let text = response
+                .body_mut()
+                .with_config()
+                .limit(u64::MAX)
+                .read_to_string()
+                .map_err(|e| format!("moto's answer: {e}"))?;
+            let data: Value = serde_json::from_str(&text).map_err(|e| format!("moto's answer is not JSON: {e}"))?;
+            Ok(moto_statuses(&data, &database, &invoice))
+        })
+        .await
+        .map_err(|e| format!("reading moto: {e}"))?
+    }
+}
+
+/// The statuses of `invoice` in moto's `data` for the cell's table.
+fn moto_statuses(data: &Value, database: &str, invoice: &str) -> Vec<Status> {
+    let named = |list: &Value, name: &str| -> Option<String> {
+        list.as_array()?.iter().find(|d| d["Name"] == name).and_then(|d| d["Value"].as_str()).map(str::to_owned)
+    };
+    data["timestreamwrite"]["TimestreamTable"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["db_name"] == database && t["name"] == TIMESTREAM_TABLE)
+        .flat_map(|t| t["records"].as_array().into_iter().flatten())
+        .filter(|r| named(&r["Dimensions"], "invoice_id").as_deref() == Some(invoice))
+        .filter_map(|r| Status::from_wire(&named(&r["MeasureValues"], "status")?))
+        .collect()
+}
+
+/// How long to follow the invoice.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Give up on the next checkpoint after this long.
+    pub timeout: Duration,
+    /// How often the store is read.
+    pub poll: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        // The SLA is 2 minutes for every event; the whole run gets a little more.
+        Options { timeout: Duration::from_secs(180), poll: Duration::from_secs(2) }
+    }
+}
+
+/// The API's answer to the smoke invoice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiAnswer {
+    /// The HTTP status.
+    pub status: u16,
+    /// The body, as sent.
+    pub body: String,
+    /// Milliseconds to the answer.
+    pub ms: u64,
+}
+
+/// One checkpoint of the run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Checkpoint {
+    /// `routing`, or the stage that produces `status`.
+    pub name: String,
+    /// The status that proves it.
+    pub status: Status,
+    /// Milliseconds after the API's answer it was seen in the store.
+    pub seen_after_ms: Option<u64>,
+}
+
+/// A queue where the invoice may be waiting: its depth when the run
+/// stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueDepth {
+    /// The queue's name.
+    pub queue: String,
+    /// Messages waiting (`ApproximateNumberOfMessages`).
+    pub waiting: u64,
+    /// Messages being handled (`ApproximateNumberOfMessagesNotVisible`).
+    pub in_flight: u64,
+}
+
+/// Where and why the run stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stopped {
+    /// The first checkpoint not reached: `api`, `routing` or a stage.
+    pub at: String,
+    /// What that means, in words.
+    pub reason: String,
+    /// The queues in front of that checkpoint.
+    pub queues: Vec<QueueDepth>,
+    /// The smoke invoice's messages in the cell's dead-letter queues.
+    pub dead_lettered: Vec<crate::stuck::Stuck>,
+}
+
+/// The outcome of a run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    /// The smoke invoice.
+    pub invoice_id: String,
+    /// Its submission's event id.
+    pub event_id: String,
+    /// What the API answered.
+    pub api: ApiAnswer,
+    /// The checkpoints, in order.
+    pub checkpoints: Vec<Checkpoint>,
+    /// `None` when every checkpoint was reached.
+    pub stopped: Option<Stopped>,
+}
+
+impl Report {
+    /// Whether the invoice went all the way.
+    pub fn passed(&self) -> bool {
+        self.stopped.is_none()
+    }
+}
+
+/// The checkpoints: (name, the status that proves it).
+pub fn checkpoints() -> [(&'static str, Status); 5] {
+    [
+        ("routing", Status::Submitted),
+        ("ingestion", Status::Ingested),
+        ("reconciliation", Status::Reconciled),
+        ("authorization", Status::Authorized),
+        ("posting", Status::Posted),
+    ]
+}
+
+/// A fresh smoke invoice's submission, placed in `spec`'s cell.
+pub fn smoke_invoice(spec: &CellSpec) -> Result<InvoiceEvent, SmokeError> {
+    let now = chrono::Utc::now();
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let invoice = format!("{SMOKE_PREFIX}{}-{}", now.format("%Y%m%d%H%M%S"), &id[..8]);
+    let invoice_id = InvoiceId::new(&invoice).map_err(|e| SmokeError::Invoice(e.to_string()))?;
+    let today = now.date_naive();
+    let body = json!({
+        "eventId": uuid::Uuid::new_v4().to_string(),
+        "invoiceId": invoice,
+        "stage": "ingestion",
+        "status": "submitted",
+        "amount": 1.00,
+        "currency": "EUR",
+        "occurredAt": now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "issueDate": today.to_string(),
+        "vendor": { "id": "BEMS-SMOKE", "name": "BEMS smoke test", "country": "DE" },
+        "paymentTerms": { "netDays": 30, "dueDate": (today + chrono::Days::new(30)).to_string() },
+        "metadata": {
+            "schemaVersion": 1,
+            "region": spec.region().as_str(),
+            "accountId": spec.account_id().as_str(),
+            "cellId": spec.cell_id().as_str(),
+            "partition": Partition::for_invoice(&invoice_id, spec.partitions()).get(),
+            "correlationId": format!("smoke-{id}"),
+            "producer": SMOKE_PRODUCER,
+        },
+    });
+    let validator = bems_core::Validator::new(bems_core::ValidationOptions {
+        partitions: Some(spec.partitions()),
+        ..bems_core::ValidationOptions::default()
+    });
+    validator.parse(body.to_string().as_bytes()).map_err(|e| SmokeError::Invoice(e.to_string()))
+}
+
+/// POSTs `event` to `url` with `key`.
+async fn submit(url: &str, key: &str, event: &InvoiceEvent) -> Result<ApiAnswer, SmokeError> {
+    let (url, key, body) = (url.to_owned(), key.to_owned(), event.to_json());
+    tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        let started = Instant::now();
+        let mut response = agent
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .header("x-api-key", &key)
+            .send(body.as_bytes())
+            .map_err(|e| SmokeError::Unreachable { url: url.clone(), reason: e.to_string() })?;
+        let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let body = response.body_mut().read_to_string().unwrap_or_default();
+        Ok(ApiAnswer { status: response.status().as_u16(), body, ms })
+    })
+    .await
+    .map_err(|e| SmokeError::Unreachable { url: String::new(), reason: e.to_string() })?
+}
+
+/// Runs the smoke test: `url` is the cell's `POST /invoices/ingestion`.
+pub async fn smoke<S: StatusStore + Sync>(
+    spec: &CellSpec,
+    url: &str,
+    key: &str,
+    store: &S,
+    sqs: &aws_sdk_sqs::Client,
+    options: Options,
+) -> Result<Report, SmokeError> {
+    let event = smoke_invoice(spec)?;
+    let api = submit(url, key, &event).await?;
+    let mut report = Report {
+        invoice_id: event.invoice_id.to_string(),
+        event_id: event.event_id.to_string(),
+        checkpoints: checkpoints()
+            .iter()
+            .map(|(name, status)| Checkpoint { name: (*name).to_owned(), status: *status, seen_after_ms: None })
+            .collect(),
+        stopped: None,
+        api,
+    };
+    let accepted = (200..300).contains(&report.api.status)
+        && serde_json::from_str::<Value>(&report.api.body).is_ok_and(|b| b["failedEntryCount"] == 0);
+    if !accepted {
+        report.stopped = Some(Stopped {
+            at: "api".into(),
+            reason: format!("the API answered {}: {}", report.api.status, report.api.body.trim()),
+            queues: Vec::new(),
+            dead_lettered: Vec::new(),
+        });
+        return Ok(report);
+    }
+    let started = Instant::now();
+    let mut last_progress = Instant::now();
+    let mut store_error: Option<String>;
+    loop {
+        match store.statuses(&event.invoice_id).await {
+            Ok(stored) if stored.contains(&Status::Rejected) => {
+                report.stopped = Some(Stopped {
+                    at: rejected_at(&stored).to_owned(),
+                    reason: "a stage rejected the smoke invoice (`bems history` shows why)".into(),
+                    queues: Vec::new(),
+                    dead_lettered: Vec::new(),
+                });
+                return Ok(report);
+            }
+            Ok(stored) => {
+                store_error = None;
+                for checkpoint in report.checkpoints.iter_mut().filter(|c| c.seen_after_ms.is_none()) {
+                    if stored.contains(&checkpoint.status) {
+                        checkpoint.seen_after_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(0));
+                        last_progress = Instant::now();
+                    }
+                }
+            }
+            Err(e) => store_error = Some(e),
+        }
+        if report.checkpoints.iter().all(|c| c.seen_after_ms.is_some()) {
+            return Ok(report);
+        }
+        // Each checkpoint gets the whole timeout from the previous one.
+        if last_progress.elapsed() >= options.timeout {
+            break;
+        }
+        tokio::time::sleep(options.poll).await;
+    }
+    let missing = report.checkpoints.iter().find(|c| c.seen_after_ms.is_none()).cloned();
+    let Some(missing) = missing else { return Ok(report) };
+    let waited = options.timeout.as_secs();
+    let (reason, queues) = match (missing.name.as_str(), &store_error) {
+        (_, Some(e)) => (format!("the store could not be read: {e}"), vec![spec.status_queue_name()]),
+        ("routing", None) => (
+            format!(
+                "no `submitted` in the store after {waited} s: the bus, the ingestion rule, the route forwarder or the status writer did not pass it on"
+            ),
+            vec![
+                spec.route_queue_name(Stage::Ingestion),
+                spec.unrouted_queue_name(),
+                spec.queue_name(Stage::Ingestion),
+                spec.status_queue_name(),
+            ],
+        ),
+        (stage, None) => {
+            let stage = Stage::from_wire(stage).unwrap_or(Stage::Ingestion);
+            (
+                format!(
+                    "no `{}` in the store {waited} s after the previous step: the {stage} processor has not handled the invoice",
+                    missing.status
+                ),
+                vec![spec.queue_name(stage), spec.route_queue_name(stage), spec.status_queue_name()],
+            )
+        }
+    };
+    let mut depths = Vec::new();
+    for queue in queues {
+        if let Some(depth) = depth(sqs, &queue).await {
+            depths.push(depth);
+        }
+    }
+    let dead_lettered = crate::stuck::dead_lettered(sqs, spec)
+        .await
+        .map(|all| all.into_iter().filter(|s| s.invoice_id.as_deref() == Some(report.invoice_id.as_str())).collect())
+        .unwrap_or_default();
+    report.stopped = Some(Stopped { at: missing.name, reason, queues: depths, dead_lettered });
+    Ok(report)
+}
+
+/// The checkpoint a rejection stopped: the first whose status is not
+/// stored.
+fn rejected_at(stored: &[Status]) -> &'static str {
+    checkpoints().iter().find(|(_, status)| !stored.contains(status)).map_or("posting", |(name, _)| name)
+}
+
+/// A queue's depth, or `None` when it cannot be read.
+async fn depth(sqs: &aws_sdk_sqs::Client, name: &str) -> Option<QueueDepth> {
+    let url = sqs.get_queue_url().queue_name(name).send().await.ok()?.queue_url()?.to_owned();
+    let attributes = sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .ok()?;
+    let count = |a: QueueAttributeName| {
+        attributes.attributes().and_then(|m| m.get(&a)).and_then(|v| v.parse().ok()).unwrap_or(0)
+    };
+    Some(QueueDepth {
+        queue: name.to_owned(),
+        waiting: count(QueueAttributeName::ApproximateNumberOfMessages),
+        in_flight: count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bems_core::fields::{AccountId, CellId, Region};
+    use bems_core::partition::PartitionCount;
+
+    fn spec() -> CellSpec {
+        CellSpec::new(
+            CellId::new("prod-eu-1").expect("cell"),
+            Region::new("eu-west-1").expect("region"),
+            AccountId::new("123456789012").expect("account"),
+            PartitionCount::new(16).expect("partitions"),
+        )
+        .expect("spec")
+    }
+
+    #[test]
+    fn the_smoke_invoice_is_marked_valid_and_in_the_cell() {
+        let spec = spec();
+        let e = smoke_invoice(&spec).expect("a valid invoice");
+        assert!(e.invoice_id.as_str().starts_with(SMOKE_PREFIX));
+        assert_eq!(e.metadata.producer.as_str(), SMOKE_PRODUCER);
+        assert_eq!((e.stage, e.status, e.previous_status), (Stage::Ingestion, Status::Submitted, None));
+        assert_eq!(e.metadata.partition, Partition::for_invoice(&e.invoice_id, spec.partitions()));
+        assert_eq!(e.metadata.cell_id.as_str(), "prod-eu-1");
+        // Two runs never share an invoice.
+        assert_ne!(smoke_invoice(&spec).expect("valid").invoice_id, e.invoice_id);
+    }
+
+    #[test]
+    fn moto_s_writes_are_read_for_one_invoice_of_one_table() {
+        let record = |invoice: &str, status: &str| {
+            json!({
+                "Dimensions": [{ "Name": "invoice_id", "Value": invoice }, { "Name": "cell_id", "Value": "prod-eu-1" }],
+                "MeasureName": "status_change",
+                "MeasureValues": [{ "Name": "status", "Value": status, "Type": "VARCHAR" }],
+            })
+        };
+        let data = json!({ "timestreamwrite": { "TimestreamTable": [
+            { "db_name": "bems_prod_eu_1", "name": "status_changes", "records": [record("A", "submitted"), record("B", "submitted"), record("A", "ingested")] },
+            { "db_name": "bems_other", "name": "status_changes", "records": [record("A", "posted")] },
+        ] } });
+        assert_eq!(moto_statuses(&data, "bems_prod_eu_1", "A"), vec![Status::Submitted, Status::Ingested]);
+        assert!(moto_statuses(&data, "bems_prod_eu_1", "C").is_empty());
+    }
+}
