@@ -16,6 +16,8 @@
 //!   subscription (raw delivery) between them;
 //! - status-change queue `bems-C-status.fifo` (+ DLQ) subscribed to every
 //!   stage topic;
+//! - smoke queue `bems-C-smoke.fifo` subscribed to every stage topic for
+//!   smoke-test invoices only (`bems smoke` reads it);
 //! - per stage: SQS FIFO route queue `bems-C-S-route.fifo` (+ DLQ
 //!   `bems-C-S-route-dlq.fifo`), which only the cell's rules may send to;
 //! - per stage and partition: rule `bems-C-S-pNN` with one target, the
@@ -232,6 +234,10 @@ pub async fn provision(
             Some(queue_policy(&spec.queue_arn(&status_queue), &all_topics)),
         )
         .await?;
+    let smoke_queue = spec.smoke_queue_name();
+    let smoke = p
+        .queue(&mut report, &smoke_queue, true, None, Some(queue_policy(&spec.queue_arn(&smoke_queue), &all_topics)))
+        .await?;
     let mut route_arns = HashMap::new();
     for stage in Stage::ALL {
         let topic = &topic_arns[&stage];
@@ -241,6 +247,7 @@ pub async fn provision(
         let queue = p.queue(&mut report, &name, true, Some(&dlq), Some(policy)).await?;
         p.subscription(&mut report, topic, &queue, Some(&spec.stage_filter_policy())).await?;
         p.subscription(&mut report, topic, &status, None).await?;
+        p.subscription(&mut report, topic, &smoke, Some(&spec.smoke_filter_policy())).await?;
 
         let route_dlq = p.queue(&mut report, &spec.route_dlq_name(stage), true, None, None).await?;
         let name = spec.route_queue_name(stage);
@@ -338,7 +345,10 @@ impl Provisioner<'_> {
             wanted.insert(QueueAttributeName::DeduplicationScope, "messageGroup".into());
             wanted.insert(QueueAttributeName::FifoThroughputLimit, "perMessageGroupId".into());
         }
-        if name.ends_with("-dlq.fifo") || name.ends_with("-bus-dlq") || name == self.spec.unrouted_queue_name() {
+        if name == self.spec.smoke_queue_name() {
+            // Only smoke-test events, read within minutes by `bems smoke`.
+            wanted.insert(QueueAttributeName::MessageRetentionPeriod, SMOKE_RETENTION_SECS.to_string());
+        } else if name.ends_with("-dlq.fifo") || name.ends_with("-bus-dlq") || name == self.spec.unrouted_queue_name() {
             wanted.insert(QueueAttributeName::MessageRetentionPeriod, "1209600".into());
         } else {
             wanted.insert(QueueAttributeName::VisibilityTimeout, self.options.visibility_timeout_secs.to_string());
@@ -590,6 +600,10 @@ impl Provisioner<'_> {
         Ok(())
     }
 }
+
+/// How long the smoke queue keeps a message: `bems smoke` reads its own
+/// within minutes; an hour spans a slow run and drops what nobody read.
+pub(crate) const SMOKE_RETENTION_SECS: u32 = 3600;
 
 /// The id of the one target of each of the cell's rules.
 pub(crate) const TARGET_ID: &str = "stage";

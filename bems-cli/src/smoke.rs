@@ -1,28 +1,33 @@
 //! `bems smoke`: what a user runs after deploying a cell. One marked
 //! invoice goes in through the API with the producers' key, as a producer's
-//! would, and is followed until every stage has handled it and the store
-//! holds each of its status changes; the report says where it stopped, and
-//! what the queues there hold.
+//! would, and is followed until every stage has handled it and, when the
+//! cell has a store, the store holds each of its status changes; the report
+//! says where it stopped, and what the queues there hold.
 //!
 //! The invoice is marked twice, so that nobody takes it for business: its
 //! id starts with [`SMOKE_PREFIX`] and its producer is [`SMOKE_PRODUCER`].
 //! It is small (1.00 EUR, under every automatic approval limit) and issued
 //! today, so the stock stage rules pass it through to `posted`.
 //!
-//! What it waits for, in order, each a status change in the store:
+//! It is seen in each stage through the cell's smoke queue
+//! (`CellSpec::smoke_queue_name`), subscribed to every stage topic for
+//! smoke invoices only: each status change the invoice makes passes its
+//! stage's topic, and so arrives there. No queue a function reads is
+//! touched. What it waits for, in order:
 //!
-//! | checkpoint | stored status | what it shows |
-//! |---|---|---|
-//! | `routing` | `submitted` | the bus took it, a stage rule routed it, the route forwarder published it, the status writer stored it |
-//! | `ingestion` | `ingested` | the ingestion processor handled it |
-//! | `reconciliation` | `reconciled` | the reconciliation processor handled it |
-//! | `authorization` | `authorized` | the authorization processor handled it |
-//! | `posting` | `posted` | the posting processor handled it |
+//! | checkpoint | status | seen in its stage: what it shows | stored |
+//! |---|---|---|---|
+//! | `routing` | `submitted` | the bus took it, the ingestion rule routed it, the route forwarder published it | the status writer stored it |
+//! | `ingestion` | `ingested` | the ingestion processor handled it | stored |
+//! | `reconciliation` | `reconciled` | the reconciliation processor handled it | stored |
+//! | `authorization` | `authorized` | the authorization processor handled it | stored |
+//! | `posting` | `posted` | the posting processor handled it | stored |
 //!
 //! The store is read through [`StatusStore`]: Timestream with `bems
 //! history`'s query on AWS ([`TimestreamStore`]); on the emulators, whose
 //! Timestream (moto) stores writes but runs no query, moto's own record of
-//! the writes ([`MotoStore`], emulator only).
+//! the writes ([`MotoStore`], emulator only); [`NoStore`] for a cell
+//! deployed with `Store=none`.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -35,8 +40,9 @@ use bems_core::{InvoiceEvent, Stage, Status};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-/// The start of every smoke invoice's id.
-pub const SMOKE_PREFIX: &str = "BEMS-SMOKE-";
+/// The start of every smoke invoice's id, which the smoke queue's
+/// subscriptions filter on.
+pub use bems_core::routing::SMOKE_INVOICE_PREFIX as SMOKE_PREFIX;
 
 /// The producer written on every smoke invoice's submission.
 pub const SMOKE_PRODUCER: &str = "bems-canary";
@@ -53,6 +59,14 @@ pub enum SmokeError {
         /// Why.
         reason: String,
     },
+    /// The cell has no smoke queue (deployed before it existed?).
+    #[error("smoke: the cell's smoke queue {queue} cannot be read: {reason}")]
+    NoSmokeQueue {
+        /// The queue.
+        queue: String,
+        /// Why.
+        reason: String,
+    },
     /// The smoke invoice could not be built (a bug: it is fixed data).
     #[error("smoke: the smoke invoice is invalid: {0}")]
     Invoice(String),
@@ -62,6 +76,25 @@ pub enum SmokeError {
 pub trait StatusStore {
     /// The statuses stored for `invoice`, in any order.
     fn statuses(&self, invoice: &InvoiceId) -> impl Future<Output = Result<Vec<Status>, String>> + Send;
+
+    /// Whether there is a store to check (`false` for [`NoStore`]).
+    fn exists(&self) -> bool {
+        true
+    }
+}
+
+/// A cell without a store (`Store=none`): only the stages are followed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoStore;
+
+impl StatusStore for NoStore {
+    async fn statuses(&self, _: &InvoiceId) -> Result<Vec<Status>, String> {
+        Ok(Vec::new())
+    }
+
+    fn exists(&self) -> bool {
+        false
+    }
 }
 
 /// The cell's Timestream table, read with [`crate::history`]'s query.
@@ -167,8 +200,11 @@ pub struct Checkpoint {
     pub name: String,
     /// The status that proves it.
     pub status: Status,
-    /// Milliseconds after the API's answer it was seen in the store.
+    /// Milliseconds after the API's answer it passed its stage's topic.
     pub seen_after_ms: Option<u64>,
+    /// Milliseconds after the API's answer it was in the store (`None`
+    /// also when the cell has no store).
+    pub stored_after_ms: Option<u64>,
 }
 
 /// A queue where the invoice may be waiting: its depth when the run
@@ -210,6 +246,8 @@ pub struct Report {
     pub api: ApiAnswer,
     /// The checkpoints, in order.
     pub checkpoints: Vec<Checkpoint>,
+    /// Whether the store was checked.
+    pub store_checked: bool,
     /// `None` when every checkpoint was reached.
     pub stopped: Option<Stopped>,
 }
@@ -301,14 +339,30 @@ pub async fn smoke<S: StatusStore + Sync>(
     options: Options,
 ) -> Result<Report, SmokeError> {
     let event = smoke_invoice(spec)?;
+    // Looked up first: a cell without it cannot be followed at all.
+    let smoke_queue = sqs
+        .get_queue_url()
+        .queue_name(spec.smoke_queue_name())
+        .send()
+        .await
+        .map_err(|e| SmokeError::NoSmokeQueue { queue: spec.smoke_queue_name(), reason: crate::describe(&e) })?
+        .queue_url()
+        .unwrap_or_default()
+        .to_owned();
     let api = submit(url, key, &event).await?;
     let mut report = Report {
         invoice_id: event.invoice_id.to_string(),
         event_id: event.event_id.to_string(),
         checkpoints: checkpoints()
             .iter()
-            .map(|(name, status)| Checkpoint { name: (*name).to_owned(), status: *status, seen_after_ms: None })
+            .map(|(name, status)| Checkpoint {
+                name: (*name).to_owned(),
+                status: *status,
+                seen_after_ms: None,
+                stored_after_ms: None,
+            })
             .collect(),
+        store_checked: store.exists(),
         stopped: None,
         api,
     };
@@ -325,62 +379,91 @@ pub async fn smoke<S: StatusStore + Sync>(
     }
     let started = Instant::now();
     let mut last_progress = Instant::now();
-    let mut store_error: Option<String>;
+    let mut store_error: Option<String> = None;
+    let done = |r: &Report| {
+        r.checkpoints.iter().all(|c| c.seen_after_ms.is_some() && (!r.store_checked || c.stored_after_ms.is_some()))
+    };
     loop {
-        match store.statuses(&event.invoice_id).await {
-            Ok(stored) if stored.contains(&Status::Rejected) => {
-                report.stopped = Some(Stopped {
-                    at: rejected_at(&stored).to_owned(),
-                    reason: "a stage rejected the smoke invoice (`bems history` shows why)".into(),
-                    queues: Vec::new(),
-                    dead_lettered: Vec::new(),
-                });
-                return Ok(report);
-            }
-            Ok(stored) => {
-                store_error = None;
-                for checkpoint in report.checkpoints.iter_mut().filter(|c| c.seen_after_ms.is_none()) {
-                    if stored.contains(&checkpoint.status) {
-                        checkpoint.seen_after_ms = Some(u64::try_from(started.elapsed().as_millis()).unwrap_or(0));
-                        last_progress = Instant::now();
-                    }
-                }
-            }
-            Err(e) => store_error = Some(e),
-        }
-        if report.checkpoints.iter().all(|c| c.seen_after_ms.is_some()) {
+        let elapsed = || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let seen = seen_in_stages(sqs, &smoke_queue, &report.invoice_id).await;
+        if seen.contains(&Status::Rejected) {
+            report.stopped = Some(Stopped {
+                at: first_missing(&report.checkpoints, &seen).to_owned(),
+                reason: "a stage rejected the smoke invoice (its `rejected` event says why; so does `bems history`)"
+                    .into(),
+                queues: Vec::new(),
+                dead_lettered: Vec::new(),
+            });
             return Ok(report);
         }
-        // Each checkpoint gets the whole timeout from the previous one.
+        for c in report.checkpoints.iter_mut().filter(|c| c.seen_after_ms.is_none() && seen.contains(&c.status)) {
+            c.seen_after_ms = Some(elapsed());
+            last_progress = Instant::now();
+        }
+        if report.store_checked {
+            match store.statuses(&event.invoice_id).await {
+                Ok(stored) => {
+                    store_error = None;
+                    for c in report.checkpoints.iter_mut().filter(|c| c.stored_after_ms.is_none()) {
+                        if stored.contains(&c.status) {
+                            c.stored_after_ms = Some(elapsed());
+                            last_progress = Instant::now();
+                        }
+                    }
+                }
+                Err(e) => store_error = Some(e),
+            }
+        }
+        if done(&report) {
+            return Ok(report);
+        }
+        // Each step gets the whole timeout from the previous one.
         if last_progress.elapsed() >= options.timeout {
             break;
         }
         tokio::time::sleep(options.poll).await;
     }
-    let missing = report.checkpoints.iter().find(|c| c.seen_after_ms.is_none()).cloned();
-    let Some(missing) = missing else { return Ok(report) };
     let waited = options.timeout.as_secs();
-    let (reason, queues) = match (missing.name.as_str(), &store_error) {
-        (_, Some(e)) => (format!("the store could not be read: {e}"), vec![spec.status_queue_name()]),
-        ("routing", None) => (
+    let unseen = report.checkpoints.iter().find(|c| c.seen_after_ms.is_none()).cloned();
+    let (at, reason, queues) = match (&unseen, &store_error) {
+        (Some(c), _) if c.name == "routing" => (
+            c.name.clone(),
             format!(
-                "no `submitted` in the store after {waited} s: the bus, the ingestion rule, the route forwarder or the status writer did not pass it on"
+                "`submitted` did not reach the ingestion topic in {waited} s: the bus, the ingestion rule or the route forwarder did not pass it on"
             ),
             vec![
                 spec.route_queue_name(Stage::Ingestion),
                 spec.unrouted_queue_name(),
-                spec.queue_name(Stage::Ingestion),
-                spec.status_queue_name(),
+                crate::provision::bus_dlq_name(spec),
             ],
         ),
-        (stage, None) => {
-            let stage = Stage::from_wire(stage).unwrap_or(Stage::Ingestion);
+        (Some(c), _) => {
+            let stage = Stage::from_wire(&c.name).unwrap_or(Stage::Ingestion);
+            // Its queue, and the route queue its next event goes through.
+            let next = stage.next().unwrap_or(Stage::Posting);
             (
+                c.name.clone(),
                 format!(
-                    "no `{}` in the store {waited} s after the previous step: the {stage} processor has not handled the invoice",
-                    missing.status
+                    "no `{}` {waited} s after the previous step: the {stage} processor has not handled the invoice",
+                    c.status
                 ),
-                vec![spec.queue_name(stage), spec.route_queue_name(stage), spec.status_queue_name()],
+                vec![spec.queue_name(stage), spec.route_queue_name(next)],
+            )
+        }
+        (None, Some(e)) => (
+            "store".to_owned(),
+            format!("every stage handled it, but the store could not be read: {e}"),
+            vec![spec.status_queue_name()],
+        ),
+        (None, None) => {
+            let missing =
+                report.checkpoints.iter().find(|c| c.stored_after_ms.is_none()).map_or(Status::Posted, |c| c.status);
+            (
+                "store".to_owned(),
+                format!(
+                    "every stage handled it, but `{missing}` is not in the store after {waited} s: the status writer has not stored it"
+                ),
+                vec![spec.status_queue_name()],
             )
         }
     };
@@ -394,14 +477,67 @@ pub async fn smoke<S: StatusStore + Sync>(
         .await
         .map(|all| all.into_iter().filter(|s| s.invoice_id.as_deref() == Some(report.invoice_id.as_str())).collect())
         .unwrap_or_default();
-    report.stopped = Some(Stopped { at: missing.name, reason, queues: depths, dead_lettered });
+    report.stopped = Some(Stopped { at, reason, queues: depths, dead_lettered });
     Ok(report)
 }
 
-/// The checkpoint a rejection stopped: the first whose status is not
-/// stored.
-fn rejected_at(stored: &[Status]) -> &'static str {
-    checkpoints().iter().find(|(_, status)| !stored.contains(status)).map_or("posting", |(name, _)| name)
+/// Messages of the smoke queue older than this are left over from a run
+/// that ended, and are deleted when met.
+const STALE_MS: i64 = 15 * 60 * 1000;
+
+/// The statuses of `invoice` now in the smoke queue at `url`, deleted as
+/// read. Another run's messages are released at once for that run (FIFO
+/// groups are shared), unless they are stale.
+async fn seen_in_stages(sqs: &aws_sdk_sqs::Client, url: &str, invoice: &str) -> Vec<Status> {
+    use aws_sdk_sqs::types::MessageSystemAttributeName;
+    let mut seen = Vec::new();
+    let Ok(out) = sqs
+        .receive_message()
+        .queue_url(url)
+        .max_number_of_messages(10)
+        .wait_time_seconds(1)
+        .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+        .send()
+        .await
+    else {
+        return seen;
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    for m in out.messages() {
+        let body: Value = serde_json::from_str(m.body().unwrap_or_default()).unwrap_or(Value::Null);
+        let detail = body.get("detail").unwrap_or(&body);
+        let handle = m.receipt_handle().unwrap_or_default();
+        let sent = m
+            .attributes()
+            .and_then(|a| a.get(&MessageSystemAttributeName::SentTimestamp))
+            .and_then(|t| t.parse::<i64>().ok())
+            .unwrap_or(now);
+        if detail["invoiceId"] == invoice {
+            if let Some(status) = detail["status"].as_str().and_then(Status::from_wire) {
+                seen.push(status);
+            }
+            let _ = sqs.delete_message().queue_url(url).receipt_handle(handle).send().await;
+        } else if now - sent > STALE_MS {
+            let _ = sqs.delete_message().queue_url(url).receipt_handle(handle).send().await;
+        } else {
+            let _ = sqs
+                .change_message_visibility()
+                .queue_url(url)
+                .receipt_handle(handle)
+                .visibility_timeout(0)
+                .send()
+                .await;
+        }
+    }
+    seen
+}
+
+/// The checkpoint a rejection stopped: the first not seen before it nor now.
+fn first_missing<'c>(checkpoints: &'c [Checkpoint], now: &[Status]) -> &'c str {
+    checkpoints
+        .iter()
+        .find(|c| c.seen_after_ms.is_none() && !now.contains(&c.status))
+        .map_or("posting", |c| c.name.as_str())
 }
 
 /// A queue's depth, or `None` when it cannot be read.

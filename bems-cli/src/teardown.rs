@@ -66,8 +66,13 @@ pub async fn teardown(clients: &Clients, spec: &CellSpec) -> Result<Report, Prov
             report.push("topic", spec.topic_name(stage), Change::Deleted);
         }
     }
-    let mut queues =
-        vec![bus_dlq_name(spec), spec.unrouted_queue_name(), spec.status_queue_name(), spec.status_dlq_name()];
+    let mut queues = vec![
+        bus_dlq_name(spec),
+        spec.unrouted_queue_name(),
+        spec.status_queue_name(),
+        spec.status_dlq_name(),
+        spec.smoke_queue_name(),
+    ];
     for stage in Stage::ALL {
         queues.extend([
             spec.queue_name(stage),

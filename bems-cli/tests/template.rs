@@ -98,6 +98,7 @@ fn committed_template_routes_exactly_as_the_cell_spec_does() {
             spec.status_dlq_name(),
             format!("bems-{}-bus-dlq", spec.cell_id()),
             spec.unrouted_queue_name(),
+            spec.smoke_queue_name(),
         ])
         .collect();
     assert_eq!(named("AWS::SQS::Queue", "QueueName"), want_queues);
@@ -119,8 +120,13 @@ fn committed_template_routes_exactly_as_the_cell_spec_does() {
     assert_eq!(subscriptions.len(), spec.subscriptions().len());
     let filtered: Vec<&Value> =
         subscriptions.iter().copied().filter(|s| s["Properties"]["FilterPolicy"].is_object()).collect();
-    assert_eq!(filtered.len(), 4);
+    assert_eq!(filtered.len(), 8, "per stage: its queue's and the smoke queue's");
     for s in filtered {
+        let want = if s["Properties"]["Endpoint"]["Fn::GetAtt"][0] == "SmokeQueue" {
+            spec.smoke_filter_policy()
+        } else {
+            spec.stage_filter_policy()
+        };
         let p = &s["Properties"];
         let scope = match p["FilterPolicyScope"].as_str() {
             Some("MessageBody") => FilterPolicyScope::MessageBody,
@@ -128,7 +134,7 @@ fn committed_template_routes_exactly_as_the_cell_spec_does() {
             Some(other) => panic!("unknown filter policy scope {other}"),
         };
         let policy = FilterPolicy::from_json(&p["FilterPolicy"].to_string(), scope).expect("a valid policy");
-        assert_eq!(policy, spec.stage_filter_policy());
+        assert_eq!(policy, want);
     }
 
     // Request models: the committed bems-schema files plus the cell's
@@ -206,7 +212,8 @@ fn every_queue_and_dlq_is_watched() {
                 && a["Properties"]["Dimensions"][0]["Value"]["Fn::GetAtt"][0] == queue_id
         })
     };
-    for (id, r) in resources.iter().filter(|(_, r)| r["Type"] == "AWS::SQS::Queue") {
+    // The smoke queue holds only `bems smoke`'s own invoices, for minutes.
+    for (id, r) in resources.iter().filter(|(id, r)| r["Type"] == "AWS::SQS::Queue" && *id != "SmokeQueue") {
         if id.ends_with("Dlq") || id == "UnroutedQueue" {
             assert!(watched("ApproximateNumberOfMessagesVisible", id), "{id}: no not-empty alarm");
         } else {

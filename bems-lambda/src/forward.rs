@@ -52,6 +52,10 @@ pub struct TopicMessage {
     pub group: String,
     /// The FIFO deduplication id.
     pub deduplication_id: String,
+    /// The event's invoice id, published as the message attribute
+    /// [`bems_core::routing::INVOICE_ID_ATTRIBUTE`] for subscriptions that
+    /// filter on it (the smoke queue's).
+    pub invoice_id: Option<String>,
 }
 
 /// What the topic said about one entry of a call.
@@ -87,15 +91,20 @@ impl Topics for aws_sdk_sns::Client {
     async fn publish_batch(&self, topic_arn: &str, messages: &[TopicMessage]) -> Result<Vec<EntryOutcome>, String> {
         let mut entries = Vec::with_capacity(messages.len());
         for m in messages {
-            entries.push(
-                aws_sdk_sns::types::PublishBatchRequestEntry::builder()
-                    .id(&m.id)
-                    .message(&m.body)
-                    .message_group_id(&m.group)
-                    .message_deduplication_id(&m.deduplication_id)
+            let mut entry = aws_sdk_sns::types::PublishBatchRequestEntry::builder()
+                .id(&m.id)
+                .message(&m.body)
+                .message_group_id(&m.group)
+                .message_deduplication_id(&m.deduplication_id);
+            if let Some(invoice) = &m.invoice_id {
+                let value = aws_sdk_sns::types::MessageAttributeValue::builder()
+                    .data_type("String")
+                    .string_value(invoice)
                     .build()
-                    .map_err(|e| e.to_string())?,
-            );
+                    .map_err(|e| e.to_string())?;
+                entry = entry.message_attributes(bems_core::routing::INVOICE_ID_ATTRIBUTE, value);
+            }
+            entries.push(entry.build().map_err(|e| e.to_string())?);
         }
         let out = self
             .publish_batch()
@@ -201,6 +210,7 @@ impl<T: Topics + Sync + Send> RecordHandler for Forwarder<T> {
             // Without an event id, the record's own id: a redelivery of this
             // record is still dropped by the topic.
             deduplication_id: event_id.unwrap_or_else(|| record_id.clone()),
+            invoice_id: invoice_id.clone(),
             body,
         };
         self.pending.push(Pending {

@@ -11,10 +11,12 @@
 //!   managed KMS key (topics and queues), per stage the SQS FIFO route queue
 //!   (and DLQ) the rules deliver to, the SNS FIFO topic, its SQS FIFO queue
 //!   and DLQ and the filtered subscription, the status-change queue (and
-//!   DLQ) subscribed to every topic, the policies that let exactly these
-//!   services talk, the six functions (four processors, the route
-//!   forwarder, the Timestream writer), and one nested stack of rules per
-//!   stage;
+//!   DLQ) subscribed to every topic, the smoke queue (smoke-test invoices
+//!   only), the unrouted rule and queue (events of our source no stage
+//!   rule takes), the policies that let exactly these services talk, the
+//!   API, the six functions (four processors, the route forwarder, the
+//!   Timestream writer, the last with `Store=timestream` only) with their
+//!   roles, the alarms, and one nested stack of rules per stage;
 //! - `rules-<stage>.json`: that stage's rule per partition, each with one
 //!   target (the stage's route queue, static message group `<stage>-pNN`, a
 //!   DLQ and a retry policy). Nested because 99 partitions make 396 rules
@@ -31,6 +33,12 @@
 //! policy cannot be changed to let the services use it. One key per cell, with a data key reuse period
 //! of an hour on the queues, keeps KMS requests (and their cost) small at
 //! month-end rates.
+//!
+//! What a new AWS account does to the template (required choices instead
+//! of defaults it cannot create, no reserved concurrency, trust and key
+//! policies in the form AWS documents, ...) is pinned by
+//! `bems-cli/tests/fresh_account.rs`, one test per finding, and written up
+//! in `infra/README.md`.
 
 use std::collections::BTreeMap;
 
@@ -54,7 +62,7 @@ use alarms::monitoring;
 use dashboard::dashboard;
 use functions::{functions, source_concurrency};
 use ingress::api;
-use routing::{cell_key, dlq, queue, queue_policy, rules_may, rules_stack, standard_dlq, target};
+use routing::{cell_key, dlq, fifo_queue, queue, queue_policy, rules_may, rules_stack, standard_dlq, target};
 use timestream::timestream;
 
 /// Deploy-time settings with their defaults; they become the template's
@@ -293,7 +301,7 @@ fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
                 "EventBusName": reference("Bus"),
                 "EventPattern": spec.unrouted_pattern().to_value(),
                 "State": "ENABLED",
-                "Targets": [target(get_att("UnroutedQueue", "Arn"), None, get_att("BusDlq", "Arn"))],
+                "Targets": [target(&get_att("UnroutedQueue", "Arn"), None, &get_att("BusDlq", "Arn"))],
             },
         }),
     );
@@ -310,6 +318,19 @@ fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
     resources.insert("StatusQueue".into(), queue(cell, &spec.status_queue_name(), "StatusDlq"));
     let topics: Vec<Value> = Stage::ALL.iter().map(|s| reference(&format!("{}Topic", pascal(*s)))).collect();
     resources.insert("StatusQueuePolicy".into(), queue_policy("StatusQueue", &topics));
+    // Smoke-test invoices only (`bems smoke` reads it): no DLQ, no alarm,
+    // an hour's retention.
+    resources.insert(
+        "SmokeQueue".into(),
+        fifo_queue(
+            &spec.smoke_queue_name(),
+            json!({
+                "MessageRetentionPeriod": crate::provision::SMOKE_RETENTION_SECS,
+                "Tags": routing::queue_tags(cell, "smoke"),
+            }),
+        ),
+    );
+    resources.insert("SmokeQueuePolicy".into(), queue_policy("SmokeQueue", &topics));
 
     for stage in Stage::ALL {
         let p = pascal(stage);
@@ -373,6 +394,21 @@ fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
                 },
             }),
         );
+        let smoke = spec.smoke_filter_policy();
+        resources.insert(
+            format!("{p}SmokeSubscription"),
+            json!({
+                "Type": "AWS::SNS::Subscription",
+                "Properties": {
+                    "TopicArn": reference(&topic),
+                    "Protocol": "sqs",
+                    "Endpoint": get_att("SmokeQueue", "Arn"),
+                    "RawMessageDelivery": true,
+                    "FilterPolicyScope": smoke.scope().as_str(),
+                    "FilterPolicy": smoke.to_value(),
+                },
+            }),
+        );
         resources.insert(
             format!("{p}Rules"),
             json!({
@@ -405,6 +441,7 @@ fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
     outputs.insert("StatusQueueUrl".into(), json!({ "Value": reference("StatusQueue") }));
     outputs.insert("StatusDlqUrl".into(), json!({ "Value": reference("StatusDlq") }));
     outputs.insert("UnroutedQueueUrl".into(), json!({ "Value": reference("UnroutedQueue") }));
+    outputs.insert("SmokeQueueUrl".into(), json!({ "Value": reference("SmokeQueue") }));
 
     json!({
         "AWSTemplateFormatVersion": "2010-09-09",

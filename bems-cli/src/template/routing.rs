@@ -127,7 +127,7 @@ pub(super) fn standard_dlq(cell: &str, name: &str) -> Value {
 /// The one target of a rule of the cell: `arn`, with the message group
 /// `group` for a FIFO queue, dead-lettering to `dlq` after a day of
 /// retries (a target outage shorter than that loses nothing).
-pub(super) fn target(arn: Value, group: Option<&str>, dlq: Value) -> Value {
+pub(super) fn target(arn: &Value, group: Option<&str>, dlq: &Value) -> Value {
     let mut target = json!({
         "Id": crate::provision::TARGET_ID,
         "Arn": arn,
@@ -187,9 +187,9 @@ pub(super) fn rules_stack(spec: &CellSpec, stage: Stage) -> Value {
                     "EventPattern": rule.pattern.to_value(),
                     "State": "ENABLED",
                     "Targets": [target(
-                        reference("RouteQueueArn"),
+                        &reference("RouteQueueArn"),
                         Some(&rule.message_group_id),
-                        reference("DeadLetterQueueArn"),
+                        &reference("DeadLetterQueueArn"),
                     )],
                 },
             }),

@@ -72,6 +72,15 @@ use crate::partition::{Partition, PartitionCount, message_group_id};
 /// The Timestream table of status changes in [`CellSpec::timestream_database`].
 pub const TIMESTREAM_TABLE: &str = "status_changes";
 
+/// The SNS message attribute the route forwarder sets on every message it
+/// publishes to a stage topic: the event's invoice id. Filtering on it costs
+/// nothing, unlike filtering on the body.
+pub const INVOICE_ID_ATTRIBUTE: &str = "invoiceId";
+
+/// The start of a smoke-test invoice's id (`bems smoke`): the smoke queue's
+/// subscriptions take exactly these invoices' events.
+pub const SMOKE_INVOICE_PREFIX: &str = "BEMS-SMOKE-";
+
 /// The service quotas a cell must fit. Defaults are AWS's defaults; raise
 /// one here only after raising it in Service Quotas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -303,6 +312,13 @@ impl CellSpec {
     pub fn stage_of_route_queue(&self, queue_name: &str) -> Option<Stage> {
         Stage::ALL.into_iter().find(|s| self.route_queue_name(*s) == queue_name)
     }
+    /// The FIFO queue subscribed to every stage topic for smoke-test
+    /// invoices only ([`CellSpec::smoke_filter_policy`]): where `bems smoke`
+    /// sees its invoice pass each stage, without reading a queue any
+    /// function reads.
+    pub fn smoke_queue_name(&self) -> String {
+        format!("{}-smoke.fifo", self.prefix())
+    }
     /// The standard queue that keeps events of our source no stage rule
     /// routes (see the module docs).
     pub fn unrouted_queue_name(&self) -> String {
@@ -416,8 +432,19 @@ impl CellSpec {
             .unwrap_or_else(|e| unreachable!("stage filter policy is valid: {e}"))
     }
 
-    /// Every SNS subscription: per stage, its queue (filtered) and the
-    /// status-change queue (unfiltered).
+    /// The filter policy of the smoke queue's subscriptions: the invoice id
+    /// the forwarder sets as a message attribute starts with
+    /// [`SMOKE_INVOICE_PREFIX`].
+    pub fn smoke_filter_policy(&self) -> FilterPolicy {
+        PatternBuilder::default()
+            .field(&[INVOICE_ID_ATTRIBUTE], [Match::prefix(SMOKE_INVOICE_PREFIX)])
+            .build_filter_policy(FilterPolicyScope::MessageAttributes)
+            .unwrap_or_else(|e| unreachable!("smoke filter policy is valid: {e}"))
+    }
+
+    /// Every SNS subscription: per stage, its queue (filtered), the
+    /// status-change queue (unfiltered) and the smoke queue (smoke-test
+    /// invoices only).
     pub fn subscriptions(&self) -> Vec<Subscription> {
         Stage::ALL
             .into_iter()
@@ -433,6 +460,12 @@ impl CellSpec {
                         topic: self.topic_name(stage),
                         queue: self.status_queue_name(),
                         filter_policy: None,
+                        raw_message_delivery: true,
+                    },
+                    Subscription {
+                        topic: self.topic_name(stage),
+                        queue: self.smoke_queue_name(),
+                        filter_policy: Some(self.smoke_filter_policy()),
                         raw_message_delivery: true,
                     },
                 ]
@@ -457,9 +490,15 @@ impl CellSpec {
         if self.unrouted_pattern().matches(event) {
             out.push(self.unrouted_queue_name());
         }
+        // The attributes the route forwarder publishes the event with.
+        let invoice = event.pointer("/detail/invoiceId").and_then(serde_json::Value::as_str);
+        let attributes = invoice.map_or(
+            serde_json::Value::Null,
+            |id| serde_json::json!({ INVOICE_ID_ATTRIBUTE: { "Type": "String", "Value": id } }),
+        );
         for rule in self.stage_rules().iter().filter(|r| r.pattern.matches(event)) {
             for sub in subscriptions.iter().filter(|s| s.topic == rule.target_topic) {
-                if sub.filter_policy.as_ref().is_none_or(|f| f.matches(event, &serde_json::Value::Null)) {
+                if sub.filter_policy.as_ref().is_none_or(|f| f.matches(event, &attributes)) {
                     out.push(sub.queue.clone());
                 }
             }
@@ -568,6 +607,23 @@ mod tests {
             s.destinations(&posted),
             vec!["bems-prod-eu-1-status.fifo"],
             "terminal events only reach the status queue"
+        );
+
+        let mut smoke = event.clone();
+        smoke["detail"]["invoiceId"] = json!("BEMS-SMOKE-20261201000000-0a1b2c3d");
+        smoke["detail"]["metadata"]["partition"] = json!(
+            Partition::for_invoice(
+                &crate::fields::InvoiceId::new("BEMS-SMOKE-20261201000000-0a1b2c3d").unwrap(),
+                s.partitions()
+            )
+            .get()
+        );
+        let mut got = s.destinations(&smoke);
+        got.sort();
+        assert_eq!(
+            got,
+            vec!["bems-prod-eu-1-reconciliation.fifo", "bems-prod-eu-1-smoke.fifo", "bems-prod-eu-1-status.fifo"],
+            "a smoke invoice is also seen by the smoke queue"
         );
 
         let mut other_cell = event.clone();

@@ -203,6 +203,8 @@ struct LocalCell {
     started_emulators: bool,
     table: TimestreamTable,
     options: ProvisionOptions,
+    /// The stages whose processor is not run (`--without-processor`).
+    without_processor: Vec<Stage>,
 }
 
 /// Starts the emulators if needed and provisions the cell on them.
@@ -227,7 +229,7 @@ async fn local_target(args: &Args) -> anyhow::Result<Target> {
         args.cell, args.partitions, args.localstack, provisioned.ingress.rest_api_id, provisioned.ingress.api_key
     );
     println!(
-        "local-cell: follow one invoice through it: AWS_ENDPOINT_URL={} cargo run -q -p bems-cli -- smoke --cell {} --partitions {} --moto-store {}",
+        "local-cell: follow one invoice through it: AWS_ENDPOINT_URL={} AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test cargo run -q -p bems-cli -- smoke --cell {} --partitions {} --moto-store {}",
         args.localstack, args.cell, args.partitions, args.moto
     );
     for stage in &args.without_processor {
@@ -236,7 +238,7 @@ async fn local_target(args: &Args) -> anyhow::Result<Target> {
     Ok(Target {
         spec,
         clients,
-        local: Some(LocalCell { started_emulators, table, options }),
+        local: Some(LocalCell { started_emulators, table, options, without_processor: args.without_processor.clone() }),
         remote: None,
         alert_topic: alerts.topic_arn().map(str::to_owned),
     })
@@ -322,8 +324,7 @@ async fn main() -> anyhow::Result<()> {
 
     let mut tasks = Vec::new();
     if let Some(local) = target.local.as_ref() {
-        start_functions(&clients, &spec, local, &cell_target, &state, &stopped, &args.without_processor, &mut tasks)
-            .await?;
+        start_functions(&clients, &spec, local, &cell_target, &state, &stopped, &mut tasks).await?;
     }
     if target.local.is_some() || args.send_traffic {
         let bus = Counting { inner: clients.events.clone(), state: state.clone() };
@@ -549,7 +550,6 @@ async fn start_functions(
     target: &CellTarget,
     state: &Arc<Mutex<State>>,
     stopped: &watch::Receiver<bool>,
-    without: &[Stage],
     tasks: &mut Vec<tokio::task::JoinHandle<()>>,
 ) -> anyhow::Result<()> {
     let queue_url = |name: String| {
@@ -566,7 +566,7 @@ async fn start_functions(
             }
         }));
     }
-    for stage in Stage::ALL.into_iter().filter(|s| !without.contains(s)) {
+    for stage in Stage::ALL.into_iter().filter(|s| !local.without_processor.contains(s)) {
         let source = EventSource::connect(
             clients.sqs.clone(),
             queue_url(spec.queue_name(stage)).await?,
