@@ -84,30 +84,35 @@ pub fn producers_name(spec: &CellSpec) -> String {
 /// `apigateway:GET` on the key).
 pub async fn find_ingress(client: &aws_sdk_apigateway::Client, spec: &CellSpec) -> Result<Ingress, ProvisionError> {
     let name = api_name(spec);
-    let apis = client.get_rest_apis().limit(500).send().await.map_err(|e| fail("list APIs", &e))?;
-    let rest_api_id = apis
-        .items()
-        .iter()
-        .find(|a| a.name() == Some(name.as_str()))
-        .and_then(|a| a.id())
-        .ok_or_else(|| ProvisionError { step: "find the API".into(), message: format!("no REST API named {name}") })?
-        .to_owned();
+    let rest_api_id = rest_api_id(client, &name)
+        .await?
+        .ok_or_else(|| ProvisionError { step: "find the API".into(), message: format!("no REST API named {name}") })?;
     let key_name = producers_name(spec);
-    let keys = client
-        .get_api_keys()
-        .name_query(&key_name)
-        .include_values(true)
-        .send()
-        .await
-        .map_err(|e| fail("list keys", &e))?;
-    let api_key = keys
+    let (_, api_key) = producers_key(client, &key_name).await?.ok_or_else(|| ProvisionError {
+        step: "find the key".into(),
+        message: format!("no API key named {key_name}"),
+    })?;
+    Ok(Ingress { rest_api_id, api_key })
+}
+
+/// The id of the REST API named `name`, if there is one.
+async fn rest_api_id(client: &aws_sdk_apigateway::Client, name: &str) -> Result<Option<String>, ProvisionError> {
+    let apis = client.get_rest_apis().limit(500).send().await.map_err(|e| fail("list APIs", &e))?;
+    Ok(apis.items().iter().find(|a| a.name() == Some(name)).and_then(|a| a.id()).map(str::to_owned))
+}
+
+/// The id and value of the API key named `name`, if there is one.
+async fn producers_key(
+    client: &aws_sdk_apigateway::Client,
+    name: &str,
+) -> Result<Option<(String, String)>, ProvisionError> {
+    let keys =
+        client.get_api_keys().name_query(name).include_values(true).send().await.map_err(|e| fail("list keys", &e))?;
+    Ok(keys
         .items()
         .iter()
-        .find(|k| k.name() == Some(key_name.as_str()))
-        .and_then(|k| k.value())
-        .ok_or_else(|| ProvisionError { step: "find the key".into(), message: format!("no API key named {key_name}") })?
-        .to_owned();
-    Ok(Ingress { rest_api_id, api_key })
+        .find(|k| k.name() == Some(name))
+        .map(|k| (k.id().unwrap_or_default().to_owned(), k.value().unwrap_or_default().to_owned())))
 }
 
 fn fail(
@@ -371,10 +376,9 @@ async fn rest_api(
     name: &str,
     report: &mut Report,
 ) -> Result<String, ProvisionError> {
-    let apis = client.get_rest_apis().limit(500).send().await.map_err(|e| fail("list APIs", &e))?;
-    if let Some(id) = apis.items().iter().find(|a| a.name() == Some(name)).and_then(|a| a.id()) {
+    if let Some(id) = rest_api_id(client, name).await? {
         report.push("rest-api", name, Change::Unchanged);
-        return Ok(id.to_owned());
+        return Ok(id);
     }
     let created = client
         .create_rest_api()
@@ -615,17 +619,10 @@ async fn key_and_plan(
 ) -> Result<String, ProvisionError> {
     use aws_sdk_apigateway::types::{ApiStage, ThrottleSettings};
     let key_name = producers_name(spec);
-    let keys = client
-        .get_api_keys()
-        .name_query(&key_name)
-        .include_values(true)
-        .send()
-        .await
-        .map_err(|e| fail("list keys", &e))?;
-    let (key_id, key_value) = match keys.items().iter().find(|k| k.name() == Some(key_name.as_str())) {
-        Some(k) => {
+    let (key_id, key_value) = match producers_key(client, &key_name).await? {
+        Some(key) => {
             report.push("api-key", &key_name, Change::Unchanged);
-            (k.id().unwrap_or_default().to_owned(), k.value().unwrap_or_default().to_owned())
+            key
         }
         None => {
             let k = client

@@ -32,7 +32,6 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::types::QueueAttributeName;
 use bems_core::fields::InvoiceId;
 use bems_core::partition::Partition;
 use bems_core::routing::{CellSpec, TIMESTREAM_TABLE};
@@ -207,19 +206,6 @@ pub struct Checkpoint {
     pub stored_after_ms: Option<u64>,
 }
 
-/// A queue where the invoice may be waiting: its depth when the run
-/// stopped.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct QueueDepth {
-    /// The queue's name.
-    pub queue: String,
-    /// Messages waiting (`ApproximateNumberOfMessages`).
-    pub waiting: u64,
-    /// Messages being handled (`ApproximateNumberOfMessagesNotVisible`).
-    pub in_flight: u64,
-}
-
 /// Where and why the run stopped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -229,7 +215,7 @@ pub struct Stopped {
     /// What that means, in words.
     pub reason: String,
     /// The queues in front of that checkpoint.
-    pub queues: Vec<QueueDepth>,
+    pub queues: Vec<crate::stuck::QueueDepth>,
     /// The smoke invoice's messages in the cell's dead-letter queues.
     pub dead_lettered: Vec<crate::stuck::Stuck>,
 }
@@ -469,7 +455,7 @@ pub async fn smoke<S: StatusStore + Sync>(
     };
     let mut depths = Vec::new();
     for queue in queues {
-        if let Some(depth) = depth(sqs, &queue).await {
+        if let Some(depth) = crate::stuck::queue_depth(sqs, &queue).await {
             depths.push(depth);
         }
     }
@@ -538,27 +524,6 @@ fn first_missing<'c>(checkpoints: &'c [Checkpoint], now: &[Status]) -> &'c str {
         .iter()
         .find(|c| c.seen_after_ms.is_none() && !now.contains(&c.status))
         .map_or("posting", |c| c.name.as_str())
-}
-
-/// A queue's depth, or `None` when it cannot be read.
-async fn depth(sqs: &aws_sdk_sqs::Client, name: &str) -> Option<QueueDepth> {
-    let url = sqs.get_queue_url().queue_name(name).send().await.ok()?.queue_url()?.to_owned();
-    let attributes = sqs
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
-        .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
-        .send()
-        .await
-        .ok()?;
-    let count = |a: QueueAttributeName| {
-        attributes.attributes().and_then(|m| m.get(&a)).and_then(|v| v.parse().ok()).unwrap_or(0)
-    };
-    Some(QueueDepth {
-        queue: name.to_owned(),
-        waiting: count(QueueAttributeName::ApproximateNumberOfMessages),
-        in_flight: count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
-    })
 }
 
 #[cfg(test)]

@@ -75,6 +75,38 @@ impl Stuck {
     }
 }
 
+/// A queue's depth: what waits in it and what is being handled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueDepth {
+    /// The queue's name.
+    pub queue: String,
+    /// Messages waiting (`ApproximateNumberOfMessages`).
+    pub waiting: u64,
+    /// Messages being handled (`ApproximateNumberOfMessagesNotVisible`).
+    pub in_flight: u64,
+}
+
+/// A queue's depth, or `None` when it cannot be read.
+pub async fn queue_depth(sqs: &aws_sdk_sqs::Client, name: &str) -> Option<QueueDepth> {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let url = sqs.get_queue_url().queue_name(name).send().await.ok()?.queue_url()?.to_owned();
+    let attributes = sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(A::ApproximateNumberOfMessages)
+        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .ok()?;
+    let count = |a: A| attributes.attributes().and_then(|m| m.get(&a)).and_then(|v| v.parse().ok()).unwrap_or(0);
+    Some(QueueDepth {
+        queue: name.to_owned(),
+        waiting: count(A::ApproximateNumberOfMessages),
+        in_flight: count(A::ApproximateNumberOfMessagesNotVisible),
+    })
+}
+
 /// The cell's dead-letter queues: (name, what it holds).
 pub fn dead_letter_queues(spec: &CellSpec) -> Vec<(String, String)> {
     let mut out = Vec::new();

@@ -16,13 +16,14 @@ async fn provisioning_twice_changes_nothing_the_second_time() {
     let cell = Cell::create(&env, 2, ProvisionOptions::default()).await;
     let first = &cell.report;
     assert_eq!(first.count(Change::Updated), 0, "{first}");
-    // bus, archive, bus DLQ, 4 topics, status queue + DLQ, 4 x (queue + DLQ),
-    // 8 subscriptions, 4 x (route queue + DLQ), 8 rules, 8 targets; ingress: API,
-    // 5 resources, validator, 4 models, 4 methods, 5 gateway responses,
+    // bus, archive, bus DLQ, 4 topics, status queue + DLQ, smoke queue,
+    // 4 x (queue + DLQ), 12 subscriptions, 4 x (route queue + DLQ), 8 rules,
+    // 8 targets, the unrouted queue, rule and target; ingress: API, 5
+    // resources, validator, 4 models, 4 methods, 5 gateway responses,
     // deployment, key, plan, plan key.
     assert_eq!(
         first.count(Change::Created),
-        (1 + 1 + 1 + 4 + 2 + 8 + 8 + 8 + 8 + 8) + (1 + 5 + 1 + 4 + 4 + 5 + 1 + 1 + 1 + 1),
+        (1 + 1 + 1 + 4 + 2 + 1 + 8 + 12 + 8 + 8 + 8 + 3) + (1 + 5 + 1 + 4 + 4 + 5 + 1 + 1 + 1 + 1),
         "{first}"
     );
     let second = provision(&cell.clients, &cell.spec, &cell.options).await.expect("second run").report;
@@ -30,9 +31,10 @@ async fn provisioning_twice_changes_nothing_the_second_time() {
     assert_eq!(second.steps.len(), first.steps.len());
 
     let removed = bems_cli::teardown::teardown(&cell.clients, &cell.spec).await.expect("teardown");
-    // 8 rules, archive, bus, plan, key, API, 4 topics, 19 queues (bus DLQ,
-    // status queue and DLQ, and per stage queue, DLQ, route queue and its DLQ).
-    assert_eq!(removed.count(Change::Deleted), 8 + 1 + 1 + 1 + 1 + 1 + 4 + 19, "{removed}");
+    // 8 stage rules and the unrouted rule, archive, bus, plan, key, API, 4
+    // topics, 21 queues (bus DLQ, unrouted, status queue and DLQ, smoke, and
+    // per stage queue, DLQ, route queue and its DLQ).
+    assert_eq!(removed.count(Change::Deleted), 9 + 1 + 1 + 1 + 1 + 1 + 4 + 21, "{removed}");
     let again = bems_cli::teardown::teardown(&cell.clients, &cell.spec).await.expect("teardown again");
     assert_eq!(again.count(Change::Deleted), 0, "{again}");
 }

@@ -65,11 +65,28 @@ fn record(e: &InvoiceEvent) -> SqsEvent {
     event
 }
 
+/// The cell the tests' processors belong to.
+fn target() -> CellTarget {
+    CellTarget::new("idem", "us-east-1", "000000000000", 4).expect("target")
+}
+
+/// `e` placed in the tests' cell, as its producer would place it (the
+/// processors refuse an event in another partition than its invoice's).
+fn placed(mut e: InvoiceEvent) -> InvoiceEvent {
+    Publisher::new(Recording::default(), target()).place(&mut e);
+    e
+}
+
 /// A fresh ingestion processor (a new Lambda instance) publishing to `bus`.
 fn ingestion<S: IdempotencyStore>(bus: &Recording, store: S) -> StageProcessor<Recording, NoOrders, NoApprovals, S> {
-    let target = CellTarget::new("idem", "us-east-1", "000000000000", 4).expect("target");
-    StageProcessor::new(Stage::Ingestion, Rules::default(), Publisher::new(bus.clone(), target), NoOrders, NoApprovals)
-        .with_store(store)
+    StageProcessor::new(
+        Stage::Ingestion,
+        Rules::default(),
+        Publisher::new(bus.clone(), target()),
+        NoOrders,
+        NoApprovals,
+    )
+    .with_store(store)
 }
 
 /// Handles `submitted` with a fresh ingestion processor (a new Lambda
@@ -90,7 +107,7 @@ async fn a_late_second_handling_publishes_the_stored_event() {
     let (client, table) =
         idempotency_table(&moto, &format!("idem-{}", &uuid::Uuid::new_v4().simple().to_string()[..8])).await;
     let store = DynamoDbStore::new(client, table, Duration::from_secs(3600));
-    let submitted = event("INV-IDEM-1", Stage::Ingestion, Status::Submitted, None, 0);
+    let submitted = placed(event("INV-IDEM-1", Stage::Ingestion, Status::Submitted, None, 0));
 
     let first = handle_once(&submitted, store.clone()).await;
     // Later, so a fresh decision would carry a later time.
@@ -167,7 +184,7 @@ async fn an_unreachable_store_is_a_transient_failure() {
         .load()
         .await;
     let store = DynamoDbStore::new(aws_sdk_dynamodb::Client::new(&config), "none", Duration::from_secs(60));
-    let submitted = event("INV-IDEM-4", Stage::Ingestion, Status::Submitted, None, 0);
+    let submitted = placed(event("INV-IDEM-4", Stage::Ingestion, Status::Submitted, None, 0));
     let bus = Recording::default();
     let mut processor = ingestion(&bus, store);
     let response = bems_lambda::batch::BatchProcessor::new()

@@ -699,20 +699,6 @@ async fn run_counted<F: bems_lambda::sqs::BatchFunction>(
 
 /// A queue's depth and in-flight count.
 async fn queue_state(sqs: &aws_sdk_sqs::Client, name: &str) -> Option<state::QueueState> {
-    use aws_sdk_sqs::types::QueueAttributeName as A;
-    let url = bems_lambda::sqs::queue_url(sqs, name).await.ok()?;
-    let out = sqs
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(A::ApproximateNumberOfMessages)
-        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
-        .send()
-        .await
-        .ok()?;
-    let get = |a: A| out.attributes().and_then(|m| m.get(&a)).and_then(|v| v.parse().ok()).unwrap_or(0);
-    Some(state::QueueState {
-        depth: get(A::ApproximateNumberOfMessages),
-        in_flight: get(A::ApproximateNumberOfMessagesNotVisible),
-        oldest_secs: 0,
-    })
+    let depth = bems_cli::stuck::queue_depth(sqs, name).await?;
+    Some(state::QueueState { depth: depth.waiting, in_flight: depth.in_flight, oldest_secs: 0 })
 }
