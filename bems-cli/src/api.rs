@@ -11,8 +11,11 @@
 //!   of the design with room to spare);
 //! - an AWS integration calling EventBridge `PutEvents` with the body as the
 //!   event's detail;
-//! - gateway responses that answer in JSON: 400 with the failing fields,
-//!   403 without a valid key, 429 when throttled.
+//! - integration responses that answer 2xx only when the bus took the
+//!   event, and 429, 502 or 503 when it did not ([`INTEGRATION_RESPONSES`]);
+//! - gateway responses that answer in JSON: 400 for a body the stage's
+//!   model refuses (an invalid event, or one this cell would not route),
+//!   403 without a valid key, 429 when throttled ([`GATEWAY_RESPONSES`]).
 //!
 //! Emulator differences, used only with `emulator: true`:
 //! - LocalStack validates models with Python's `jsonschema`, whose float
@@ -79,20 +82,22 @@ pub fn producers_name(spec: &CellSpec) -> String {
     format!("bems-{}-producers", spec.cell_id())
 }
 
-/// The deployed ingress of `spec`'s cell, found by its names: the API's id
-/// and the producers' key (whose value reading it needs
-/// `apigateway:GET` on the key).
-pub async fn find_ingress(client: &aws_sdk_apigateway::Client, spec: &CellSpec) -> Result<Ingress, ProvisionError> {
+/// The id of `spec`'s REST API, found by its name.
+pub async fn find_api(client: &aws_sdk_apigateway::Client, spec: &CellSpec) -> Result<String, ProvisionError> {
     let name = api_name(spec);
-    let rest_api_id = rest_api_id(client, &name)
+    rest_api_id(client, &name)
         .await?
-        .ok_or_else(|| ProvisionError { step: "find the API".into(), message: format!("no REST API named {name}") })?;
-    let key_name = producers_name(spec);
-    let (_, api_key) = producers_key(client, &key_name).await?.ok_or_else(|| ProvisionError {
-        step: "find the key".into(),
-        message: format!("no API key named {key_name}"),
-    })?;
-    Ok(Ingress { rest_api_id, api_key })
+        .ok_or_else(|| ProvisionError { step: "find the API".into(), message: format!("no REST API named {name}") })
+}
+
+/// The value of `spec`'s producers' key, found by its name (reading it
+/// needs `apigateway:GET` on the key).
+pub async fn find_key(client: &aws_sdk_apigateway::Client, spec: &CellSpec) -> Result<String, ProvisionError> {
+    let name = producers_name(spec);
+    let (_, value) = producers_key(client, &name)
+        .await?
+        .ok_or_else(|| ProvisionError { step: "find the key".into(), message: format!("no API key named {name}") })?;
+    Ok(value)
 }
 
 /// The id of the REST API named `name`, if there is one.
@@ -225,7 +230,7 @@ pub const INTEGRATION_RESPONSES: [IntegrationResponse; 3] = [
     IntegrationResponse {
         selection_pattern: Some("4\\d{2}"),
         status: "502",
-        template: r#"#set($type = "$input.path('$.__type')")
+        template: r#"#set($type = $input.body)
 #if($type.contains("ThrottlingException"))
 #set($context.responseOverride.status = 429)
 {"message": "the event bus is throttling; retry with backoff", "errorCode": "ThrottlingException"}
@@ -502,13 +507,24 @@ async fn method(
     let label = format!("POST /invoices/{stage}");
     let template = request_template(spec, emulator);
     if let Ok(existing) = client.get_method().rest_api_id(api).resource_id(resource).http_method("POST").send().await {
+        let integration = existing.method_integration();
+        // Every integration response as `INTEGRATION_RESPONSES` has it: a
+        // method made before one changed is made again.
+        let responses_current = INTEGRATION_RESPONSES.iter().all(|want| {
+            integration.and_then(|i| i.integration_responses()).and_then(|r| r.get(want.status)).is_some_and(|r| {
+                r.selection_pattern() == want.selection_pattern
+                    && r.response_templates().and_then(|t| t.get("application/json")).map(String::as_str)
+                        == Some(want.template)
+            })
+        });
+        let statuses_current =
+            METHOD_STATUSES.iter().all(|status| existing.method_responses().is_some_and(|m| m.contains_key(*status)));
         let same = existing.api_key_required() == Some(true)
             && existing.request_validator_id() == Some(validator)
-            && existing
-                .method_integration()
-                .and_then(|i| i.request_templates())
-                .and_then(|t| t.get("application/json"))
-                == Some(&template);
+            && integration.and_then(|i| i.request_templates()).and_then(|t| t.get("application/json"))
+                == Some(&template)
+            && responses_current
+            && statuses_current;
         if same {
             report.push("method", label, Change::Unchanged);
             return Ok(false);

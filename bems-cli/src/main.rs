@@ -145,8 +145,8 @@ enum Command {
         #[arg(long, default_value_t = 180)]
         timeout: u64,
         /// The cell's store, as deployed (the template's Store parameter): timestream, or none to follow the stages only.
-        #[arg(long, default_value = "timestream", value_parser = ["timestream", "none"])]
-        store: String,
+        #[arg(long, value_parser = ["timestream", "none"], required_unless_present = "moto_store")]
+        store: Option<String>,
         /// Read the store through moto's own API at this URL instead of Timestream (a cell on the local emulators, whose Timestream runs no query).
         #[arg(long, conflicts_with = "store")]
         moto_store: Option<String>,
@@ -476,29 +476,36 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Smoke { cell, api_url, api_key, timeout, store, moto_store, json } => {
             let spec = cell.spec()?;
             let config = bems_cli::aws_config(Some(&cell.region)).await;
-            let (url, key) = match (api_url, api_key) {
-                (Some(url), Some(key)) => (format!("{}/invoices/ingestion", url.trim_end_matches('/')), key),
-                (url, key) => {
-                    let found = bems_cli::api::find_ingress(&aws_sdk_apigateway::Client::new(&config), &spec).await?;
-                    let url = match (url, config.endpoint_url()) {
-                        (Some(url), _) => format!("{}/invoices/ingestion", url.trim_end_matches('/')),
-                        (None, Some(endpoint)) => found.localstack_url(endpoint, Stage::Ingestion),
-                        (None, None) => found.aws_url(&cell.region, Stage::Ingestion),
+            // Only what was not given is looked up.
+            let apigateway = aws_sdk_apigateway::Client::new(&config);
+            let url = match api_url {
+                Some(url) => format!("{}/invoices/ingestion", url.trim_end_matches('/')),
+                None => {
+                    let ingress = bems_cli::api::Ingress {
+                        rest_api_id: bems_cli::api::find_api(&apigateway, &spec).await?,
+                        api_key: String::new(),
                     };
-                    (url, key.unwrap_or(found.api_key))
+                    match config.endpoint_url() {
+                        Some(endpoint) => ingress.localstack_url(endpoint, Stage::Ingestion),
+                        None => ingress.aws_url(&cell.region, Stage::Ingestion),
+                    }
                 }
+            };
+            let key = match api_key {
+                Some(key) => key,
+                None => bems_cli::api::find_key(&apigateway, &spec).await?,
             };
             let sqs = aws_sdk_sqs::Client::new(&config);
             let options = bems_cli::smoke::Options { timeout: Duration::from_secs(timeout), ..Default::default() };
             if !json {
                 println!("smoke: one invoice into cell {} through {url}", spec.cell_id());
             }
-            let report = match (moto_store, store.as_str()) {
+            let report = match (moto_store, store.as_deref()) {
                 (Some(moto), _) => {
                     let store = bems_cli::smoke::MotoStore { url: moto, spec: spec.clone() };
                     bems_cli::smoke::smoke(&spec, &url, &key, &store, &sqs, options).await?
                 }
-                (None, "none") => {
+                (None, Some("none")) => {
                     bems_cli::smoke::smoke(&spec, &url, &key, &bems_cli::smoke::NoStore, &sqs, options).await?
                 }
                 (None, _) => {

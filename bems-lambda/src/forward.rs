@@ -58,6 +58,18 @@ pub struct TopicMessage {
     pub invoice_id: Option<String>,
 }
 
+impl TopicMessage {
+    /// The bytes SNS counts against a call's 256 KiB: the body and the
+    /// attribute's name, type and value.
+    pub fn size(&self) -> usize {
+        self.body.len()
+            + self
+                .invoice_id
+                .as_ref()
+                .map_or(0, |id| bems_core::routing::INVOICE_ID_ATTRIBUTE.len() + "String".len() + id.len())
+    }
+}
+
 /// What the topic said about one entry of a call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryOutcome {
@@ -210,7 +222,9 @@ impl<T: Topics + Sync + Send> RecordHandler for Forwarder<T> {
             // Without an event id, the record's own id: a redelivery of this
             // record is still dropped by the topic.
             deduplication_id: event_id.unwrap_or_else(|| record_id.clone()),
-            invoice_id: invoice_id.clone(),
+            // Only a valid id: SNS refuses an empty attribute value, and an
+            // event whose id is not one matches no subscription's filter.
+            invoice_id: invoice_id.clone().filter(|id| bems_core::fields::InvoiceId::new(id.as_str()).is_ok()),
             body,
         };
         self.pending.push(Pending {
@@ -271,7 +285,7 @@ impl<T: Topics + Sync> Forwarder<T> {
                 }
             }
             for (topic_arn, qs) in by_topic {
-                for call in batches(&qs, |q| queues[q].front().map_or(0, |p| p.message.body.len())) {
+                for call in batches(&qs, |q| queues[q].front().map_or(0, |p| p.message.size())) {
                     let messages: Vec<TopicMessage> = call
                         .iter()
                         .enumerate()
@@ -469,8 +483,27 @@ mod tests {
                 vec![("reconciliation-p07", "0b9c6f5e-3c1f-4d8e-9a51-2f7f2c1d4e11")],
             ]
         );
-        // Bodies go on unchanged.
+        // Bodies go on unchanged, each with its invoice id as the attribute
+        // subscriptions filter on.
         assert_eq!(Some(calls[1].1[0].body.as_str()), event.records[2].body.as_deref());
+        assert_eq!(calls[1].1[0].invoice_id.as_deref(), Some("INV-2026-000123"));
+    }
+
+    /// SNS refuses an empty attribute value: a body whose invoice id is not
+    /// one is forwarded without the attribute (and no smoke subscription
+    /// matches it), rather than failing its call.
+    #[tokio::test]
+    async fn an_invalid_invoice_id_is_forwarded_without_the_attribute() {
+        let mut forwarder = Forwarder::new(&spec(), topics(|_, _| Ok(EntryOutcome::Published))).with_retry(fast());
+        let mut event = batch();
+        event.records.truncate(1);
+        let body = event.records[0].body.clone().unwrap_or_default();
+        event.records[0].body = Some(body.replace("\"INV-2026-000123\"", "\"\""));
+        let response = BatchProcessor::new().process(&event, &mut forwarder).await;
+        assert!(response.batch_item_failures.is_empty());
+        let calls = forwarder.topics.calls.into_inner().unwrap();
+        assert_eq!(calls[0].1[0].invoice_id, None);
+        assert!(calls[0].1[0].body.contains("\"invoiceId\":\"\""));
     }
 
     #[tokio::test(start_paused = true)]

@@ -151,8 +151,7 @@ fn flush(metrics: &metrics_cloudwatch_embedded::Collector, request_id: &str) {
 pub async fn run_stage(stage: Stage) -> Result<(), Error> {
     let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let cell = var("BEMS_CELL_ID")?;
-    let partitions: u32 =
-        var("BEMS_PARTITIONS")?.parse().map_err(|_| ConfigError("BEMS_PARTITIONS must be 1-99".into()))?;
+    let partitions = partition_count(&var("BEMS_PARTITIONS")?)?;
     let dlq = var("BEMS_DLQ_URL")?;
     let max_receive_count: u32 = std::env::var("BEMS_MAX_RECEIVE_COUNT").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
     let region = config.region().map(ToString::to_string).ok_or_else(|| ConfigError("no AWS Region".into()))?;
@@ -181,7 +180,7 @@ pub async fn run_stage(stage: Stage) -> Result<(), Error> {
         // Boxed: erases the handler's deep future type (see `run`).
         Box::pin(async move {
             let account = account_of(&event.context.invoked_function_arn).unwrap_or("000000000000").to_owned();
-            let target = CellTarget::new(&cell, &region, &account, partitions)?;
+            let target = CellTarget::new(&cell, &region, &account, u32::from(partitions.get()))?;
             let publisher = Publisher::new(events, target)
                 .with_retry(RetryPolicy { deadline: Duration::from_secs(10), ..RetryPolicy::default() });
             let mut function = ProcessorFunction {

@@ -169,7 +169,7 @@ async fn post(endpoint: &str, api: &str, key: &str, stage: Stage, body: String) 
 /// read (and emptied) until it has been quiet for `quiet`.
 async fn everything_queued(clients: &Clients, spec: &CellSpec, quiet: Duration) -> BTreeMap<String, Vec<Value>> {
     let mut names = vec![spec.status_queue_name(), spec.status_dlq_name(), spec.unrouted_queue_name()];
-    names.push(format!("bems-{}-bus-dlq", spec.cell_id()));
+    names.push(bems_cli::provision::bus_dlq_name(spec));
     for stage in Stage::ALL {
         names.extend([
             spec.queue_name(stage),
@@ -254,6 +254,15 @@ async fn the_deployed_api_accepts_exactly_what_the_cell_routes_and_loses_nothing
         publisher.place(&mut e);
         accepted.push((stage, e));
     }
+    // And more, so that every partition of every stage is hit: the
+    // conservation check below covers them all.
+    let mut more: Vec<(Stage, InvoiceEvent)> = Vec::new();
+    for n in 0..24 {
+        let (stage, status, previous) = steps[n % 4];
+        let mut e = event(&format!("INV-CFN-MORE-{n:02}"), stage, status, previous, 1);
+        publisher.place(&mut e);
+        more.push((stage, e));
+    }
     // What no rule of this cell routes, each refused by the models.
     let valid = accepted[1].1.to_json();
     let variant = |what: &str, change: &dyn Fn(&mut Value)| {
@@ -278,6 +287,15 @@ async fn the_deployed_api_accepts_exactly_what_the_cell_routes_and_loses_nothing
         assert_eq!(status, 200, "{stage}: {body}");
         answered_2xx.push(e.event_id.to_string());
     }
+    let mut partitions = std::collections::BTreeSet::new();
+    for (stage, e) in &more {
+        let (status, _) = post(&endpoint, stack.output("ApiId"), &key, *stage, e.to_json()).await;
+        if (200..300).contains(&status) {
+            answered_2xx.push(e.event_id.to_string());
+            partitions.insert((*stage, e.metadata.partition.get()));
+        }
+    }
+    assert!(answered_2xx.len() >= accepted.len() + more.len() / 2, "most of the valid events were accepted");
     for (what, body) in &refused {
         let (status, answer) =
             post(&endpoint, stack.output("ApiId"), &key, Stage::Reconciliation, body.to_string()).await;
@@ -320,6 +338,11 @@ async fn the_deployed_api_accepts_exactly_what_the_cell_routes_and_loses_nothing
     for id in &answered_2xx {
         assert!(!holding(&queued, id).is_empty(), "{id} was answered 2xx and is on no queue");
     }
+    eprintln!(
+        "{} requests answered 2xx, over {} (stage, partition) pairs, each on a queue",
+        answered_2xx.len(),
+        partitions.len()
+    );
 }
 
 /// Puts `detail` on the cell's bus as an SDK producer would, unchecked.

@@ -70,6 +70,8 @@ pub(super) fn monitoring(
             })
         };
     let mut critical: Vec<String> = Vec::new();
+    // Critical alarms that exist only with a store.
+    let mut critical_with_store: Vec<String> = Vec::new();
     // (alarm id prefix, alarm name part, queue, its DLQ, what it is)
     let mut queues: Vec<(String, String, String, String, String)> = Vec::new();
     for s in Stage::ALL {
@@ -92,6 +94,11 @@ pub(super) fn monitoring(
     ));
     for (p, slug, queue, dlq, what) in &queues {
         let (queue, dlq) = (queue.as_str(), dlq.as_str());
+        // Without a store nothing of ours reads the status queue: its age
+        // passes the SLA within minutes of the first event and would hold
+        // the composite alarm in ALARM, so that no other critical alarm
+        // pages again. It pages only with a store; the warnings stay.
+        let paging_condition = (queue == "StatusQueue").then_some("WithTimestream");
         let id = format!("{p}DlqNotEmptyAlarm");
         resources.insert(
             id.clone(),
@@ -109,19 +116,23 @@ pub(super) fn monitoring(
         );
         critical.push(id);
         let id = format!("{p}QueueOverSlaAlarm");
-        resources.insert(
-            id.clone(),
-            sqs_alarm(
-                format!("bems-{cell}-{slug}-oldest-over-sla"),
-                format!("The oldest message of {what} has waited longer than the SLA."),
-                queue,
-                "ApproximateAgeOfOldestMessage",
-                reference("SlaSeconds"),
-                1,
-                "AlertsCritical",
-            ),
+        let mut over_sla = sqs_alarm(
+            format!("bems-{cell}-{slug}-oldest-over-sla"),
+            format!("The oldest message of {what} has waited longer than the SLA."),
+            queue,
+            "ApproximateAgeOfOldestMessage",
+            reference("SlaSeconds"),
+            1,
+            "AlertsCritical",
         );
-        critical.push(id);
+        match paging_condition {
+            Some(condition) => {
+                over_sla["Condition"] = json!(condition);
+                critical_with_store.push(id.clone());
+            }
+            None => critical.push(id.clone()),
+        }
+        resources.insert(id, over_sla);
         resources.insert(
             format!("{p}QueueAgeAlarm"),
             sqs_alarm(
@@ -225,7 +236,11 @@ pub(super) fn monitoring(
     critical.push("VisibilityOverSlaAlarm".into());
     critical.extend(service_alarms(spec, resources));
     critical.sort();
-    let rule = critical.iter().map(|a| format!("ALARM(\"${{{a}}}\")")).collect::<Vec<_>>().join(" OR ");
+    let rule = |ids: &[&String]| ids.iter().map(|a| format!("ALARM(\"${{{a}}}\")")).collect::<Vec<_>>().join(" OR ");
+    let without_store: Vec<&String> = critical.iter().collect();
+    let mut with_store = without_store.clone();
+    with_store.extend(critical_with_store.iter());
+    with_store.sort();
     resources.insert(
         "CriticalCompositeAlarm".into(),
         json!({
@@ -233,7 +248,7 @@ pub(super) fn monitoring(
             "Properties": {
                 "AlarmName": format!("bems-{cell}-critical"),
                 "AlarmDescription": "Any critical alarm of the cell: one page, however many parts broke.",
-                "AlarmRule": sub(&rule),
+                "AlarmRule": { "Fn::If": ["WithTimestream", sub(&rule(&with_store)), sub(&rule(&without_store))] },
                 "AlarmActions": [reference("AlertsCritical")],
             },
         }),
@@ -315,7 +330,8 @@ fn service_alarms(spec: &CellSpec, resources: &mut BTreeMap<String, Value>) -> V
             })
         };
     // EventBridge reports per rule (dimensions EventBusName, RuleName):
-    // one Metrics Insights query sums the cell's 4 x P rules.
+    // one Metrics Insights query sums every rule on the cell's bus (the
+    // stage rules, the unrouted rule, the archive's).
     let bus_sum = |metric: &str| {
         json!([{
             "Id": "total",
@@ -374,7 +390,7 @@ fn service_alarms(spec: &CellSpec, resources: &mut BTreeMap<String, Value>) -> V
                         "Namespace": "AWS/ApiGateway",
                         "MetricName": metric,
                         "Dimensions": [
-                            { "Name": "ApiName", "Value": format!("bems-{cell}-ingress") },
+                            { "Name": "ApiName", "Value": crate::api::api_name(spec) },
                             { "Name": "Stage", "Value": crate::api::STAGE_NAME },
                         ],
                     },

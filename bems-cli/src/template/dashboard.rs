@@ -106,7 +106,7 @@ pub(super) fn dashboard(spec: &CellSpec) -> Value {
         json!({ "annotations": { "horizontal": [{ "label": "SLA", "value": "${SlaSeconds}" }] } }),
     ));
     widgets.push(widget(16, 19, 8, "Dead-letter queues", dlqs, json!({})));
-    let api = format!("bems-{cell}-ingress");
+    let api = crate::api::api_name(spec);
     let api_metric = |name: &str, stat: &str| json!(["AWS/ApiGateway", name, "ApiName", api, "Stage", STAGE_NAME, { "stat": stat, "label": name }]);
     widgets.push(widget(
         0,

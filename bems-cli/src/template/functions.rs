@@ -8,14 +8,16 @@ use serde_json::{Value, json};
 
 use super::*;
 
-/// The smallest `MaximumConcurrency` an SQS event source takes.
-const MIN_SOURCE_CONCURRENCY: u32 = 2;
+/// The range of an SQS event source's `MaximumConcurrency` (Lambda API
+/// reference, `ScalingConfig`).
+pub(super) const MIN_SOURCE_CONCURRENCY: u32 = 2;
+pub(super) const MAX_SOURCE_CONCURRENCY: u32 = 1000;
 
 /// The concurrency that saturates a FIFO queue with `groups` message
 /// groups: Lambda runs at most one batch per group at a time, so more is
-/// never used; at least the 2 an event source mapping requires.
+/// never used; within the range an event source mapping takes.
 pub(super) fn source_concurrency(groups: u32) -> u32 {
-    groups.max(MIN_SOURCE_CONCURRENCY)
+    groups.clamp(MIN_SOURCE_CONCURRENCY, MAX_SOURCE_CONCURRENCY)
 }
 
 /// One function of the cell.

@@ -315,7 +315,12 @@ fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
     );
 
     resources.insert("StatusDlq".into(), dlq(cell, &spec.status_dlq_name()));
-    resources.insert("StatusQueue".into(), queue(cell, &spec.status_queue_name(), "StatusDlq"));
+    let mut status_queue = queue(cell, &spec.status_queue_name(), "StatusDlq");
+    // Without a store, the status changes wait for a consumer of the user's
+    // own: as long as SQS keeps anything, not its default four days.
+    status_queue["Properties"]["MessageRetentionPeriod"] =
+        json!({ "Fn::If": ["WithTimestream", { "Ref": "AWS::NoValue" }, 1_209_600] });
+    resources.insert("StatusQueue".into(), status_queue);
     let topics: Vec<Value> = Stage::ALL.iter().map(|s| reference(&format!("{}Topic", pascal(*s)))).collect();
     resources.insert("StatusQueuePolicy".into(), queue_policy("StatusQueue", &topics));
     // Smoke-test invoices only (`bems smoke` reads it): no DLQ, no alarm,
@@ -510,22 +515,22 @@ fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
             "ProcessorMaximumConcurrency": {
                 "Type": "Number",
                 "Default": source_concurrency(u32::from(spec.partitions().get())),
-                "MinValue": 2,
-                "MaxValue": 1000,
+                "MinValue": functions::MIN_SOURCE_CONCURRENCY,
+                "MaxValue": functions::MAX_SOURCE_CONCURRENCY,
                 "Description": "Concurrent batches each stage processor's event source may run. A FIFO queue runs one batch per message group (partition) at a time, so the partition count saturates it.",
             },
             "ForwarderMaximumConcurrency": {
                 "Type": "Number",
                 "Default": source_concurrency(u32::from(spec.partitions().get())),
-                "MinValue": 2,
-                "MaxValue": 1000,
+                "MinValue": functions::MIN_SOURCE_CONCURRENCY,
+                "MaxValue": functions::MAX_SOURCE_CONCURRENCY,
                 "Description": "Concurrent batches each of the route forwarder's four event sources (one per route queue, P message groups each) may run.",
             },
             "WriterMaximumConcurrency": {
                 "Type": "Number",
                 "Default": source_concurrency(4 * u32::from(spec.partitions().get())),
-                "MinValue": 2,
-                "MaxValue": 1000,
+                "MinValue": functions::MIN_SOURCE_CONCURRENCY,
+                "MaxValue": functions::MAX_SOURCE_CONCURRENCY,
                 "Description": "Concurrent batches the status writer's event source may run: the status queue has one message group per stage and partition (4 x P).",
             },
             "IdempotencyTable": {
@@ -562,7 +567,7 @@ fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
             "Store": {
                 "Type": "String",
                 "AllowedValues": ["timestream", "none"],
-                "Description": "Where status changes are stored. timestream: Timestream for LiveAnalytics, only for accounts that already use it (closed to new customers since 2025-06-20). none: no store and no status writer; the status-change queue still receives every status change, for a consumer of your own, and alarms when nothing reads it.",
+                "Description": "Where status changes are stored. timestream: Timestream for LiveAnalytics, only for accounts that already use it (closed to new customers since 2025-06-20). none: no store and no status writer; the status-change queue still receives every status change and keeps it 14 days for a consumer of your own (its age and depth alarms warn; they page only with a store).",
             },
             "MemoryRetentionHours": {
                 "Type": "Number",

@@ -50,7 +50,7 @@ pub(super) fn timestream(
 
 /// Accepts cfn-lint's warning that Timestream for LiveAnalytics is in
 /// maintenance mode: accounts that have it keep using it, the others set
-/// `CreateTimestream=false` and bring another `RecordSink`.
+/// `Store=none` (or, with the PostgreSQL store, that store).
 pub(super) fn maintenance_mode_note() -> Value {
     json!({ "cfn-lint": { "config": { "ignore_checks": ["W3697"] } } })
 }

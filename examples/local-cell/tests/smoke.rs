@@ -17,14 +17,16 @@ fn smoke_reports_the_stage_whose_processor_is_stopped() {
     let mut child = LocalCell::start(
         &localstack,
         &moto,
-        &["--cell", &cell, "--partitions", "2", "--duration", "25", "--port", "0", "--scale", "0.005"]
+        &["--cell", &cell, "--partitions", "2", "--duration", "40", "--port", "0", "--scale", "0.005"]
             .into_iter()
             .chain(["--without-processor", "reconciliation", "--drain-secs", "5"])
             .collect::<Vec<_>>(),
     );
     let (api, key) = child.ingress();
     child.after("running without the reconciliation processor", Duration::from_secs(10));
-    let report = common::smoke_within(&localstack, &moto, &cell, &api, &key, Duration::from_secs(10));
+    // 8 s per step, well inside the cell's 40 s: its queues still exist
+    // when the report reads their depths.
+    let report = common::smoke_within(&localstack, &moto, &cell, &api, &key, Duration::from_secs(8));
     let stopped =
         report.stopped.as_ref().unwrap_or_else(|| panic!("passed without a reconciliation processor: {report:#?}"));
     assert_eq!(stopped.at, "reconciliation", "{report:#?}");
