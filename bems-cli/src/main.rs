@@ -5,11 +5,11 @@
 //! invalid (nothing was sent), 4 `stuck` found stuck invoices.
 
 use anyhow::Context;
-use bems_cli::provision::{Clients, ProvisionOptions, provision};
 use bems_core::Stage;
 use bems_core::fields::{AccountId, CellId, Region};
 use bems_core::partition::PartitionCount;
 use bems_core::routing::{CellSpec, Quotas};
+use bems_ops::provision::{Clients, ProvisionOptions, provision};
 use clap::{Args, Parser, Subcommand};
 use std::io::Read;
 use std::process::ExitCode;
@@ -28,7 +28,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create or correct every resource of a cell; safe to run again.
+    /// Deploy a cell on LocalStack (AWS_ENDPOINT_URL): the cell template's emulator part, as a CloudFormation stack; safe to run again. On AWS, deploy the template with sam deploy.
     Provision {
         #[command(flatten)]
         cell: CellArgs,
@@ -38,17 +38,11 @@ enum Command {
         /// Visibility timeout of the stage queues, in seconds.
         #[arg(long, default_value_t = 180)]
         visibility_timeout: u32,
-        /// The cell is on LocalStack: deploy the API models and request template it can run.
-        #[arg(long)]
-        emulator: bool,
-        /// IAM role API Gateway assumes to call PutEvents (AWS; LocalStack accepts any).
-        #[arg(long)]
-        api_role_arn: Option<String>,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
     },
-    /// Delete every resource of a cell (its queues' messages included).
+    /// Delete a cell deployed by provision (its queues' messages included).
     Teardown {
         #[command(flatten)]
         cell: CellArgs,
@@ -206,7 +200,7 @@ const FOUND: u8 = 4;
 const STOPPED: u8 = 5;
 
 /// The smoke report, a line per step.
-fn print_smoke(report: &bems_cli::smoke::Report) {
+fn print_smoke(report: &bems_ops::smoke::Report) {
     println!("smoke: invoice {} (event {})", report.invoice_id, report.event_id);
     println!("  {:<15} HTTP {} in {} ms", "api", report.api.status, report.api.ms);
     if report.stopped.as_ref().is_some_and(|s| s.at == "api") {
@@ -253,46 +247,12 @@ fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The (DLQ, source queue) names `--queue` names.
-fn redrive_queues(spec: &CellSpec, queue: &str) -> anyhow::Result<(String, String)> {
-    if queue == "status" {
-        return Ok((spec.status_dlq_name(), spec.status_queue_name()));
-    }
-    let (stage, route) = match queue.strip_suffix("-route") {
-        Some(stage) => (stage, true),
-        None => (queue, false),
-    };
-    let Some(stage) = bems_core::Stage::from_wire(stage) else {
-        anyhow::bail!(
-            "--queue: {queue:?} is not a queue of the cell; use a stage (ingestion, reconciliation, authorization, posting), <stage>-route, or status"
-        );
-    };
-    Ok(if route {
-        (spec.route_dlq_name(stage), spec.route_queue_name(stage))
-    } else {
-        (spec.dlq_name(stage), spec.queue_name(stage))
-    })
-}
-
-async fn queue_url(sqs: &aws_sdk_sqs::Client, name: &str) -> anyhow::Result<String> {
-    let found = sqs.get_queue_url().queue_name(name).send().await.with_context(|| format!("queue {name}"))?;
-    Ok(found.queue_url().unwrap_or_default().to_owned())
-}
-
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Provision { cell, max_receive_count, visibility_timeout, emulator, api_role_arn, json } => {
+        Command::Provision { cell, max_receive_count, visibility_timeout, json } => {
             let spec = cell.spec()?;
-            let clients = Clients::new(&bems_cli::aws_config(Some(&cell.region)).await);
-            let mut options = ProvisionOptions {
-                max_receive_count,
-                visibility_timeout_secs: visibility_timeout,
-                emulator,
-                ..ProvisionOptions::default()
-            };
-            if let Some(role) = api_role_arn {
-                options.api_role_arn = role;
-            }
+            let clients = Clients::new(&bems_ops::aws_config(Some(&cell.region)).await);
+            let options = ProvisionOptions { max_receive_count, visibility_timeout_secs: visibility_timeout };
             let done = provision(&clients, &spec, &options).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&done)?);
@@ -301,7 +261,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!(
                     "ingress: REST API {} (stage {}), producer API key {}",
                     done.ingress.rest_api_id,
-                    bems_cli::api::STAGE_NAME,
+                    bems_template::api::STAGE_NAME,
                     done.ingress.api_key
                 );
             }
@@ -309,32 +269,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Teardown { cell, yes } => {
             anyhow::ensure!(yes, "teardown deletes the cell's queues and their messages; pass --yes to confirm");
             let spec = cell.spec()?;
-            let clients = Clients::new(&bems_cli::aws_config(Some(&cell.region)).await);
-            println!("{}", bems_cli::teardown::teardown(&clients, &spec).await?);
+            let clients = Clients::new(&bems_ops::aws_config(Some(&cell.region)).await);
+            println!("{}", bems_ops::provision::teardown(&clients, &spec).await?);
         }
         Command::Stuck { cell, sla, window_hours, dlq_only, alert_topic, state, json } => {
             let spec = cell.spec()?;
-            let config = bems_cli::aws_config(Some(&cell.region)).await;
-            let mut stuck = bems_cli::stuck::dead_lettered(&aws_sdk_sqs::Client::new(&config), &spec).await?;
+            let config = bems_ops::aws_config(Some(&cell.region)).await;
+            let mut stuck = bems_ops::stuck::dead_lettered(&Clients::new(&config).sqs, &spec).await?;
             if !dlq_only {
-                let query = bems_cli::timestream_query(&config).await?;
-                stuck.extend(bems_cli::stuck::over_sla(&query, &spec, sla, window_hours).await?);
+                let query = bems_ops::timestream_query(&config).await?;
+                stuck.extend(bems_ops::stuck::over_sla(&query, &spec, sla, window_hours).await?);
             }
             if let Some(path) = &state {
-                let mut alerted: bems_cli::stuck::Alerted = match std::fs::read_to_string(path) {
+                let mut alerted: bems_ops::stuck::Alerted = match std::fs::read_to_string(path) {
                     Ok(text) => serde_json::from_str(&text).with_context(|| format!("--state {}", path.display()))?,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
                     Err(e) => return Err(e).with_context(|| format!("--state {}", path.display())),
                 };
                 let fresh = alerted.new_since(&stuck);
                 if let Some(topic) = &alert_topic {
-                    let sent = bems_cli::stuck::alert(
-                        &aws_sdk_sns::Client::new(&config),
-                        topic,
-                        spec.cell_id().as_str(),
-                        &fresh,
-                    )
-                    .await?;
+                    let sent =
+                        bems_ops::stuck::alert(&Clients::new(&config).sns, topic, spec.cell_id().as_str(), &fresh)
+                            .await?;
                     eprintln!("bems: {sent} new alert(s) sent to {topic}");
                 }
                 std::fs::write(path, serde_json::to_string_pretty(&alerted)?)
@@ -361,12 +317,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Redrive { cell, queue, invoice, json } => {
             let spec = cell.spec()?;
-            let (dlq, source) = redrive_queues(&spec, &queue)?;
-            let sqs = aws_sdk_sqs::Client::new(&bems_cli::aws_config(Some(&cell.region)).await);
-            let (dlq_url, source_url) = (queue_url(&sqs, &dlq).await?, queue_url(&sqs, &source).await?);
+            let (dlq, source) = bems_ops::redrive::queues_named(&spec, &queue).context("--queue")?;
+            let sqs = Clients::new(&bems_ops::aws_config(Some(&cell.region)).await).sqs;
+            let dlq_url = bems_ops::redrive::queue_url(&sqs, &dlq).await?;
+            let source_url = bems_ops::redrive::queue_url(&sqs, &source).await?;
             match invoice {
                 None => {
-                    let moved = bems_cli::redrive::redrive_fifo(&sqs, &dlq_url, &source_url).await?;
+                    let moved = bems_ops::redrive::redrive_fifo(&sqs, &dlq_url, &source_url).await?;
                     if json {
                         print_json(&moved)?;
                     } else {
@@ -376,7 +333,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(invoice) => {
                     let invoice = bems_core::fields::InvoiceId::new(&invoice).context("--invoice")?;
                     let moved =
-                        bems_cli::redrive::redrive_invoice(&sqs, &dlq_url, &source_url, invoice.as_str()).await?;
+                        bems_ops::redrive::redrive_invoice(&sqs, &dlq_url, &source_url, invoice.as_str()).await?;
                     if json {
                         print_json(&moved)?;
                     } else {
@@ -397,15 +354,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Replay { cell, from, to, wait, json } => {
             let spec = cell.spec()?;
-            let config = bems_cli::aws_config(Some(&cell.region)).await;
+            let config = bems_ops::aws_config(Some(&cell.region)).await;
             let endpoint = config.endpoint_url().map(str::to_owned);
             let emulator = match endpoint.clone() {
-                Some(url) => tokio::task::spawn_blocking(move || bems_cli::is_localstack(&url).then_some(url)).await?,
+                Some(url) => tokio::task::spawn_blocking(move || bems_ops::is_localstack(&url).then_some(url)).await?,
                 None => None,
             };
-            let events = aws_sdk_eventbridge::Client::new(&config);
+            let events = Clients::new(&config).events;
             let replay =
-                bems_cli::replay::replay(&events, &spec, from, to, emulator.as_deref(), wait.map(Duration::from_secs))
+                bems_ops::replay::replay(&events, &spec, from, to, emulator.as_deref(), wait.map(Duration::from_secs))
                     .await?;
             if json {
                 print_json(&replay)?;
@@ -416,9 +373,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::History { cell, invoice, json } => {
             let spec = cell.spec()?;
             let invoice = bems_core::fields::InvoiceId::new(&invoice).context("INVOICE")?;
-            let config = bems_cli::aws_config(Some(&cell.region)).await;
-            let query = bems_cli::timestream_query(&config).await?;
-            let entries = bems_cli::history::history(&query, &spec, &invoice).await?;
+            let config = bems_ops::aws_config(Some(&cell.region)).await;
+            let query = bems_ops::timestream_query(&config).await?;
+            let entries = bems_ops::history::history(&query, &spec, &invoice).await?;
             if json {
                 print_json(&entries)?;
             } else if entries.is_empty() {
@@ -446,21 +403,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 text = std::fs::read_to_string(&file).with_context(|| format!("read {file}"))?;
             }
-            let target = bems_core::publish::CellTarget {
-                bus: spec.bus_name(),
-                cell_id: spec.cell_id().clone(),
-                region: spec.region().clone(),
-                account_id: spec.account_id().clone(),
-                partitions: spec.partitions(),
-            };
-            let events = aws_sdk_eventbridge::Client::new(&bems_cli::aws_config(Some(&cell.region)).await);
-            match bems_cli::send::send(events, target, &text).await {
+            let target = bems_core::publish::CellTarget::from(&spec);
+            let events = Clients::new(&bems_ops::aws_config(Some(&cell.region)).await).events;
+            match bems_ops::send::send(events, target, &text).await {
                 Ok(sent) if json => print_json(&sent)?,
                 Ok(sent) => println!(
                     "sent {} of {} to partition {} (EventBridge id {})",
                     sent.event_id, sent.invoice_id, sent.partition, sent.eventbridge_id
                 ),
-                Err(bems_cli::send::SendError::Invalid(problems)) => {
+                Err(bems_ops::send::SendError::Invalid(problems)) => {
                     if json {
                         print_json(&serde_json::json!({ "invalid": problems }))?;
                     }
@@ -475,14 +426,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Smoke { cell, api_url, api_key, timeout, store, moto_store, json } => {
             let spec = cell.spec()?;
-            let config = bems_cli::aws_config(Some(&cell.region)).await;
+            let config = bems_ops::aws_config(Some(&cell.region)).await;
             // Only what was not given is looked up.
-            let apigateway = aws_sdk_apigateway::Client::new(&config);
+            let clients = Clients::new(&config);
+            let apigateway = &clients.apigateway;
             let url = match api_url {
                 Some(url) => format!("{}/invoices/ingestion", url.trim_end_matches('/')),
                 None => {
-                    let ingress = bems_cli::api::Ingress {
-                        rest_api_id: bems_cli::api::find_api(&apigateway, &spec).await?,
+                    let ingress = bems_ops::ingress::Ingress {
+                        rest_api_id: bems_ops::ingress::find_api(apigateway, &spec).await?,
                         api_key: String::new(),
                     };
                     match config.endpoint_url() {
@@ -493,25 +445,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let key = match api_key {
                 Some(key) => key,
-                None => bems_cli::api::find_key(&apigateway, &spec).await?,
+                None => bems_ops::ingress::find_key(apigateway, &spec).await?,
             };
-            let sqs = aws_sdk_sqs::Client::new(&config);
-            let options = bems_cli::smoke::Options { timeout: Duration::from_secs(timeout), ..Default::default() };
+            let sqs = clients.sqs.clone();
+            let options = bems_ops::smoke::Options { timeout: Duration::from_secs(timeout), ..Default::default() };
             if !json {
                 println!("smoke: one invoice into cell {} through {url}", spec.cell_id());
             }
             let report = match (moto_store, store.as_deref()) {
                 (Some(moto), _) => {
-                    let store = bems_cli::smoke::MotoStore { url: moto, spec: spec.clone() };
-                    bems_cli::smoke::smoke(&spec, &url, &key, &store, &sqs, options).await?
+                    let store = bems_ops::smoke::MotoStore { url: moto, spec: spec.clone() };
+                    bems_ops::smoke::smoke(&spec, &url, &key, &store, &sqs, options).await?
                 }
                 (None, Some("none")) => {
-                    bems_cli::smoke::smoke(&spec, &url, &key, &bems_cli::smoke::NoStore, &sqs, options).await?
+                    bems_ops::smoke::smoke(&spec, &url, &key, &bems_ops::smoke::NoStore, &sqs, options).await?
                 }
                 (None, _) => {
-                    let client = bems_cli::timestream_query(&config).await?;
-                    let store = bems_cli::smoke::TimestreamStore { client, spec: spec.clone() };
-                    bems_cli::smoke::smoke(&spec, &url, &key, &store, &sqs, options).await?
+                    let client = bems_ops::timestream_query(&config).await?;
+                    let store = bems_ops::smoke::TimestreamStore { client, spec: spec.clone() };
+                    bems_ops::smoke::smoke(&spec, &url, &key, &store, &sqs, options).await?
                 }
             };
             if json {
@@ -525,8 +477,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Template { cell, out, code_uri } => {
             let spec = cell.spec()?;
-            let defaults = bems_cli::template::TemplateDefaults { code_uri, ..Default::default() };
-            let template = bems_cli::template::cell_template(&spec, &defaults);
+            let defaults = bems_template::TemplateDefaults { code_uri, ..Default::default() };
+            let template = bems_template::cell_template(&spec, &defaults);
             std::fs::create_dir_all(&out).with_context(|| format!("create {}", out.display()))?;
             for (name, text) in template.texts() {
                 let path = out.join(name);

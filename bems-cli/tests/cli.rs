@@ -85,7 +85,7 @@ impl Cell {
     fn create(endpoint: &str) -> Cell {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
         let id = format!("cli-{nanos:08x}");
-        let out = bems(endpoint, &["provision", "--cell", &id, "--partitions", "2", "--emulator", "--json"]);
+        let out = bems(endpoint, &["provision", "--cell", &id, "--partitions", "2", "--json"]);
         assert_eq!(code(&out), 0, "provision: {}", String::from_utf8_lossy(&out.stderr));
         Cell { endpoint: endpoint.to_owned(), id }
     }
@@ -96,8 +96,8 @@ impl Cell {
         bems(&self.endpoint, &all)
     }
 
-    fn queue(&self, suffix: &str) -> String {
-        format!("bems-{}-{suffix}", self.id)
+    fn spec(&self) -> bems_core::routing::CellSpec {
+        spec(&self.id)
     }
 }
 
@@ -151,7 +151,7 @@ async fn send_refuses_an_invalid_event_by_field_and_puts_a_valid_one_on_the_bus(
     assert_eq!(sent["invoiceId"], "INV-2026-000123");
     // The reconciliation rule of its partition routed it to the route queue.
     let sqs = sqs(&endpoint).await;
-    let got = receive(&sqs, &url(&sqs, &cell.queue("reconciliation-route.fifo")).await, 1).await;
+    let got = receive(&sqs, &url(&sqs, &cell.spec().route_queue_name(bems_core::Stage::Reconciliation)).await, 1).await;
     assert_eq!(got.len(), 1, "the event reached the reconciliation route queue");
     assert_eq!(got[0]["detail"]["eventId"], sent["eventId"]);
     assert_eq!(got[0]["detail"]["metadata"]["cellId"], cell.id.as_str(), "placed in the cell");
@@ -171,7 +171,7 @@ async fn dead_letter(sqs: &aws_sdk_sqs::Client, dlq: &str, invoice: &str, seq: u
         .message_group_id("reconciliation-p01")
         .message_deduplication_id(format!("dl-{invoice}-{seq}"))
         .message_attributes(
-            "bems-poison-reason",
+            bems_core::contract::REASON_ATTRIBUTE,
             MessageAttributeValue::builder()
                 .data_type("String")
                 .string_value("amount: does not match the purchase order")
@@ -188,8 +188,8 @@ async fn stuck_finds_dead_letters_alerts_once_and_redrive_returns_one_invoice_th
     let Some(endpoint) = endpoint("BEMS_LOCALSTACK_URL") else { return };
     let cell = Cell::create(&endpoint);
     let sqs = sqs(&endpoint).await;
-    let dlq = url(&sqs, &cell.queue("reconciliation-dlq.fifo")).await;
-    let queue = url(&sqs, &cell.queue("reconciliation.fifo")).await;
+    let dlq = url(&sqs, &cell.spec().dlq_name(bems_core::Stage::Reconciliation)).await;
+    let queue = url(&sqs, &cell.spec().queue_name(bems_core::Stage::Reconciliation)).await;
     dead_letter(&sqs, &dlq, "INV-STUCK-A", 1).await;
     dead_letter(&sqs, &dlq, "INV-STUCK-B", 2).await;
 
@@ -201,7 +201,7 @@ async fn stuck_finds_dead_letters_alerts_once_and_redrive_returns_one_invoice_th
     assert_eq!(invoices, ["INV-STUCK-A", "INV-STUCK-B"]);
     assert_eq!(stuck[0]["kind"], "dead-lettered");
     assert_eq!(stuck[0]["reason"], "amount: does not match the purchase order");
-    assert_eq!(stuck[0]["place"], cell.queue("reconciliation-dlq.fifo"));
+    assert_eq!(stuck[0]["place"], cell.spec().dlq_name(bems_core::Stage::Reconciliation));
 
     // Alerts: an SNS topic with a queue subscribed stands for the alert topic.
     let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
@@ -290,7 +290,7 @@ async fn history_and_over_sla_read_timestream_answers_off_the_wire() {
     let Some(moto) = endpoint("BEMS_MOTO_URL") else { return };
     let cell = "cli-history";
     let invoice = bems_core::fields::InvoiceId::new("INV-HIST-1").expect("id");
-    let query = bems_cli::history::history_query(&spec(cell), &invoice);
+    let query = bems_ops::history::history_query(&spec(cell), &invoice);
     let cells = |values: &[Option<&str>]| {
         let data: Vec<Value> = values
             .iter()
@@ -328,7 +328,7 @@ async fn history_and_over_sla_read_timestream_answers_off_the_wire() {
     let out = bems(&moto, &["history", "INV-HIST-2", "--cell", cell, "--partitions", "2"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("no history for INV-HIST-2"));
 
-    let query = bems_cli::stuck::over_sla_query(&spec(cell), 120, 24);
+    let query = bems_ops::stuck::over_sla_query(&spec(cell), 120, 24);
     let answer = serde_json::json!({
         "QueryId": "q-stuck",
         "ColumnInfo": [column("invoice_id", "VARCHAR"), column("stage", "VARCHAR"), column("status", "VARCHAR"),
@@ -359,7 +359,7 @@ async fn smoke_says_where_the_invoice_stopped() {
     assert_eq!(code(&out), 5, "{text}\nstderr: {}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("HTTP 200"), "the API accepted it: {text}");
     assert!(text.contains("STOPPED at routing"), "{text}");
-    let route = cell.queue("ingestion-route.fifo");
+    let route = cell.spec().route_queue_name(bems_core::Stage::Ingestion);
     assert!(text.contains(&format!("{route}: 1 waiting")), "the invoice waits in {route}: {text}");
 
     let out = cell.run(&["smoke", "--moto-store", &moto, "--timeout", "2", "--json"]);

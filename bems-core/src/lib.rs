@@ -28,7 +28,9 @@
 //!   whatever shape an SQS body has.
 //! - [`routing`]: EventBridge event patterns, SNS filter policies, an
 //!   indexed [`routing::RuleSet`], and the [`routing::CellSpec`] that derives a
-//!   cell's names, rules and subscriptions.
+//!   cell's rules and subscriptions.
+//! - [`contract`]: every name a cell's parts find each other by (resources,
+//!   message attributes, metrics, the store's columns), defined once.
 //!
 //! ## Errors
 //!
@@ -45,6 +47,7 @@
 //!   `aws-sdk-eventbridge`). Off by default so that schema and routing users
 //!   compile no AWS SDK.
 
+pub mod contract;
 pub mod envelope;
 pub mod event;
 pub mod fields;

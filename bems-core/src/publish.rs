@@ -41,6 +41,7 @@ use crate::envelope::PutEventsEntry;
 use crate::event::InvoiceEvent;
 use crate::fields::{AccountId, CellId, EventId, Region};
 use crate::partition::{Partition, PartitionCount};
+use crate::routing::CellSpec;
 use crate::validate::ValidationOptions;
 use crate::violation::{FieldError, Violations};
 
@@ -108,12 +109,25 @@ impl CellTarget {
     pub fn new(cell_id: &str, region: &str, account_id: &str, partitions: u32) -> Result<CellTarget, FieldError> {
         let cell_id = CellId::new(cell_id)?;
         Ok(CellTarget {
-            bus: format!("bems-{cell_id}"),
+            bus: crate::contract::bus_name(&cell_id),
             cell_id,
             region: Region::new(region)?,
             account_id: AccountId::new(account_id)?,
             partitions: PartitionCount::new(partitions)?,
         })
+    }
+}
+
+impl From<&CellSpec> for CellTarget {
+    /// Where a producer sends `spec`'s events: its bus, its coordinates.
+    fn from(spec: &CellSpec) -> CellTarget {
+        CellTarget {
+            bus: spec.bus_name(),
+            cell_id: spec.cell_id().clone(),
+            region: spec.region().clone(),
+            account_id: spec.account_id().clone(),
+            partitions: spec.partitions(),
+        }
     }
 }
 

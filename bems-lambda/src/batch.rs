@@ -45,6 +45,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
+use bems_core::contract::CLASS_DIMENSION;
 use tokio::time::Instant;
 
 /// Why a record was not handled.
@@ -380,9 +381,9 @@ fn respond(records: &[SqsMessage], mut fates: Vec<(usize, Fate)>) -> SqsBatchRes
     for (i, fate) in fates {
         match fate {
             Fate::Done => metrics::counter!("Processed").increment(1),
-            Fate::Parked(class) => metrics::counter!("DeadLettered", "class" => class).increment(1),
+            Fate::Parked(class) => metrics::counter!("DeadLettered", CLASS_DIMENSION => class).increment(1),
             Fate::Failed(class) => {
-                metrics::counter!("Failed", "class" => class).increment(1);
+                metrics::counter!("Failed", CLASS_DIMENSION => class).increment(1);
                 let mut failure = BatchItemFailure::default();
                 failure.item_identifier = records[i].message_id.clone().unwrap_or_default();
                 response.batch_item_failures.push(failure);

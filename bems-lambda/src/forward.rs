@@ -53,7 +53,7 @@ pub struct TopicMessage {
     /// The FIFO deduplication id.
     pub deduplication_id: String,
     /// The event's invoice id, published as the message attribute
-    /// [`bems_core::routing::INVOICE_ID_ATTRIBUTE`] for subscriptions that
+    /// [`bems_core::contract::INVOICE_ID_ATTRIBUTE`] for subscriptions that
     /// filter on it (the smoke queue's).
     pub invoice_id: Option<String>,
 }
@@ -66,7 +66,7 @@ impl TopicMessage {
             + self
                 .invoice_id
                 .as_ref()
-                .map_or(0, |id| bems_core::routing::INVOICE_ID_ATTRIBUTE.len() + "String".len() + id.len())
+                .map_or(0, |id| bems_core::contract::INVOICE_ID_ATTRIBUTE.len() + "String".len() + id.len())
     }
 }
 
@@ -114,7 +114,7 @@ impl Topics for aws_sdk_sns::Client {
                     .string_value(invoice)
                     .build()
                     .map_err(|e| e.to_string())?;
-                entry = entry.message_attributes(bems_core::routing::INVOICE_ID_ATTRIBUTE, value);
+                entry = entry.message_attributes(bems_core::contract::INVOICE_ID_ATTRIBUTE, value);
             }
             entries.push(entry.build().map_err(|e| e.to_string())?);
         }

@@ -26,6 +26,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent};
+use bems_core::contract::{CELL_DIMENSION, FUNCTION_DIMENSION, Function, METRICS_NAMESPACE};
 use bems_core::fields::InvoiceId;
 use bems_core::publish::{CellTarget, Publisher, RetryPolicy};
 use bems_core::{InvoiceEvent, Stage};
@@ -110,20 +111,6 @@ fn init_logs() {
         .try_init();
 }
 
-/// The CloudWatch namespace of the functions' metrics.
-pub const METRICS_NAMESPACE: &str = "BEMS";
-
-/// The `Function` dimension of a stage processor's metrics.
-pub fn processor_metrics_name(stage: Stage) -> String {
-    format!("{stage}-processor")
-}
-
-/// The `Function` dimension of the Timestream writer's metrics.
-pub const WRITER_METRICS_NAME: &str = "timestream-writer";
-
-/// The `Function` dimension of the route forwarder's metrics.
-pub const FORWARDER_METRICS_NAME: &str = "route-forwarder";
-
 /// CloudWatch Embedded Metric Format: namespace [`METRICS_NAMESPACE`],
 /// dimensions `Cell` and `Function`; one document per invocation, written to stdout, where
 /// Lambda's log stream turns it into metrics. A `ColdStart` count goes with
@@ -131,8 +118,8 @@ pub const FORWARDER_METRICS_NAME: &str = "route-forwarder";
 fn init_metrics(cell: &str, function: &str) -> Result<&'static metrics_cloudwatch_embedded::Collector, ConfigError> {
     let collector = metrics_cloudwatch_embedded::Builder::new()
         .cloudwatch_namespace(METRICS_NAMESPACE)
-        .with_dimension("Cell", cell.to_owned())
-        .with_dimension("Function", function.to_owned())
+        .with_dimension(CELL_DIMENSION, cell.to_owned())
+        .with_dimension(FUNCTION_DIMENSION, function.to_owned())
         .init()
         .map_err(|e| ConfigError(format!("metrics: {e}")))?;
     metrics::counter!("ColdStart").increment(1);
@@ -172,7 +159,7 @@ pub async fn run_stage(stage: Stage) -> Result<(), Error> {
         _ => None,
     };
     init_logs();
-    let metrics = init_metrics(&cell, &processor_metrics_name(stage))?;
+    let metrics = init_metrics(&cell, &Function::Processor(stage).metrics_name())?;
 
     let handler = service_fn(move |event: LambdaEvent<SqsEvent>| {
         let (cell, region, dlq, events, sqs, store) =
@@ -229,7 +216,7 @@ pub async fn run_timestream_writer() -> Result<(), Error> {
     let dead_letter = SqsDeadLetter::new(aws_sdk_sqs::Client::new(&config), var("BEMS_DLQ_URL")?);
     let partitions = partition_count(&var("BEMS_PARTITIONS")?)?;
     init_logs();
-    let metrics = init_metrics(&var("BEMS_CELL_ID")?, WRITER_METRICS_NAME)?;
+    let metrics = init_metrics(&var("BEMS_CELL_ID")?, &Function::StatusWriter.metrics_name())?;
     let handler = service_fn(move |event: LambdaEvent<SqsEvent>| {
         let mut writer = TimestreamWriter::new(table.clone(), dead_letter.clone()).in_cell(partitions);
         Box::pin(async move {
@@ -271,7 +258,7 @@ pub async fn run_forwarder() -> Result<(), Error> {
         crate::forward::run_locally(&spec, topics, sqs, Duration::from_millis(100), ctrl_c).await?;
         return Ok(());
     }
-    let metrics = init_metrics(&cell, FORWARDER_METRICS_NAME)?;
+    let metrics = init_metrics(&cell, &Function::RouteForwarder.metrics_name())?;
     let handler = service_fn(move |event: LambdaEvent<SqsEvent>| {
         let mut function = ProcessorFunction {
             processor: BatchProcessor::new().with_deadline(deadline(&event.context)),

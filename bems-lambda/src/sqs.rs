@@ -21,11 +21,7 @@ use aws_sdk_sqs::types::{
 
 use crate::batch::{BatchProcessor, DeadLetterSink, RecordHandler, message_group};
 
-/// Message attribute carrying why a record was dead-lettered.
-pub const REASON_ATTRIBUTE: &str = "bems-poison-reason";
-
-/// Message attribute carrying the queue a dead-lettered record came from.
-pub const SOURCE_ATTRIBUTE: &str = "bems-source-queue";
+pub use bems_core::contract::{REASON_ATTRIBUTE, SOURCE_ATTRIBUTE};
 
 /// Sends poison records to an SQS dead-letter queue, with the reason and
 /// the source queue as message attributes. For a FIFO DLQ the record keeps

@@ -42,7 +42,7 @@ use chrono::{DateTime, Utc};
 pub const MAX_RECORDS_PER_CALL: usize = 100;
 
 /// The measure name of every record.
-pub const MEASURE_NAME: &str = "status_change";
+pub use bems_core::contract::columns::MEASURE_NAME;
 
 /// A multi-measure record, independent of any SDK.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,18 +97,19 @@ fn amount_text(event: &InvoiceEvent) -> String {
 /// The record of one delivered status change. `received` is EventBridge's
 /// receipt time (the envelope's `time`), the record's version.
 pub fn record(event: &InvoiceEvent, received: DateTime<Utc>) -> Record {
+    use bems_core::contract::columns::*;
     let mut measures = vec![
-        varchar("status", event.status.as_str()),
-        varchar("event_id", event.event_id.to_string()),
-        Measure { name: "amount", value: amount_text(event), kind: MeasureKind::Double },
-        varchar("currency", event.currency.code()),
-        varchar("due_date", event.payment_terms.due_date.to_string()),
-        varchar("vendor_id", event.vendor.id.as_str()),
-        varchar("vendor_country", event.vendor.country.as_str()),
-        Measure { name: "net_days", value: event.payment_terms.net_days.get().to_string(), kind: MeasureKind::Bigint },
+        varchar(STATUS, event.status.as_str()),
+        varchar(EVENT_ID, event.event_id.to_string()),
+        Measure { name: AMOUNT, value: amount_text(event), kind: MeasureKind::Double },
+        varchar(CURRENCY, event.currency.code()),
+        varchar(DUE_DATE, event.payment_terms.due_date.to_string()),
+        varchar(VENDOR_ID, event.vendor.id.as_str()),
+        varchar(VENDOR_COUNTRY, event.vendor.country.as_str()),
+        Measure { name: NET_DAYS, value: event.payment_terms.net_days.get().to_string(), kind: MeasureKind::Bigint },
     ];
     if let Some(previous) = event.previous_status {
-        measures.insert(1, varchar("previous_status", previous.as_str()));
+        measures.insert(1, varchar(PREVIOUS_STATUS, previous.as_str()));
     }
     // Both come from the event itself, never from when the writer runs: a
     // redelivered event must make the very same record. Differences of the
@@ -116,19 +117,19 @@ pub fn record(event: &InvoiceEvent, received: DateTime<Utc>) -> Record {
     let ms = |at: DateTime<Utc>| at.timestamp_millis();
     let bigint = |name, value: i64| Measure { name, value: value.to_string(), kind: MeasureKind::Bigint };
     if let Some(previous) = event.previous_occurred_at {
-        measures.push(bigint("stage_latency_ms", ms(event.occurred_at) - ms(previous)));
+        measures.push(bigint(STAGE_LATENCY_MS, ms(event.occurred_at) - ms(previous)));
     }
     if let Some(submitted) = event.submitted_at.or((event.status == Status::Submitted).then_some(event.occurred_at)) {
-        measures.push(bigint("end_to_end_latency_ms", ms(event.occurred_at) - ms(submitted)));
+        measures.push(bigint(END_TO_END_LATENCY_MS, ms(event.occurred_at) - ms(submitted)));
     }
     Record {
         time_ms: event.occurred_at.timestamp_millis(),
         dimensions: vec![
-            ("invoice_id", event.invoice_id.to_string()),
-            ("cell_id", event.metadata.cell_id.to_string()),
-            ("region", event.metadata.region.to_string()),
-            ("partition", event.metadata.partition.get().to_string()),
-            ("stage", event.stage.as_str().to_owned()),
+            (INVOICE_ID, event.invoice_id.to_string()),
+            (CELL_ID, event.metadata.cell_id.to_string()),
+            (REGION, event.metadata.region.to_string()),
+            (PARTITION, event.metadata.partition.get().to_string()),
+            (STAGE, event.stage.as_str().to_owned()),
         ],
         measures,
         version: received.timestamp_millis(),

@@ -21,7 +21,7 @@ impl RecordHandler for RefuseA2 {
 #[tokio::test]
 async fn batch_outcomes_are_emitted_as_emf() {
     let collector = metrics_cloudwatch_embedded::Builder::new()
-        .cloudwatch_namespace("BEMS")
+        .cloudwatch_namespace(bems_core::contract::METRICS_NAMESPACE)
         .with_dimension("Function", "test")
         .with_timestamp(1_795_700_700_000)
         .init()
@@ -45,7 +45,7 @@ async fn batch_outcomes_are_emitted_as_emf() {
     };
     for d in &docs {
         let meta = &d["_aws"]["CloudWatchMetrics"][0];
-        assert_eq!(meta["Namespace"], "BEMS", "{d}");
+        assert_eq!(meta["Namespace"], bems_core::contract::METRICS_NAMESPACE, "{d}");
         assert_eq!(d["_aws"]["Timestamp"], 1_795_700_700_000_u64, "{d}");
         assert_eq!(d["Function"], "test");
     }

@@ -3,18 +3,19 @@
 //! Shared set-up for the end-to-end tests in `tests/tests/`: a uniquely
 //! named cell provisioned on the running LocalStack, its route forwarder
 //! running in-process, and helpers to publish and drain. The tests run when `BEMS_LOCALSTACK_URL` is
-//! set (`scripts/test` sets it) and say they are skipped otherwise.
+//! set (`scripts/test` sets it, and `BEMS_LOCALSTACK_URLS` when it starts
+//! several LocalStacks) and say they are skipped otherwise.
 
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::config::Credentials;
-use bems_cli::api::Ingress;
-use bems_cli::provision::{Clients, ProvisionOptions, Report, provision};
 use bems_core::fields::{AccountId, CellId, CorrelationId, EventId, InvoiceId, Region};
 use bems_core::partition::PartitionCount;
 use bems_core::publish::{CellTarget, Publisher};
 use bems_core::routing::CellSpec;
 use bems_core::{InvoiceEvent, Stage, Status};
+use bems_ops::ingress::Ingress;
+use bems_ops::provision::{Clients, ProvisionOptions, Report, provision};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
@@ -23,19 +24,20 @@ mod stub;
 pub use faults::{Outage, Throttle};
 pub use stub::{Answer, PutEventsStub};
 
-/// Where the tests run.
+/// Where the tests run: a LocalStack (and moto beside it).
 #[derive(Debug, Clone)]
 pub struct Env {
     /// The AWS configuration.
     pub config: aws_config::SdkConfig,
-    /// LocalStack's endpoint, or `None` on a real AWS account.
-    pub localstack: Option<String>,
+    /// LocalStack's endpoint.
+    pub localstack: String,
     /// The account cells are created in.
     pub account: String,
     /// The Region cells are created in.
     pub region: String,
-    /// The role API Gateway assumes to call `PutEvents` (AWS only).
-    pub api_role_arn: Option<String>,
+    /// This test's share of its LocalStack, given back when the last clone
+    /// is dropped.
+    _lease: std::sync::Arc<Lease>,
 }
 
 fn timeouts() -> aws_config::timeout::TimeoutConfig {
@@ -45,48 +47,83 @@ fn timeouts() -> aws_config::timeout::TimeoutConfig {
         .build()
 }
 
-/// The test environment, or `None` (the test is skipped, saying so):
+/// How many tests of this process use each LocalStack, by URL.
+static LEASES: std::sync::Mutex<Vec<(String, usize)>> = std::sync::Mutex::new(Vec::new());
+
+/// A test's use of one LocalStack.
+#[derive(Debug)]
+struct Lease(String);
+
+impl Lease {
+    /// The least used of `urls`, taken.
+    fn take(urls: &[String]) -> Lease {
+        let mut leases = LEASES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for url in urls {
+            if !leases.iter().any(|(u, _)| u == url) {
+                leases.push((url.clone(), 0));
+            }
+        }
+        let chosen = leases
+            .iter_mut()
+            .filter(|(u, _)| urls.contains(u))
+            .min_by_key(|(_, n)| *n)
+            .map(|(u, n)| {
+                *n += 1;
+                u.clone()
+            })
+            .unwrap_or_default();
+        Lease(chosen)
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut leases = LEASES.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((_, n)) = leases.iter_mut().find(|(u, _)| *u == self.0) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+/// The test environment, or `None` (the test is skipped, saying so, and
+/// fails instead under `BEMS_REQUIRE_EMULATORS=1`): LocalStack at
+/// `BEMS_LOCALSTACK_URL`, account `000000000000`, `us-east-1`.
 ///
-/// - `BEMS_LOCALSTACK_URL` set (by `scripts/test`): LocalStack, account
-///   `000000000000`, `us-east-1`;
-/// - else `BEMS_E2E_AWS_ACCOUNT`, `BEMS_E2E_AWS_REGION` and
-///   `BEMS_E2E_API_ROLE_ARN` set: a real account through the standard
-///   credential chain. Each test creates and deletes its own cell.
+/// With `BEMS_LOCALSTACK_URLS` (several LocalStacks, comma-separated, as
+/// `scripts/test` starts them on a machine with more than one core) each
+/// test takes the one the fewest of this process's running tests use: a
+/// LocalStack is one Python process that one core saturates, so two tests
+/// on two of them run side by side instead of taking turns.
+///
+/// Each test creates and deletes its own cell. On a real account, deploy a
+/// cell with `sam deploy` and check it with `bems smoke` (infra/README.md).
 pub async fn environment() -> Option<Env> {
-    if let Ok(url) = std::env::var("BEMS_LOCALSTACK_URL") {
-        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .endpoint_url(&url)
-            .region(aws_config::Region::new("us-east-1"))
-            .credentials_provider(Credentials::new("test", "test", None, None, "bems-e2e"))
-            .timeout_config(timeouts())
-            .load()
-            .await;
-        return Some(Env {
-            config,
-            localstack: Some(url),
-            account: "000000000000".into(),
-            region: "us-east-1".into(),
-            api_role_arn: None,
-        });
+    let urls: Vec<String> = match (std::env::var("BEMS_LOCALSTACK_URLS"), std::env::var("BEMS_LOCALSTACK_URL")) {
+        (Ok(urls), _) => urls.split(',').map(str::trim).filter(|u| !u.is_empty()).map(str::to_owned).collect(),
+        (Err(_), Ok(url)) => vec![url],
+        (Err(_), Err(_)) => Vec::new(),
+    };
+    if urls.is_empty() {
+        assert!(!emulators_required(), "BEMS_REQUIRE_EMULATORS=1 but BEMS_LOCALSTACK_URL is not set");
+        eprintln!("skipped: set BEMS_LOCALSTACK_URL (scripts/test does)");
+        return None;
     }
-    if let (Ok(account), Ok(region), Ok(role)) = (
-        std::env::var("BEMS_E2E_AWS_ACCOUNT"),
-        std::env::var("BEMS_E2E_AWS_REGION"),
-        std::env::var("BEMS_E2E_API_ROLE_ARN"),
-    ) {
-        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(region.clone()))
-            .timeout_config(timeouts())
-            .load()
-            .await;
-        return Some(Env { config, localstack: None, account, region, api_role_arn: Some(role) });
-    }
-    assert!(
-        !emulators_required(),
-        "BEMS_REQUIRE_EMULATORS=1 but neither BEMS_LOCALSTACK_URL nor the BEMS_E2E_AWS_* variables are set"
-    );
-    eprintln!("skipped: set BEMS_LOCALSTACK_URL (scripts/test does) or the BEMS_E2E_AWS_* variables");
-    None
+    let lease = Lease::take(&urls);
+    let url = lease.0.clone();
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&url)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "bems-e2e"))
+        .timeout_config(timeouts())
+        .load()
+        .await;
+    Some(Env {
+        config,
+        localstack: url,
+        account: "000000000000".into(),
+        region: "us-east-1".into(),
+        _lease: std::sync::Arc::new(lease),
+    })
 }
 
 /// A provisioned cell with its route forwarder running; the forwarder stops on drop.
@@ -118,11 +155,6 @@ impl Cell {
         )
         .expect("cell within quotas");
         let clients = Clients::new(&env.config);
-        let mut options = options;
-        match &env.api_role_arn {
-            Some(role) => options.api_role_arn.clone_from(role),
-            None => options.emulator = true,
-        }
         let done = provision(&clients, &spec, &options)
             .await
             .unwrap_or_else(|e| panic!("provisioning failed: {e}. Is LocalStack running? (scripts/emulators status)"));
@@ -141,13 +173,7 @@ impl Cell {
 
     /// Where this cell's events go.
     pub fn target(&self) -> CellTarget {
-        CellTarget {
-            bus: self.spec.bus_name(),
-            cell_id: self.spec.cell_id().clone(),
-            region: self.spec.region().clone(),
-            account_id: self.spec.account_id().clone(),
-            partitions: self.spec.partitions(),
-        }
+        CellTarget::from(&self.spec)
     }
 
     /// A publisher for this cell.
@@ -215,10 +241,7 @@ impl Cell {
 impl Cell {
     /// The URL of `POST /invoices/<stage>`.
     pub fn url(&self, stage: Stage) -> String {
-        match &self.env.localstack {
-            Some(endpoint) => self.ingress.localstack_url(endpoint, stage),
-            None => self.ingress.aws_url(&self.env.region, stage),
-        }
+        self.ingress.localstack_url(&self.env.localstack, stage)
     }
 }
 
@@ -232,7 +255,7 @@ impl Drop for Cell {
         let (clients, spec) = (self.clients.clone(), self.spec.clone());
         tokio::task::block_in_place(|| {
             tokio::runtime::Handle::current().block_on(async move {
-                if let Err(e) = bems_cli::teardown::teardown(&clients, &spec).await {
+                if let Err(e) = bems_ops::provision::teardown(&clients, &spec).await {
                     eprintln!("teardown of cell {} failed: {e}", spec.cell_id());
                 }
             });
@@ -277,18 +300,22 @@ pub fn event(invoice: &str, stage: Stage, status: Status, previous: Option<Statu
 }
 
 /// A fresh database and table in moto's Timestream at `moto`.
-pub async fn timestream_table(moto: &str, cell: &str) -> bems_lambda::timestream::TimestreamTable {
+pub async fn timestream_table(moto: &str, spec: &CellSpec) -> bems_lambda::timestream::TimestreamTable {
     let client = aws_sdk_timestreamwrite::Client::new(&moto_config(moto).await);
-    let database = format!("bems_{}", cell.replace('-', "_"));
+    let database = spec.timestream_database();
     client.create_database().database_name(&database).send().await.expect("create database in moto");
     client
         .create_table()
         .database_name(&database)
-        .table_name("status_changes")
+        .table_name(bems_core::contract::TIMESTREAM_TABLE)
         .send()
         .await
         .expect("create table in moto");
-    bems_lambda::timestream::TimestreamTable { client, database, table: "status_changes".to_owned() }
+    bems_lambda::timestream::TimestreamTable {
+        client,
+        database,
+        table: bems_core::contract::TIMESTREAM_TABLE.to_owned(),
+    }
 }
 
 /// Whether a test that finds no emulator must fail rather than skip:
@@ -298,14 +325,11 @@ pub fn emulators_required() -> bool {
     std::env::var("BEMS_REQUIRE_EMULATORS").as_deref() == Ok("1")
 }
 
-/// moto's URL (`BEMS_MOTO_URL`) when the tests run on the emulators; `None`
-/// (the caller skips or falls back) only when emulators are not required.
-pub fn moto_url(env: &Env) -> Option<String> {
-    let url = std::env::var("BEMS_MOTO_URL").ok().filter(|_| env.localstack.is_some());
-    assert!(
-        url.is_some() || env.localstack.is_none() || !emulators_required(),
-        "BEMS_REQUIRE_EMULATORS=1 but BEMS_MOTO_URL is not set"
-    );
+/// moto's URL (`BEMS_MOTO_URL`); `None` (the caller skips or falls back)
+/// only when emulators are not required.
+pub fn moto_url() -> Option<String> {
+    let url = std::env::var("BEMS_MOTO_URL").ok();
+    assert!(url.is_some() || !emulators_required(), "BEMS_REQUIRE_EMULATORS=1 but BEMS_MOTO_URL is not set");
     url
 }
 

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use bems_cli::provision::ProvisionOptions;
 use bems_core::{Stage, Status};
 use bems_e2e::{Cell, environment, event};
+use bems_ops::provision::ProvisionOptions;
 use serde_json::Value;
 
 /// POSTs `body` to the stage's endpoint; returns (status, JSON body).
@@ -69,15 +69,9 @@ async fn a_schema_invalid_body_gets_400_in_json_and_nothing_reaches_the_bus() {
     let (status, answer) = post(&cell, Stage::Ingestion, Some(&cell.ingress.api_key), &body.to_string());
     assert_eq!(status, 400, "{answer}");
     assert!(answer["message"].is_string(), "a JSON error body: {answer}");
-    if cell.env.localstack.is_none() {
-        assert!(
-            answer["hint"].as_str().is_some_and(|h| h.contains("bems send")),
-            "says how to list the problems: {answer}"
-        );
-    }
     // On AWS the body is the BAD_REQUEST_BODY gateway response: API
     // Gateway's message and a hint, never the validation message, which
-    // would break the JSON (see bems_cli::api::GATEWAY_RESPONSES).
+    // would break the JSON (see bems_template::api::GATEWAY_RESPONSES).
     // LocalStack 2026.3 stores gateway responses but does not apply their
     // templates (TODOs in its execute_api handlers), so here the test
     // checks what was deployed instead.
@@ -181,74 +175,11 @@ async fn a_corpus_of_malformed_requests_gets_4xx_each_and_nothing_reaches_the_bu
         let (status, answer) = post_bytes(&cell, Stage::Ingestion, *key, body);
         let message = answer["message"].as_str().or(answer.as_str()).unwrap_or_default();
         println!("{name}: {status} {}", message.chars().take(120).collect::<String>());
-        let emulator_gap =
-            cell.env.localstack.is_some() && status == 500 && localstack_gap.is_some_and(|gap| message.contains(gap));
+        let emulator_gap = status == 500 && localstack_gap.is_some_and(|gap| message.contains(gap));
         if (!expected.contains(&status) && !emulator_gap) || message.is_empty() {
             wrong.push(format!("{name}: got {status} {answer:.200}, want {expected:?} with a message"));
         }
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
     nothing_arrives(&cell).await;
-}
-
-/// A cell whose ingress was provisioned before the integration responses
-/// changed (here: the old default response, which answered 2xx for a
-/// refused put, and no 4xx mapping) is brought up to date by provisioning
-/// it again; a third run changes nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn provisioning_again_replaces_stale_integration_responses() {
-    let Some(env) = environment().await else { return };
-    let cell = Cell::create(&env, 2, ProvisionOptions::default()).await;
-    let api = &cell.clients.apigateway;
-    let rest_api = &cell.ingress.rest_api_id;
-    let resources = api.get_resources().rest_api_id(rest_api).send().await.expect("resources");
-    let resource = resources
-        .items()
-        .iter()
-        .find(|r| r.path() == Some("/invoices/ingestion"))
-        .and_then(|r| r.id())
-        .expect("the ingestion resource")
-        .to_owned();
-    let stale = r#"{"failedEntryCount": $input.json('$.FailedEntryCount'), "entries": $input.json('$.Entries')}"#;
-    api.put_integration_response()
-        .rest_api_id(rest_api)
-        .resource_id(&resource)
-        .http_method("POST")
-        .status_code("200")
-        .response_templates("application/json", stale)
-        .send()
-        .await
-        .expect("put the old response");
-    api.delete_integration_response()
-        .rest_api_id(rest_api)
-        .resource_id(&resource)
-        .http_method("POST")
-        .status_code("502")
-        .send()
-        .await
-        .expect("drop the 4xx mapping");
-
-    let again = bems_cli::provision::provision(&cell.clients, &cell.spec, &cell.options).await.expect("provision");
-    let method = again.report.steps.iter().find(|s| s.name == "POST /invoices/ingestion").expect("the method step");
-    assert_eq!(method.change, bems_cli::provision::Change::Created, "remade: {}", again.report);
-    let fixed = api
-        .get_integration()
-        .rest_api_id(rest_api)
-        .resource_id(&resource)
-        .http_method("POST")
-        .send()
-        .await
-        .expect("integration");
-    let responses = fixed.integration_responses().expect("responses");
-    for want in bems_cli::api::INTEGRATION_RESPONSES {
-        let got = responses.get(want.status).unwrap_or_else(|| panic!("no {} response", want.status));
-        assert_eq!(got.selection_pattern(), want.selection_pattern);
-        assert_eq!(
-            got.response_templates().and_then(|t| t.get("application/json")).map(String::as_str),
-            Some(want.template)
-        );
-    }
-    let third = bems_cli::provision::provision(&cell.clients, &cell.spec, &cell.options).await.expect("provision");
-    let method = third.report.steps.iter().find(|s| s.name == "POST /invoices/ingestion").expect("the method step");
-    assert_eq!(method.change, bems_cli::provision::Change::Unchanged);
 }

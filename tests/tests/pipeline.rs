@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bems_cli::provision::ProvisionOptions;
 use bems_core::envelope::PutEventsEntry;
 use bems_core::fields::InvoiceId;
 use bems_core::publish::{BusError, EntryResult, EventBus, Publisher, RetryPolicy};
@@ -24,6 +23,7 @@ use bems_lambda::processor::StageProcessor;
 use bems_lambda::sqs::{EventSource, ProcessorFunction, RunnerOptions, SqsDeadLetter};
 use bems_lambda::stages::{Approvals, PurchaseOrders, Rules};
 use bems_lambda::timestream::{Record, RecordSink, SinkError, TimestreamWriter, Written};
+use bems_ops::provision::ProvisionOptions;
 use rust_decimal::Decimal;
 use tokio::sync::{Notify, watch};
 
@@ -183,9 +183,7 @@ async fn throttling_every_third_call_to_the_bus_and_the_store_loses_nothing() {
 /// its retries reach our code as transient errors.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_a_third_of_the_requests_to_every_service_loses_nothing_and_doubles_nothing() {
-    let Some(env) = on_emulators("the throttling is made with proxies in front of the emulators").await else {
-        return;
-    };
+    let Some(env) = environment().await else { return };
     let done = pipeline(&env, Plan { invoices: 100, throttle_share: 0.33, store: true, ..Plan::SMALL }).await;
     eprintln!("throttled requests by service: {:?}", done.throttled);
     let services: BTreeSet<&str> = done.throttled.keys().map(String::as_str).collect();
@@ -207,7 +205,7 @@ async fn killing_each_stage_processor_mid_batch_loses_nothing_and_doubles_nothin
 async fn localstack_going_dark_under_load_loses_nothing_and_doubles_nothing() {
     // The producer keeps submitting through the outage, resubmitting what
     // the bus did not accept, as a producer using the SDK does.
-    let Some(env) = on_emulators("the outage is made with a proxy in front of LocalStack").await else { return };
+    let Some(env) = environment().await else { return };
     let done = pipeline(&env, Plan { invoices: 200, outage: true, ..Plan::SMALL }).await;
     assert!(done.cut > 0, "the outage really cut connections");
 }
@@ -227,23 +225,10 @@ async fn localstack_going_dark_under_load_loses_nothing_and_doubles_nothing() {
 /// control), as the emulator's five-minute window cannot be waited out here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replaying_processed_events_after_the_deduplication_window_doubles_nothing() {
-    let Some(env) = on_emulators("replays are put straight on the queues, as delivered after the window").await else {
-        return;
-    };
+    let Some(env) = environment().await else { return };
     let done = pipeline(&env, Plan { invoices: 100, store: true, replay: true, ..Plan::SMALL }).await;
     assert_eq!(done.replayed, 200, "every submission replayed into both queues");
     assert_eq!(done.merged.rewritten, 100, "the writer wrote each replayed submission again, as it was");
-}
-
-/// The environment when the tests run on the emulators; on a real account
-/// `None`, saying why the test is skipped there.
-async fn on_emulators(why: &str) -> Option<bems_e2e::Env> {
-    let env = environment().await?;
-    if env.localstack.is_none() {
-        eprintln!("skipped: {why}");
-        return None;
-    }
-    Some(env)
 }
 
 /// How long `invoice_count` invoices may take to be stored: generous for
@@ -385,19 +370,16 @@ async fn pipeline(env: &bems_e2e::Env, plan: Plan) -> Done {
         .collect();
     let orders = Orders(events.iter().map(|e| (e.invoice_id.to_string(), e.amount.value())).collect());
 
-    let moto = bems_e2e::moto_url(env);
+    let moto = bems_e2e::moto_url();
     let store_table = match (&moto, plan.store) {
         (Some(url), true) => Some(idempotency_table(url, &cell.spec.cell_id().to_string()).await),
         _ => None,
     };
-    let outage = match (&env.localstack, plan.outage) {
-        (Some(url), true) => Some(Outage::start(url).await),
-        _ => None,
-    };
+    let outage = if plan.outage { Some(Outage::start(&env.localstack).await) } else { None };
     // One throttling proxy in front of each emulator.
-    let throttles = match (&env.localstack, &moto) {
-        (Some(localstack), Some(moto)) if plan.throttle_share > 0.0 => Some((
-            Throttle::start(localstack, plan.throttle_share).await,
+    let throttles = match &moto {
+        Some(moto) if plan.throttle_share > 0.0 => Some((
+            Throttle::start(&env.localstack, plan.throttle_share).await,
             Throttle::start(moto, plan.throttle_share).await,
         )),
         _ => None,
@@ -478,7 +460,7 @@ async fn pipeline(env: &bems_e2e::Env, plan: Plan) -> Done {
 
     // The Timestream writer on the status-change queue, writing to moto.
     let table = match &moto {
-        Some(url) => Some(timestream_table(url, &cell.spec.cell_id().to_string()).await),
+        Some(url) => Some(timestream_table(url, &cell.spec).await),
         None => None,
     };
     if let Some(table) = &table {

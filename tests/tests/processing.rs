@@ -9,12 +9,12 @@ use std::sync::{Arc, Mutex};
 
 use aws_lambda_events::sqs::SqsMessage;
 use aws_sdk_sqs::types::MessageSystemAttributeName;
-use bems_cli::provision::ProvisionOptions;
 use bems_core::partition::{Partition, message_group_id};
 use bems_core::{Stage, Status, Validator};
 use bems_e2e::{Cell, environment, event};
 use bems_lambda::batch::{BatchProcessor, RecordError, RecordHandler, decode};
 use bems_lambda::sqs::{EventSource, ProcessorFunction, REASON_ATTRIBUTE, RunnerOptions, SqsDeadLetter};
+use bems_ops::provision::ProvisionOptions;
 
 /// Records (invoice, seq) of what it handled; fails invoices named
 /// `INV-BUSINESS-*` with a business error, every time.
@@ -41,7 +41,7 @@ impl RecordHandler for Recorder {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_and_failing_records_leave_their_groups_and_nothing_is_lost() {
     let Some(env) = environment().await else { return };
-    let options = ProvisionOptions { max_receive_count: 2, visibility_timeout_secs: 1, ..ProvisionOptions::default() };
+    let options = ProvisionOptions { max_receive_count: 2, visibility_timeout_secs: 1 };
     let cell = Cell::create(&env, 2, options).await;
     let queue = cell.queue_url(&cell.spec.queue_name(Stage::Ingestion)).await;
     let dlq = cell.queue_url(&cell.spec.dlq_name(Stage::Ingestion)).await;

@@ -10,11 +10,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bems_cli::provision::ProvisionOptions;
 use bems_core::{Stage, Status};
 use bems_e2e::{Cell, environment, event, stored_rows, timestream_table};
 use bems_lambda::sqs::{EventSource, RunnerOptions, SqsDeadLetter};
 use bems_lambda::timestream::{Record, RecordSink, SinkError, TimestreamWriter, Written};
+use bems_ops::provision::ProvisionOptions;
 use tokio::sync::Notify;
 
 /// Announces each completed write and then lingers, so the test can kill
@@ -37,13 +37,13 @@ impl<S: RecordSink + Sync> RecordSink for Announcing<S> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_writer_mid_batch_and_restarting_it_loses_nothing_and_writes_nothing_twice() {
     let Some(env) = environment().await else { return };
-    let Some(moto) = bems_e2e::moto_url(&env) else {
+    let Some(moto) = bems_e2e::moto_url() else {
         eprintln!("skipped: needs moto (BEMS_MOTO_URL) next to LocalStack");
         return;
     };
     let cell =
         Cell::create(&env, 4, ProvisionOptions { visibility_timeout_secs: 3, ..ProvisionOptions::default() }).await;
-    let table = timestream_table(&moto, &cell.spec.cell_id().to_string()).await;
+    let table = timestream_table(&moto, &cell.spec).await;
     const EVENTS: usize = 150;
     let events: Vec<_> =
         (0..EVENTS).map(|i| event(&format!("INV-KILL-{i:04}"), Stage::Ingestion, Status::Submitted, None, 0)).collect();

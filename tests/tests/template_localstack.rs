@@ -1,6 +1,6 @@
 //! The cell template deployed by CloudFormation on LocalStack: the part
 //! LocalStack supports (bus, rules, topics, queues, subscriptions, API; see
-//! `bems_cli::template::localstack_template`).
+//! `bems_template::emulator_template`).
 //!
 //! - The deployed API accepts exactly what the cell routes: events of the
 //!   cell reach their stage's queue and the status queue; a partition above
@@ -16,15 +16,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use aws_sdk_cloudformation::types::{Capability, Parameter, StackStatus};
-use bems_cli::provision::Clients;
-use bems_cli::template::{TemplateDefaults, localstack_template};
 use bems_core::fields::{AccountId, CellId, Region};
 use bems_core::partition::PartitionCount;
 use bems_core::publish::{CellTarget, Publisher};
 use bems_core::routing::CellSpec;
 use bems_core::{InvoiceEvent, Stage, Status};
 use bems_e2e::{Answer, Env, PutEventsStub, environment, event};
+use bems_ops::provision::{Clients, ProvisionOptions};
+use bems_template::{TemplateDefaults, emulator_template};
 use serde_json::{Value, json};
 
 fn agent() -> ureq::Agent {
@@ -35,78 +34,32 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-/// PUTs `body` at `url` on LocalStack's S3 (no credentials needed there).
-fn put(url: &str, body: &[u8]) {
-    let response = agent().put(url).send(body).unwrap_or_else(|e| panic!("PUT {url}: {e}"));
-    assert!(response.status().is_success(), "PUT {url}: {}", response.status());
-}
-
-/// A stack deployed from a template on LocalStack, deleted when dropped.
+/// A stack deployed from a template on LocalStack (as `bems provision`
+/// deploys a cell), deleted when dropped.
 struct Stack {
-    cfn: aws_sdk_cloudformation::Client,
-    name: String,
-    outputs: BTreeMap<String, String>,
+    clients: Clients,
+    deployed: bems_ops::provision::Deployed,
 }
 
 impl Stack {
-    /// Creates `name` from `template` with the required parameters a
-    /// LocalStack cell takes (no store, the account's logging role left
-    /// alone) and waits for it.
-    async fn deploy(env: &Env, endpoint: &str, name: &str, template: &Value) -> Stack {
-        // CloudFormation takes templates over 51,200 bytes from S3 only.
-        let bucket = format!("{}/{name}-templates", endpoint.trim_end_matches('/'));
-        put(&bucket, b"");
-        put(&format!("{bucket}/cell.json"), template.to_string().as_bytes());
-        let cfn = aws_sdk_cloudformation::Client::new(&env.config);
-        let parameter = |k: &str, v: &str| Parameter::builder().parameter_key(k).parameter_value(v).build();
-        cfn.create_stack()
-            .stack_name(name)
-            .template_url(format!("{bucket}/cell.json"))
-            .capabilities(Capability::CapabilityIam)
-            .parameters(parameter("Store", "none"))
-            .parameters(parameter("ConfigureApiGatewayAccount", "false"))
-            .send()
+    /// Deploys `template` as `name` with the parameters a LocalStack cell
+    /// takes.
+    async fn deploy(env: &Env, name: &str, template: &Value) -> Stack {
+        let clients = Clients::new(&env.config);
+        let parameters = ProvisionOptions::default().parameters();
+        let deployed = bems_ops::provision::deploy_stack(&clients, name, template, &parameters)
             .await
-            .expect("create the stack");
-        let started = Instant::now();
-        let outputs = loop {
-            let described = cfn.describe_stacks().stack_name(name).send().await.expect("describe the stack");
-            let s = described.stacks().first().expect("the stack").clone();
-            match s.stack_status() {
-                Some(StackStatus::CreateComplete) => break s.outputs().to_vec(),
-                Some(StackStatus::CreateInProgress) if started.elapsed() < Duration::from_secs(180) => {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-                other => {
-                    let events = cfn.describe_stack_events().stack_name(name).send().await.ok();
-                    let failures: Vec<String> = events
-                        .iter()
-                        .flat_map(|e| e.stack_events())
-                        .filter(|e| e.resource_status_reason().is_some())
-                        .map(|e| {
-                            format!(
-                                "{}: {}",
-                                e.logical_resource_id().unwrap_or(""),
-                                e.resource_status_reason().unwrap_or("")
-                            )
-                        })
-                        .collect();
-                    panic!("stack ended {other:?}: {failures:#?}");
-                }
-            }
-        };
-        let outputs =
-            outputs.iter().filter_map(|o| Some((o.output_key()?.to_owned(), o.output_value()?.to_owned()))).collect();
-        Stack { cfn, name: name.to_owned(), outputs }
+            .unwrap_or_else(|e| panic!("deploy {name}: {e}"));
+        Stack { clients, deployed }
     }
 
     fn output(&self, key: &str) -> &str {
-        self.outputs.get(key).unwrap_or_else(|| panic!("no output {key}"))
+        self.deployed.outputs.get(key).unwrap_or_else(|| panic!("no output {key}"))
     }
 
     /// The producers' key.
-    async fn api_key(&self, clients: &Clients) -> String {
-        clients
+    async fn api_key(&self) -> String {
+        self.clients
             .apigateway
             .get_api_key()
             .api_key(self.output("ProducersKeyId"))
@@ -122,10 +75,10 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        let (cfn, name) = (self.cfn.clone(), self.name.clone());
+        let (clients, name) = (self.clients.clone(), self.deployed.report.stack.clone());
         tokio::task::block_in_place(|| {
             tokio::runtime::Handle::current().block_on(async move {
-                if let Err(e) = cfn.delete_stack().stack_name(&name).send().await {
+                if let Err(e) = bems_ops::provision::delete_stack(&clients, &name).await {
                     eprintln!("deleting stack {name} failed: {e}");
                 }
             });
@@ -169,7 +122,7 @@ async fn post(endpoint: &str, api: &str, key: &str, stage: Stage, body: String) 
 /// read (and emptied) until it has been quiet for `quiet`.
 async fn everything_queued(clients: &Clients, spec: &CellSpec, quiet: Duration) -> BTreeMap<String, Vec<Value>> {
     let mut names = vec![spec.status_queue_name(), spec.status_dlq_name(), spec.unrouted_queue_name()];
-    names.push(bems_cli::provision::bus_dlq_name(spec));
+    names.push(spec.bus_dlq_name());
     for stage in Stage::ALL {
         names.extend([
             spec.queue_name(stage),
@@ -226,20 +179,13 @@ fn holding<'q>(queued: &'q BTreeMap<String, Vec<Value>>, id: &str) -> Vec<&'q st
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_deployed_api_accepts_exactly_what_the_cell_routes_and_loses_nothing_it_accepted() {
     let Some(env) = environment().await else { return };
-    let Some(endpoint) = env.localstack.clone() else {
-        eprintln!("skipped: deploys to LocalStack only");
-        return;
-    };
-    let id = unique("cfn");
-    let spec = spec(&env, &id, 4);
-    let template = localstack_template(&spec, &TemplateDefaults::default());
-    let stack = Stack::deploy(&env, &endpoint, &format!("bems-{id}"), &template).await;
-    let clients = Clients::new(&env.config);
-    let key = stack.api_key(&clients).await;
-    // The route forwarder, as the deployed function would run it.
-    let _stop = bems_e2e::start_forwarder(&clients, &spec);
-    let target = CellTarget::new(&id, &env.region, &env.account, 4).expect("target");
-    let publisher = Publisher::new(clients.events.clone(), target);
+    let endpoint = env.localstack.clone();
+    // The cell as `bems provision` deploys it: the template's emulator
+    // part through LocalStack's CloudFormation; its route forwarder runs
+    // in-process, as the deployed function would.
+    let cell = bems_e2e::Cell::create(&env, 4, ProvisionOptions::default()).await;
+    let (spec, clients, key) = (&cell.spec, &cell.clients, cell.ingress.api_key.clone());
+    let publisher = cell.publisher();
 
     // One event of each stage, placed in the cell as a producer places it.
     let mut accepted: Vec<(Stage, InvoiceEvent)> = Vec::new();
@@ -283,13 +229,13 @@ async fn the_deployed_api_accepts_exactly_what_the_cell_routes_and_loses_nothing
 
     let mut answered_2xx: Vec<String> = Vec::new();
     for (stage, e) in &accepted {
-        let (status, body) = post(&endpoint, stack.output("ApiId"), &key, *stage, e.to_json()).await;
+        let (status, body) = post(&endpoint, &cell.ingress.rest_api_id, &key, *stage, e.to_json()).await;
         assert_eq!(status, 200, "{stage}: {body}");
         answered_2xx.push(e.event_id.to_string());
     }
     let mut partitions = std::collections::BTreeSet::new();
     for (stage, e) in &more {
-        let (status, _) = post(&endpoint, stack.output("ApiId"), &key, *stage, e.to_json()).await;
+        let (status, _) = post(&endpoint, &cell.ingress.rest_api_id, &key, *stage, e.to_json()).await;
         if (200..300).contains(&status) {
             answered_2xx.push(e.event_id.to_string());
             partitions.insert((*stage, e.metadata.partition.get()));
@@ -298,7 +244,7 @@ async fn the_deployed_api_accepts_exactly_what_the_cell_routes_and_loses_nothing
     assert!(answered_2xx.len() >= accepted.len() + more.len() / 2, "most of the valid events were accepted");
     for (what, body) in &refused {
         let (status, answer) =
-            post(&endpoint, stack.output("ApiId"), &key, Stage::Reconciliation, body.to_string()).await;
+            post(&endpoint, &cell.ingress.rest_api_id, &key, Stage::Reconciliation, body.to_string()).await;
         assert_eq!(status, 400, "{what}: {answer}");
         let answer: Value =
             serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {answer}"));
@@ -314,14 +260,14 @@ async fn the_deployed_api_accepts_exactly_what_the_cell_routes_and_loses_nothing
         let (_, mut body) = variant(what, &|_| {});
         body["metadata"]["partition"] = change;
         bypassed.push((what.to_owned(), body["eventId"].as_str().unwrap_or_default().to_owned()));
-        put_on_bus(&clients, &spec, &body).await;
+        put_on_bus(clients, spec, &body).await;
     }
     let (_, mut other_cell) = variant("another cell", &|b| b["metadata"]["cellId"] = json!("prod-us-1"));
     other_cell["metadata"]["partition"] = json!(1);
     bypassed.push(("another cell".into(), other_cell["eventId"].as_str().unwrap_or_default().to_owned()));
-    put_on_bus(&clients, &spec, &other_cell).await;
+    put_on_bus(clients, spec, &other_cell).await;
 
-    let queued = everything_queued(&clients, &spec, Duration::from_secs(8)).await;
+    let queued = everything_queued(clients, spec, Duration::from_secs(8)).await;
     for (stage, e) in &accepted {
         let id = e.event_id.to_string();
         let mut want = vec![spec.queue_name(*stage), spec.status_queue_name()];
@@ -386,19 +332,16 @@ fn api_in_front_of(template: &Value, backend: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ingress_never_answers_success_for_a_put_the_bus_refused() {
     let Some(env) = environment().await else { return };
-    let Some(endpoint) = env.localstack.clone() else {
-        eprintln!("skipped: deploys to LocalStack only");
-        return;
-    };
+    let endpoint = env.localstack.clone();
     let fixtures: Value = serde_json::from_str(include_str!("../fixtures/putevents-answers.json")).expect("fixtures");
     let answers = fixtures["answers"].as_array().expect("answers");
     let stub = PutEventsStub::start().await;
     let id = unique("resp");
     let spec = spec(&env, &id, 2);
-    let template = api_in_front_of(&localstack_template(&spec, &TemplateDefaults::default()), &stub.url());
-    let stack = Stack::deploy(&env, &endpoint, &format!("bems-{id}"), &template).await;
+    let template = api_in_front_of(&emulator_template(&spec, &TemplateDefaults::default()), &stub.url());
+    let stack = Stack::deploy(&env, &spec.stack_name(), &template).await;
     let clients = Clients::new(&env.config);
-    let key = stack.api_key(&clients).await;
+    let key = stack.api_key().await;
     let mut e = event("INV-RESP-1", Stage::Ingestion, Status::Submitted, None, 1);
     Publisher::new(clients.events.clone(), CellTarget::new(&id, &env.region, &env.account, 2).expect("target"))
         .place(&mut e);

@@ -1,10 +1,9 @@
 //! The template's alarms watch the metrics the functions really emit: the
 //! namespace, the `Function` dimension values and the metric names in
-//! `infra/cells/prod-eu-1/cell.json` are the ones `bems_lambda` uses. (No
-//! emulator needed.)
+//! `infra/cells/prod-eu-1/cell.json` are the ones `bems_lambda` uses (both
+//! from `bems_core::contract`). (No emulator needed.)
 
-use bems_core::Stage;
-use bems_lambda::function::{FORWARDER_METRICS_NAME, METRICS_NAMESPACE, WRITER_METRICS_NAME, processor_metrics_name};
+use bems_core::contract::{CELL_DIMENSION, FUNCTION_DIMENSION, Function, METRICS_NAMESPACE};
 use serde_json::Value;
 
 #[test]
@@ -22,7 +21,7 @@ fn alarms_name_the_metrics_the_functions_emit() {
             assert_eq!(metric["Namespace"], METRICS_NAMESPACE, "{id}");
             let function = metric["Dimensions"]
                 .as_array()
-                .and_then(|d| d.iter().find(|d| d["Name"] == "Function"))
+                .and_then(|d| d.iter().find(|d| d["Name"] == FUNCTION_DIMENSION))
                 .and_then(|d| d["Value"].as_str())
                 .unwrap_or_else(|| panic!("{id}: no Function dimension"));
             custom.push((function.to_owned(), metric["MetricName"].as_str().unwrap_or_default().to_owned()));
@@ -30,18 +29,15 @@ fn alarms_name_the_metrics_the_functions_emit() {
     }
     // The writer's visibility latency (the SLA alarm) and each stage's
     // and the forwarder's processed and failed counts (the error-rate alarms).
-    assert!(custom.contains(&(WRITER_METRICS_NAME.to_owned(), "VisibilityLatency".to_owned())), "{custom:?}");
-    for function in Stage::ALL.iter().map(|s| processor_metrics_name(*s)).chain([FORWARDER_METRICS_NAME.to_owned()]) {
+    let writer = Function::StatusWriter.metrics_name();
+    assert!(custom.contains(&(writer, "VisibilityLatency".to_owned())), "{custom:?}");
+    for function in Function::ALL.iter().filter(|f| **f != Function::StatusWriter).map(|f| f.metrics_name()) {
         for name in ["Processed", "Failed", "DeadLettered"] {
             assert!(custom.contains(&(function.clone(), name.to_owned())), "{function} {name}: {custom:?}");
         }
     }
     // And nothing else: every alarm metric is one of those.
-    let known: Vec<String> = Stage::ALL
-        .iter()
-        .map(|s| processor_metrics_name(*s))
-        .chain([WRITER_METRICS_NAME.to_owned(), FORWARDER_METRICS_NAME.to_owned()])
-        .collect();
+    let known: Vec<String> = Function::ALL.iter().map(|f| f.metrics_name()).collect();
     assert!(custom.iter().all(|(f, _)| known.contains(f)), "{custom:?}");
 
     // The dashboard's custom metrics too: ["BEMS", name, "Cell", c, "Function", f, ...].
@@ -53,7 +49,11 @@ fn alarms_name_the_metrics_the_functions_emit() {
     for widget in body["widgets"].as_array().expect("widgets") {
         for metric in widget["properties"]["metrics"].as_array().into_iter().flatten() {
             if metric[0] == METRICS_NAMESPACE {
-                assert_eq!((&metric[2], &metric[4]), (&Value::from("Cell"), &Value::from("Function")), "{metric}");
+                assert_eq!(
+                    (&metric[2], &metric[4]),
+                    (&Value::from(CELL_DIMENSION), &Value::from(FUNCTION_DIMENSION)),
+                    "{metric}"
+                );
                 let function = metric[5].as_str().unwrap_or_default().to_owned();
                 assert!(known.contains(&function), "dashboard metric for an unknown function: {metric}");
                 seen += 1;
@@ -61,11 +61,4 @@ fn alarms_name_the_metrics_the_functions_emit() {
         }
     }
     assert!(seen > 20, "the dashboard shows the functions' metrics ({seen})");
-}
-
-/// `bems stuck` reads the dead-letter reason from the attribute the
-/// processors write it to (bems-cli does not link bems-lambda).
-#[test]
-fn stuck_reads_the_reason_attribute_the_processors_write() {
-    assert_eq!(bems_cli::stuck::bems_lambda_names::REASON_ATTRIBUTE, bems_lambda::sqs::REASON_ATTRIBUTE);
 }

@@ -64,22 +64,11 @@ use super::builder::{Match, PatternBuilder};
 use super::event_pattern::EventPattern;
 use super::filter_policy::{FilterPolicy, FilterPolicyScope};
 use super::ruleset::RuleSet;
+use crate::contract::{INVOICE_ID_ATTRIBUTE, SMOKE_INVOICE_PREFIX};
 use crate::envelope::{DETAIL_TYPE, EVENT_SOURCE};
 use crate::fields::{AccountId, CellId, Region};
 use crate::lifecycle::{Stage, Status};
 use crate::partition::{Partition, PartitionCount, message_group_id};
-
-/// The Timestream table of status changes in [`CellSpec::timestream_database`].
-pub const TIMESTREAM_TABLE: &str = "status_changes";
-
-/// The SNS message attribute the route forwarder sets on every message it
-/// publishes to a stage topic: the event's invoice id. Filtering on it costs
-/// nothing, unlike filtering on the body.
-pub const INVOICE_ID_ATTRIBUTE: &str = "invoiceId";
-
-/// The start of a smoke-test invoice's id (`bems smoke`): the smoke queue's
-/// subscriptions take exactly these invoices' events.
-pub const SMOKE_INVOICE_PREFIX: &str = "BEMS-SMOKE-";
 
 /// The service quotas a cell must fit. Defaults are AWS's defaults; raise
 /// one here only after raising it in Service Quotas.
@@ -276,88 +265,6 @@ impl CellSpec {
         4 * u32::from(self.partitions.get()) + 2
     }
 
-    fn prefix(&self) -> String {
-        format!("bems-{}", self.cell_id)
-    }
-    /// The custom event bus.
-    pub fn bus_name(&self) -> String {
-        self.prefix()
-    }
-    /// The bus's archive (for replay).
-    pub fn archive_name(&self) -> String {
-        format!("{}-archive", self.prefix())
-    }
-    /// The stage's SNS FIFO topic.
-    pub fn topic_name(&self, stage: Stage) -> String {
-        format!("{}-{stage}.fifo", self.prefix())
-    }
-    /// The stage's SQS FIFO queue.
-    pub fn queue_name(&self, stage: Stage) -> String {
-        format!("{}-{stage}.fifo", self.prefix())
-    }
-    /// The stage queue's dead-letter queue.
-    pub fn dlq_name(&self, stage: Stage) -> String {
-        format!("{}-{stage}-dlq.fifo", self.prefix())
-    }
-    /// The stage rules' target: an SQS FIFO queue, because a classic rule
-    /// can give only an SQS FIFO target a message group.
-    pub fn route_queue_name(&self, stage: Stage) -> String {
-        format!("{}-{stage}-route.fifo", self.prefix())
-    }
-    /// The route queue's dead-letter queue.
-    pub fn route_dlq_name(&self, stage: Stage) -> String {
-        format!("{}-{stage}-route-dlq.fifo", self.prefix())
-    }
-    /// The stage whose route queue is `queue_name`, if any.
-    pub fn stage_of_route_queue(&self, queue_name: &str) -> Option<Stage> {
-        Stage::ALL.into_iter().find(|s| self.route_queue_name(*s) == queue_name)
-    }
-    /// The FIFO queue subscribed to every stage topic for smoke-test
-    /// invoices only ([`CellSpec::smoke_filter_policy`]): where `bems smoke`
-    /// sees its invoice pass each stage, without reading a queue any
-    /// function reads.
-    pub fn smoke_queue_name(&self) -> String {
-        format!("{}-smoke.fifo", self.prefix())
-    }
-    /// The standard queue that keeps events of our source no stage rule
-    /// routes (see the module docs).
-    pub fn unrouted_queue_name(&self) -> String {
-        format!("{}-unrouted", self.prefix())
-    }
-    /// The rule that delivers them there.
-    pub fn unrouted_rule_name(&self) -> String {
-        format!("{}-unrouted", self.prefix())
-    }
-    /// The Timestream database of the cell's status changes (Timestream
-    /// names take no hyphens).
-    pub fn timestream_database(&self) -> String {
-        format!("bems_{}", self.cell_id.as_str().replace('-', "_"))
-    }
-    /// The status-change queue the Timestream writer reads.
-    pub fn status_queue_name(&self) -> String {
-        format!("{}-status.fifo", self.prefix())
-    }
-    /// The status-change queue's dead-letter queue.
-    pub fn status_dlq_name(&self) -> String {
-        format!("{}-status-dlq.fifo", self.prefix())
-    }
-    /// The rule for (stage, partition).
-    pub fn rule_name(&self, stage: Stage, partition: Partition) -> String {
-        format!("{}-{stage}-p{partition}", self.prefix())
-    }
-    /// ARN of the bus.
-    pub fn bus_arn(&self) -> String {
-        format!("arn:aws:events:{}:{}:event-bus/{}", self.region, self.account_id, self.bus_name())
-    }
-    /// ARN of the stage's topic.
-    pub fn topic_arn(&self, stage: Stage) -> String {
-        format!("arn:aws:sns:{}:{}:{}", self.region, self.account_id, self.topic_name(stage))
-    }
-    /// ARN of a queue of this cell, by name.
-    pub fn queue_arn(&self, queue_name: &str) -> String {
-        format!("arn:aws:sqs:{}:{}:{queue_name}", self.region, self.account_id)
-    }
-
     /// The pattern of the (stage, partition) rule: our source and detail
     /// type, this cell, this stage, this partition.
     pub fn stage_pattern(&self, stage: Stage, partition: Partition) -> EventPattern {
@@ -434,7 +341,7 @@ impl CellSpec {
 
     /// The filter policy of the smoke queue's subscriptions: the invoice id
     /// the forwarder sets as a message attribute starts with
-    /// [`SMOKE_INVOICE_PREFIX`].
+    /// [`SMOKE_INVOICE_PREFIX`](crate::contract::SMOKE_INVOICE_PREFIX).
     pub fn smoke_filter_policy(&self) -> FilterPolicy {
         PatternBuilder::default()
             .field(&[INVOICE_ID_ATTRIBUTE], [Match::prefix(SMOKE_INVOICE_PREFIX)])

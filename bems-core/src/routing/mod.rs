@@ -29,10 +29,7 @@ mod ruleset;
 mod tree;
 
 pub use builder::{Match, PatternBuilder};
-pub use cell::{
-    CellSpec, CellSpecError, INVOICE_ID_ATTRIBUTE, Quotas, SMOKE_INVOICE_PREFIX, StageRule, Subscription,
-    TIMESTREAM_TABLE,
-};
+pub use cell::{CellSpec, CellSpecError, Quotas, StageRule, Subscription};
 pub use event_pattern::EventPattern;
 pub use filter_policy::{FilterPolicy, FilterPolicyScope, MAX_COMBINATIONS, MAX_KEYS};
 pub use ruleset::{RuleSet, RuleSetError};

@@ -21,9 +21,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
 use bems_core::Stage;
-use bems_core::routing::{CellSpec, TIMESTREAM_TABLE};
+use bems_core::contract::TIMESTREAM_TABLE;
+use bems_core::contract::{CELL_DIMENSION, CLASS_DIMENSION, FUNCTION_DIMENSION, Function, METRICS_NAMESPACE};
+use bems_core::routing::CellSpec;
 use bems_lambda::batch::METRIC_CLASSES;
-use bems_lambda::function::{FORWARDER_METRICS_NAME, METRICS_NAMESPACE, WRITER_METRICS_NAME, processor_metrics_name};
 
 use crate::state::{HighValue, Panels, Percentiles, TO_EUR, in_eur};
 
@@ -240,9 +241,9 @@ impl Counted {
 /// Every record count of the cell's functions, by query id.
 fn counted() -> Vec<(String, Counted)> {
     let mut functions: Vec<(String, Option<Stage>)> =
-        Stage::ALL.iter().map(|s| (processor_metrics_name(*s), Some(*s))).collect();
-    functions.push((WRITER_METRICS_NAME.to_owned(), None));
-    functions.push((FORWARDER_METRICS_NAME.to_owned(), None));
+        Stage::ALL.iter().map(|s| (Function::Processor(*s).metrics_name(), Some(*s))).collect();
+    functions.push((Function::StatusWriter.metrics_name(), None));
+    functions.push((Function::RouteForwarder.metrics_name(), None));
     let mut out = Vec::new();
     for (f, (function, stage)) in functions.into_iter().enumerate() {
         let mut add = |id: String, metric, class| {
@@ -305,9 +306,9 @@ impl Remote {
             ..Panels::default()
         };
         for (panel, query) in queries(&self.spec, self.window_mins) {
-            let answer = bems_cli::history::query_pages(&self.timestream, &query)
+            let answer = bems_ops::history::query_pages(&self.timestream, &query)
                 .await
-                .map_err(|message| AwsError::Query { panel, message })
+                .map_err(|e| AwsError::Query { panel, message: e.to_string() })
                 .and_then(|pages| apply(&mut panels, panel, &rows(&pages)));
             if let Err(e) = answer {
                 panels.problems.push(e.to_string());
@@ -382,8 +383,8 @@ impl Remote {
         let queries = counted()
             .into_iter()
             .map(|(id, c)| {
-                let mut dims = vec![dimension("Cell", cell), dimension("Function", &c.function)];
-                dims.extend(c.class.map(|class| dimension("class", class)));
+                let mut dims = vec![dimension(CELL_DIMENSION, cell), dimension(FUNCTION_DIMENSION, &c.function)];
+                dims.extend(c.class.map(|class| dimension(CLASS_DIMENSION, class)));
                 let period = i32::try_from(AWS_BUCKET_SECS).unwrap_or(60);
                 stat_query(&id, METRICS_NAMESPACE, c.metric, dims, period, "Sum")
             })
@@ -392,7 +393,9 @@ impl Remote {
     }
 
     async fn visibility(&self) -> Result<Percentiles, AwsError> {
-        let dims = || vec![dimension("Cell", self.spec.cell_id().as_str()), dimension("Function", WRITER_METRICS_NAME)];
+        let writer = Function::StatusWriter.metrics_name();
+        let dims =
+            || vec![dimension(CELL_DIMENSION, self.spec.cell_id().as_str()), dimension(FUNCTION_DIMENSION, &writer)];
         let period = i32::try_from(self.window_secs()).unwrap_or(3600);
         let queries = ["p50", "p99"]
             .map(|p| stat_query(&format!("vis_{p}"), METRICS_NAMESPACE, "VisibilityLatency", dims(), period, p))

@@ -26,7 +26,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use bems_cli::provision::{Clients, ProvisionOptions, provision};
 use bems_core::Stage;
 use bems_core::fields::{AccountId, CellId, Region};
 use bems_core::partition::PartitionCount;
@@ -38,6 +37,7 @@ use bems_lambda::processor::StageProcessor;
 use bems_lambda::sqs::{EventSource, ProcessorFunction, RunnerOptions, SqsDeadLetter};
 use bems_lambda::stages::Rules;
 use bems_lambda::timestream::{TimestreamTable, TimestreamWriter};
+use bems_ops::provision::{Clients, ProvisionOptions, provision};
 use clap::Parser;
 use tokio::sync::watch;
 
@@ -157,7 +157,7 @@ fn emulators_script() -> std::path::PathBuf {
 /// Starts the emulators with `scripts/emulators up` unless LocalStack
 /// answers; whether it started them (and so stops them at the end).
 fn ensure_emulators(localstack: &str) -> anyhow::Result<bool> {
-    if bems_cli::is_localstack(localstack) {
+    if bems_ops::is_localstack(localstack) {
         return Ok(false);
     }
     let script = emulators_script();
@@ -168,7 +168,7 @@ fn ensure_emulators(localstack: &str) -> anyhow::Result<bool> {
     let status =
         std::process::Command::new(&script).arg("up").process_group(0).status().context("run scripts/emulators")?;
     anyhow::ensure!(status.success(), "scripts/emulators up failed ({status})");
-    anyhow::ensure!(bems_cli::is_localstack(localstack), "LocalStack does not answer at {localstack}");
+    anyhow::ensure!(bems_ops::is_localstack(localstack), "LocalStack does not answer at {localstack}");
     Ok(true)
 }
 
@@ -176,7 +176,7 @@ fn ensure_emulators(localstack: &str) -> anyhow::Result<bool> {
 async fn timestream(moto: &str, spec: &CellSpec) -> anyhow::Result<TimestreamTable> {
     let client = aws_sdk_timestreamwrite::Client::new(&config(moto).await);
     let database = spec.timestream_database();
-    let table = bems_core::routing::TIMESTREAM_TABLE.to_owned();
+    let table = bems_core::contract::TIMESTREAM_TABLE.to_owned();
     if let Err(e) = client.create_database().database_name(&database).send().await {
         anyhow::ensure!(format!("{e:?}").contains("Conflict"), "create the Timestream database on moto: {e:?}");
     }
@@ -219,11 +219,10 @@ async fn local_target(args: &Args) -> anyhow::Result<Target> {
     let clients = Clients::new(&config(&args.localstack).await);
     // Short visibility and few receives: a failing invoice reaches its DLQ
     // in seconds, where the dashboard and `bems stuck` show it.
-    let options =
-        ProvisionOptions { visibility_timeout_secs: 5, max_receive_count: 3, emulator: true, ..Default::default() };
+    let options = ProvisionOptions { visibility_timeout_secs: 5, max_receive_count: 3 };
     let provisioned = provision(&clients, &spec, &options).await.context("provision the cell")?;
     let table = timestream(&args.moto, &spec).await?;
-    let alerts = clients.sns.create_topic().name(format!("bems-{}-alerts", args.cell)).send().await?;
+    let alerts = clients.sns.create_topic().name(spec.alerts_topic_name("critical")).send().await?;
     println!(
         "local-cell: cell {} ({} partitions) on {}; API {} (key {})",
         args.cell, args.partitions, args.localstack, provisioned.ingress.rest_api_id, provisioned.ingress.api_key
@@ -257,7 +256,7 @@ fn aws_spec(args: &Args) -> anyhow::Result<CellSpec> {
 /// Connects to a cell deployed on AWS, checking that it is there.
 async fn aws_target(args: &Args) -> anyhow::Result<Target> {
     let spec = aws_spec(args)?;
-    let shared = bems_cli::aws_config(args.region.as_deref()).await;
+    let shared = bems_ops::aws_config(args.region.as_deref()).await;
     let clients = Clients::new(&shared);
     let status_queue = spec.status_queue_name();
     bems_lambda::sqs::queue_url(&clients.sqs, &status_queue).await.with_context(|| {
@@ -269,7 +268,7 @@ async fn aws_target(args: &Args) -> anyhow::Result<Target> {
         Some(url) => aws_sdk_timestreamquery::Client::from_conf(
             aws_sdk_timestreamquery::config::Builder::from(&shared).endpoint_url(url).build(),
         ),
-        None => bems_cli::timestream_query(&shared).await?,
+        None => bems_ops::timestream_query(&shared).await?,
     };
     let remote = aws::Remote {
         timestream,
@@ -314,13 +313,7 @@ async fn main() -> anyhow::Result<()> {
     let (stop, stopped) = watch::channel(false);
     // The traffic stops first; the functions after the drain.
     let (stop_traffic, traffic_stopped) = watch::channel(false);
-    let cell_target = CellTarget {
-        bus: spec.bus_name(),
-        cell_id: spec.cell_id().clone(),
-        region: spec.region().clone(),
-        account_id: spec.account_id().clone(),
-        partitions: spec.partitions(),
-    };
+    let cell_target = CellTarget::from(&spec);
 
     let mut tasks = Vec::new();
     if let Some(local) = target.local.as_ref() {
@@ -339,7 +332,7 @@ async fn main() -> anyhow::Result<()> {
         let every = Duration::from_secs(if remote.is_some() { args.poll_secs } else { 3 });
         let sla = args.sla;
         tasks.push(tokio::spawn(async move {
-            let mut alerted = bems_cli::stuck::Alerted::default();
+            let mut alerted = bems_ops::stuck::Alerted::default();
             let mut names: Vec<String> =
                 Stage::ALL.iter().flat_map(|s| [spec.queue_name(*s), spec.dlq_name(*s)]).collect();
             names.extend([spec.status_queue_name(), spec.status_dlq_name()]);
@@ -353,7 +346,7 @@ async fn main() -> anyhow::Result<()> {
                     }
                 }
                 let mut problems = Vec::new();
-                let mut stuck = bems_cli::stuck::dead_lettered(&sqs, &spec).await.unwrap_or_else(|e| {
+                let mut stuck = bems_ops::stuck::dead_lettered(&sqs, &spec).await.unwrap_or_else(|e| {
                     // Listing needs sqs:ReceiveMessage on the DLQs, which a read-only role lacks.
                     problems.push(format!("dead-lettered invoices (their count is in the queue depths): {e}"));
                     Vec::new()
@@ -363,7 +356,7 @@ async fn main() -> anyhow::Result<()> {
                     for (name, age) in ages {
                         queues.entry(name).or_default().oldest_secs = age;
                     }
-                    match bems_cli::stuck::over_sla(&remote.timestream, &spec, sla, 24).await {
+                    match bems_ops::stuck::over_sla(&remote.timestream, &spec, sla, 24).await {
                         Ok(late) => stuck.extend(late),
                         Err(e) => panels.problems.push(e.to_string()),
                     }
@@ -373,11 +366,11 @@ async fn main() -> anyhow::Result<()> {
                 } else if let Ok(s) = state.lock() {
                     stuck.extend(s.over_sla(chrono::Utc::now().timestamp_millis()));
                 }
-                let fresh: Vec<bems_cli::stuck::Stuck> = alerted.new_since(&stuck).into_iter().cloned().collect();
+                let fresh: Vec<bems_ops::stuck::Stuck> = alerted.new_since(&stuck).into_iter().cloned().collect();
                 let sent = match &alert_topic {
                     Some(topic) if !fresh.is_empty() => {
-                        let refs: Vec<&bems_cli::stuck::Stuck> = fresh.iter().collect();
-                        bems_cli::stuck::alert(&sns, topic, spec.cell_id().as_str(), &refs).await.unwrap_or(0)
+                        let refs: Vec<&bems_ops::stuck::Stuck> = fresh.iter().collect();
+                        bems_ops::stuck::alert(&sns, topic, spec.cell_id().as_str(), &refs).await.unwrap_or(0)
                     }
                     _ => 0,
                 };
@@ -469,7 +462,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let Some(local) = target.local else { return Ok(()) };
     if !args.keep {
-        bems_cli::teardown::teardown(&clients, &spec).await.context("delete the cell")?;
+        bems_ops::provision::teardown(&clients, &spec).await.context("delete the cell")?;
         if let Some(topic) = &target.alert_topic {
             let _ = clients.sns.delete_topic().topic_arn(topic).send().await;
         }
@@ -699,6 +692,6 @@ async fn run_counted<F: bems_lambda::sqs::BatchFunction>(
 
 /// A queue's depth and in-flight count.
 async fn queue_state(sqs: &aws_sdk_sqs::Client, name: &str) -> Option<state::QueueState> {
-    let depth = bems_cli::stuck::queue_depth(sqs, name).await?;
+    let depth = bems_ops::stuck::queue_depth(sqs, name).await?;
     Some(state::QueueState { depth: depth.waiting, in_flight: depth.in_flight, oldest_secs: 0 })
 }

@@ -323,7 +323,7 @@ pub(crate) struct Snapshot {
     queues: BTreeMap<String, QueueState>,
     failures: BTreeMap<String, u64>,
     stage_errors: Vec<serde_json::Value>,
-    stuck: Vec<bems_cli::stuck::Stuck>,
+    stuck: Vec<bems_ops::stuck::Stuck>,
     alerts_sent: u64,
     anomalies: Vec<Anomaly>,
     fx_note: &'static str,
@@ -359,7 +359,7 @@ pub(crate) struct State {
     /// Queue name → state.
     pub(crate) queues: BTreeMap<String, QueueState>,
     /// The stuck invoices at the last check.
-    pub(crate) stuck: Vec<bems_cli::stuck::Stuck>,
+    pub(crate) stuck: Vec<bems_ops::stuck::Stuck>,
     /// Alerts published (once per stuck invoice).
     pub(crate) alerts_sent: u64,
     /// What the last queue and stuck check could not read, and why.
@@ -428,11 +428,12 @@ impl State {
 
     /// Takes in one stored record.
     fn record(&mut self, r: &Record, now_ms: i64) {
+        use bems_core::contract::columns;
         let dim =
             |name: &str| r.dimensions.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone()).unwrap_or_default();
         let measure = |name: &str| r.measures.iter().find(|m| m.name == name).map(|m| m.value.clone());
-        let (invoice, stage) = (dim("invoice_id"), dim("stage"));
-        let status = measure("status").unwrap_or_default();
+        let (invoice, stage) = (dim(columns::INVOICE_ID), dim(columns::STAGE));
+        let status = measure(columns::STATUS).unwrap_or_default();
         self.panels.visible += 1;
         let bucket = self.bucket(now_ms.div_euclid(1000));
         if let Some(i) = stage_index(&stage) {
@@ -442,24 +443,24 @@ impl State {
         sample(&mut self.visibility_ms, visibility, self.panels.visible);
         self.visibility_max_ms = self.visibility_max_ms.max(Some(visibility));
         if status == "posted"
-            && let Some(ms) = measure("end_to_end_latency_ms").and_then(|v| v.parse::<u64>().ok())
+            && let Some(ms) = measure(columns::END_TO_END_LATENCY_MS).and_then(|v| v.parse::<u64>().ok())
         {
             sample(&mut self.end_to_end_ms, ms, self.panels.visible);
         }
         if status == "submitted" {
-            let amount: f64 = measure("amount").and_then(|a| a.parse().ok()).unwrap_or(0.0);
-            let currency = measure("currency").unwrap_or_default();
+            let amount: f64 = measure(columns::AMOUNT).and_then(|a| a.parse().ok()).unwrap_or(0.0);
+            let currency = measure(columns::CURRENCY).unwrap_or_default();
             let entry = self.panels.currencies.entry(currency.clone()).or_default();
             entry.0 += 1;
             entry.1 += amount;
-            if let Some(due) = measure("due_date").and_then(|d| d.parse::<chrono::NaiveDate>().ok()) {
+            if let Some(due) = measure(columns::DUE_DATE).and_then(|d| d.parse::<chrono::NaiveDate>().ok()) {
                 self.panels.add_due(&currency, due, amount);
             }
             self.panels.offer_high_value(HighValue {
                 invoice_id: invoice.clone(),
-                amount: measure("amount").unwrap_or_default(),
-                vendor_id: measure("vendor_id").unwrap_or_default(),
-                due_date: measure("due_date").unwrap_or_default(),
+                amount: measure(columns::AMOUNT).unwrap_or_default(),
+                vendor_id: measure(columns::VENDOR_ID).unwrap_or_default(),
+                due_date: measure(columns::DUE_DATE).unwrap_or_default(),
                 eur_equivalent: (in_eur(&currency, amount) * 100.0).round() / 100.0,
                 currency,
             });
@@ -499,19 +500,19 @@ impl State {
     }
 
     /// The invoices whose latest stored status is not terminal and older
-    /// than the SLA (on the emulators; on AWS `bems_cli::stuck::over_sla`
+    /// than the SLA (on the emulators; on AWS `bems_ops::stuck::over_sla`
     /// asks Timestream).
-    pub(crate) fn over_sla(&self, now_ms: i64) -> Vec<bems_cli::stuck::Stuck> {
+    pub(crate) fn over_sla(&self, now_ms: i64) -> Vec<bems_ops::stuck::Stuck> {
         let limit = i64::try_from(self.sla_secs * 1000).unwrap_or(i64::MAX);
-        let mut out: Vec<bems_cli::stuck::Stuck> = self
+        let mut out: Vec<bems_ops::stuck::Stuck> = self
             .latest
             .iter()
             .filter(|(_, l)| !matches!(l.status.as_str(), "posted" | "rejected") && now_ms - l.time_ms > limit)
             .map(|(invoice, l)| {
                 let age = u64::try_from((now_ms - l.time_ms) / 1000).unwrap_or(0);
-                bems_cli::stuck::Stuck {
+                bems_ops::stuck::Stuck {
                     invoice_id: Some(invoice.clone()),
-                    kind: bems_cli::stuck::Kind::OverSla,
+                    kind: bems_ops::stuck::Kind::OverSla,
                     place: l.stage.clone(),
                     reason: format!(
                         "no status change for {age} s since '{}': the {} stage has not acted on it",

@@ -29,7 +29,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_cloudwatch::types::{Dimension, MetricDatum};
-use bems_cli::provision::{Clients, ProvisionOptions};
+use bems_ops::provision::{Clients, ProvisionOptions};
 use serde_json::{Value, json};
 
 fn column(name: &str, scalar: &str) -> Value {
@@ -90,9 +90,7 @@ async fn the_dashboard_reads_a_deployed_cell_without_touching_it() {
     let spec = spec(&cell);
     let config = localstack_config(&localstack).await;
     let clients = Clients::new(&config);
-    bems_cli::provision::provision(&clients, &spec, &ProvisionOptions { emulator: true, ..Default::default() })
-        .await
-        .expect("provision");
+    bems_ops::provision::provision(&clients, &spec, &ProvisionOptions::default()).await.expect("provision");
 
     // A dead-lettered invoice in the authorization DLQ.
     let dlq =
@@ -114,15 +112,18 @@ async fn the_dashboard_reads_a_deployed_cell_without_touching_it() {
     let at = aws_sdk_cloudwatch::primitives::DateTime::from_secs(chrono::Utc::now().timestamp() - 120);
     let datum = |metric: &str, class: Option<&str>, value: f64| {
         let mut dims = vec![
-            Dimension::builder().name("Cell").value(&cell).build(),
-            Dimension::builder().name("Function").value("ingestion-processor").build(),
+            Dimension::builder().name(bems_core::contract::CELL_DIMENSION).value(&cell).build(),
+            Dimension::builder()
+                .name(bems_core::contract::FUNCTION_DIMENSION)
+                .value(bems_core::contract::Function::Processor(bems_core::Stage::Ingestion).metrics_name())
+                .build(),
         ];
-        dims.extend(class.map(|c| Dimension::builder().name("class").value(c).build()));
+        dims.extend(class.map(|c| Dimension::builder().name(bems_core::contract::CLASS_DIMENSION).value(c).build()));
         MetricDatum::builder().metric_name(metric).set_dimensions(Some(dims)).value(value).timestamp(at).build()
     };
     cloudwatch
         .put_metric_data()
-        .namespace("BEMS")
+        .namespace(bems_core::contract::METRICS_NAMESPACE)
         .metric_data(datum("Processed", None, 90.0))
         .metric_data(datum("Failed", Some("transient"), 10.0))
         .send()
@@ -184,7 +185,7 @@ async fn the_dashboard_reads_a_deployed_cell_without_touching_it() {
     let late_ms = (chrono::Utc::now().timestamp_millis() - 600_000).to_string();
     moto_answer(
         &moto,
-        &bems_cli::stuck::over_sla_query(&spec, 120, 24),
+        &bems_ops::stuck::over_sla_query(&spec, 120, 24),
         vec![
             column("invoice_id", "VARCHAR"),
             column("stage", "VARCHAR"),
@@ -276,5 +277,5 @@ async fn the_dashboard_reads_a_deployed_cell_without_touching_it() {
     // Nothing was deleted: the cell is still there.
     let still = bems_lambda::sqs::queue_url(&clients.sqs, &spec.status_queue_name()).await;
     assert!(still.is_ok(), "the cell's queues must survive --aws: {still:?}");
-    bems_cli::teardown::teardown(&clients, &spec).await.expect("teardown");
+    bems_ops::provision::teardown(&clients, &spec).await.expect("teardown");
 }

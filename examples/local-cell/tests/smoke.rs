@@ -34,7 +34,7 @@ fn smoke_reports_the_stage_whose_processor_is_stopped() {
     let seen: Vec<&str> =
         report.checkpoints.iter().filter(|c| c.seen_after_ms.is_some()).map(|c| c.name.as_str()).collect();
     assert_eq!(seen, ["routing", "ingestion"], "{report:#?}");
-    let queue = format!("bems-{cell}-reconciliation.fifo");
+    let queue = common::spec(&cell).queue_name(bems_core::Stage::Reconciliation);
     let depth = stopped.queues.iter().find(|q| q.queue == queue).unwrap_or_else(|| panic!("{queue}: {stopped:#?}"));
     assert!(depth.waiting + depth.in_flight >= 1, "the invoice waits in {queue}: {depth:?}");
     let (success, rest) = child.finish();

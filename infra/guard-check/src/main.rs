@@ -124,7 +124,11 @@ fn check(dir: &Path) -> Result<usize, Vec<String>> {
 
     match policy(&security, "AWS::Events::Rule") {
         Ok(rule) => {
-            let bus = format!("bems-{cell}");
+            // The bus the rules are recorded on: the template's own.
+            let bus = resources
+                .get("Bus")
+                .and_then(|b| b["Properties"]["Name"].as_str())
+                .map_or_else(|| format!("(cell {cell} has no Bus)"), str::to_owned);
             let mut rules = 0;
             for nested in resources.values().filter(|r| r["Type"] == "AWS::CloudFormation::Stack") {
                 let file = nested["Properties"]["TemplateURL"].as_str().unwrap_or_default();

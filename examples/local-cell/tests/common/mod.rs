@@ -101,6 +101,19 @@ impl Drop for LocalCell {
     }
 }
 
+/// The spec of the local cell `cell` (2 partitions, as the tests start it).
+pub(crate) fn spec(cell: &str) -> bems_core::routing::CellSpec {
+    use bems_core::fields::{AccountId, CellId, Region};
+    use bems_core::partition::PartitionCount;
+    bems_core::routing::CellSpec::new(
+        CellId::new(cell).expect("cell"),
+        Region::new("us-east-1").expect("region"),
+        AccountId::new("000000000000").expect("account"),
+        PartitionCount::new(2).expect("partitions"),
+    )
+    .expect("spec")
+}
+
 /// Runs `bems smoke`'s check against the local cell `cell` (its API `api`
 /// with `key`, its store on moto), waiting `timeout` per step.
 pub(crate) fn smoke_within(
@@ -110,9 +123,7 @@ pub(crate) fn smoke_within(
     api: &str,
     key: &str,
     timeout: Duration,
-) -> bems_cli::smoke::Report {
-    use bems_core::fields::{AccountId, CellId, Region};
-    use bems_core::partition::PartitionCount;
+) -> bems_ops::smoke::Report {
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
     runtime.block_on(async {
         let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
@@ -121,24 +132,18 @@ pub(crate) fn smoke_within(
             .credentials_provider(aws_sdk_sqs::config::Credentials::new("test", "test", None, None, "smoke"))
             .load()
             .await;
-        let spec = bems_core::routing::CellSpec::new(
-            CellId::new(cell).expect("cell"),
-            Region::new("us-east-1").expect("region"),
-            AccountId::new("000000000000").expect("account"),
-            PartitionCount::new(2).expect("partitions"),
-        )
-        .expect("spec");
-        let ingress = bems_cli::api::Ingress { rest_api_id: api.to_owned(), api_key: key.to_owned() };
+        let spec = spec(cell);
+        let ingress = bems_ops::ingress::Ingress { rest_api_id: api.to_owned(), api_key: key.to_owned() };
         let url = ingress.localstack_url(localstack, bems_core::Stage::Ingestion);
-        let store = bems_cli::smoke::MotoStore { url: moto.to_owned(), spec: spec.clone() };
-        let options = bems_cli::smoke::Options { timeout, poll: Duration::from_secs(1) };
-        bems_cli::smoke::smoke(&spec, &url, key, &store, &aws_sdk_sqs::Client::new(&config), options)
+        let store = bems_ops::smoke::MotoStore { url: moto.to_owned(), spec: spec.clone() };
+        let options = bems_ops::smoke::Options { timeout, poll: Duration::from_secs(1) };
+        bems_ops::smoke::smoke(&spec, &url, key, &store, &aws_sdk_sqs::Client::new(&config), options)
             .await
             .expect("the smoke test runs")
     })
 }
 
 /// [`smoke_within`] with a minute per step.
-pub(crate) fn smoke(localstack: &str, moto: &str, cell: &str, api: &str, key: &str) -> bems_cli::smoke::Report {
+pub(crate) fn smoke(localstack: &str, moto: &str, cell: &str, api: &str, key: &str) -> bems_ops::smoke::Report {
     smoke_within(localstack, moto, cell, api, key, Duration::from_secs(60))
 }

@@ -8,8 +8,9 @@
 //! `bems_lambda::timestream`.
 
 use aws_sdk_timestreamquery::operation::query::QueryOutput;
+use bems_core::contract::{TIMESTREAM_TABLE, columns};
 use bems_core::fields::InvoiceId;
-use bems_core::routing::{CellSpec, TIMESTREAM_TABLE};
+use bems_core::routing::CellSpec;
 use serde::Serialize;
 
 /// A failed history lookup.
@@ -17,7 +18,7 @@ use serde::Serialize;
 pub enum HistoryError {
     /// The query failed.
     #[error("history: the Timestream query failed: {0}")]
-    Query(String),
+    Query(#[from] crate::CallError),
     /// The answer lacks a column the history needs.
     #[error("history: the answer has no column {0:?}")]
     MissingColumn(&'static str),
@@ -71,9 +72,17 @@ pub fn parse_page(page: &QueryOutput) -> Result<Vec<Entry>, HistoryError> {
     let columns: Vec<&str> = page.column_info().iter().map(|c| c.name().unwrap_or_default()).collect();
     let index = |name: &'static str| columns.iter().position(|c| *c == name);
     let need = |name: &'static str| index(name).ok_or(HistoryError::MissingColumn(name));
-    let (time, stage, status, event_id) = (need("time")?, need("stage")?, need("status")?, need("event_id")?);
-    let optional =
-        ["previous_status", "amount", "currency", "due_date", "stage_latency_ms", "end_to_end_latency_ms"].map(index);
+    let (time, stage, status, event_id) =
+        (need("time")?, need(columns::STAGE)?, need(columns::STATUS)?, need(columns::EVENT_ID)?);
+    let optional = [
+        columns::PREVIOUS_STATUS,
+        columns::AMOUNT,
+        columns::CURRENCY,
+        columns::DUE_DATE,
+        columns::STAGE_LATENCY_MS,
+        columns::END_TO_END_LATENCY_MS,
+    ]
+    .map(index);
     let mut entries = Vec::with_capacity(page.rows().len());
     for row in page.rows() {
         let value = |i: Option<usize>| -> Option<String> {
@@ -115,12 +124,20 @@ pub async fn history(
 
 /// Every page of `query`'s answer, following `NextToken`; a failed call as
 /// one line.
-pub async fn query_pages(client: &aws_sdk_timestreamquery::Client, query: &str) -> Result<Vec<QueryOutput>, String> {
+pub async fn query_pages(
+    client: &aws_sdk_timestreamquery::Client,
+    query: &str,
+) -> Result<Vec<QueryOutput>, crate::CallError> {
     let mut pages = Vec::new();
     let mut token: Option<String> = None;
     loop {
-        let page =
-            client.query().query_string(query).set_next_token(token).send().await.map_err(|e| crate::describe(&e))?;
+        let page = client
+            .query()
+            .query_string(query)
+            .set_next_token(token)
+            .send()
+            .await
+            .map_err(|e| crate::CallError::new("query", e))?;
         token = page.next_token().map(str::to_owned);
         pages.push(page);
         if token.is_none() {

@@ -22,7 +22,7 @@
 //!   managed rule checks: every queue of the cell encrypted with a customer
 //!   managed key, every target of the cell's rules with a dead-letter queue
 //!   and a retry policy. The Guard rules are tested against Config items
-//!   shaped like the cell's resources (`bems-cli/tests/template.rs`).
+//!   shaped like the cell's resources (`bems-template/tests/template.rs`).
 //! - **Monitoring role** (`MonitoringAccountId` and `MonitoringExternalId`):
 //!   read-only access for a central account to this cell's metrics, alarms,
 //!   dashboard, logs, queue attributes and Timestream table, nothing else;
@@ -563,7 +563,7 @@ fn monitoring_access(spec: &CellSpec, resources: &mut BTreeMap<String, Value>, o
                                 "Sid": "History",
                                 "Effect": "Allow",
                                 "Action": "timestream:Select",
-                                "Resource": arn("timestream", &format!("database/{database}/table/{}", bems_core::routing::TIMESTREAM_TABLE)),
+                                "Resource": arn("timestream", &format!("database/{database}/table/{}", bems_core::contract::TIMESTREAM_TABLE)),
                             },
                             {
                                 "Sid": "TimestreamEndpoints",

@@ -24,17 +24,36 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, MessageSystemAttributeName};
 use aws_sdk_timestreamquery::operation::query::QueryOutput;
-use bems_core::routing::{CellSpec, TIMESTREAM_TABLE};
+use bems_core::contract::{TIMESTREAM_TABLE, columns};
+use bems_core::routing::CellSpec;
 use bems_core::{Stage, Status};
 use serde::{Deserialize, Serialize};
 
-/// A failed check.
+/// Why a check failed.
 #[derive(Debug, thiserror::Error)]
-#[error("stuck: {0}")]
-pub struct StuckError(String);
+pub enum StuckError {
+    /// An AWS call failed.
+    #[error("stuck: {0}")]
+    Call(#[from] crate::CallError),
+    /// The over-SLA query failed.
+    #[error("stuck: the Timestream query: {0}")]
+    Query(crate::CallError),
+    /// The query's answer lacks a column it selects.
+    #[error("stuck: the answer has no column {0:?}")]
+    MissingColumn(String),
+    /// A request could not be built (an SDK builder's required field).
+    #[error("stuck: {0}")]
+    Build(#[from] aws_sdk_sqs::error::BuildError),
+    /// An alert could not be written.
+    #[error("stuck: alert message: {0}")]
+    Alert(#[from] serde_json::Error),
+}
 
-fn fail(what: &str, e: &(impl aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + 'static)) -> StuckError {
-    StuckError(format!("{what}: {}", crate::describe(e)))
+fn fail<E>(what: &str, e: E) -> StuckError
+where
+    E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    StuckError::Call(crate::CallError::new(what, e))
 }
 
 /// Why an invoice is stuck.
@@ -115,7 +134,7 @@ pub fn dead_letter_queues(spec: &CellSpec) -> Vec<(String, String)> {
         out.push((spec.route_dlq_name(stage), format!("{stage} route queue")));
     }
     out.push((spec.status_dlq_name(), "status queue".into()));
-    out.push((crate::provision::bus_dlq_name(spec), "bus (undeliverable events)".into()));
+    out.push((spec.bus_dlq_name(), "bus (undeliverable events)".into()));
     out
 }
 
@@ -129,8 +148,8 @@ pub async fn dead_lettered(sqs: &aws_sdk_sqs::Client, spec: &CellSpec) -> Result
     for (name, what) in dead_letter_queues(spec) {
         let url = match sqs.get_queue_url().queue_name(&name).send().await {
             Ok(found) => found.queue_url().unwrap_or_default().to_owned(),
-            Err(e) if crate::describe(&e).contains("NonExistentQueue") => continue,
-            Err(e) => return Err(fail(&format!("queue {name}"), &e)),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_queue_does_not_exist()) => continue,
+            Err(e) => return Err(fail(&format!("queue {name}"), e)),
         };
         out.extend(peek(sqs, &url, &name, &what).await?);
     }
@@ -153,7 +172,7 @@ async fn peek(sqs: &aws_sdk_sqs::Client, url: &str, name: &str, what: &str) -> R
             .message_attribute_names("All")
             .send()
             .await
-            .map_err(|e| fail(&format!("receive from {name}"), &e))?;
+            .map_err(|e| fail(&format!("receive from {name}"), e))?;
         if batch.messages().is_empty() {
             break;
         }
@@ -165,7 +184,7 @@ async fn peek(sqs: &aws_sdk_sqs::Client, url: &str, name: &str, what: &str) -> R
             let sent = attribute(MessageSystemAttributeName::SentTimestamp).and_then(|t| t.parse::<u64>().ok());
             let recorded = m
                 .message_attributes()
-                .and_then(|a| a.get(bems_lambda_names::REASON_ATTRIBUTE))
+                .and_then(|a| a.get(bems_core::contract::REASON_ATTRIBUTE))
                 .and_then(|v| v.string_value())
                 .map(str::to_owned);
             let body = m.body().unwrap_or_default();
@@ -212,7 +231,7 @@ async fn release(sqs: &aws_sdk_sqs::Client, url: &str, name: &str, handles: &[St
                     .receipt_handle(h)
                     .visibility_timeout(0)
                     .build()
-                    .map_err(|e| StuckError(format!("release entry: {e}")))
+                    .map_err(StuckError::Build)
             })
             .collect::<Result<Vec<_>, _>>()?;
         sqs.change_message_visibility_batch()
@@ -220,7 +239,7 @@ async fn release(sqs: &aws_sdk_sqs::Client, url: &str, name: &str, handles: &[St
             .set_entries(Some(entries))
             .send()
             .await
-            .map_err(|e| fail(&format!("release messages of {name}"), &e))?;
+            .map_err(|e| fail(&format!("release messages of {name}"), e))?;
     }
     Ok(())
 }
@@ -263,11 +282,15 @@ pub fn parse_over_sla(page: &QueryOutput, now_ms: u64) -> Result<Vec<Stuck>, Stu
         return Ok(Vec::new());
     }
     let columns: Vec<&str> = page.column_info().iter().map(|c| c.name().unwrap_or_default()).collect();
-    let index = |name: &str| {
-        columns.iter().position(|c| *c == name).ok_or_else(|| StuckError(format!("the answer has no column {name:?}")))
-    };
-    let (invoice, stage, status, event, last) =
-        (index("invoice_id")?, index("stage")?, index("status")?, index("event_id")?, index("last_change_ms")?);
+    let index =
+        |name: &str| columns.iter().position(|c| *c == name).ok_or_else(|| StuckError::MissingColumn(name.to_owned()));
+    let (invoice, stage, status, event, last) = (
+        index(columns::INVOICE_ID)?,
+        index(columns::STAGE)?,
+        index(columns::STATUS)?,
+        index(columns::EVENT_ID)?,
+        index("last_change_ms")?,
+    );
     let mut out = Vec::new();
     for row in page.rows() {
         let value = |i: usize| row.data().get(i).and_then(|d| d.scalar_value()).map(str::to_owned);
@@ -296,9 +319,7 @@ pub async fn over_sla(
     window_hours: u64,
 ) -> Result<Vec<Stuck>, StuckError> {
     let query = over_sla_query(spec, sla_secs, window_hours);
-    let pages = crate::history::query_pages(client, &query)
-        .await
-        .map_err(|e| StuckError(format!("the Timestream query: {e}")))?;
+    let pages = crate::history::query_pages(client, &query).await.map_err(StuckError::Query)?;
     let mut out = Vec::new();
     for page in &pages {
         out.extend(parse_over_sla(page, now_ms())?);
@@ -342,24 +363,16 @@ pub async fn alert(
         let mut subject: String = subject.chars().filter(|c| !c.is_control()).collect();
         // SNS subjects: at most 100 characters.
         subject.truncate(100);
-        let message = serde_json::to_string_pretty(s).map_err(|e| StuckError(format!("alert message: {e}")))?;
+        let message = serde_json::to_string_pretty(s)?;
         sns.publish()
             .topic_arn(topic_arn)
             .subject(subject)
             .message(message)
             .send()
             .await
-            .map_err(|e| fail("publish the alert", &e))?;
+            .map_err(|e| fail("publish the alert", e))?;
     }
     Ok(fresh.len())
-}
-
-/// The name of the DLQ message attribute bems-lambda writes the reason to
-/// (`bems_lambda::sqs::REASON_ATTRIBUTE`; this crate does not link the
-/// Lambda runtime, and a test in `tests/` holds the two together).
-pub mod bems_lambda_names {
-    /// The reason attribute.
-    pub const REASON_ATTRIBUTE: &str = "bems-poison-reason";
 }
 
 #[cfg(test)]

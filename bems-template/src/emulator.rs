@@ -1,4 +1,4 @@
-//! The part of the template LocalStack can deploy.
+//! The part of the template LocalStack can deploy: the emulator cell.
 
 use bems_core::Stage;
 use bems_core::routing::CellSpec;
@@ -6,33 +6,43 @@ use serde_json::Value;
 
 use super::*;
 
-/// The part of the cell LocalStack can deploy, as one template, for the
-/// end-to-end test of the template itself: the AWS `cell.json` less what
-/// LocalStack lacks or cannot run (functions: no Docker; Timestream, WAF,
-/// the archive: no provider; alarms, dashboard, access logs: not needed to
-/// route an event), with the rules inline (LocalStack has no 500-resource
-/// limit, and nested stacks would need their files in S3), and the API's
-/// emulator models and request template ([`crate::api`]). The route
-/// forwarder runs outside LocalStack (the tests run it in-process).
-pub fn localstack_template(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
+/// The resource types of `cell.json` the emulator cell leaves out:
+/// LocalStack cannot run them (functions: no Docker; Timestream, WAF, the
+/// archive: no provider), or they only serve what it cannot run (alarms,
+/// dashboard, logs, the nested stacks whose rules it takes inline, the
+/// account's API Gateway logging role).
+pub const AWS_ONLY_TYPES: &[&str] = &[
+    "AWS::Serverless::Function",
+    "AWS::Logs::LogGroup",
+    "AWS::Timestream::Database",
+    "AWS::Timestream::Table",
+    "AWS::WAFv2::WebACL",
+    "AWS::WAFv2::WebACLAssociation",
+    "AWS::Events::Archive",
+    "AWS::CloudWatch::Alarm",
+    "AWS::CloudWatch::CompositeAlarm",
+    "AWS::CloudWatch::Dashboard",
+    "AWS::CloudFormation::Stack",
+    "AWS::ApiGateway::Account",
+];
+
+/// The part of the cell LocalStack can deploy, as one template: what
+/// `bems provision` deploys, so what the end-to-end tests and the local
+/// cell run. It is the AWS `cell.json` less what LocalStack lacks or cannot
+/// run (functions: no Docker; Timestream, WAF, the archive: no provider;
+/// alarms, dashboard, access logs: not needed to route an event), with the
+/// rules inline (LocalStack has no 500-resource limit, and nested stacks
+/// would need their files in S3), the API's emulator models and request
+/// template ([`crate::api`]), and no `Retain` policies (a test cell leaves
+/// nothing behind). Every resource it keeps is `cell.json`'s, property for
+/// property (`tests/emulator.rs` checks it). The functions run outside
+/// LocalStack (the tests and the local cell run them in-process).
+pub fn emulator_template(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
     let mut template = main_stack(spec, defaults);
     let Some(root) = template.as_object_mut() else { return template };
     root.remove("Transform");
     if let Some(Value::Object(resources)) = root.get_mut("Resources") {
-        let dropped = [
-            "AWS::Serverless::Function",
-            "AWS::Logs::LogGroup",
-            "AWS::Timestream::Database",
-            "AWS::Timestream::Table",
-            "AWS::WAFv2::WebACL",
-            "AWS::WAFv2::WebACLAssociation",
-            "AWS::Events::Archive",
-            "AWS::CloudWatch::Alarm",
-            "AWS::CloudWatch::CompositeAlarm",
-            "AWS::CloudWatch::Dashboard",
-            "AWS::CloudFormation::Stack",
-            "AWS::ApiGateway::Account",
-        ];
+        let dropped = AWS_ONLY_TYPES;
         let function_role = |r: &Value| {
             r["Type"] == "AWS::IAM::Role"
                 && r["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]["Principal"]["Service"]
@@ -44,6 +54,12 @@ pub fn localstack_template(spec: &CellSpec, defaults: &TemplateDefaults) -> Valu
                 && !id.starts_with("Alerts")
                 && id != "ApiGatewayLogsRole"
         });
+        for resource in resources.values_mut() {
+            if let Some(resource) = resource.as_object_mut() {
+                resource.remove("DeletionPolicy");
+                resource.remove("UpdateReplacePolicy");
+            }
+        }
         // The account's logging role is not set on LocalStack (nor needed:
         // its stages do not log), so the stage waits for nothing.
         if let Some(handle) = resources.get_mut("ApiGatewayAccountReady") {

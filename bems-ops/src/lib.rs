@@ -1,13 +1,14 @@
-//! # bems-cli
+//! # bems-ops
 //!
-//! The operator's side of BEMS, as a library and as the `bems` binary.
+//! Operating a BEMS cell, as a library: what the `bems` CLI runs, and what
+//! the local cell's dashboard and the end-to-end tests share with it.
 //!
 //! ## Layout
 //!
-//! - [`provision`]: creates or corrects a cell's resources from its
-//!   `CellSpec`, idempotently, and reports what it did.
-//! - [`api`]: the API Gateway ingress (`POST /invoices/<stage>`), part of
-//!   provisioning.
+//! - [`provision`]: deploys a cell on LocalStack as the cell template's
+//!   emulator part ([`bems_template::emulator_template`]) through
+//!   CloudFormation, idempotently, and deletes it ([`provision::teardown`]).
+//! - [`ingress`]: a deployed ingress's URLs, API and producers' key.
 //! - [`redrive`]: moves dead-lettered messages back to their queue,
 //!   FIFO-safe and loss-free, all of them or one invoice's.
 //! - [`stuck`]: which invoices are stuck (in a DLQ, or over the SLA) and
@@ -17,25 +18,20 @@
 //! - [`replay`]: archived events of a time window back on the bus.
 //! - [`smoke`]: one marked invoice through a deployed cell's API, followed
 //!   through every stage into the store (`bems smoke`).
-//! - [`teardown`]: deletes a cell's resources (the inverse of provision).
-//! - [`template`]: the cell's CloudFormation template, generated from the
-//!   same `CellSpec` (`bems template`).
 //!
-//! The binary (`src/main.rs`) only parses arguments and prints. Every
-//! command reads the standard AWS configuration chain, so
-//! `AWS_ENDPOINT_URL=http://127.0.0.1:4566` points it at LocalStack.
+//! Names of the cell's resources come from `bems_core::contract`, the
+//! template from `bems-template`; every operation reads the standard AWS
+//! configuration chain, so `AWS_ENDPOINT_URL=http://127.0.0.1:4566` points
+//! it at LocalStack.
 
-pub mod api;
 pub mod history;
-mod policy;
+pub mod ingress;
 pub mod provision;
 pub mod redrive;
 pub mod replay;
 pub mod send;
 pub mod smoke;
 pub mod stuck;
-pub mod teardown;
-pub mod template;
 
 /// The AWS configuration from the standard chain (environment, profile,
 /// `AWS_ENDPOINT_URL`, ...), with `region` when given.
@@ -49,18 +45,47 @@ pub async fn aws_config(region: Option<&str>) -> aws_config::SdkConfig {
 
 /// A Timestream query client. Timestream requires endpoint discovery; an
 /// emulator configured with an endpoint URL answers at its own address.
-pub async fn timestream_query(config: &aws_config::SdkConfig) -> anyhow::Result<aws_sdk_timestreamquery::Client> {
+pub async fn timestream_query(
+    config: &aws_config::SdkConfig,
+) -> Result<aws_sdk_timestreamquery::Client, EndpointDiscoveryError> {
     let client = aws_sdk_timestreamquery::Client::new(config);
     if config.endpoint_url().is_some() {
         return Ok(client);
     }
-    let (client, reloader) = client
-        .with_endpoint_discovery_enabled()
-        .await
-        .map_err(|e| anyhow::anyhow!("Timestream endpoint discovery: {e}"))?;
+    let (client, reloader) =
+        client.with_endpoint_discovery_enabled().await.map_err(|e| EndpointDiscoveryError(e.to_string()))?;
     tokio::spawn(reloader.reload_task());
     Ok(client)
 }
+
+/// An AWS call that failed: what was being done, what the service said
+/// (its code and message, or the transport failure), and the SDK's error.
+#[derive(Debug, thiserror::Error)]
+#[error("{step}: {message}")]
+pub struct CallError {
+    /// What was being done: `list stacks`, `queue bems-c1-status.fifo`.
+    pub step: String,
+    /// What the service said, in one line.
+    pub message: String,
+    /// The SDK's error.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+impl CallError {
+    /// The failed call `step`, from the SDK's error.
+    pub fn new<E>(step: impl Into<String>, e: E) -> CallError
+    where
+        E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        CallError { step: step.into(), message: describe(&e), source: Box::new(e) }
+    }
+}
+
+/// Timestream's endpoint discovery failed (what the SDK said).
+#[derive(Debug, thiserror::Error)]
+#[error("Timestream endpoint discovery: {0}")]
+pub struct EndpointDiscoveryError(pub String);
 
 /// Whether `endpoint` is a LocalStack instance (it answers
 /// `/_localstack/health`).

@@ -1,6 +1,4 @@
-//! The resource policies that let exactly the cell's own services talk,
-//! shared by `bems provision` (literal ARNs) and the CloudFormation
-//! template (intrinsic functions), so both grant the same thing.
+//! The resource policies that let exactly the cell's own services talk.
 
 use serde_json::{Value, json};
 

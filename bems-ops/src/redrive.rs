@@ -11,14 +11,54 @@
 //! never loses one.
 
 use aws_sdk_sqs::types::MessageSystemAttributeName;
+use bems_core::Stage;
+use bems_core::routing::CellSpec;
 
-/// A failed redrive call.
+/// Why a redrive failed.
 #[derive(Debug, thiserror::Error)]
-#[error("redrive: {0}")]
-pub struct RedriveError(String);
+pub enum RedriveError {
+    /// `--queue` names no queue of the cell.
+    #[error(
+        "{0:?} is not a queue of the cell; use a stage (ingestion, reconciliation, authorization, posting), <stage>-route, or status"
+    )]
+    UnknownQueue(String),
+    /// An SQS call failed.
+    #[error("redrive: {0}")]
+    Call(#[from] crate::CallError),
+}
 
-fn fail(what: &str, e: &(impl aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + 'static)) -> RedriveError {
-    RedriveError(format!("{what}: {}", crate::describe(e)))
+fn fail<E>(what: &str, e: E) -> RedriveError
+where
+    E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    RedriveError::Call(crate::CallError::new(what, e))
+}
+
+/// The (dead-letter queue, source queue) names of one of `spec`'s queues
+/// with a DLQ, named as `bems redrive --queue` takes it: a stage
+/// (`ingestion`), a route queue (`ingestion-route`), or `status`.
+pub fn queues_named(spec: &CellSpec, queue: &str) -> Result<(String, String), RedriveError> {
+    if queue == "status" {
+        return Ok((spec.status_dlq_name(), spec.status_queue_name()));
+    }
+    let (stage, route) = match queue.strip_suffix("-route") {
+        Some(stage) => (stage, true),
+        None => (queue, false),
+    };
+    let Some(stage) = Stage::from_wire(stage) else {
+        return Err(RedriveError::UnknownQueue(queue.to_owned()));
+    };
+    Ok(if route {
+        (spec.route_dlq_name(stage), spec.route_queue_name(stage))
+    } else {
+        (spec.dlq_name(stage), spec.queue_name(stage))
+    })
+}
+
+/// The URL of the queue named `name`.
+pub async fn queue_url(sqs: &aws_sdk_sqs::Client, name: &str) -> Result<String, RedriveError> {
+    let found = sqs.get_queue_url().queue_name(name).send().await.map_err(|e| fail(&format!("queue {name}"), e))?;
+    Ok(found.queue_url().unwrap_or_default().to_owned())
 }
 
 /// What a redrive moved.
@@ -90,7 +130,7 @@ async fn move_matching(
             .message_system_attribute_names(MessageSystemAttributeName::MessageDeduplicationId)
             .send()
             .await
-            .map_err(|e| fail("receive from the DLQ", &e))?;
+            .map_err(|e| fail("receive from the DLQ", e))?;
         if batch.messages().is_empty() {
             break;
         }
@@ -116,13 +156,13 @@ async fn move_matching(
                 .message_deduplication_id(dedup)
                 .send()
                 .await
-                .map_err(|e| fail("send to the source queue", &e))?;
+                .map_err(|e| fail("send to the source queue", e))?;
             sqs.delete_message()
                 .queue_url(dlq_url)
                 .receipt_handle(m.receipt_handle().unwrap_or_default())
                 .send()
                 .await
-                .map_err(|e| fail("delete from the DLQ", &e))?;
+                .map_err(|e| fail("delete from the DLQ", e))?;
             moved.message_ids.push(m.message_id().unwrap_or_default().to_owned());
         }
     }
@@ -133,7 +173,7 @@ async fn move_matching(
             .visibility_timeout(0)
             .send()
             .await
-            .map_err(|e| fail("release a message left in the DLQ", &e))?;
+            .map_err(|e| fail("release a message left in the DLQ", e))?;
     }
     moved.unreached_groups = blocked.into_iter().collect();
     Ok(moved)

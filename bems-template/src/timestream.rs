@@ -33,7 +33,7 @@ pub(super) fn timestream(
             "Metadata": maintenance_mode_note(),
             "Properties": {
                 "DatabaseName": reference("TimestreamDatabase"),
-                "TableName": bems_core::routing::TIMESTREAM_TABLE,
+                "TableName": bems_core::contract::TIMESTREAM_TABLE,
                 "RetentionProperties": {
                     "MemoryStoreRetentionPeriodInHours": sub("${MemoryRetentionHours}"),
                     "MagneticStoreRetentionPeriodInDays": sub("${MagneticRetentionDays}"),

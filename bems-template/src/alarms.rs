@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use bems_core::Stage;
+use bems_core::contract::{CELL_DIMENSION, CLASS_DIMENSION, FUNCTION_DIMENSION, Function, METRICS_NAMESPACE};
 use bems_core::routing::CellSpec;
 use serde_json::{Value, json};
 
@@ -34,7 +35,7 @@ pub(super) fn monitoring(
             logical.into(),
             json!({
                 "Type": "AWS::SNS::Topic",
-                "Properties": { "TopicName": format!("bems-{cell}-alerts-{severity}"), "KmsMasterKeyId": reference("CellKey") },
+                "Properties": { "TopicName": spec.alerts_topic_name(severity), "KmsMasterKeyId": reference("CellKey") },
             }),
         );
         resources.insert(
@@ -162,12 +163,12 @@ pub(super) fn monitoring(
         let what = format!("the {stage} processor");
         resources.insert(
             format!("{}ErrorRateAlarm", pascal(stage)),
-            error_rate_alarm(cell, &bems_lambda_names::processor(stage), &stage.to_string(), &what),
+            error_rate_alarm(cell, &Function::Processor(stage).metrics_name(), &stage.to_string(), &what),
         );
     }
     resources.insert(
         "RouteForwarderErrorRateAlarm".into(),
-        error_rate_alarm(cell, &bems_lambda_names::forwarder(), "route-forwarder", "the route forwarder"),
+        error_rate_alarm(cell, &Function::RouteForwarder.metrics_name(), "route-forwarder", "the route forwarder"),
     );
     resources.insert(
         "BusDlqNotEmptyAlarm".into(),
@@ -209,11 +210,11 @@ pub(super) fn monitoring(
                         "Id": "latency",
                         "MetricStat": {
                             "Metric": {
-                                "Namespace": "BEMS",
+                                "Namespace": METRICS_NAMESPACE,
                                 "MetricName": "VisibilityLatency",
                                 "Dimensions": [
-                                    { "Name": "Cell", "Value": cell },
-                                    { "Name": "Function", "Value": bems_lambda_names::writer() },
+                                    { "Name": CELL_DIMENSION, "Value": cell },
+                                    { "Name": FUNCTION_DIMENSION, "Value": Function::StatusWriter.metrics_name() },
                                 ],
                             },
                             "Period": 60,
@@ -246,7 +247,7 @@ pub(super) fn monitoring(
         json!({
             "Type": "AWS::CloudWatch::CompositeAlarm",
             "Properties": {
-                "AlarmName": format!("bems-{cell}-critical"),
+                "AlarmName": critical_alarm_name(spec),
                 "AlarmDescription": "Any critical alarm of the cell: one page, however many parts broke.",
                 "AlarmRule": { "Fn::If": ["WithTimestream", sub(&rule(&with_store)), sub(&rule(&without_store))] },
                 "AlarmActions": [reference("AlertsCritical")],
@@ -262,15 +263,17 @@ pub(super) fn monitoring(
 /// `slug` names the alarm, `what` describes the function.
 pub(super) fn error_rate_alarm(cell: &str, function: &str, slug: &str, what: &str) -> Value {
     let metric = |id: &str, name: &str, class: Option<&str>| {
-        let mut dimensions =
-            vec![json!({ "Name": "Cell", "Value": cell }), json!({ "Name": "Function", "Value": function })];
+        let mut dimensions = vec![
+            json!({ "Name": CELL_DIMENSION, "Value": cell }),
+            json!({ "Name": FUNCTION_DIMENSION, "Value": function }),
+        ];
         if let Some(class) = class {
-            dimensions.push(json!({ "Name": "class", "Value": class }));
+            dimensions.push(json!({ "Name": CLASS_DIMENSION, "Value": class }));
         }
         json!({
             "Id": id,
             "MetricStat": {
-                "Metric": { "Namespace": "BEMS", "MetricName": name, "Dimensions": dimensions },
+                "Metric": { "Namespace": METRICS_NAMESPACE, "MetricName": name, "Dimensions": dimensions },
                 "Period": 60,
                 "Stat": "Sum",
             },
@@ -390,7 +393,7 @@ fn service_alarms(spec: &CellSpec, resources: &mut BTreeMap<String, Value>) -> V
                         "Namespace": "AWS/ApiGateway",
                         "MetricName": metric,
                         "Dimensions": [
-                            { "Name": "ApiName", "Value": crate::api::api_name(spec) },
+                            { "Name": "ApiName", "Value": spec.api_name() },
                             { "Name": "Stage", "Value": crate::api::STAGE_NAME },
                         ],
                     },
@@ -429,13 +432,9 @@ fn service_alarms(spec: &CellSpec, resources: &mut BTreeMap<String, Value>) -> V
     // Each function: invocations that failed as a whole (a crash, a
     // timeout: the whole batch comes back) and throttles (the account's
     // concurrency quota reached: the queues wait).
-    let mut functions: Vec<(String, String, Option<&str>)> = bems_core::Stage::ALL
-        .iter()
-        .map(|s| (format!("{}Processor", pascal(*s)), format!("bems-{cell}-{s}-processor"), None))
-        .collect();
-    functions.push(("RouteForwarder".into(), format!("bems-{cell}-route-forwarder"), None));
-    functions.push(("TimestreamWriter".into(), format!("bems-{cell}-timestream-writer"), Some("WithTimestream")));
-    for (logical, name, condition) in functions {
+    for function in Function::ALL {
+        let (logical, name) = (function_logical_id(function), spec.function_name(function));
+        let condition = (function == Function::StatusWriter).then_some("WithTimestream");
         for (metric, what) in [("Errors", "invocations failed as a whole"), ("Throttles", "invocations were throttled")]
         {
             let metrics = json!([{
@@ -452,7 +451,7 @@ fn service_alarms(spec: &CellSpec, resources: &mut BTreeMap<String, Value>) -> V
                 "ReturnData": true,
             }]);
             let mut watch = alarm(
-                format!("bems-{cell}-{}-{}", name.trim_start_matches(&format!("bems-{cell}-")), metric.to_lowercase()),
+                spec.resource_name(&format!("{}-{}", function.metrics_name(), metric.to_lowercase())),
                 &format!("{name}: {what} in 3 of the last 5 minutes."),
                 metrics,
                 json!(0),
@@ -466,4 +465,9 @@ fn service_alarms(spec: &CellSpec, resources: &mut BTreeMap<String, Value>) -> V
         }
     }
     critical
+}
+
+/// The composite alarm that pages: any critical alarm of the cell.
+pub(super) fn critical_alarm_name(spec: &CellSpec) -> String {
+    spec.resource_name("critical")
 }

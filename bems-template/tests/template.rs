@@ -9,11 +9,11 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::PathBuf;
 
-use bems_cli::template::{TemplateDefaults, cell_template, rules_file_name};
 use bems_core::Stage;
 use bems_core::fields::{AccountId, CellId, Region};
 use bems_core::partition::PartitionCount;
 use bems_core::routing::{CellSpec, EventPattern, FilterPolicy, FilterPolicyScope, Quotas};
+use bems_template::{TemplateDefaults, cell_template, rules_file_name};
 use serde_json::Value;
 
 /// The committed example: cell `prod-eu-1`, 16 partitions.
@@ -96,7 +96,7 @@ fn committed_template_routes_exactly_as_the_cell_spec_does() {
         .chain([
             spec.status_queue_name(),
             spec.status_dlq_name(),
-            format!("bems-{}-bus-dlq", spec.cell_id()),
+            spec.bus_dlq_name(),
             spec.unrouted_queue_name(),
             spec.smoke_queue_name(),
         ])
@@ -154,7 +154,8 @@ fn committed_template_routes_exactly_as_the_cell_spec_does() {
         let model = resources
             .values()
             .find(|r| {
-                r["Type"] == "AWS::ApiGateway::Model" && r["Properties"]["Name"] == bems_cli::api::model_name(stage)
+                r["Type"] == "AWS::ApiGateway::Model"
+                    && r["Properties"]["Name"] == bems_template::api::model_name(stage)
             })
             .unwrap_or_else(|| panic!("no {stage} model"));
         assert_eq!(model["Properties"]["Schema"], committed, "{stage} model");

@@ -129,7 +129,7 @@ pub(super) fn standard_dlq(cell: &str, name: &str) -> Value {
 /// retries (a target outage shorter than that loses nothing).
 pub(super) fn target(arn: &Value, group: Option<&str>, dlq: &Value) -> Value {
     let mut target = json!({
-        "Id": crate::provision::TARGET_ID,
+        "Id": bems_core::contract::RULE_TARGET_ID,
         "Arn": arn,
         "DeadLetterConfig": { "Arn": dlq },
         "RetryPolicy": { "MaximumRetryAttempts": 185, "MaximumEventAgeInSeconds": 86_400 },

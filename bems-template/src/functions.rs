@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use bems_core::Stage;
+use bems_core::contract::Function;
 use bems_core::routing::CellSpec;
 use serde_json::{Value, json};
 
@@ -21,7 +22,7 @@ pub(super) fn source_concurrency(groups: u32) -> u32 {
 }
 
 /// One function of the cell.
-struct Function<'a> {
+struct Lambda<'a> {
     /// Logical id: `IngestionProcessor`; its role is `<id>Role`, its log
     /// group `<id>Logs`.
     logical: String,
@@ -61,10 +62,10 @@ pub(super) fn functions(spec: &CellSpec, defaults: &TemplateDefaults, resources:
     for stage in Stage::ALL {
         let p = pascal(stage);
         let (queue, dlq) = (format!("{p}Queue"), format!("{p}Dlq"));
-        all.push(Function {
-            logical: format!("{p}Processor"),
-            name: format!("bems-{cell}-{stage}-processor"),
-            binary: format!("invoice-{stage}-processor"),
+        all.push(Lambda {
+            logical: function_logical_id(Function::Processor(stage)),
+            name: spec.function_name(Function::Processor(stage)),
+            binary: Function::Processor(stage).binary(),
             sources: vec![queue],
             concurrency: "ProcessorMaximumConcurrency",
             statements: vec![
@@ -96,10 +97,10 @@ pub(super) fn functions(spec: &CellSpec, defaults: &TemplateDefaults, resources:
     // failures stay in the route queues (SQS's redrive moves them to the
     // route DLQs), so it sends to no queue.
     let topics: Vec<Value> = Stage::ALL.iter().map(|s| reference(&format!("{}Topic", pascal(*s)))).collect();
-    all.push(Function {
-        logical: "RouteForwarder".into(),
-        name: format!("bems-{cell}-route-forwarder"),
-        binary: "route-forwarder".into(),
+    all.push(Lambda {
+        logical: function_logical_id(Function::RouteForwarder),
+        name: spec.function_name(Function::RouteForwarder),
+        binary: Function::RouteForwarder.binary(),
         sources: Stage::ALL.iter().map(|s| format!("{}Route", pascal(*s))).collect(),
         concurrency: "ForwarderMaximumConcurrency",
         statements: vec![json!({ "Effect": "Allow", "Action": "sns:Publish", "Resource": topics })],
@@ -110,10 +111,10 @@ pub(super) fn functions(spec: &CellSpec, defaults: &TemplateDefaults, resources:
         }),
         condition: None,
     });
-    all.push(Function {
-        logical: "TimestreamWriter".into(),
-        name: format!("bems-{cell}-timestream-writer"),
-        binary: "timestream-writer".into(),
+    all.push(Lambda {
+        logical: function_logical_id(Function::StatusWriter),
+        name: spec.function_name(Function::StatusWriter),
+        binary: Function::StatusWriter.binary(),
         sources: vec!["StatusQueue".to_owned()],
         concurrency: "WriterMaximumConcurrency",
         statements: vec![
@@ -127,7 +128,7 @@ pub(super) fn functions(spec: &CellSpec, defaults: &TemplateDefaults, resources:
             "BEMS_PARTITIONS": partitions,
             "BEMS_DLQ_URL": reference("StatusDlq"),
             "BEMS_TIMESTREAM_DATABASE": reference("TimestreamDatabase"),
-            "BEMS_TIMESTREAM_TABLE": bems_core::routing::TIMESTREAM_TABLE,
+            "BEMS_TIMESTREAM_TABLE": bems_core::contract::TIMESTREAM_TABLE,
         }),
         condition: Some("WithTimestream"),
     });
@@ -150,7 +151,7 @@ fn sqs_consume(queue: &str) -> Value {
     })
 }
 
-fn insert(f: Function<'_>, defaults: &TemplateDefaults, resources: &mut BTreeMap<String, Value>) {
+fn insert(f: Lambda<'_>, defaults: &TemplateDefaults, resources: &mut BTreeMap<String, Value>) {
     let logs = format!("{}Logs", f.logical);
     let role = format!("{}Role", f.logical);
     let mut statements = f.statements;

@@ -30,7 +30,7 @@ pub(super) fn api(spec: &CellSpec, resources: &mut BTreeMap<String, Value>, outp
         json!({
             "Type": "AWS::ApiGateway::RestApi",
             "Properties": {
-                "Name": crate::api::api_name(spec),
+                "Name": spec.api_name(),
                 "Description": "BEMS ingress: POST /invoices/<stage> puts a validated invoice event on the cell's bus.",
                 "EndpointConfiguration": { "Types": ["REGIONAL"] },
             },
@@ -273,7 +273,7 @@ pub(super) fn api(spec: &CellSpec, resources: &mut BTreeMap<String, Value>, outp
         json!({
             "Type": "AWS::ApiGateway::ApiKey",
             "DependsOn": ["ApiStage"],
-            "Properties": { "Name": crate::api::producers_name(spec), "Enabled": true },
+            "Properties": { "Name": spec.producers_name(), "Enabled": true },
         }),
     );
     resources.insert(
@@ -282,7 +282,7 @@ pub(super) fn api(spec: &CellSpec, resources: &mut BTreeMap<String, Value>, outp
             "Type": "AWS::ApiGateway::UsagePlan",
             "DependsOn": ["ApiStage"],
             "Properties": {
-                "UsagePlanName": crate::api::producers_name(spec),
+                "UsagePlanName": spec.producers_name(),
                 "ApiStages": [{ "ApiId": api, "Stage": STAGE_NAME }],
                 "Throttle": { "RateLimit": RATE_LIMIT, "BurstLimit": BURST_LIMIT },
             },
@@ -317,7 +317,7 @@ pub(super) fn api(spec: &CellSpec, resources: &mut BTreeMap<String, Value>, outp
         json!({
             "Type": "AWS::WAFv2::WebACL",
             "Properties": {
-                "Name": crate::api::api_name(spec),
+                "Name": spec.api_name(),
                 "Scope": "REGIONAL",
                 "DefaultAction": { "Allow": {} },
                 "Rules": [
@@ -327,7 +327,7 @@ pub(super) fn api(spec: &CellSpec, resources: &mut BTreeMap<String, Value>, outp
                 "VisibilityConfig": {
                     "SampledRequestsEnabled": true,
                     "CloudWatchMetricsEnabled": true,
-                    "MetricName": crate::api::api_name(spec),
+                    "MetricName": spec.api_name(),
                 },
             },
         }),

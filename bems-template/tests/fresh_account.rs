@@ -15,11 +15,11 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::path::PathBuf;
 
-use bems_cli::template::{TemplateDefaults, cell_template};
 use bems_core::Stage;
 use bems_core::fields::{AccountId, CellId, Region};
 use bems_core::partition::PartitionCount;
 use bems_core::routing::CellSpec;
+use bems_template::{TemplateDefaults, cell_template};
 use serde_json::Value;
 
 fn dir() -> PathBuf {

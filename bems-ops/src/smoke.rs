@@ -32,16 +32,17 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use bems_core::contract::{TIMESTREAM_TABLE, columns};
 use bems_core::fields::InvoiceId;
 use bems_core::partition::Partition;
-use bems_core::routing::{CellSpec, TIMESTREAM_TABLE};
+use bems_core::routing::CellSpec;
 use bems_core::{InvoiceEvent, Stage, Status};
 use serde::Serialize;
 use serde_json::{Value, json};
 
 /// The start of every smoke invoice's id, which the smoke queue's
 /// subscriptions filter on.
-pub use bems_core::routing::SMOKE_INVOICE_PREFIX as SMOKE_PREFIX;
+pub use bems_core::contract::SMOKE_INVOICE_PREFIX as SMOKE_PREFIX;
 
 /// The producer written on every smoke invoice's submission.
 pub const SMOKE_PRODUCER: &str = "bems-canary";
@@ -159,8 +160,8 @@ fn moto_statuses(data: &Value, database: &str, invoice: &str) -> Vec<Status> {
         .flatten()
         .filter(|t| t["db_name"] == database && t["name"] == TIMESTREAM_TABLE)
         .flat_map(|t| t["records"].as_array().into_iter().flatten())
-        .filter(|r| named(&r["Dimensions"], "invoice_id").as_deref() == Some(invoice))
-        .filter_map(|r| Status::from_wire(&named(&r["MeasureValues"], "status")?))
+        .filter(|r| named(&r["Dimensions"], columns::INVOICE_ID).as_deref() == Some(invoice))
+        .filter_map(|r| Status::from_wire(&named(&r["MeasureValues"], columns::STATUS)?))
         .collect()
 }
 
@@ -417,11 +418,7 @@ pub async fn smoke<S: StatusStore + Sync>(
             format!(
                 "`submitted` did not reach the ingestion topic in {waited} s: the bus, the ingestion rule or the route forwarder did not pass it on"
             ),
-            vec![
-                spec.route_queue_name(Stage::Ingestion),
-                spec.unrouted_queue_name(),
-                crate::provision::bus_dlq_name(spec),
-            ],
+            vec![spec.route_queue_name(Stage::Ingestion), spec.unrouted_queue_name(), spec.bus_dlq_name()],
         ),
         (Some(c), _) => {
             let stage = Stage::from_wire(&c.name).unwrap_or(Stage::Ingestion);

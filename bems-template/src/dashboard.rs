@@ -1,6 +1,7 @@
 //! The operations dashboard.
 
 use bems_core::Stage;
+use bems_core::contract::{CELL_DIMENSION, CLASS_DIMENSION, FUNCTION_DIMENSION, Function, METRICS_NAMESPACE};
 use bems_core::routing::CellSpec;
 use serde_json::{Value, json};
 
@@ -14,10 +15,11 @@ use super::*;
 /// live in the local dashboard (`examples/`), not in CloudWatch.
 pub(super) fn dashboard(spec: &CellSpec) -> Value {
     use crate::api::STAGE_NAME;
-    use bems_lambda_names::{processor, writer};
+    let processor = |stage| Function::Processor(stage).metrics_name();
+    let writer = || Function::StatusWriter.metrics_name();
     let cell = spec.cell_id().as_str();
     let region = "${AWS::Region}";
-    let bems = |name: &str, function: &str, stat: &str, label: &str| json!(["BEMS", name, "Cell", cell, "Function", function, { "stat": stat, "label": label }]);
+    let bems = |name: &str, function: &str, stat: &str, label: &str| json!([METRICS_NAMESPACE, name, CELL_DIMENSION, cell, FUNCTION_DIMENSION, function, { "stat": stat, "label": label }]);
     let widget = |x: u32, y: u32, w: u32, title: &str, metrics: Vec<Value>, extra: Value| {
         let mut properties = json!({
             "title": title, "region": region, "view": "timeSeries", "period": 60, "metrics": metrics,
@@ -55,7 +57,7 @@ pub(super) fn dashboard(spec: &CellSpec) -> Value {
             "type": "alarm", "x": 18, "y": 1, "width": 6, "height": 6,
             "properties": {
                 "title": "Critical",
-                "alarms": [format!("arn:${{AWS::Partition}}:cloudwatch:{region}:${{AWS::AccountId}}:alarm:bems-{cell}-critical")],
+                "alarms": [format!("arn:${{AWS::Partition}}:cloudwatch:{region}:${{AWS::AccountId}}:alarm:{}", alarms::critical_alarm_name(spec))],
             },
         }),
     ];
@@ -64,10 +66,10 @@ pub(super) fn dashboard(spec: &CellSpec) -> Value {
         let x = u32::try_from(i).unwrap_or(0) * 6;
         let mut metrics = vec![bems("Processed", &function, "Sum", "processed")];
         for class in ["transient", "business", "poison", "held_back"] {
-            metrics.push(json!(["BEMS", "Failed", "Cell", cell, "Function", function, "class", class, { "stat": "Sum", "label": format!("failed: {class}") }]));
+            metrics.push(json!([METRICS_NAMESPACE, "Failed", CELL_DIMENSION, cell, FUNCTION_DIMENSION, function, CLASS_DIMENSION, class, { "stat": "Sum", "label": format!("failed: {class}") }]));
         }
         for class in ["business", "poison"] {
-            metrics.push(json!(["BEMS", "DeadLettered", "Cell", cell, "Function", function, "class", class, { "stat": "Sum", "label": format!("dead-lettered: {class}") }]));
+            metrics.push(json!([METRICS_NAMESPACE, "DeadLettered", CELL_DIMENSION, cell, FUNCTION_DIMENSION, function, CLASS_DIMENSION, class, { "stat": "Sum", "label": format!("dead-lettered: {class}") }]));
         }
         widgets.push(widget(x, 7, 6, &format!("{stage}: records"), metrics, json!({})));
         widgets.push(widget(
@@ -95,7 +97,7 @@ pub(super) fn dashboard(spec: &CellSpec) -> Value {
     depth.push(queue_metric("ApproximateNumberOfMessagesVisible", spec.status_queue_name(), "status"));
     age.push(queue_metric("ApproximateAgeOfOldestMessage", spec.status_queue_name(), "status"));
     dlqs.push(queue_metric("ApproximateNumberOfMessagesVisible", spec.status_dlq_name(), "status"));
-    dlqs.push(queue_metric("ApproximateNumberOfMessagesVisible", format!("bems-{cell}-bus-dlq"), "bus"));
+    dlqs.push(queue_metric("ApproximateNumberOfMessagesVisible", spec.bus_dlq_name(), "bus"));
     widgets.push(widget(0, 19, 8, "Queue depth", depth, json!({})));
     widgets.push(widget(
         8,
@@ -106,7 +108,7 @@ pub(super) fn dashboard(spec: &CellSpec) -> Value {
         json!({ "annotations": { "horizontal": [{ "label": "SLA", "value": "${SlaSeconds}" }] } }),
     ));
     widgets.push(widget(16, 19, 8, "Dead-letter queues", dlqs, json!({})));
-    let api = crate::api::api_name(spec);
+    let api = spec.api_name();
     let api_metric = |name: &str, stat: &str| json!(["AWS/ApiGateway", name, "ApiName", api, "Stage", STAGE_NAME, { "stat": stat, "label": name }]);
     widgets.push(widget(
         0,
@@ -120,6 +122,6 @@ pub(super) fn dashboard(spec: &CellSpec) -> Value {
     let body = json!({ "widgets": widgets }).to_string();
     json!({
         "Type": "AWS::CloudWatch::Dashboard",
-        "Properties": { "DashboardName": format!("bems-{cell}"), "DashboardBody": sub(&body) },
+        "Properties": { "DashboardName": spec.dashboard_name(), "DashboardBody": sub(&body) },
     })
 }

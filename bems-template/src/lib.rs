@@ -1,9 +1,35 @@
-//! The cell's CloudFormation template, generated from its [`CellSpec`].
+//! # bems-template
+//!
+//! A BEMS cell's CloudFormation (SAM) template, generated from its
+//! [`CellSpec`]; no AWS SDK, so a deployment pipeline can depend on it
+//! alone.
 //!
 //! The rules, filter policies and names deployed on AWS come from the same
-//! code the tests exercise, so they cannot drift: `bems template` writes the
-//! files, and a test regenerates the committed example and compares it byte
-//! for byte (see `infra/README.md`).
+//! code the tests exercise (`bems_core::routing`, `bems_core::contract`),
+//! so they cannot drift: `bems template` writes the files, and a test
+//! regenerates the committed example and compares it byte for byte (see
+//! `infra/README.md`). [`emulator_template`] is the part LocalStack can
+//! run, which `bems provision` deploys for the end-to-end tests and the
+//! local cell; [`api`] holds the ingress's models, mapping template and
+//! responses.
+//!
+//! ```
+//! use bems_core::fields::{AccountId, CellId, Region};
+//! use bems_core::partition::PartitionCount;
+//! use bems_core::routing::CellSpec;
+//! use bems_template::{TemplateDefaults, cell_template};
+//!
+//! let spec = CellSpec::new(
+//!     CellId::new("prod-eu-1").unwrap(),
+//!     Region::new("eu-west-1").unwrap(),
+//!     AccountId::new("123456789012").unwrap(),
+//!     PartitionCount::new(16).unwrap(),
+//! )
+//! .unwrap();
+//! let template = cell_template(&spec, &TemplateDefaults::default());
+//! let main = template.file("cell.json").unwrap();
+//! assert!(main["Resources"]["IngestionTopic"]["Properties"]["FifoTopic"] == true);
+//! ```
 //!
 //! Files, for a cell `C`:
 //!
@@ -37,7 +63,7 @@
 //! What a new AWS account does to the template (required choices instead
 //! of defaults it cannot create, no reserved concurrency, trust and key
 //! policies in the form AWS documents, ...) is pinned by
-//! `bems-cli/tests/fresh_account.rs`, one test per finding, and written up
+//! `bems-template/tests/fresh_account.rs`, one test per finding, and written up
 //! in `infra/README.md`.
 
 use std::collections::BTreeMap;
@@ -47,15 +73,17 @@ use bems_core::routing::CellSpec;
 use serde_json::{Value, json};
 
 mod alarms;
+pub mod api;
 mod dashboard;
+mod emulator;
 mod functions;
 mod ingress;
-mod localstack;
+mod policy;
 mod routing;
 mod security;
 mod timestream;
 
-pub use localstack::localstack_template;
+pub use emulator::{AWS_ONLY_TYPES, emulator_template};
 pub use security::{guard_rules, security_template};
 
 use alarms::monitoring;
@@ -174,6 +202,17 @@ fn capitalized(text: &str) -> String {
     chars.next().map_or_else(String::new, |first| first.to_uppercase().chain(chars).collect())
 }
 
+/// A function's logical id: `IngestionProcessor`, `RouteForwarder`,
+/// `TimestreamWriter`; its role is `<id>Role`, its log group `<id>Logs`.
+fn function_logical_id(function: bems_core::contract::Function) -> String {
+    use bems_core::contract::Function;
+    match function {
+        Function::Processor(stage) => format!("{}Processor", pascal(stage)),
+        Function::RouteForwarder => "RouteForwarder".to_owned(),
+        Function::StatusWriter => "TimestreamWriter".to_owned(),
+    }
+}
+
 /// A logical id part from a stage: `Ingestion`.
 fn pascal(stage: Stage) -> String {
     capitalized(stage.as_str())
@@ -264,7 +303,7 @@ fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
             },
         })),
     );
-    resources.insert("BusDlq".into(), standard_dlq(cell, &format!("bems-{cell}-bus-dlq")));
+    resources.insert("BusDlq".into(), standard_dlq(cell, &spec.bus_dlq_name()));
     let rules_arn =
         format!("arn:${{AWS::Partition}}:events:${{AWS::Region}}:${{AWS::AccountId}}:rule/{}/*", spec.bus_name());
     resources.insert(
@@ -310,7 +349,7 @@ fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
         "CellKeyAlias".into(),
         json!({
             "Type": "AWS::KMS::Alias",
-            "Properties": { "AliasName": format!("alias/bems-{cell}"), "TargetKeyId": reference("CellKey") },
+            "Properties": { "AliasName": spec.key_alias(), "TargetKeyId": reference("CellKey") },
         }),
     );
 
@@ -330,7 +369,7 @@ fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
         fifo_queue(
             &spec.smoke_queue_name(),
             json!({
-                "MessageRetentionPeriod": crate::provision::SMOKE_RETENTION_SECS,
+                "MessageRetentionPeriod": bems_core::contract::SMOKE_RETENTION_SECS,
                 "Tags": routing::queue_tags(cell, "smoke"),
             }),
         ),
@@ -593,23 +632,4 @@ fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
         "Resources": resources,
         "Outputs": outputs,
     })
-}
-
-/// The `Function` dimension values the functions' metrics carry (as
-/// `bems_lambda::function` sets them; a test in `tests/` holds the two
-/// together without making this crate depend on the Lambda runtime).
-mod bems_lambda_names {
-    use bems_core::Stage;
-
-    pub(super) fn processor(stage: Stage) -> String {
-        format!("{stage}-processor")
-    }
-
-    pub(super) fn writer() -> String {
-        "timestream-writer".to_owned()
-    }
-
-    pub(super) fn forwarder() -> String {
-        "route-forwarder".to_owned()
-    }
 }

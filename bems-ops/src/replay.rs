@@ -37,9 +37,22 @@ pub enum ReplayError {
         /// End.
         to: String,
     },
-    /// An EventBridge call failed, or the replay ended other than completed.
+    /// An EventBridge call failed.
     #[error("replay: {0}")]
-    Failed(String),
+    Call(#[from] crate::CallError),
+    /// The replay's destination could not be built.
+    #[error("replay: destination: {0}")]
+    Destination(#[from] aws_sdk_eventbridge::error::BuildError),
+    /// The replay ended other than completed.
+    #[error("replay: {name} ended {state}: {}", reason.as_deref().unwrap_or("no reason given"))]
+    Ended {
+        /// The replay.
+        name: String,
+        /// How it ended (`FAILED`, `CANCELLED`).
+        state: String,
+        /// EventBridge's reason.
+        reason: Option<String>,
+    },
 }
 
 /// A replay and where it stands.
@@ -80,10 +93,7 @@ pub async fn replay(
         return Err(ReplayError::Window { from: from.to_rfc3339(), to: to.to_rfc3339() });
     }
     let name = format!("{}-{}", spec.archive_name(), from.timestamp());
-    let destination = ReplayDestination::builder()
-        .arn(spec.bus_arn())
-        .build()
-        .map_err(|e| ReplayError::Failed(format!("destination: {e}")))?;
+    let destination = ReplayDestination::builder().arn(spec.bus_arn()).build()?;
     let started = events
         .start_replay()
         .replay_name(&name)
@@ -94,7 +104,7 @@ pub async fn replay(
         .destination(destination)
         .send()
         .await
-        .map_err(|e| ReplayError::Failed(format!("start replay {name}: {}", crate::describe(&e))))?;
+        .map_err(|e| crate::CallError::new(format!("start replay {name}"), e))?;
     let mut replay = Replay {
         name: name.clone(),
         arn: started.replay_arn().unwrap_or_default().to_owned(),
@@ -109,17 +119,13 @@ pub async fn replay(
             .replay_name(&name)
             .send()
             .await
-            .map_err(|e| ReplayError::Failed(format!("describe replay {name}: {}", crate::describe(&e))))?;
+            .map_err(|e| crate::CallError::new(format!("describe replay {name}"), e))?;
         replay.state = found.state().map(|s| s.as_str().to_owned()).unwrap_or_default();
         replay.reason = found.state_reason().map(str::to_owned);
         match found.state() {
             Some(ReplayState::Completed) => return Ok(replay),
             Some(ReplayState::Failed | ReplayState::Cancelled) => {
-                return Err(ReplayError::Failed(format!(
-                    "replay {name} ended {}: {}",
-                    replay.state,
-                    replay.reason.as_deref().unwrap_or("no reason given")
-                )));
+                return Err(ReplayError::Ended { name, state: replay.state, reason: replay.reason });
             }
             _ if tokio::time::Instant::now() >= deadline => return Ok(replay),
             _ => tokio::time::sleep(Duration::from_secs(5)).await,
