@@ -17,7 +17,9 @@
 //! - metrics: [`METRICS_NAMESPACE`], the dimensions, and each function's
 //!   `Function` dimension ([`Function::metrics_name`]);
 //! - the store's table ([`TIMESTREAM_TABLE`]) and the status-change record's
-//!   columns ([`columns`]).
+//!   columns ([`columns`]);
+//! - the functions' configuration: the environment variables the template
+//!   sets and the functions read ([`env`]).
 
 use crate::fields::CellId;
 use crate::lifecycle::Stage;
@@ -98,6 +100,32 @@ pub mod columns {
     pub const STAGE_LATENCY_MS: &str = "stage_latency_ms";
     /// Measure: milliseconds since the invoice was submitted.
     pub const END_TO_END_LATENCY_MS: &str = "end_to_end_latency_ms";
+}
+
+/// The environment variables of the cell's functions: set by the
+/// template, read once at start by each function's configuration
+/// (`bems_lambda::config`).
+pub mod env {
+    /// The cell's id.
+    pub const CELL_ID: &str = "BEMS_CELL_ID";
+    /// Its partition count, 1–99.
+    pub const PARTITIONS: &str = "BEMS_PARTITIONS";
+    /// The cell's account (the stack's `AWS::AccountId`).
+    pub const ACCOUNT_ID: &str = "BEMS_ACCOUNT_ID";
+    /// The dead-letter queue of the function's source queue.
+    pub const DLQ_URL: &str = "BEMS_DLQ_URL";
+    /// The source queue's `maxReceiveCount`.
+    pub const MAX_RECEIVE_COUNT: &str = "BEMS_MAX_RECEIVE_COUNT";
+    /// The stage processors' idempotency table; empty for none.
+    pub const IDEMPOTENCY_TABLE: &str = "BEMS_IDEMPOTENCY_TABLE";
+    /// How many days its items live.
+    pub const IDEMPOTENCY_TTL_DAYS: &str = "BEMS_IDEMPOTENCY_TTL_DAYS";
+    /// The Timestream writer's database.
+    pub const TIMESTREAM_DATABASE: &str = "BEMS_TIMESTREAM_DATABASE";
+    /// The Timestream writer's table.
+    pub const TIMESTREAM_TABLE: &str = "BEMS_TIMESTREAM_TABLE";
+    /// The Region, set by Lambda itself.
+    pub const REGION: &str = "AWS_REGION";
 }
 
 /// A function of the cell.

@@ -183,6 +183,7 @@ fn one(path: &str, code: Code, message: &str) -> Violations {
 /// The decoded fields, each `None` when it was missing or invalid. Shared
 /// with [`InvoiceEvent::check`] so typed and parsed events pass the same
 /// cross-field rules.
+#[allow(clippy::option_option, reason = "absent (outer None) differs from present and null (inner None)")]
 pub(crate) struct Parts<'e> {
     pub(crate) invoice_id: Option<&'e InvoiceId>,
     pub(crate) stage: Option<Stage>,
@@ -615,6 +616,7 @@ impl Reader {
 
     /// An optional member: `Some(None)` when absent, `None` when invalid.
     /// `null` is not "absent": the schema has no nullable fields.
+    #[allow(clippy::option_option, reason = "absent (outer None) differs from present and null (inner None)")]
     fn opt<'a, T>(
         &mut self,
         f: &Fields<'a>,

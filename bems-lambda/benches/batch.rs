@@ -18,13 +18,13 @@ use std::borrow::Cow;
 use std::hint::black_box;
 
 use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
+use bems_batch::{BatchProcessor, RecordError, RecordHandler, consumer_validator, decode};
 use bems_core::Validator;
 use bems_core::envelope::PutEventsEntry;
 use bems_core::publish::{BusError, CellTarget, EntryResult, EventBus, Publisher};
-use bems_lambda::batch::{BatchProcessor, RecordError, RecordHandler, consumer_validator, decode};
-use bems_lambda::function::{NoApprovals, NoPurchaseOrderSystem};
 use bems_lambda::processor::StageProcessor;
 use bems_lambda::stages::Rules;
+use bems_lambda::stages::{NoApprovals, NoPurchaseOrderSystem};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 
 /// A bus that accepts everything at once, counting the entries.
@@ -242,7 +242,7 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("timestream");
     group.throughput(Throughput::Elements(1));
     group.bench_function("record of one status change", |b| {
-        let received = bems_lambda::timestream::received_at(&delivery);
+        let received = bems_lambda::writer::received_at(&delivery);
         b.iter(|| bems_lambda::timestream::record(black_box(&delivery.event), received));
     });
     group.finish();

@@ -39,7 +39,7 @@ use bems_core::routing::CellSpec;
 
 use tokio::time::Instant;
 
-use crate::batch::{RecordError, RecordHandler, message_group};
+use bems_batch::{RecordError, RecordHandler, message_group};
 
 /// One message for a topic's `PublishBatch`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,6 +149,7 @@ impl Topics for aws_sdk_sns::Client {
 }
 
 /// A record waiting for the end of the batch.
+#[derive(Debug)]
 struct Pending {
     record_id: String,
     /// Order is kept per key: the invoice id, or the group without one.
@@ -160,6 +161,7 @@ struct Pending {
 }
 
 /// The forwarder of one cell: route queue → stage topic.
+#[derive(Debug)]
 pub struct Forwarder<T> {
     topics: T,
     /// Route queue ARN → (stage, topic ARN).
@@ -356,7 +358,8 @@ pub async fn run_locally(
     idle: Duration,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), crate::sqs::RunnerError> {
-    use crate::sqs::{EventSource, ProcessorFunction, RunnerOptions};
+    use crate::sqs::{EventSource, RunnerOptions};
+    use bems_batch::function::ProcessorFunction;
     let mut sources = Vec::new();
     for stage in Stage::ALL {
         let url = crate::sqs::queue_url(&sqs, &spec.route_queue_name(stage)).await?;
@@ -365,7 +368,7 @@ pub async fn run_locally(
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let runners = futures_util::future::join_all(sources.iter().map(|source| {
         let function = ProcessorFunction {
-            processor: crate::batch::BatchProcessor::new(),
+            processor: bems_batch::BatchProcessor::new(),
             handler: Forwarder::new(spec, topics.clone()),
         };
         let mut stopped = stopped.clone();
@@ -405,7 +408,7 @@ mod tests {
     use bems_core::partition::PartitionCount;
 
     use super::*;
-    use crate::batch::BatchProcessor;
+    use bems_batch::BatchProcessor;
 
     /// A topic that records every call and answers each entry with `answer`.
     struct FakeTopics<F> {

@@ -1,73 +1,63 @@
 //! # bems-lambda
 //!
-//! The Lambda side of BEMS.
+//! The functions of a BEMS cell, on top of [`bems_batch`] (SQS batch
+//! processing) and [`bems_core`] (the event, the cell's contract, the
+//! producer):
 //!
-//! ## Layout
-//!
-//! - [`batch`]: SQS batch processing with partial failures, FIFO-correct:
-//!   `process_sqs_batch`, the `RecordHandler` trait, the error taxonomy
-//!   (transient, business, poison), the dead-letter sink, deferred
-//!   batch-wide effects (`RecordHandler::flush`) and bounded concurrency by
-//!   lane (`BatchProcessor::process_concurrently`). Public API for users'
-//!   own processors.
+//! - [`processor`] and [`stages`]: a stage processor, the record handler
+//!   each stage's function runs: decode, apply the stage's rules (pure
+//!   functions, deterministic next-event ids), publish the batch's next
+//!   events in one call; [`idempotency`]: its optional durable store
+//!   (DynamoDB). Feature `processors`.
+//! - [`forward`]: the route forwarder, from each stage's route queue (the
+//!   rules' SQS FIFO target) to its SNS FIFO topic, group kept. Feature
+//!   `forwarder`.
+//! - [`writer`]: the status writer core, over a [`writer::StatusSink`] per
+//!   store; [`timestream`]: the Timestream for LiveAnalytics sink. Feature
+//!   `timestream` for the sink.
 //! - [`sqs`]: the SQS dead-letter sink, and the local event-source runner
 //!   that plays Lambda's SQS event source mapping against the emulators.
-//! - [`processor`]: a stage processor, the `RecordHandler` each stage's
-//!   Lambda runs: decode, apply the rules, publish the batch's next events
-//!   in one call.
-//! - [`forward`]: the route forwarder, from each stage's route queue (the
-//!   rules' SQS FIFO target) to its SNS FIFO topic, group kept.
-//! - [`idempotency`]: the optional durable store that makes a late second
-//!   handling of an event republish the first one's next event (DynamoDB).
-//! - [`timestream`]: the Timestream writer: one multi-measure record per
-//!   status change, batched, rejections handled record by record, behind a
-//!   sink trait.
-//! - [`stages`]: the four stages' business rules as pure functions (event
-//!   in, decision out), with deterministic next-event ids.
+//! - [`config`]: each function's typed configuration, read once.
+//! - [`function`] and [`telemetry`] (feature `lambda`): the entry points,
+//!   built once per instance; the extension point through which your own
+//!   purchase-order system, approvals and rules replace ours
+//!   ([`function::StageFunction`]); our logs and metrics, opt-in.
 //!
-//! ```
-//! use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
-//! use bems_core::Validator;
-//! use bems_lambda::batch::{RecordError, RecordHandler, decode, process_sqs_batch};
+//! ## Features and binaries
 //!
-//! /// Counts the invoice events it sees; anything undecodable is poison.
-//! struct Count {
-//!     validator: Validator,
-//!     seen: usize,
-//! }
+//! Every feature is on by default. Each binary needs only its own, so a
+//! function built alone links only the SDKs it calls:
 //!
-//! impl RecordHandler for Count {
-//!     async fn handle(&mut self, record: &SqsMessage) -> Result<(), RecordError> {
-//!         let delivery = decode(record, &self.validator)?;
-//!         if delivery.event.amount.value().is_zero() {
-//!             return Err(RecordError::business("zero amounts wait for a correction"));
-//!         }
-//!         self.seen += 1;
-//!         Ok(())
-//!     }
-//! }
+//! | binary | features | AWS SDKs |
+//! |---|---|---|
+//! | `invoice-{ingestion,reconciliation,authorization,posting}-processor` | `processors`, `lambda` | EventBridge, SQS, DynamoDB |
+//! | `route-forwarder` | `forwarder`, `lambda` | SNS, SQS |
+//! | `timestream-writer` | `timestream`, `lambda` | Timestream Write, SQS |
 //!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() {
-//! let event: SqsEvent = serde_json::from_str(include_str!("../fixtures/example-sqs-event-fifo.json")).unwrap();
-//! let mut handler = Count { validator: Validator::default(), seen: 0 };
-//! let response = process_sqs_batch(&event, &mut handler).await;
-//! assert!(response.batch_item_failures.is_empty());
-//! assert_eq!(handler.seen, 5);
-//! # }
-//! ```
-//!
-//! - [`function`]: the Lambda entry points; the six binaries in `src/bin/`
-//!   (`invoice-{ingestion,reconciliation,authorization,posting}-processor`,
-//!   `timestream-writer`, `route-forwarder`) are one line each.
+//! For example `cargo build --release --no-default-features --features
+//! forwarder,lambda --bin route-forwarder`.
 
-pub mod batch;
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod config;
+#[cfg(feature = "forwarder")]
+#[cfg_attr(docsrs, doc(cfg(feature = "forwarder")))]
 pub mod forward;
+#[cfg(feature = "lambda")]
+#[cfg_attr(docsrs, doc(cfg(feature = "lambda")))]
 pub mod function;
+#[cfg(feature = "processors")]
+#[cfg_attr(docsrs, doc(cfg(feature = "processors")))]
 pub mod idempotency;
+#[cfg(feature = "processors")]
+#[cfg_attr(docsrs, doc(cfg(feature = "processors")))]
 pub mod processor;
 pub mod sqs;
 pub mod stages;
+#[cfg(feature = "lambda")]
+#[cfg_attr(docsrs, doc(cfg(feature = "lambda")))]
+pub mod telemetry;
+#[cfg(feature = "timestream")]
+#[cfg_attr(docsrs, doc(cfg(feature = "timestream")))]
 pub mod timestream;
-
-pub use batch::{BatchProcessor, DeadLetterSink, RecordError, RecordHandler, process_sqs_batch};
+pub mod writer;

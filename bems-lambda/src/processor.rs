@@ -31,14 +31,15 @@ use bems_core::publish::{EventBus, Outcome, Publisher, Rejection};
 use bems_core::{InvoiceEvent, Stage, Validator};
 use chrono::Utc;
 
-use crate::batch::{RecordError, RecordHandler, cell_consumer_validator, decode};
 use crate::idempotency::{IdempotencyStore, NoStore, StoreError};
 use crate::stages::{self, Approvals, Decision, PurchaseOrders, Rules};
+use bems_batch::{RecordError, RecordHandler, cell_consumer_validator, decode};
 
 /// How many handled event ids an instance remembers.
 const REMEMBERED: usize = 10_000;
 
 /// The processor of one stage.
+#[derive(Debug)]
 pub struct StageProcessor<B, O, A, S = NoStore> {
     stage: Stage,
     rules: Rules,
@@ -205,6 +206,7 @@ impl<B, O, A, S> StageProcessor<B, O, A, S> {
 }
 
 /// An event whose successor waits for the end of the batch.
+#[derive(Debug)]
 struct Pending {
     message_id: String,
     event: InvoiceEvent,
@@ -214,9 +216,9 @@ struct Pending {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::{BatchProcessor, DeadLetterSink};
-    use crate::function::{NoApprovals, NoPurchaseOrderSystem};
+    use crate::stages::{NoApprovals, NoPurchaseOrderSystem};
     use aws_lambda_events::sqs::SqsEvent;
+    use bems_batch::{BatchProcessor, DeadLetterSink};
     use bems_core::Status;
     use bems_core::envelope::PutEventsEntry;
     use bems_core::publish::{BusError, CellTarget, EntryResult};
@@ -240,8 +242,8 @@ mod tests {
     struct Kept(Arc<Mutex<Vec<String>>>);
 
     impl DeadLetterSink for Kept {
-        async fn send(&self, _: &SqsMessage, reason: &str) -> Result<(), String> {
-            self.0.lock().map_err(|e| e.to_string())?.push(reason.to_owned());
+        async fn send(&self, _: &SqsMessage, reason: &str) -> Result<(), bems_batch::DeadLetterError> {
+            self.0.lock().map_err(|e| bems_batch::DeadLetterError::new(e.to_string()))?.push(reason.to_owned());
             Ok(())
         }
     }

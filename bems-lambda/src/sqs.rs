@@ -13,13 +13,14 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::time::Duration;
 
-use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
 use aws_sdk_sqs::config::http::HttpResponse;
 use aws_sdk_sqs::types::{
     DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
 };
 
-use crate::batch::{BatchProcessor, DeadLetterSink, RecordHandler, message_group};
+use bems_batch::function::{BatchFunction, Invocation};
+use bems_batch::{DeadLetterError, DeadLetterSink, message_group};
 
 pub use bems_core::contract::{REASON_ATTRIBUTE, SOURCE_ATTRIBUTE};
 
@@ -53,7 +54,7 @@ fn attribute(value: &str) -> MessageAttributeValue {
 }
 
 impl DeadLetterSink for SqsDeadLetter {
-    async fn send(&self, record: &SqsMessage, reason: &str) -> Result<(), String> {
+    async fn send(&self, record: &SqsMessage, reason: &str) -> Result<(), DeadLetterError> {
         // SQS message attribute values are limited to the message size; keep
         // the reason readable rather than complete.
         let reason: String = reason.chars().take(2000).collect();
@@ -69,29 +70,7 @@ impl DeadLetterSink for SqsDeadLetter {
                 .message_group_id(message_group(record).unwrap_or("poison"))
                 .message_deduplication_id(record.message_id.clone().unwrap_or_default());
         }
-        send.send().await.map(|_| ()).map_err(|e| aws_sdk_sqs::error::DisplayErrorContext(e).to_string())
-    }
-}
-
-/// The Lambda handler the runner calls: an `SqsEvent` in, the partial
-/// batch response out.
-pub trait BatchFunction {
-    /// Handles one batch.
-    fn call(&mut self, event: SqsEvent) -> impl Future<Output = SqsBatchResponse> + Send;
-}
-
-/// A batch function made of a [`BatchProcessor`] and a record handler:
-/// what a processor's Lambda binary runs, and what the runner calls.
-pub struct ProcessorFunction<S, H> {
-    /// The processor (dead-letter sink, retries, max receive count).
-    pub processor: BatchProcessor<S>,
-    /// The record handler.
-    pub handler: H,
-}
-
-impl<S: DeadLetterSink + Sync + Send, H: RecordHandler + Send> BatchFunction for ProcessorFunction<S, H> {
-    async fn call(&mut self, event: SqsEvent) -> SqsBatchResponse {
-        self.processor.process(&event, &mut self.handler).await
+        send.send().await.map(|_| ()).map_err(DeadLetterError::new)
     }
 }
 
@@ -222,7 +201,7 @@ impl EventSource {
         }
         let mut event = SqsEvent::default();
         event.records = received.messages().iter().map(|m| to_lambda(m, &self.queue_arn)).collect();
-        let response = function.call(event).await;
+        let response = function.call(event, &Invocation::default()).await;
         let failed: HashSet<&str> = response.batch_item_failures.iter().map(|f| f.item_identifier.as_str()).collect();
         let mut stats = PollStats { received: received.messages().len(), ..PollStats::default() };
         let mut entries = Vec::new();

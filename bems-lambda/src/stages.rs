@@ -47,6 +47,31 @@ pub trait Approvals {
     fn approved(&self, invoice: &InvoiceId) -> bool;
 }
 
+/// The reference deployment has no purchase-order system: every invoice
+/// is matched against its own amount. Replace it with a lookup into your
+/// ERP ([`StageFunction::with_purchase_orders`]); the rules stay the same.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoPurchaseOrderSystem;
+
+impl PurchaseOrders for NoPurchaseOrderSystem {
+    fn expected_amount(&self, invoice: &InvoiceEvent) -> Option<Decimal> {
+        Some(invoice.amount.value())
+    }
+}
+
+/// The reference deployment has no approval workflow: invoices above
+/// the automatic limit wait, and end in the DLQ with the reason once
+/// `maxReceiveCount` runs out. Replace it with your approval service
+/// ([`StageFunction::with_approvals`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoApprovals;
+
+impl Approvals for NoApprovals {
+    fn approved(&self, _: &InvoiceId) -> bool {
+        false
+    }
+}
+
 /// The configurable rules. Defaults are deliberately plain: they are the
 /// reference for users' own.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,12 +1,8 @@
-//! The Timestream writer: one multi-measure record per status change,
-//! written in batches, with rejected records handled one by one.
-//!
-//! Shaped like a vector sink: the limits are constants, the storage is a
-//! small trait ([`RecordSink`], implemented for Timestream for
-//! LiveAnalytics), and the writer decides what to retry. Timestream for
-//! LiveAnalytics has been closed to new AWS customers since 2025-06-20; a
-//! second sink (Timestream for InfluxDB, line protocol) implements the same
-//! trait without touching the writer.
+//! The Timestream for LiveAnalytics sink of the status writer
+//! ([`crate::writer`]): one multi-measure record per status change, at most
+//! 100 per `WriteRecords` call, rejected records answered one by one.
+//! (Timestream for LiveAnalytics is closed to new AWS customers; see the
+//! store section of the docs.)
 //!
 //! ## The record
 //!
@@ -33,9 +29,7 @@
 //! upserts. A stale copy arriving after a correction has a lower version;
 //! Timestream rejects it, and the writer counts that as done.
 
-use std::future::Future;
-
-use bems_core::{Delivery, InvoiceEvent, Status};
+use bems_core::{InvoiceEvent, Status};
 use chrono::{DateTime, Utc};
 
 /// At most this many records per `WriteRecords` call.
@@ -136,121 +130,6 @@ pub fn record(event: &InvoiceEvent, received: DateTime<Utc>) -> Record {
     }
 }
 
-/// The version of a delivery: EventBridge's receipt time when it came
-/// through EventBridge, else the event's own time.
-pub fn received_at(delivery: &Delivery) -> DateTime<Utc> {
-    delivery
-        .eventbridge_time
-        .as_deref()
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .map_or(delivery.event.occurred_at, |t| t.with_timezone(&Utc))
-}
-
-/// The Timestream writer as a batch function: decodes each record (poison
-/// to the dead-letter sink), writes them all, sends records the store
-/// refuses for good to the dead-letter sink with the reason, and reports
-/// the ones to retry. Its records are independent (versions order them), so
-/// unlike a stage processor it does not hold back a FIFO group behind a
-/// failure.
-pub struct TimestreamWriter<S, D> {
-    /// Where records go.
-    pub sink: S,
-    /// Where records that can never be written go.
-    pub dead_letter: D,
-    /// How bodies are validated (clock unchecked: records are history).
-    pub validator: bems_core::Validator,
-}
-
-impl<S, D> TimestreamWriter<S, D> {
-    /// A writer decoding with [`crate::batch::consumer_validator`].
-    pub fn new(sink: S, dead_letter: D) -> TimestreamWriter<S, D> {
-        TimestreamWriter { sink, dead_letter, validator: crate::batch::consumer_validator() }
-    }
-
-    /// The writer of a cell of `partitions`: an event whose partition is
-    /// not its invoice's goes to the dead-letter sink with the reason, as
-    /// the stage processors send it to theirs, instead of being stored.
-    pub fn in_cell(mut self, partitions: bems_core::partition::PartitionCount) -> TimestreamWriter<S, D> {
-        self.validator = crate::batch::cell_consumer_validator(partitions);
-        self
-    }
-}
-
-impl<S: RecordSink + Sync + Send, D: crate::batch::DeadLetterSink + Sync + Send> crate::sqs::BatchFunction
-    for TimestreamWriter<S, D>
-{
-    async fn call(&mut self, event: aws_lambda_events::sqs::SqsEvent) -> aws_lambda_events::sqs::SqsBatchResponse {
-        let mut failed: Vec<String> = Vec::new();
-        let mut decoded = Vec::new();
-        for r in &event.records {
-            match crate::batch::decode(r, &self.validator) {
-                Ok(d) => decoded.push((r, record(&d.event, received_at(&d)))),
-                Err(e) => {
-                    if self.dead_letter.send(r, &e.to_string()).await.is_err() {
-                        failed.push(r.message_id.clone().unwrap_or_default());
-                    }
-                }
-            }
-        }
-        let records: Vec<Record> = decoded.iter().map(|(_, rec)| rec.clone()).collect();
-        let outcomes = write_all(&self.sink, &records).await;
-        // Visibility latency: from the status change to its record being
-        // stored. This is the SLA ("every event visible within 2 minutes").
-        let now_ms = Utc::now().timestamp_millis();
-        for (record, outcome) in records.iter().zip(&outcomes) {
-            if *outcome == Outcome::Done {
-                #[allow(clippy::cast_precision_loss)]
-                metrics::histogram!("VisibilityLatency").record((now_ms - record.time_ms).max(0) as f64);
-                metrics::counter!("RecordsWritten").increment(1);
-            }
-        }
-        for ((r, _), outcome) in decoded.iter().zip(outcomes) {
-            let keep = match outcome {
-                Outcome::Done => false,
-                Outcome::Failed(reason) => self.dead_letter.send(r, &format!("timestream: {reason}")).await.is_err(),
-                Outcome::Retry(_) => true,
-            };
-            if keep {
-                failed.push(r.message_id.clone().unwrap_or_default());
-            }
-        }
-        let mut response = aws_lambda_events::sqs::SqsBatchResponse::default();
-        for id in failed {
-            let mut f = aws_lambda_events::sqs::BatchItemFailure::default();
-            f.item_identifier = id;
-            response.batch_item_failures.push(f);
-        }
-        response
-    }
-}
-
-/// What the store said about one record of a call.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Written {
-    /// Stored (or an identical record already was).
-    Ok,
-    /// Refused, with the store's reason; see [`classify`].
-    Rejected(String),
-}
-
-/// Why a whole write failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SinkError {
-    /// Throttling, 5xx, timeouts: try again.
-    #[error("transient: {0}")]
-    Transient(String),
-    /// Anything else.
-    #[error("permanent: {0}")]
-    Permanent(String),
-}
-
-/// Where records go.
-pub trait RecordSink {
-    /// Writes at most [`MAX_RECORDS_PER_CALL`] records; one result per
-    /// record, in order.
-    fn write(&self, records: &[Record]) -> impl Future<Output = Result<Vec<Written>, SinkError>> + Send;
-}
-
 /// What a rejection means for the record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RejectionKind {
@@ -274,49 +153,17 @@ pub fn classify(reason: &str) -> RejectionKind {
     }
 }
 
-/// The outcome for one record of a batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Stored, or already superseded by a newer version.
-    Done,
-    /// Could not be stored, and retrying will not help: dead-letter it.
-    Failed(String),
-    /// The store was unavailable: retry by redelivery.
-    Retry(String),
-}
-
-/// Writes `records` in calls of at most [`MAX_RECORDS_PER_CALL`]; one
-/// outcome per record. One bad record never fails the others.
-pub async fn write_all<S: RecordSink>(sink: &S, records: &[Record]) -> Vec<Outcome> {
-    let mut out = Vec::with_capacity(records.len());
-    for chunk in records.chunks(MAX_RECORDS_PER_CALL) {
-        match sink.write(chunk).await {
-            Ok(results) => {
-                for i in 0..chunk.len() {
-                    out.push(match results.get(i) {
-                        Some(Written::Ok) => Outcome::Done,
-                        Some(Written::Rejected(reason)) => match classify(reason) {
-                            RejectionKind::Superseded => Outcome::Done,
-                            RejectionKind::Conflict | RejectionKind::Invalid => Outcome::Failed(reason.clone()),
-                        },
-                        None => Outcome::Retry("the store returned fewer results than records".into()),
-                    });
-                }
-            }
-            Err(SinkError::Transient(e)) => out.extend(chunk.iter().map(|_| Outcome::Retry(e.clone()))),
-            Err(SinkError::Permanent(e)) => out.extend(chunk.iter().map(|_| Outcome::Failed(e.clone()))),
-        }
-    }
-    out
-}
-
 mod sdk {
     //! `RecordSink` for Timestream for LiveAnalytics.
 
     use aws_sdk_timestreamwrite::error::{DisplayErrorContext, SdkError};
     use aws_sdk_timestreamwrite::types::{Dimension, MeasureValue, MeasureValueType, TimeUnit};
 
-    use super::{MEASURE_NAME, MeasureKind, Record, RecordSink, SinkError, Written};
+    use bems_core::InvoiceEvent;
+    use chrono::{DateTime, Utc};
+
+    use super::{MAX_RECORDS_PER_CALL, MEASURE_NAME, MeasureKind, Record, RejectionKind, classify};
+    use crate::writer::{SinkError, StatusSink, Written};
 
     /// A Timestream table to write to.
     #[derive(Debug, Clone)]
@@ -359,7 +206,32 @@ mod sdk {
             .build())
     }
 
-    impl RecordSink for TimestreamTable {
+    /// What a rejected record means: the answer's `ExistingVersion` says
+    /// whether a newer version is stored (a stale copy: done) or the same
+    /// one with other values (a conflict); without it, the reason's text
+    /// is all there is.
+    fn rejection(rejected: &aws_sdk_timestreamwrite::types::RejectedRecord, ours: Option<i64>) -> Written {
+        let reason = rejected.reason().unwrap_or("rejected");
+        let kind = match (rejected.existing_version(), ours) {
+            (Some(existing), Some(ours)) if existing > ours => RejectionKind::Superseded,
+            (Some(existing), Some(ours)) if existing == ours => RejectionKind::Conflict,
+            _ => classify(reason),
+        };
+        match kind {
+            RejectionKind::Superseded => Written::Superseded,
+            RejectionKind::Conflict | RejectionKind::Invalid => Written::Rejected(reason.to_owned()),
+        }
+    }
+
+    impl StatusSink for TimestreamTable {
+        type Record = Record;
+        const NAME: &'static str = "timestream";
+        const MAX_RECORDS_PER_CALL: usize = MAX_RECORDS_PER_CALL;
+
+        fn encode(&self, event: &InvoiceEvent, received: DateTime<Utc>) -> Record {
+            super::record(event, received)
+        }
+
         async fn write(&self, records: &[Record]) -> Result<Vec<Written>, SinkError> {
             let sdk: Vec<_> = records.iter().map(to_sdk).collect::<Result<_, _>>().map_err(SinkError::Permanent)?;
             let common = aws_sdk_timestreamwrite::types::Record::builder()
@@ -384,7 +256,7 @@ mod sdk {
                         for rejected in r.rejected_records() {
                             let i = usize::try_from(rejected.record_index()).unwrap_or(usize::MAX);
                             if let Some(slot) = out.get_mut(i) {
-                                *slot = Written::Rejected(rejected.reason().unwrap_or("rejected").to_owned());
+                                *slot = rejection(rejected, records.get(i).map(|r| r.version));
                             }
                         }
                     }
@@ -405,7 +277,7 @@ pub use sdk::TimestreamTable;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Mutex;
+    use chrono::{DateTime, Utc};
 
     fn event() -> InvoiceEvent {
         bems_core::Validator::default()
@@ -487,46 +359,5 @@ mod tests {
             classify("The record timestamp is outside the time range of the memory store."),
             RejectionKind::Invalid
         );
-    }
-
-    /// Rejects records whose amount is "0.01"; fails whole calls on demand.
-    struct Fake {
-        calls: Mutex<Vec<usize>>,
-        transient: bool,
-    }
-
-    impl RecordSink for Fake {
-        async fn write(&self, records: &[Record]) -> Result<Vec<Written>, SinkError> {
-            self.calls.lock().expect("lock").push(records.len());
-            if self.transient {
-                return Err(SinkError::Transient("ThrottlingException".into()));
-            }
-            Ok(records
-                .iter()
-                .map(|r| match r.version {
-                    1 => Written::Rejected("The record version 1 is lower than the existing version 9.".into()),
-                    2 => Written::Rejected("different measure values already exist for this version".into()),
-                    _ => Written::Ok,
-                })
-                .collect())
-        }
-    }
-
-    #[tokio::test]
-    async fn batches_of_100_and_rejections_handled_record_by_record() {
-        let base = record(&event(), Utc::now());
-        let mut records: Vec<Record> = (0..250).map(|_| base.clone()).collect();
-        records[3].version = 1;
-        records[7].version = 2;
-        let sink = Fake { calls: Mutex::new(Vec::new()), transient: false };
-        let out = write_all(&sink, &records).await;
-        assert_eq!(*sink.calls.lock().expect("lock"), vec![100, 100, 50]);
-        assert_eq!(out.len(), 250);
-        assert_eq!(out[3], Outcome::Done, "a superseded copy is done");
-        assert!(matches!(&out[7], Outcome::Failed(r) if r.contains("different")));
-        assert_eq!(out.iter().filter(|o| **o == Outcome::Done).count(), 249);
-
-        let down = Fake { calls: Mutex::new(Vec::new()), transient: true };
-        assert!(write_all(&down, &records[..5]).await.iter().all(|o| matches!(o, Outcome::Retry(_))));
     }
 }

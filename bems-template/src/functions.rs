@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use bems_core::Stage;
-use bems_core::contract::Function;
+use bems_core::contract::{Function, env};
 use bems_core::routing::CellSpec;
 use serde_json::{Value, json};
 
@@ -84,11 +84,12 @@ pub(super) fn functions(spec: &CellSpec, defaults: &TemplateDefaults, resources:
                 }),
             ],
             env: json!({
-                "BEMS_CELL_ID": cell,
-                "BEMS_PARTITIONS": partitions,
-                "BEMS_DLQ_URL": reference(&dlq),
-                "BEMS_MAX_RECEIVE_COUNT": reference("MaxReceiveCount"),
-                "BEMS_IDEMPOTENCY_TABLE": reference("IdempotencyTable"),
+                (env::CELL_ID): cell,
+                (env::PARTITIONS): partitions,
+                (env::DLQ_URL): reference(&dlq),
+                (env::MAX_RECEIVE_COUNT): reference("MaxReceiveCount"),
+                (env::ACCOUNT_ID): reference("AWS::AccountId"),
+                (env::IDEMPOTENCY_TABLE): reference("IdempotencyTable"),
             }),
             condition: None,
         });
@@ -105,9 +106,9 @@ pub(super) fn functions(spec: &CellSpec, defaults: &TemplateDefaults, resources:
         concurrency: "ForwarderMaximumConcurrency",
         statements: vec![json!({ "Effect": "Allow", "Action": "sns:Publish", "Resource": topics })],
         env: json!({
-            "BEMS_CELL_ID": cell,
-            "BEMS_PARTITIONS": partitions,
-            "BEMS_ACCOUNT_ID": reference("AWS::AccountId"),
+            (env::CELL_ID): cell,
+            (env::PARTITIONS): partitions,
+            (env::ACCOUNT_ID): reference("AWS::AccountId"),
         }),
         condition: None,
     });
@@ -124,11 +125,11 @@ pub(super) fn functions(spec: &CellSpec, defaults: &TemplateDefaults, resources:
             json!({ "Effect": "Allow", "Action": "timestream:DescribeEndpoints", "Resource": "*" }),
         ],
         env: json!({
-            "BEMS_CELL_ID": cell,
-            "BEMS_PARTITIONS": partitions,
-            "BEMS_DLQ_URL": reference("StatusDlq"),
-            "BEMS_TIMESTREAM_DATABASE": reference("TimestreamDatabase"),
-            "BEMS_TIMESTREAM_TABLE": bems_core::contract::TIMESTREAM_TABLE,
+            (env::CELL_ID): cell,
+            (env::PARTITIONS): partitions,
+            (env::DLQ_URL): reference("StatusDlq"),
+            (env::TIMESTREAM_DATABASE): reference("TimestreamDatabase"),
+            (env::TIMESTREAM_TABLE): bems_core::contract::TIMESTREAM_TABLE,
         }),
         condition: Some("WithTimestream"),
     });

@@ -2,7 +2,7 @@
 //! generator makes is what the routing code says: rules, filter policies and
 //! names read back from the JSON files equal the `CellSpec`'s.
 //!
-//! `BEMS_UPDATE_TEMPLATES=1 cargo test -p bems-cli --test template` rewrites
+//! `BEMS_UPDATE_TEMPLATES=1 cargo test -p bems-template --test template` rewrites
 //! `infra/cells/prod-eu-1/` after a change; commit the result.
 
 use std::collections::BTreeSet;
@@ -67,7 +67,7 @@ fn committed_template_is_what_the_generator_makes() {
     assert_eq!(committed, expected, "infra/cells/prod-eu-1 holds other files than the generator writes");
     assert!(
         stale.is_empty(),
-        "stale template files {stale:?}: run `BEMS_UPDATE_TEMPLATES=1 cargo test -p bems-cli --test template` and commit"
+        "stale template files {stale:?}: run `BEMS_UPDATE_TEMPLATES=1 cargo test -p bems-template --test template` and commit"
     );
 }
 

@@ -32,7 +32,7 @@ fn strict() -> &'static Validator {
     V.get_or_init(Validator::default)
 }
 
-/// Consumers' validator (`bems_lambda::batch::consumer_validator`'s options;
+/// Consumers' validator (`bems_batch::consumer_validator`'s options;
 /// the cell's consumers also check the partition against the invoice's
 /// (`ValidationOptions::consumer_in`), a hash the event either matches or
 /// not, which this target leaves to the unit tests).

@@ -24,6 +24,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 /// it cuts every open connection and refuses new ones, as a restarting
 /// service (or a network partition) does to its clients. Clients built on
 /// [`Outage::config`] go through it; the test's own clients do not.
+#[derive(Debug)]
 pub struct Outage {
     addr: std::net::SocketAddr,
     down: tokio::sync::watch::Sender<bool>,
@@ -81,6 +82,7 @@ impl Outage {
 /// can be throttled again and some calls exhaust the SDK's retries: then our
 /// code's own handling of transient errors is what keeps events from being
 /// lost. Clients built on [`Throttle::config`] go through it.
+#[derive(Debug)]
 pub struct Throttle {
     addr: std::net::SocketAddr,
     throttled: Arc<Mutex<BTreeMap<String, usize>>>,

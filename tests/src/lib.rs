@@ -127,6 +127,7 @@ pub async fn environment() -> Option<Env> {
 }
 
 /// A provisioned cell with its route forwarder running; the forwarder stops on drop.
+#[allow(missing_debug_implementations, reason = "a test fixture holding SDK clients and a task")]
 pub struct Cell {
     /// The cell's routing.
     pub spec: CellSpec,

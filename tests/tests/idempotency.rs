@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
 use aws_sdk_dynamodb::types::AttributeValue;
+use bems_batch::process_sqs_batch;
 use bems_core::envelope::PutEventsEntry;
 use bems_core::fields::InvoiceId;
 use bems_core::publish::{BusError, CellTarget, EntryResult, EventBus, Publisher};
 use bems_core::{InvoiceEvent, Stage, Status};
 use bems_e2e::{event, idempotency_table};
-use bems_lambda::batch::process_sqs_batch;
 use bems_lambda::idempotency::{DynamoDbStore, IdempotencyStore, NoStore, StoreError, attributes};
 use bems_lambda::processor::StageProcessor;
 use bems_lambda::stages::{Approvals, PurchaseOrders, Rules};
@@ -187,8 +187,8 @@ async fn an_unreachable_store_is_a_transient_failure() {
     let submitted = placed(event("INV-IDEM-4", Stage::Ingestion, Status::Submitted, None, 0));
     let bus = Recording::default();
     let mut processor = ingestion(&bus, store);
-    let response = bems_lambda::batch::BatchProcessor::new()
-        .with_retry(bems_lambda::batch::TransientRetry { max_attempts: 2, ..Default::default() })
+    let response = bems_batch::BatchProcessor::new()
+        .with_retry(bems_batch::TransientRetry { max_attempts: 2, ..Default::default() })
         .process(&record(&submitted), &mut processor)
         .await;
     assert_eq!(response.batch_item_failures.len(), 1);

@@ -9,6 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bems_batch::BatchProcessor;
+use bems_batch::function::ProcessorFunction;
 use bems_core::envelope::PutEventsEntry;
 use bems_core::fields::InvoiceId;
 use bems_core::publish::{BusError, EntryResult, EventBus, Publisher, RetryPolicy};
@@ -17,12 +19,11 @@ use bems_e2e::{
     Cell, Merged, Outage, Throttle, dimension, environment, event, idempotency_table, measure, moto_config,
     stored_rows, timestream_table,
 };
-use bems_lambda::batch::BatchProcessor;
 use bems_lambda::idempotency::DynamoDbStore;
 use bems_lambda::processor::StageProcessor;
-use bems_lambda::sqs::{EventSource, ProcessorFunction, RunnerOptions, SqsDeadLetter};
+use bems_lambda::sqs::{EventSource, RunnerOptions, SqsDeadLetter};
 use bems_lambda::stages::{Approvals, PurchaseOrders, Rules};
-use bems_lambda::timestream::{Record, RecordSink, SinkError, TimestreamWriter, Written};
+use bems_lambda::writer::{SinkError, StatusSink, StatusWriter, Written};
 use bems_ops::provision::ProvisionOptions;
 use rust_decimal::Decimal;
 use tokio::sync::{Notify, watch};
@@ -82,8 +83,16 @@ impl<B: EventBus + Sync> EventBus for Throttled<B> {
     }
 }
 
-impl<S: RecordSink + Sync> RecordSink for Throttled<S> {
-    async fn write(&self, records: &[Record]) -> Result<Vec<Written>, SinkError> {
+impl<S: StatusSink + Sync> StatusSink for Throttled<S> {
+    type Record = S::Record;
+    const NAME: &'static str = S::NAME;
+    const MAX_RECORDS_PER_CALL: usize = S::MAX_RECORDS_PER_CALL;
+
+    fn encode(&self, event: &bems_core::InvoiceEvent, received: chrono::DateTime<chrono::Utc>) -> S::Record {
+        self.inner.encode(event, received)
+    }
+
+    async fn write(&self, records: &[S::Record]) -> Result<Vec<Written>, SinkError> {
         if self.throttle() {
             return Err(SinkError::Transient("injected: ThrottlingException".into()));
         }
@@ -471,7 +480,7 @@ async fn pipeline(env: &bems_e2e::Env, plan: Plan) -> Done {
         let status_dlq = cell.queue_url(&cell.spec.status_dlq_name()).await;
         let sink = Throttled::new(table, plan.throttle_every, injected.clone());
         let writer =
-            TimestreamWriter::new(sink, SqsDeadLetter::new(sqs.clone(), status_dlq)).in_cell(cell.spec.partitions());
+            StatusWriter::new(sink, SqsDeadLetter::new(sqs.clone(), status_dlq)).in_cell(cell.spec.partitions());
         let mut stopped = stopped.clone();
         let queue = cell.queue_url(&cell.spec.status_queue_name()).await;
         let source = EventSource::connect(sqs.clone(), queue, RunnerOptions::default()).await.expect("queue");

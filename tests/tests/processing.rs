@@ -9,11 +9,12 @@ use std::sync::{Arc, Mutex};
 
 use aws_lambda_events::sqs::SqsMessage;
 use aws_sdk_sqs::types::MessageSystemAttributeName;
+use bems_batch::function::ProcessorFunction;
+use bems_batch::{BatchProcessor, RecordError, RecordHandler, decode};
 use bems_core::partition::{Partition, message_group_id};
 use bems_core::{Stage, Status, Validator};
 use bems_e2e::{Cell, environment, event};
-use bems_lambda::batch::{BatchProcessor, RecordError, RecordHandler, decode};
-use bems_lambda::sqs::{EventSource, ProcessorFunction, REASON_ATTRIBUTE, RunnerOptions, SqsDeadLetter};
+use bems_lambda::sqs::{EventSource, REASON_ATTRIBUTE, RunnerOptions, SqsDeadLetter};
 use bems_ops::provision::ProvisionOptions;
 
 /// Records (invoice, seq) of what it handled; fails invoices named

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bems_core::{Stage, Status};
 use bems_e2e::{Cell, environment, event, stored_rows, timestream_table};
 use bems_lambda::sqs::{EventSource, RunnerOptions, SqsDeadLetter};
-use bems_lambda::timestream::{Record, RecordSink, SinkError, TimestreamWriter, Written};
+use bems_lambda::writer::{SinkError, StatusSink, StatusWriter, Written};
 use bems_ops::provision::ProvisionOptions;
 use tokio::sync::Notify;
 
@@ -25,8 +25,16 @@ struct Announcing<S> {
     written: Arc<Notify>,
 }
 
-impl<S: RecordSink + Sync> RecordSink for Announcing<S> {
-    async fn write(&self, records: &[Record]) -> Result<Vec<Written>, SinkError> {
+impl<S: StatusSink + Sync> StatusSink for Announcing<S> {
+    type Record = S::Record;
+    const NAME: &'static str = S::NAME;
+    const MAX_RECORDS_PER_CALL: usize = S::MAX_RECORDS_PER_CALL;
+
+    fn encode(&self, event: &bems_core::InvoiceEvent, received: chrono::DateTime<chrono::Utc>) -> S::Record {
+        self.inner.encode(event, received)
+    }
+
+    async fn write(&self, records: &[S::Record]) -> Result<Vec<Written>, SinkError> {
         let written = self.inner.write(records).await;
         self.written.notify_one();
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -53,7 +61,7 @@ async fn killing_the_writer_mid_batch_and_restarting_it_loses_nothing_and_writes
     let dlq = cell.queue_url(&cell.spec.status_dlq_name()).await;
     let written = Arc::new(Notify::new());
     let writer = || {
-        TimestreamWriter::new(
+        StatusWriter::new(
             Announcing { inner: table.clone(), written: written.clone() },
             SqsDeadLetter::new(cell.clients.sqs.clone(), dlq.clone()),
         )

@@ -1,4 +1,4 @@
-//! `local-cell --aws`: the dashboard over a cell that runs elsewhere.
+//! `bems-monitor --aws`: the dashboard over a cell that runs elsewhere.
 //!
 //! The "AWS" here is the emulators, reached through the standard AWS
 //! configuration chain exactly as a real account would be:
@@ -131,7 +131,7 @@ async fn the_dashboard_reads_a_deployed_cell_without_touching_it() {
         .expect("put metric data");
 
     // Canned Timestream answers for every panel's query, and the over-SLA query.
-    let binary = env!("CARGO_BIN_EXE_local-cell");
+    let binary = env!("CARGO_BIN_EXE_bems-monitor");
     let aws_args =
         ["--aws", "--cell", &cell, "--region", "us-east-1", "--account", "000000000000", "--partitions", "2"];
     let printed = Command::new(binary).args(aws_args).arg("--print-queries").output().expect("print queries");
@@ -209,12 +209,12 @@ async fn the_dashboard_reads_a_deployed_cell_without_touching_it() {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("start local-cell --aws");
+        .expect("start bems-monitor --aws");
     let (lines_tx, lines) = mpsc::channel::<String>();
     let stdout = child.stdout.take().expect("stdout");
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            println!("local-cell: {line}");
+            println!("bems-monitor: {line}");
             let _ = lines_tx.send(line);
         }
     });
@@ -272,8 +272,8 @@ async fn the_dashboard_reads_a_deployed_cell_without_touching_it() {
         state["problems"].as_array().expect("problems").iter().filter_map(Value::as_str).collect();
     assert!(problems.iter().all(|p| p.starts_with("CloudWatch (visibility latency)")), "{problems:?}");
 
-    let status = child.wait().expect("local-cell exits");
-    assert!(status.success(), "local-cell --aws exited with {status}");
+    let status = child.wait().expect("bems-monitor exits");
+    assert!(status.success(), "bems-monitor --aws exited with {status}");
     // Nothing was deleted: the cell is still there.
     let still = bems_lambda::sqs::queue_url(&clients.sqs, &spec.status_queue_name()).await;
     assert!(still.is_ok(), "the cell's queues must survive --aws: {still:?}");

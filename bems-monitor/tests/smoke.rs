@@ -38,6 +38,6 @@ fn smoke_reports_the_stage_whose_processor_is_stopped() {
     let depth = stopped.queues.iter().find(|q| q.queue == queue).unwrap_or_else(|| panic!("{queue}: {stopped:#?}"));
     assert!(depth.waiting + depth.in_flight >= 1, "the invoice waits in {queue}: {depth:?}");
     let (success, rest) = child.finish();
-    assert!(success, "local-cell failed: {rest:?}");
-    assert!(rest.iter().any(|l| l == &format!("local-cell: cell {cell} deleted")), "the cell was deleted: {rest:?}");
+    assert!(success, "bems-monitor failed: {rest:?}");
+    assert!(rest.iter().any(|l| l == &format!("bems-monitor: cell {cell} deleted")), "the cell was deleted: {rest:?}");
 }

@@ -23,7 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bems_core::Stage;
-use bems_lambda::timestream::{Record, RecordSink, SinkError, Written};
+use bems_lambda::timestream::Record;
+use bems_lambda::writer::{SinkError, StatusSink, Written};
 use serde::Serialize;
 
 /// Fixed, indicative rates to EUR for adding amounts of different
@@ -651,7 +652,15 @@ pub(crate) struct Tee<S> {
     pub(crate) state: Arc<Mutex<State>>,
 }
 
-impl<S: RecordSink + Sync> RecordSink for Tee<S> {
+impl<S: StatusSink<Record = Record> + Sync> StatusSink for Tee<S> {
+    type Record = S::Record;
+    const NAME: &'static str = S::NAME;
+    const MAX_RECORDS_PER_CALL: usize = S::MAX_RECORDS_PER_CALL;
+
+    fn encode(&self, event: &bems_core::InvoiceEvent, received: chrono::DateTime<chrono::Utc>) -> S::Record {
+        self.inner.encode(event, received)
+    }
+
     async fn write(&self, records: &[Record]) -> Result<Vec<Written>, SinkError> {
         let written = self.inner.write(records).await?;
         let now_ms = chrono::Utc::now().timestamp_millis();

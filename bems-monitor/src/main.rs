@@ -1,4 +1,4 @@
-//! `cargo run -p local-cell`: the whole system on this machine.
+//! `cargo run -p bems-monitor`: the whole system on this machine.
 //!
 //! Starts the emulators if they are not up (`scripts/emulators up`),
 //! provisions a cell on LocalStack (and its Timestream table on moto), runs
@@ -26,17 +26,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use bems_batch::BatchProcessor;
+use bems_batch::function::ProcessorFunction;
 use bems_core::Stage;
 use bems_core::fields::{AccountId, CellId, Region};
 use bems_core::partition::PartitionCount;
 use bems_core::publish::{CellTarget, Outcome, Publisher, RetryPolicy};
 use bems_core::routing::CellSpec;
-use bems_lambda::batch::BatchProcessor;
-use bems_lambda::function::{NoApprovals, NoPurchaseOrderSystem};
 use bems_lambda::processor::StageProcessor;
-use bems_lambda::sqs::{EventSource, ProcessorFunction, RunnerOptions, SqsDeadLetter};
+use bems_lambda::sqs::{EventSource, RunnerOptions, SqsDeadLetter};
 use bems_lambda::stages::Rules;
-use bems_lambda::timestream::{TimestreamTable, TimestreamWriter};
+use bems_lambda::stages::{NoApprovals, NoPurchaseOrderSystem};
+use bems_lambda::timestream::TimestreamTable;
+use bems_lambda::writer::StatusWriter;
 use bems_ops::provision::{Clients, ProvisionOptions, provision};
 use clap::Parser;
 use tokio::sync::watch;
@@ -46,7 +48,7 @@ use crate::traffic::{Generator, Made, Profile};
 
 #[derive(Parser, Debug)]
 #[command(
-    name = "local-cell",
+    name = "bems-monitor",
     about = "Run a BEMS cell on the local emulators with month-end traffic and a live dashboard."
 )]
 struct Args {
@@ -145,13 +147,13 @@ async fn config(endpoint: &str) -> aws_config::SdkConfig {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(endpoint)
         .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new("test", "test", None, None, "local-cell"))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new("test", "test", None, None, "bems-monitor"))
         .load()
         .await
 }
 
 fn emulators_script() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/emulators")
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/emulators")
 }
 
 /// Starts the emulators with `scripts/emulators up` unless LocalStack
@@ -161,7 +163,7 @@ fn ensure_emulators(localstack: &str) -> anyhow::Result<bool> {
         return Ok(false);
     }
     let script = emulators_script();
-    println!("local-cell: starting the emulators ({} up)...", script.display());
+    println!("bems-monitor: starting the emulators ({} up)...", script.display());
     // In a process group of their own: Ctrl-C in the terminal signals the
     // whole foreground group, and the emulators must outlive it until the
     // cell is deleted (then `emulators down` stops them).
@@ -224,15 +226,15 @@ async fn local_target(args: &Args) -> anyhow::Result<Target> {
     let table = timestream(&args.moto, &spec).await?;
     let alerts = clients.sns.create_topic().name(spec.alerts_topic_name("critical")).send().await?;
     println!(
-        "local-cell: cell {} ({} partitions) on {}; API {} (key {})",
+        "bems-monitor: cell {} ({} partitions) on {}; API {} (key {})",
         args.cell, args.partitions, args.localstack, provisioned.ingress.rest_api_id, provisioned.ingress.api_key
     );
     println!(
-        "local-cell: follow one invoice through it: AWS_ENDPOINT_URL={} AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test cargo run -q -p bems-cli -- smoke --cell {} --partitions {} --moto-store {}",
+        "bems-monitor: follow one invoice through it: AWS_ENDPOINT_URL={} AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test cargo run -q -p bems-cli -- smoke --cell {} --partitions {} --moto-store {}",
         args.localstack, args.cell, args.partitions, args.moto
     );
     for stage in &args.without_processor {
-        println!("local-cell: running without the {stage} processor (--without-processor)");
+        println!("bems-monitor: running without the {stage} processor (--without-processor)");
     }
     Ok(Target {
         spec,
@@ -277,7 +279,7 @@ async fn aws_target(args: &Args) -> anyhow::Result<Target> {
         window_mins: args.window_mins,
     };
     println!(
-        "local-cell: cell {} on AWS ({}, account {}); panels from Timestream and CloudWatch every {} s over the last {} min{}",
+        "bems-monitor: cell {} on AWS ({}, account {}); panels from Timestream and CloudWatch every {} s over the last {} min{}",
         spec.cell_id(),
         spec.region(),
         spec.account_id(),
@@ -385,12 +387,12 @@ async fn main() -> anyhow::Result<()> {
     }
     // The dashboard.
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await.context("dashboard port")?;
-    println!("local-cell: dashboard on http://{}/  (Ctrl-C stops)", listener.local_addr()?);
+    println!("bems-monitor: dashboard on http://{}/  (Ctrl-C stops)", listener.local_addr()?);
     {
         let (state, rx) = (state.clone(), stopped.clone());
         tasks.push(tokio::spawn(async move {
             if let Err(e) = web::serve(listener, state, until_stopped(rx)).await {
-                eprintln!("local-cell: dashboard: {e}");
+                eprintln!("bems-monitor: dashboard: {e}");
             }
         }));
     }
@@ -466,7 +468,7 @@ async fn main() -> anyhow::Result<()> {
         if let Some(topic) = &target.alert_topic {
             let _ = clients.sns.delete_topic().topic_arn(topic).send().await;
         }
-        println!("local-cell: cell {} deleted", args.cell);
+        println!("bems-monitor: cell {} deleted", args.cell);
     }
     if local.started_emulators {
         let status =
@@ -482,7 +484,7 @@ async fn drain(state: &Arc<Mutex<State>>, limit: Duration) {
     if let Ok(mut s) = state.lock() {
         s.traffic_stopped();
     }
-    println!("local-cell: traffic stopped; draining (up to {} s, Ctrl-C skips)", limit.as_secs());
+    println!("bems-monitor: traffic stopped; draining (up to {} s, Ctrl-C skips)", limit.as_secs());
     let deadline = tokio::time::Instant::now() + limit;
     // A new listener: the first Ctrl-C (if that is what stopped the
     // traffic) has completed the main loop's.
@@ -555,7 +557,7 @@ async fn start_functions(
             if let Err(e) =
                 bems_lambda::forward::run_locally(&spec, sns, sqs, Duration::from_millis(100), until_stopped(rx)).await
             {
-                eprintln!("local-cell: route forwarder: {e}");
+                eprintln!("bems-monitor: route forwarder: {e}");
             }
         }));
     }
@@ -587,7 +589,7 @@ async fn start_functions(
             .await?;
     let sink = Tee { inner: local.table.clone(), state: state.clone() };
     let writer =
-        TimestreamWriter::new(sink, SqsDeadLetter::new(clients.sqs.clone(), queue_url(spec.status_dlq_name()).await?))
+        StatusWriter::new(sink, SqsDeadLetter::new(clients.sqs.clone(), queue_url(spec.status_dlq_name()).await?))
             .in_cell(spec.partitions());
     let rx = stopped.clone();
     tasks.push(tokio::spawn(async move { source.run(writer, Duration::from_millis(100), until_stopped(rx)).await }));
@@ -608,7 +610,7 @@ fn start_traffic<B: bems_core::publish::EventBus + Send + Sync + 'static>(
         ramp: Duration::from_secs(args.ramp_secs),
     };
     println!(
-        "local-cell: traffic from {:.0} to {:.0} status events/min over {} s (peak {:.0}/min scaled by {}); {}% failing, {}% invalid",
+        "bems-monitor: traffic from {:.0} to {:.0} status events/min over {} s (peak {:.0}/min scaled by {}); {}% failing, {}% invalid",
         profile.base_per_min,
         profile.peak_per_min,
         args.ramp_secs,
@@ -643,7 +645,7 @@ fn start_traffic<B: bems_core::publish::EventBus + Send + Sync + 'static>(
                             s.invalid(problem);
                         }
                     }
-                    Err(e) => eprintln!("local-cell: generator: {e}"),
+                    Err(e) => eprintln!("bems-monitor: generator: {e}"),
                 }
             }
             if batch.is_empty() {
@@ -661,7 +663,7 @@ fn start_traffic<B: bems_core::publish::EventBus + Send + Sync + 'static>(
 /// Runs a stage processor like `EventSource::run`, counting per stage the
 /// records received and those returned for redelivery (the stage's error
 /// rate on the dashboard).
-async fn run_counted<F: bems_lambda::sqs::BatchFunction>(
+async fn run_counted<F: bems_batch::function::BatchFunction>(
     source: &EventSource,
     mut function: F,
     stage: Stage,
@@ -677,7 +679,7 @@ async fn run_counted<F: bems_lambda::sqs::BatchFunction>(
                 stats.received == 0
             }
             Err(e) => {
-                eprintln!("local-cell: {stage} processor: {e}");
+                eprintln!("bems-monitor: {stage} processor: {e}");
                 true
             }
         };

@@ -166,8 +166,8 @@ impl Generator {
                 account_id: AccountId::new("000000000000")?,
                 cell_id: CellId::new("local")?,
                 partition: Partition::new(1)?,
-                correlation_id: CorrelationId::new(format!("local-cell-{}", self.next))?,
-                producer: Producer::new("local-cell")?,
+                correlation_id: CorrelationId::new(format!("bems-monitor-{}", self.next))?,
+                producer: Producer::new("bems-monitor")?,
             },
         };
         if self.rng.f64() < self.invalid_share {

@@ -35,7 +35,7 @@ fn get(url: &str) -> Value {
 }
 
 fn artifacts() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/test-artifacts");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
     std::fs::create_dir_all(&dir).expect("artifact directory");
     dir
 }
@@ -122,7 +122,7 @@ fn the_local_cell_runs_traffic_serves_a_live_dashboard_and_cleans_up() {
 
     if let Some(browser) = &browser {
         for view in ["executive", "operations", "finance"] {
-            let png = artifacts().join(format!("local-cell-{view}.png"));
+            let png = artifacts().join(format!("bems-monitor-{view}.png"));
             let _ = std::fs::remove_file(&png);
             let dom = browse(browser, &format!("{base}/#{view}"), &png);
             assert!(dom.contains(&format!("cell <span id=\"cell\">{cell}</span>")), "the page loaded its data");
@@ -143,12 +143,12 @@ fn the_local_cell_runs_traffic_serves_a_live_dashboard_and_cleans_up() {
     }
 
     let (success, rest) = child.finish();
-    assert!(success, "local-cell failed: {rest:?}");
+    assert!(success, "bems-monitor failed: {rest:?}");
     let summary = rest.iter().find(|l| l.starts_with("summary: ")).unwrap_or_else(|| panic!("no summary: {rest:?}"));
     assert!(summary.contains("status changes visible") && summary.contains("p99"), "{summary}");
     // After the drain, every event the bus accepted (submissions and the
     // stages' next events) is stored: the run lost nothing.
     let load = rest.iter().find(|l| l.starts_with("load: ")).unwrap_or_else(|| panic!("no load line: {rest:?}"));
     assert!(load.contains("none missing"), "{load}");
-    assert!(rest.iter().any(|l| l == &format!("local-cell: cell {cell} deleted")), "the cell was deleted: {rest:?}");
+    assert!(rest.iter().any(|l| l == &format!("bems-monitor: cell {cell} deleted")), "the cell was deleted: {rest:?}");
 }

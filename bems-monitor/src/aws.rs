@@ -20,11 +20,11 @@
 use std::collections::{BTreeMap, HashMap};
 
 use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
+use bems_batch::METRIC_CLASSES;
 use bems_core::Stage;
 use bems_core::contract::TIMESTREAM_TABLE;
 use bems_core::contract::{CELL_DIMENSION, CLASS_DIMENSION, FUNCTION_DIMENSION, Function, METRICS_NAMESPACE};
 use bems_core::routing::CellSpec;
-use bems_lambda::batch::METRIC_CLASSES;
 
 use crate::state::{HighValue, Panels, Percentiles, TO_EUR, in_eur};
 

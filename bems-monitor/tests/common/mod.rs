@@ -35,16 +35,16 @@ pub(crate) struct LocalCell {
 }
 
 impl LocalCell {
-    /// Starts `local-cell` with `args` on the emulators.
+    /// Starts `bems-monitor` with `args` on the emulators.
     pub(crate) fn start(localstack: &str, moto: &str, args: &[&str]) -> LocalCell {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_local-cell"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_bems-monitor"))
             .args(args)
             .env("BEMS_LOCALSTACK_URL", localstack)
             .env("BEMS_MOTO_URL", moto)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("start local-cell");
+            .expect("start bems-monitor");
         let (lines_tx, lines) = mpsc::channel::<String>();
         let stdout = child.stdout.take().expect("stdout");
         std::thread::spawn(move || {
@@ -87,7 +87,7 @@ impl LocalCell {
     /// Waits for the process to end: whether it succeeded, and the lines
     /// it printed after those already read.
     pub(crate) fn finish(mut self) -> (bool, Vec<String>) {
-        let status = self.child.take().expect("the child").wait().expect("local-cell ends after --duration");
+        let status = self.child.take().expect("the child").wait().expect("bems-monitor ends after --duration");
         let rest: Vec<String> = self.lines.try_iter().collect();
         (status.success(), rest)
     }

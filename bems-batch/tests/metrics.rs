@@ -3,7 +3,7 @@
 //! `metrics` recorder is process-wide.)
 
 use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
-use bems_lambda::batch::{RecordError, RecordHandler, process_sqs_batch};
+use bems_batch::{RecordError, RecordHandler, process_sqs_batch};
 use serde_json::Value;
 
 /// Refuses group A's second record (a business failure); handles the rest.

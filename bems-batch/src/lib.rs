@@ -1,4 +1,58 @@
-//! SQS batch processing with partial failures, FIFO-correct.
+//! # bems-batch
+//!
+//! SQS batch processing with partial failures, FIFO-correct, for Lambda
+//! functions fed by an SQS event source mapping, and for anything else
+//! that receives SQS records in batches (the local event-source runner of
+//! `bems-lambda` calls the same code). No AWS service SDK is in this
+//! crate's tree: it speaks only the event and response types of
+//! [`aws_lambda_events`]; where a record goes when it is poison is a
+//! [`DeadLetterSink`] you provide.
+//!
+//! ```
+//! use aws_lambda_events::sqs::{SqsEvent, SqsMessage};
+//! use bems_batch::{RecordError, RecordHandler, decode, process_sqs_batch};
+//! use bems_core::Validator;
+//!
+//! /// Counts the invoice events it sees; anything undecodable is poison.
+//! struct Count {
+//!     validator: Validator,
+//!     seen: usize,
+//! }
+//!
+//! impl RecordHandler for Count {
+//!     async fn handle(&mut self, record: &SqsMessage) -> Result<(), RecordError> {
+//!         let delivery = decode(record, &self.validator)?;
+//!         if delivery.event.amount.value().is_zero() {
+//!             return Err(RecordError::business("zero amounts wait for a correction"));
+//!         }
+//!         self.seen += 1;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let event: SqsEvent = serde_json::from_str(include_str!("../fixtures/example-sqs-event-fifo.json")).unwrap();
+//! let mut handler = Count { validator: Validator::default(), seen: 0 };
+//! let response = process_sqs_batch(&event, &mut handler).await;
+//! assert!(response.batch_item_failures.is_empty());
+//! assert_eq!(handler.seen, 5);
+//! # }
+//! ```
+//!
+//! ## Layers
+//!
+//! - This module: [`RecordHandler`] (one record), [`BatchProcessor`] (a
+//!   batch: order, retries, dead-lettering, the response),
+//!   [`process_sqs_batch`] (the defaults).
+//! - [`function`]: a [`BatchFunction`](function::BatchFunction) is what
+//!   an invocation calls, built once per instance and called for every
+//!   batch; [`ProcessorFunction`](function::ProcessorFunction) pairs a
+//!   processor with a handler.
+//! - [`lambda`] (feature `lambda`): runs a batch function on
+//!   `lambda_runtime`, one instance's state kept across invocations.
+//!
+//! ## Semantics
 //!
 //! [`process_sqs_batch`] runs a [`RecordHandler`] over an [`SqsEvent`] and
 //! returns the [`SqsBatchResponse`] that Lambda's event source mapping
@@ -48,8 +102,14 @@ use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMe
 use bems_core::contract::CLASS_DIMENSION;
 use tokio::time::Instant;
 
+pub mod function;
+#[cfg(feature = "lambda")]
+#[cfg_attr(docsrs, doc(cfg(feature = "lambda")))]
+pub mod lambda;
+
 /// Why a record was not handled.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RecordError {
     /// Worth retrying now: throttling, a 5xx, a timeout.
     #[error("transient: {0}")]
@@ -116,7 +176,25 @@ pub trait RecordHandler {
 /// Where poison records go, with the reason.
 pub trait DeadLetterSink {
     /// Stores `record` with `reason`; an error keeps the record in its queue.
-    fn send(&self, record: &SqsMessage, reason: &str) -> impl Future<Output = Result<(), String>> + Send;
+    fn send(&self, record: &SqsMessage, reason: &str) -> impl Future<Output = Result<(), DeadLetterError>> + Send;
+
+    /// Whether records can be sent at all: [`NoDeadLetter`] says no, so a
+    /// record that would have gone to it is simply left in its queue.
+    fn is_configured(&self) -> bool {
+        true
+    }
+}
+
+/// Why a dead-letter sink did not take a record (it stays in its queue).
+#[derive(Debug, thiserror::Error)]
+#[error("the dead-letter sink refused the record")]
+pub struct DeadLetterError(#[source] Box<dyn std::error::Error + Send + Sync>);
+
+impl DeadLetterError {
+    /// The sink's own error, kept as the source.
+    pub fn new(source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> DeadLetterError {
+        DeadLetterError(source.into())
+    }
 }
 
 /// The absence of a dead-letter sink.
@@ -124,8 +202,12 @@ pub trait DeadLetterSink {
 pub struct NoDeadLetter;
 
 impl DeadLetterSink for NoDeadLetter {
-    async fn send(&self, _: &SqsMessage, _: &str) -> Result<(), String> {
-        Err("no dead-letter sink is configured".to_owned())
+    async fn send(&self, _: &SqsMessage, _: &str) -> Result<(), DeadLetterError> {
+        Err(DeadLetterError::new("no dead-letter sink is configured"))
+    }
+
+    fn is_configured(&self) -> bool {
+        false
     }
 }
 
@@ -316,28 +398,26 @@ impl<S: DeadLetterSink> BatchProcessor<S> {
     async fn settle(&self, record: &SqsMessage, error: RecordError) -> Fate {
         let class = error.class();
         let count = receive_count(record);
-        let parked = match (&error, &self.dead_letter) {
-            (RecordError::Poison(reason), Some(sink)) => sink.send(record, &format!("poison: {reason}")).await,
+        let sink = self.dead_letter.as_ref().filter(|sink| sink.is_configured());
+        let parked = match (&error, sink) {
+            (RecordError::Poison(reason), Some(sink)) => Some(sink.send(record, &format!("poison: {reason}")).await),
             (RecordError::Business(reason), Some(sink)) if self.max_receive_count.is_some_and(|max| count >= max) => {
-                sink.send(record, &format!("business, gave up after {count} attempts: {reason}")).await
+                Some(sink.send(record, &format!("business, gave up after {count} attempts: {reason}")).await)
             }
-            _ => Err(String::new()),
+            _ => None,
         };
         let id = record.message_id.as_deref().unwrap_or("");
         let group = message_group(record);
-        match parked {
-            Ok(()) => {
-                tracing::warn!(message_id = id, group, receive_count = count, error = %error, "record dead-lettered");
-                Fate::Parked(class)
-            }
-            Err(why) => {
-                if !why.is_empty() {
-                    tracing::error!(message_id = id, error = %why, "dead-letter sink refused the record; it stays in its queue");
-                }
-                tracing::warn!(message_id = id, group, receive_count = count, error = %error, "record failed; SQS will redeliver it");
-                Fate::Failed(class)
-            }
+        if let Some(Ok(())) = parked {
+            tracing::warn!(message_id = id, group, receive_count = count, error = %error, "record dead-lettered");
+            return Fate::Parked(class);
         }
+        if let Some(Err(why)) = parked {
+            let source = std::error::Error::source(&why).map(ToString::to_string).unwrap_or_default();
+            tracing::error!(message_id = id, error = %why, source, "it stays in its queue");
+        }
+        tracing::warn!(message_id = id, group, receive_count = count, error = %error, "record failed; SQS will redeliver it");
+        Fate::Failed(class)
     }
 }
 
@@ -478,9 +558,9 @@ mod tests {
     }
 
     impl DeadLetterSink for Sink {
-        async fn send(&self, record: &SqsMessage, reason: &str) -> Result<(), String> {
+        async fn send(&self, record: &SqsMessage, reason: &str) -> Result<(), DeadLetterError> {
             if self.broken {
-                return Err("DLQ unreachable".into());
+                return Err(DeadLetterError::new("DLQ unreachable"));
             }
             self.sent.lock().expect("lock").push((record.message_id.clone().unwrap_or_default(), reason.to_owned()));
             Ok(())
