@@ -19,7 +19,7 @@
 //! - the store's table ([`TIMESTREAM_TABLE`]) and the status-change record's
 //!   columns ([`columns`]);
 //! - the functions' configuration: the environment variables the template
-//!   sets and the functions read ([`env`]).
+//!   sets and the functions read ([`mod@env`]).
 
 use crate::fields::CellId;
 use crate::lifecycle::Stage;

@@ -49,7 +49,7 @@ pub trait Approvals {
 
 /// The reference deployment has no purchase-order system: every invoice
 /// is matched against its own amount. Replace it with a lookup into your
-/// ERP ([`StageFunction::with_purchase_orders`]); the rules stay the same.
+/// ERP (`StageFunction::with_purchase_orders` in `crate::function`); the rules stay the same.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoPurchaseOrderSystem;
 
@@ -62,7 +62,7 @@ impl PurchaseOrders for NoPurchaseOrderSystem {
 /// The reference deployment has no approval workflow: invoices above
 /// the automatic limit wait, and end in the DLQ with the reason once
 /// `maxReceiveCount` runs out. Replace it with your approval service
-/// ([`StageFunction::with_approvals`]).
+/// (`StageFunction::with_approvals` in `crate::function`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoApprovals;
 
