@@ -63,9 +63,50 @@ impl<S, H> ProcessorFunction<S, H> {
 
 impl<S: DeadLetterSink + Sync + Send, H: RecordHandler + Send> BatchFunction for ProcessorFunction<S, H> {
     async fn call(&mut self, event: SqsEvent, invocation: &Invocation) -> SqsBatchResponse {
-        if let Some(deadline) = invocation.deadline {
-            self.processor.deadline = Some(deadline);
+        // The invocation's deadline, else the processor's own.
+        let deadline = invocation.deadline.or(self.processor.deadline);
+        self.processor.process_by(&event, &mut self.handler, deadline).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{RecordError, TransientRetry};
+    use aws_lambda_events::sqs::SqsMessage;
+
+    /// Always throttled; counts its attempts.
+    #[derive(Default)]
+    struct Throttled(u32);
+
+    impl RecordHandler for Throttled {
+        async fn handle(&mut self, _: &SqsMessage) -> Result<(), RecordError> {
+            self.0 += 1;
+            Err(RecordError::transient("ThrottlingException"))
         }
-        self.processor.process(&event, &mut self.handler).await
+    }
+
+    fn one_record() -> SqsEvent {
+        let mut record = SqsMessage::default();
+        record.message_id = Some("m1".into());
+        let mut event = SqsEvent::default();
+        event.records = vec![record];
+        event
+    }
+
+    /// Each invocation's deadline applies to that invocation only: a spent
+    /// one stops the retries, and does not stay behind for the next call.
+    #[tokio::test(start_paused = true)]
+    async fn the_invocation_s_deadline_applies_to_that_invocation_only() {
+        let retry = TransientRetry { max_attempts: 3, ..TransientRetry::default() };
+        let mut function = ProcessorFunction::new(BatchProcessor::new().with_retry(retry), Throttled::default());
+        let spent = Invocation::new("r1").with_deadline(Instant::now());
+        let response = function.call(one_record(), &spent).await;
+        assert_eq!(response.batch_item_failures.len(), 1);
+        assert_eq!(function.handler.0, 1, "no retry past the deadline");
+
+        let response = function.call(one_record(), &Invocation::new("r2")).await;
+        assert_eq!(response.batch_item_failures.len(), 1);
+        assert_eq!(function.handler.0, 1 + 3, "the next invocation retries in full");
     }
 }

@@ -285,8 +285,19 @@ impl<S: DeadLetterSink> BatchProcessor<S> {
     /// Handles `event` with `handler`, one record at a time in the batch's
     /// order; see the module docs.
     pub async fn process<H: RecordHandler>(&self, event: &SqsEvent, handler: &mut H) -> SqsBatchResponse {
+        self.process_by(event, handler, self.deadline).await
+    }
+
+    /// [`process`](BatchProcessor::process) with this invocation's
+    /// `deadline` in place of the configured one.
+    pub(crate) async fn process_by<H: RecordHandler>(
+        &self,
+        event: &SqsEvent,
+        handler: &mut H,
+        deadline: Option<Instant>,
+    ) -> SqsBatchResponse {
         let mut fates = Vec::with_capacity(event.records.len());
-        self.handle_in_order(event.records.iter().enumerate(), handler, &mut fates).await;
+        self.handle_in_order(event.records.iter().enumerate(), handler, deadline, &mut fates).await;
         self.flush(handler, &event.records, &mut fates).await;
         respond(&event.records, fates)
     }
@@ -313,7 +324,7 @@ impl<S: DeadLetterSink> BatchProcessor<S> {
                 // any await.
                 while let Some(lane) = lanes.lock().ok().and_then(|mut l| l.pop_front()) {
                     let records = lane.iter().map(|&i| (i, &event.records[i]));
-                    self.handle_in_order(records, &mut handler, &mut fates).await;
+                    self.handle_in_order(records, &mut handler, self.deadline, &mut fates).await;
                 }
                 self.flush(&mut handler, &event.records, &mut fates).await;
                 fates
@@ -330,6 +341,7 @@ impl<S: DeadLetterSink> BatchProcessor<S> {
         &self,
         records: impl Iterator<Item = (usize, &'r SqsMessage)>,
         handler: &mut H,
+        deadline: Option<Instant>,
         fates: &mut Vec<(usize, Fate)>,
     ) {
         let mut failed_groups: HashSet<&str> = HashSet::new();
@@ -337,7 +349,7 @@ impl<S: DeadLetterSink> BatchProcessor<S> {
             let group = message_group(record);
             let fate = match group {
                 Some(g) if failed_groups.contains(g) => Fate::Failed("held_back"),
-                _ => self.attempt(record, handler).await,
+                _ => self.attempt(record, handler, deadline).await,
             };
             if let (Fate::Failed(_), Some(g)) = (fate, group) {
                 failed_groups.insert(g);
@@ -373,7 +385,7 @@ impl<S: DeadLetterSink> BatchProcessor<S> {
 
     /// Runs the handler with in-place retries of transient errors, then
     /// settles what is left.
-    async fn attempt<H: RecordHandler>(&self, record: &SqsMessage, handler: &mut H) -> Fate {
+    async fn attempt<H: RecordHandler>(&self, record: &SqsMessage, handler: &mut H, deadline: Option<Instant>) -> Fate {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -381,7 +393,7 @@ impl<S: DeadLetterSink> BatchProcessor<S> {
                 Ok(()) => return Fate::Done,
                 Err(e @ RecordError::Transient(_)) if attempt < self.retry.max_attempts => {
                     let wait = self.retry.backoff(attempt - 1);
-                    if self.deadline.is_some_and(|d| Instant::now() + wait >= d) {
+                    if deadline.is_some_and(|d| Instant::now() + wait >= d) {
                         return self.settle(record, e).await;
                     }
                     metrics::counter!("Retried").increment(1);

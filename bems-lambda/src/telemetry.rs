@@ -83,11 +83,6 @@ impl<F> Observed<F> {
     pub fn new(function: F, metrics: Option<Metrics>) -> Observed<F> {
         Observed { function, metrics }
     }
-
-    /// The function inside.
-    pub fn inner(&self) -> &F {
-        &self.function
-    }
 }
 
 impl<F: BatchFunction + Send> BatchFunction for Observed<F> {

@@ -88,6 +88,15 @@ fn amount_text(event: &InvoiceEvent) -> String {
     value.to_string()
 }
 
+impl crate::writer::StoreRecord for Record {
+    const STORE: &'static str = "timestream";
+    const MAX_PER_CALL: usize = MAX_RECORDS_PER_CALL;
+
+    fn encode(event: &InvoiceEvent, received: DateTime<Utc>) -> Record {
+        record(event, received)
+    }
+}
+
 /// The record of one delivered status change. `received` is EventBridge's
 /// receipt time (the envelope's `time`), the record's version.
 pub fn record(event: &InvoiceEvent, received: DateTime<Utc>) -> Record {
@@ -159,10 +168,7 @@ mod sdk {
     use aws_sdk_timestreamwrite::error::{DisplayErrorContext, SdkError};
     use aws_sdk_timestreamwrite::types::{Dimension, MeasureValue, MeasureValueType, TimeUnit};
 
-    use bems_core::InvoiceEvent;
-    use chrono::{DateTime, Utc};
-
-    use super::{MAX_RECORDS_PER_CALL, MEASURE_NAME, MeasureKind, Record, RejectionKind, classify};
+    use super::{MEASURE_NAME, MeasureKind, Record, RejectionKind, classify};
     use crate::writer::{SinkError, StatusSink, Written};
 
     /// A Timestream table to write to.
@@ -225,12 +231,6 @@ mod sdk {
 
     impl StatusSink for TimestreamTable {
         type Record = Record;
-        const NAME: &'static str = "timestream";
-        const MAX_RECORDS_PER_CALL: usize = MAX_RECORDS_PER_CALL;
-
-        fn encode(&self, event: &InvoiceEvent, received: DateTime<Utc>) -> Record {
-            super::record(event, received)
-        }
 
         async fn write(&self, records: &[Record]) -> Result<Vec<Written>, SinkError> {
             let sdk: Vec<_> = records.iter().map(to_sdk).collect::<Result<_, _>>().map_err(SinkError::Permanent)?;

@@ -5,7 +5,9 @@
 //! sink), has the store encode and write them in calls of the store's
 //! size, sends records the store refuses for good to the dead-letter sink
 //! with the reason, and reports the ones to retry. A store is a
-//! [`StatusSink`]: its record type, its call size, and one write call.
+//! [`StatusSink`] (one write call) of a [`StoreRecord`] (the record, how
+//! one is made from an event, how many go in a call). A sink that wraps
+//! another (to count, to inject faults) states only its `write`.
 //! [`crate::timestream::TimestreamTable`] is the one in this crate; each
 //! store gets its own writer binary over this core, so a function links
 //! only its store's SDK.
@@ -46,24 +48,27 @@ pub enum SinkError {
     Permanent(String),
 }
 
-/// A store of status changes.
-pub trait StatusSink {
-    /// The store's record.
-    type Record: Send + Sync;
-
+/// A store's record of one status change.
+pub trait StoreRecord: Sized + Send + Sync {
     /// The store's name, in dead-letter reasons.
-    const NAME: &'static str;
+    const STORE: &'static str;
 
-    /// At most this many records per [`write`](StatusSink::write).
-    const MAX_RECORDS_PER_CALL: usize;
+    /// At most this many records per [`StatusSink::write`].
+    const MAX_PER_CALL: usize;
 
     /// The record of one delivered status change; `received` is
     /// EventBridge's receipt time ([`received_at`]), its version. The same
     /// event must always make the same record: a redelivery is a no-op.
-    fn encode(&self, event: &InvoiceEvent, received: DateTime<Utc>) -> Self::Record;
+    fn encode(event: &InvoiceEvent, received: DateTime<Utc>) -> Self;
+}
 
-    /// Writes at most [`MAX_RECORDS_PER_CALL`](StatusSink::MAX_RECORDS_PER_CALL)
-    /// records; one result per record, in order.
+/// A store of status changes.
+pub trait StatusSink {
+    /// The store's record.
+    type Record: StoreRecord;
+
+    /// Writes at most [`StoreRecord::MAX_PER_CALL`] records; one result per
+    /// record, in order.
     fn write(&self, records: &[Self::Record]) -> impl Future<Output = Result<Vec<Written>, SinkError>> + Send;
 }
 
@@ -82,7 +87,7 @@ pub enum Outcome {
 /// record. One bad record never fails the others.
 pub async fn write_all<S: StatusSink>(sink: &S, records: &[S::Record]) -> Vec<Outcome> {
     let mut out = Vec::with_capacity(records.len());
-    for chunk in records.chunks(S::MAX_RECORDS_PER_CALL.max(1)) {
+    for chunk in records.chunks(S::Record::MAX_PER_CALL.max(1)) {
         match sink.write(chunk).await {
             Ok(results) => {
                 for i in 0..chunk.len() {
@@ -146,7 +151,7 @@ impl<S: StatusSink + Sync + Send, D: DeadLetterSink + Sync + Send> BatchFunction
         for r in &event.records {
             match bems_batch::decode(r, &self.validator) {
                 Ok(d) => {
-                    records.push(self.sink.encode(&d.event, received_at(&d)));
+                    records.push(S::Record::encode(&d.event, received_at(&d)));
                     decoded.push((r, d.event.occurred_at.timestamp_millis()));
                 }
                 Err(e) => {
@@ -168,7 +173,9 @@ impl<S: StatusSink + Sync + Send, D: DeadLetterSink + Sync + Send> BatchFunction
                     metrics::counter!("RecordsWritten").increment(1);
                     false
                 }
-                Outcome::Failed(reason) => self.dead_letter.send(r, &format!("{}: {reason}", S::NAME)).await.is_err(),
+                Outcome::Failed(reason) => {
+                    self.dead_letter.send(r, &format!("{}: {reason}", S::Record::STORE)).await.is_err()
+                }
                 Outcome::Retry(_) => true,
             };
             if keep {
@@ -197,23 +204,30 @@ mod tests {
         transient: bool,
     }
 
-    impl StatusSink for Fake {
-        type Record = u32;
-        const NAME: &'static str = "fake";
-        const MAX_RECORDS_PER_CALL: usize = 100;
+    /// A record of the fake store.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    struct Numbered(u32);
 
-        fn encode(&self, _: &InvoiceEvent, _: DateTime<Utc>) -> u32 {
-            0
+    impl StoreRecord for Numbered {
+        const STORE: &'static str = "fake";
+        const MAX_PER_CALL: usize = 100;
+
+        fn encode(_: &InvoiceEvent, _: DateTime<Utc>) -> Numbered {
+            Numbered(0)
         }
+    }
 
-        async fn write(&self, records: &[u32]) -> Result<Vec<Written>, SinkError> {
+    impl StatusSink for Fake {
+        type Record = Numbered;
+
+        async fn write(&self, records: &[Numbered]) -> Result<Vec<Written>, SinkError> {
             self.calls.lock().expect("lock").push(records.len());
             if self.transient {
                 return Err(SinkError::Transient("ThrottlingException".into()));
             }
             Ok(records
                 .iter()
-                .map(|r| match r {
+                .map(|r| match r.0 {
                     1 => Written::Superseded,
                     2 => Written::Rejected("different measure values already exist for this version".into()),
                     _ => Written::Ok,
@@ -224,9 +238,9 @@ mod tests {
 
     #[tokio::test]
     async fn calls_of_the_sink_s_size_and_rejections_handled_record_by_record() {
-        let mut records = vec![0_u32; 250];
-        records[3] = 1;
-        records[7] = 2;
+        let mut records = vec![Numbered(0); 250];
+        records[3] = Numbered(1);
+        records[7] = Numbered(2);
         let sink = Fake { calls: Mutex::new(Vec::new()), transient: false };
         let out = write_all(&sink, &records).await;
         assert_eq!(*sink.calls.lock().expect("lock"), vec![100, 100, 50]);

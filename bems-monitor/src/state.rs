@@ -654,12 +654,6 @@ pub(crate) struct Tee<S> {
 
 impl<S: StatusSink<Record = Record> + Sync> StatusSink for Tee<S> {
     type Record = S::Record;
-    const NAME: &'static str = S::NAME;
-    const MAX_RECORDS_PER_CALL: usize = S::MAX_RECORDS_PER_CALL;
-
-    fn encode(&self, event: &bems_core::InvoiceEvent, received: chrono::DateTime<chrono::Utc>) -> S::Record {
-        self.inner.encode(event, received)
-    }
 
     async fn write(&self, records: &[Record]) -> Result<Vec<Written>, SinkError> {
         let written = self.inner.write(records).await?;

@@ -85,12 +85,6 @@ impl<B: EventBus + Sync> EventBus for Throttled<B> {
 
 impl<S: StatusSink + Sync> StatusSink for Throttled<S> {
     type Record = S::Record;
-    const NAME: &'static str = S::NAME;
-    const MAX_RECORDS_PER_CALL: usize = S::MAX_RECORDS_PER_CALL;
-
-    fn encode(&self, event: &bems_core::InvoiceEvent, received: chrono::DateTime<chrono::Utc>) -> S::Record {
-        self.inner.encode(event, received)
-    }
 
     async fn write(&self, records: &[S::Record]) -> Result<Vec<Written>, SinkError> {
         if self.throttle() {
