@@ -72,7 +72,7 @@ impl<S: DeadLetterSink + Sync + Send, H: RecordHandler + Send> BatchFunction for
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{RecordError, TransientRetry};
+    use crate::{IN_PLACE_RETRY, RecordError};
     use aws_lambda_events::sqs::SqsMessage;
 
     /// Always throttled; counts its attempts.
@@ -98,7 +98,7 @@ mod tests {
     /// one stops the retries, and does not stay behind for the next call.
     #[tokio::test(start_paused = true)]
     async fn the_invocation_s_deadline_applies_to_that_invocation_only() {
-        let retry = TransientRetry { max_attempts: 3, ..TransientRetry::default() };
+        let retry = bems_core::retry::RetryPolicy { max_attempts: 3, ..IN_PLACE_RETRY };
         let mut function = ProcessorFunction::new(BatchProcessor::new().with_retry(retry), Throttled::default());
         let spent = Invocation::new("r1").with_deadline(Instant::now());
         let response = function.call(one_record(), &spent).await;

@@ -73,8 +73,9 @@
 //!   a deferred failure fails its record and the rest of its group.
 //! - Errors come in three kinds ([`RecordError`]):
 //!   - `Transient` (throttling, 5xx, timeouts): retried in place with
-//!     exponential backoff and full jitter while the invocation has time,
-//!     then reported as a failure;
+//!     exponential backoff and full jitter ([`IN_PLACE_RETRY`], or your
+//!     [`RetryPolicy`]) while the invocation has time, then reported as a
+//!     failure;
 //!   - `Business` (for example, a transition that cannot be applied yet):
 //!     reported as a failure at once, so SQS redelivers it. On its last
 //!     attempt ([`BatchProcessor::with_max_receive_count`], the queue's
@@ -100,6 +101,9 @@ use std::time::Duration;
 
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use bems_core::contract::CLASS_DIMENSION;
+/// The retry engine the in-place retries use (from `bems-core`, shared
+/// with the producer SDK and the forwarder).
+pub use bems_core::retry::RetryPolicy;
 use tokio::time::Instant;
 
 pub mod function;
@@ -211,34 +215,22 @@ impl DeadLetterSink for NoDeadLetter {
     }
 }
 
-/// How transient errors are retried in place.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TransientRetry {
-    /// Attempts per record, the first included.
-    pub max_attempts: u32,
-    /// The first backoff ceiling.
-    pub base: Duration,
-    /// The largest backoff ceiling.
-    pub max_delay: Duration,
-}
-
-impl Default for TransientRetry {
-    fn default() -> TransientRetry {
-        TransientRetry { max_attempts: 4, base: Duration::from_millis(100), max_delay: Duration::from_secs(2) }
-    }
-}
-
-impl TransientRetry {
-    fn backoff(&self, attempt: u32) -> Duration {
-        self.base.saturating_mul(2_u32.saturating_pow(attempt.min(20))).min(self.max_delay).mul_f64(fastrand::f64())
-    }
-}
+/// How transient record errors are retried in place by default: 4
+/// attempts, 100 ms doubling up to 2 s, within 10 s of the first, and never
+/// past the invocation's deadline. A record that still fails is left for
+/// SQS to redeliver.
+pub const IN_PLACE_RETRY: RetryPolicy = RetryPolicy {
+    max_attempts: 4,
+    base: Duration::from_millis(100),
+    max_delay: Duration::from_secs(2),
+    deadline: Duration::from_secs(10),
+};
 
 /// A configured batch processor.
 #[derive(Debug, Clone, Default)]
 pub struct BatchProcessor<S = NoDeadLetter> {
     dead_letter: Option<S>,
-    retry: TransientRetry,
+    retry: RetryPolicy,
     deadline: Option<Instant>,
     max_receive_count: Option<u32>,
 }
@@ -246,7 +238,7 @@ pub struct BatchProcessor<S = NoDeadLetter> {
 impl BatchProcessor<NoDeadLetter> {
     /// No dead-letter sink, default retries, no deadline.
     pub fn new() -> BatchProcessor<NoDeadLetter> {
-        BatchProcessor { dead_letter: None, retry: TransientRetry::default(), deadline: None, max_receive_count: None }
+        BatchProcessor { dead_letter: None, retry: IN_PLACE_RETRY, deadline: None, max_receive_count: None }
     }
 }
 
@@ -270,7 +262,7 @@ impl<S: DeadLetterSink> BatchProcessor<S> {
     }
 
     /// Replaces the transient retry policy.
-    pub fn with_retry(mut self, retry: TransientRetry) -> BatchProcessor<S> {
+    pub fn with_retry(mut self, retry: RetryPolicy) -> BatchProcessor<S> {
         self.retry = retry;
         self
     }
@@ -386,18 +378,21 @@ impl<S: DeadLetterSink> BatchProcessor<S> {
     /// Runs the handler with in-place retries of transient errors, then
     /// settles what is left.
     async fn attempt<H: RecordHandler>(&self, record: &SqsMessage, handler: &mut H, deadline: Option<Instant>) -> Fate {
-        let mut attempt = 0;
+        let started = Instant::now();
+        let mut failures = 0;
         loop {
-            attempt += 1;
             match handler.handle(record).await {
                 Ok(()) => return Fate::Done,
-                Err(e @ RecordError::Transient(_)) if attempt < self.retry.max_attempts => {
-                    let wait = self.retry.backoff(attempt - 1);
-                    if deadline.is_some_and(|d| Instant::now() + wait >= d) {
-                        return self.settle(record, e).await;
+                Err(e @ RecordError::Transient(_)) => {
+                    failures += 1;
+                    let wait = self.retry.pause(failures, started.elapsed());
+                    match wait {
+                        Some(wait) if deadline.is_none_or(|d| Instant::now() + wait < d) => {
+                            metrics::counter!("Retried").increment(1);
+                            tokio::time::sleep(wait).await;
+                        }
+                        _ => return self.settle(record, e).await,
                     }
-                    metrics::counter!("Retried").increment(1);
-                    tokio::time::sleep(wait).await;
                 }
                 Err(e) => return self.settle(record, e).await,
             }
@@ -635,14 +630,18 @@ mod tests {
         let mut h = Scripted::failing(vec![("b1", RecordError::transient("down"), 99)]);
         let r = process_sqs_batch(&event(FIFO), &mut h).await;
         assert_eq!(failed(&r), vec!["b1", "b2"]);
-        assert_eq!(h.calls["b1"], TransientRetry::default().max_attempts);
+        assert_eq!(h.calls["b1"], IN_PLACE_RETRY.max_attempts);
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_deadline_stops_transient_retries() {
         let mut h = Scripted::failing(vec![("a1", RecordError::transient("slow"), 99)]);
-        let retry =
-            TransientRetry { max_attempts: 1000, base: Duration::from_secs(1), max_delay: Duration::from_secs(1) };
+        let retry = RetryPolicy {
+            max_attempts: 1000,
+            base: Duration::from_secs(1),
+            max_delay: Duration::from_secs(1),
+            deadline: Duration::MAX,
+        };
         let p = BatchProcessor::new().with_retry(retry).with_deadline(Instant::now() + Duration::from_secs(5));
         let started = Instant::now();
         let r = p.process(&event(FIFO), &mut h).await;

@@ -394,6 +394,35 @@ fn decode(body: &str, validator: &Validator, allow_sns: bool) -> Result<Delivery
     })
 }
 
+/// At most this many entries per `PutEvents` call (an EventBridge limit).
+pub const MAX_ENTRIES_PER_CALL: usize = 10;
+
+/// At most this many bytes of entries per call, counted as EventBridge
+/// counts them ([`PutEventsEntry::size`]). 256 KiB, the limit every Region
+/// has enforced; larger limits make this merely conservative.
+pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
+
+/// Splits `items` into runs of at most [`MAX_ENTRIES_PER_CALL`] items and
+/// [`MAX_REQUEST_BYTES`] bytes, keeping order. SNS `PublishBatch` and SQS
+/// `SendMessageBatch` have the same two limits as `PutEvents`.
+pub fn batches(items: &[usize], size: impl Fn(usize) -> usize) -> Vec<Vec<usize>> {
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    let mut bytes = 0;
+    for &item in items {
+        let s = size(item);
+        let full = out.last().is_none_or(|b| b.len() == MAX_ENTRIES_PER_CALL || bytes + s > MAX_REQUEST_BYTES);
+        if full {
+            out.push(Vec::new());
+            bytes = 0;
+        }
+        if let Some(b) = out.last_mut() {
+            b.push(item);
+        }
+        bytes += s;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -409,5 +438,14 @@ mod tests {
         assert_eq!(Ok(fast), decode_body_thorough(body, &v));
         let replayed = include_str!("../fixtures/example-eventbridge-event-replayed.json");
         assert!(fast_eventbridge(replayed, &v).and_then(|d| d.replay_name).is_some());
+    }
+
+    #[test]
+    fn batches_respect_the_byte_limit() {
+        let items: Vec<usize> = (0..5).collect();
+        let b = batches(&items, |_| MAX_REQUEST_BYTES / 2);
+        assert_eq!(b, vec![vec![0, 1], vec![2, 3], vec![4]]);
+        let b = batches(&(0..23).collect::<Vec<_>>(), |_| 100);
+        assert_eq!(b.iter().map(Vec::len).collect::<Vec<_>>(), vec![10, 10, 3]);
     }
 }

@@ -24,34 +24,26 @@
 //! - `metadata.partition`, `cellId`, `region` and `accountId` are set from
 //!   the [`CellTarget`], so producers cannot route an invoice to the wrong
 //!   partition;
-//! - batches hold at most 10 entries and [`MAX_REQUEST_BYTES`];
+//! - batches hold at most 10 entries and [`MAX_REQUEST_BYTES`](crate::envelope::MAX_REQUEST_BYTES);
 //! - only failed entries are retried, with exponential backoff and full
-//!   jitter, until [`RetryPolicy::deadline`];
+//!   jitter, until the [`RetryPolicy`]'s deadline;
 //! - one invoice's events are sent in input order: an invoice has at most
 //!   one event in flight, and if one is not accepted, its later events are
 //!   not sent (they would overtake it). EventBridge itself does not promise
 //!   ordering between separate calls; consumers check transitions.
 
 use std::collections::VecDeque;
-use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::envelope::PutEventsEntry;
+use crate::envelope::{PutEventsEntry, batches};
 use crate::event::InvoiceEvent;
 use crate::fields::{AccountId, CellId, EventId, Region};
 use crate::partition::{Partition, PartitionCount};
+use crate::retry::RetryPolicy;
 use crate::routing::CellSpec;
 use crate::validate::ValidationOptions;
 use crate::violation::{FieldError, Violations};
-
-/// At most this many entries per `PutEvents` call (an EventBridge limit).
-pub const MAX_ENTRIES_PER_CALL: usize = 10;
-
-/// At most this many bytes of entries per call, counted as EventBridge
-/// counts them ([`PutEventsEntry::size`]). 256 KiB, the limit every Region
-/// has enforced; larger limits make this merely conservative.
-pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
 
 /// What the bus said about one entry of a call.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,40 +120,6 @@ impl From<&CellSpec> for CellTarget {
             account_id: spec.account_id().clone(),
             partitions: spec.partitions(),
         }
-    }
-}
-
-/// Retry settings. Delays are `random(0, min(max_delay, base * 2^attempt))`
-/// ("full jitter"), which spreads retries of many producers best.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Attempts per event, the first included.
-    pub max_attempts: u32,
-    /// The first backoff ceiling.
-    pub base: Duration,
-    /// The largest backoff ceiling.
-    pub max_delay: Duration,
-    /// No call starts after this much time since `publish` began.
-    pub deadline: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> RetryPolicy {
-        RetryPolicy {
-            max_attempts: 8,
-            base: Duration::from_millis(50),
-            max_delay: Duration::from_secs(5),
-            deadline: Duration::from_secs(30),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// The delay before retry number `attempt + 1`: full jitter under a
-    /// ceiling that doubles from `base` up to `max_delay`.
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        let ceiling = self.base.saturating_mul(2_u32.saturating_pow(attempt.min(20))).min(self.max_delay);
-        ceiling.mul_f64(fastrand::f64())
     }
 }
 
@@ -322,12 +280,11 @@ impl<B: EventBus> Publisher<B> {
             // The head of every invoice's queue: at most one event per
             // invoice in flight, in input order.
             let heads: Vec<usize> = (0..queues.len()).filter(|&q| !queues[q].is_empty()).collect();
-            if heads.is_empty() || started.elapsed() >= self.retry.deadline {
+            if heads.is_empty() {
                 break;
             }
-            if failing_rounds > 0 {
-                let wait =
-                    self.retry.backoff(failing_rounds - 1).min(self.retry.deadline.saturating_sub(started.elapsed()));
+            let Some(wait) = self.retry.pace(failing_rounds, started.elapsed()) else { break };
+            if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }
             let mut will_retry = false;
@@ -414,27 +371,6 @@ fn hold_back(queue: &mut VecDeque<Pending>, behind: EventId, outcomes: &mut [Opt
     }
 }
 
-/// Splits `items` into runs of at most [`MAX_ENTRIES_PER_CALL`] items and
-/// [`MAX_REQUEST_BYTES`] bytes, keeping order. SNS `PublishBatch` and SQS
-/// `SendMessageBatch` have the same two limits as `PutEvents`.
-pub fn batches(items: &[usize], size: impl Fn(usize) -> usize) -> Vec<Vec<usize>> {
-    let mut out: Vec<Vec<usize>> = Vec::new();
-    let mut bytes = 0;
-    for &item in items {
-        let s = size(item);
-        let full = out.last().is_none_or(|b| b.len() == MAX_ENTRIES_PER_CALL || bytes + s > MAX_REQUEST_BYTES);
-        if full {
-            out.push(Vec::new());
-            bytes = 0;
-        }
-        if let Some(b) = out.last_mut() {
-            b.push(item);
-        }
-        bytes += s;
-    }
-    out
-}
-
 mod sdk {
     //! `EventBus` for the AWS SDK client.
 
@@ -445,6 +381,7 @@ mod sdk {
 
     use super::{BusError, EntryResult, EventBus};
     use crate::envelope::PutEventsEntry;
+    use crate::retry::is_transient;
 
     impl EventBus for aws_sdk_eventbridge::Client {
         async fn put_events(&self, entries: &[PutEventsEntry]) -> Result<Vec<EntryResult>, BusError> {
@@ -477,35 +414,20 @@ mod sdk {
         }
     }
 
-    /// [`is_transient`] errors and EventBridge's `LimitExceededException`
+    /// [`is_transient`](crate::retry::is_transient) errors and EventBridge's `LimitExceededException`
     /// are transient; every other service error is permanent.
     fn classify(e: &SdkError<PutEventsError, HttpResponse>) -> BusError {
         let text = DisplayErrorContext(e).to_string();
         let limit = matches!(e, SdkError::ServiceError(s) if s.err().code() == Some("LimitExceededException"));
         if is_transient(e) || limit { BusError::Transient(text) } else { BusError::Permanent(text) }
     }
-
-    /// Whether an AWS SDK call's error is worth another attempt: a timeout,
-    /// no connection, an unreadable response, a 5xx or throttling. Every
-    /// AWS SDK crate shares this error type, so the functions' SQS and
-    /// Timestream clients use this too.
-    pub fn is_transient<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>) -> bool {
-        match e {
-            SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
-            SdkError::ServiceError(s) => {
-                s.raw().status().as_u16() >= 500 || s.err().code().is_some_and(|c| c.contains("Throttl"))
-            }
-            _ => false,
-        }
-    }
 }
-
-pub use sdk::is_transient;
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::Mutex;
+    use std::time::Duration;
 
     const EVENT: &str = include_str!("../fixtures/example-invoice-event.json");
 
@@ -578,7 +500,7 @@ mod tests {
         let outcomes = publisher.publish(events).await;
         assert!(outcomes.iter().all(Outcome::is_accepted));
         let calls = publisher.bus.sent();
-        assert!(calls.iter().all(|c| c.len() <= MAX_ENTRIES_PER_CALL));
+        assert!(calls.iter().all(|c| c.len() <= crate::envelope::MAX_ENTRIES_PER_CALL));
         for call in &calls {
             let mut invoices: Vec<&str> = call.iter().map(|c| c.split('/').next().unwrap_or("")).collect();
             invoices.sort_unstable();
@@ -690,24 +612,5 @@ mod tests {
         publisher.place(&mut e);
         assert_eq!(e.metadata.partition.get(), 14, "golden partition of 16");
         assert_eq!(e.metadata.cell_id.as_str(), "test");
-    }
-
-    #[test]
-    fn batches_respect_the_byte_limit() {
-        let items: Vec<usize> = (0..5).collect();
-        let b = batches(&items, |_| MAX_REQUEST_BYTES / 2);
-        assert_eq!(b, vec![vec![0, 1], vec![2, 3], vec![4]]);
-        let b = batches(&(0..23).collect::<Vec<_>>(), |_| 100);
-        assert_eq!(b.iter().map(Vec::len).collect::<Vec<_>>(), vec![10, 10, 3]);
-    }
-
-    #[test]
-    fn backoff_is_full_jitter_under_a_ceiling() {
-        let p = RetryPolicy::default();
-        for attempt in 0..30 {
-            let d = p.backoff(attempt);
-            assert!(d <= p.max_delay);
-            assert!(d <= p.base.saturating_mul(2_u32.saturating_pow(attempt.min(20))));
-        }
     }
 }

@@ -34,7 +34,8 @@ use std::time::Duration;
 
 use aws_lambda_events::sqs::SqsMessage;
 use bems_core::Stage;
-use bems_core::publish::{RetryPolicy, batches};
+use bems_core::envelope::batches;
+use bems_core::retry::RetryPolicy;
 use bems_core::routing::CellSpec;
 
 use tokio::time::Instant;
@@ -268,12 +269,11 @@ impl<T: Topics + Sync> Forwarder<T> {
         let mut failing_rounds = 0;
         loop {
             let heads: Vec<usize> = (0..queues.len()).filter(|&q| !queues[q].is_empty()).collect();
-            if heads.is_empty() || started.elapsed() >= self.retry.deadline {
+            if heads.is_empty() {
                 break;
             }
-            if failing_rounds > 0 {
-                let wait =
-                    self.retry.backoff(failing_rounds - 1).min(self.retry.deadline.saturating_sub(started.elapsed()));
+            let Some(wait) = self.retry.pace(failing_rounds, started.elapsed()) else { break };
+            if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }
             let mut will_retry = false;

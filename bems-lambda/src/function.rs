@@ -55,7 +55,8 @@ mod stage {
     use bems_batch::{BatchProcessor, DeadLetterSink};
     use bems_core::Stage;
     use bems_core::contract::Function;
-    use bems_core::publish::{CellTarget, EventBus, Publisher, RetryPolicy};
+    use bems_core::publish::{CellTarget, EventBus, Publisher};
+    use bems_core::retry::RetryPolicy;
     use lambda_runtime::Error;
 
     use crate::config::StageConfig;

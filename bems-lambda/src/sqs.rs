@@ -21,6 +21,7 @@ use aws_sdk_sqs::types::{
 
 use bems_batch::function::{BatchFunction, Invocation};
 use bems_batch::{DeadLetterError, DeadLetterSink, message_group};
+use bems_core::retry::{RetryPolicy, is_transient};
 
 pub use bems_core::contract::{REASON_ATTRIBUTE, SOURCE_ATTRIBUTE};
 
@@ -127,14 +128,17 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<T, aws_sdk_sqs::error::SdkError<E, HttpResponse>>>,
 {
-    let policy = bems_core::publish::RetryPolicy::default();
+    let policy = RetryPolicy { max_attempts: u32::MAX, ..RetryPolicy::default() };
     let started = tokio::time::Instant::now();
-    let mut attempt = 0;
+    let mut failures = 0;
     loop {
         match call().await {
-            Err(e) if bems_core::publish::is_transient(&e) && started.elapsed() < policy.deadline => {
-                tokio::time::sleep(policy.backoff(attempt)).await;
-                attempt += 1;
+            Err(e) if is_transient(&e) => {
+                failures += 1;
+                match policy.pause(failures, started.elapsed()) {
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None => return Err(e),
+                }
             }
             result => return result,
         }

@@ -264,7 +264,7 @@ mod sdk {
                 }
                 Err(e) => {
                     let text = DisplayErrorContext(&e).to_string();
-                    let transient = bems_core::publish::is_transient(&e);
+                    let transient = bems_core::retry::is_transient(&e);
                     Err(if transient { SinkError::Transient(text) } else { SinkError::Permanent(text) })
                 }
             }

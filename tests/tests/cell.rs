@@ -166,7 +166,7 @@ async fn fifo_order_per_invoice_holds_across_1000_events_over_all_partitions() {
         .collect();
     // What is tested is the order, not how fast a loaded LocalStack takes
     // 1,000 events over 66 rules: the publisher may take its time.
-    let patient = bems_core::publish::RetryPolicy { deadline: Duration::from_secs(300), ..Default::default() };
+    let patient = bems_core::retry::RetryPolicy { deadline: Duration::from_secs(300), ..Default::default() };
     let outcomes = cell.publisher().with_retry(patient).publish(events).await;
     let accepted = outcomes.iter().filter(|o| o.is_accepted()).count();
     assert_eq!(accepted, 1000, "{:?}", outcomes.iter().find(|o| !o.is_accepted()));

@@ -188,7 +188,7 @@ async fn an_unreachable_store_is_a_transient_failure() {
     let bus = Recording::default();
     let mut processor = ingestion(&bus, store);
     let response = bems_batch::BatchProcessor::new()
-        .with_retry(bems_batch::TransientRetry { max_attempts: 2, ..Default::default() })
+        .with_retry(bems_core::retry::RetryPolicy { max_attempts: 2, ..bems_batch::IN_PLACE_RETRY })
         .process(&record(&submitted), &mut processor)
         .await;
     assert_eq!(response.batch_item_failures.len(), 1);

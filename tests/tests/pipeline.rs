@@ -13,7 +13,8 @@ use bems_batch::BatchProcessor;
 use bems_batch::function::ProcessorFunction;
 use bems_core::envelope::PutEventsEntry;
 use bems_core::fields::InvoiceId;
-use bems_core::publish::{BusError, EntryResult, EventBus, Publisher, RetryPolicy};
+use bems_core::publish::{BusError, EntryResult, EventBus, Publisher};
+use bems_core::retry::RetryPolicy;
 use bems_core::{Stage, Status};
 use bems_e2e::{
     Cell, Merged, Outage, Throttle, dimension, environment, event, idempotency_table, measure, moto_config,
