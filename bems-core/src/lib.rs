@@ -29,6 +29,9 @@
 //! - [`routing`]: EventBridge event patterns, SNS filter policies, an
 //!   indexed [`routing::RuleSet`], and the [`routing::CellSpec`] that derives a
 //!   cell's rules and subscriptions.
+//! - [`retry`]: the one retry engine (backoff with full jitter, attempts
+//!   and a deadline) that the producer SDK, the forwarder and the batch
+//!   core share.
 //! - [`contract`]: every name a cell's parts find each other by (resources,
 //!   message attributes, metrics, the store's columns), defined once.
 //!
@@ -43,9 +46,13 @@
 //!
 //! - `schema`: derives `schemars::JsonSchema` for the event types; used by
 //!   `bems-schema` to generate the committed JSON Schemas.
+//! - `aws-errors`: [`retry::is_transient`], which AWS SDK errors are worth
+//!   another attempt, over the SDK's shared error types (no service SDK).
 //! - `aws`: the producer SDK, [`publish`] (`Publisher` over
-//!   `aws-sdk-eventbridge`). Off by default so that schema and routing users
-//!   compile no AWS SDK.
+//!   `aws-sdk-eventbridge`); implies `aws-errors`. Off by default so that
+//!   schema and routing users compile no AWS SDK.
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub mod contract;
 pub mod envelope;
@@ -55,7 +62,9 @@ pub mod lifecycle;
 pub mod money;
 pub mod partition;
 #[cfg(feature = "aws")]
+#[cfg_attr(docsrs, doc(cfg(feature = "aws")))]
 pub mod publish;
+pub mod retry;
 pub mod routing;
 #[cfg(feature = "schema")]
 mod schema_support;
@@ -69,3 +78,9 @@ pub use money::{Amount, Currency};
 pub use partition::{Partition, PartitionCount};
 pub use validate::{MAX_EVENT_BYTES, UnknownFields, ValidationOptions, Validator};
 pub use violation::{Code, FieldError, Violation, Violations};
+
+/// The README's Rust code, compiled by `cargo test --doc` so that the
+/// first example a newcomer copies keeps building (it needs `aws`).
+#[cfg(all(doctest, feature = "aws"))]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

@@ -415,7 +415,22 @@ pub async fn stored_rows(
 async fn moto_writes(moto: &str, table: &bems_lambda::timestream::TimestreamTable) -> Vec<Value> {
     let url = format!("{}/moto-api/data.json", moto.trim_end_matches('/'));
     let body: Value = tokio::task::spawn_blocking(move || {
-        let mut r = ureq::get(&url).call().expect("moto data");
+        // moto checks each attribute serialises, then serialises them all:
+        // a DynamoDB write landing in between makes the second step fail
+        // with a 500 (seen with the idempotency store under load). That is
+        // a race in moto's inspection endpoint, not in the data, so ask
+        // again.
+        let mut attempt = 0;
+        let mut r = loop {
+            attempt += 1;
+            match ureq::get(&url).call() {
+                Ok(r) => break r,
+                Err(ureq::Error::StatusCode(500)) if attempt < 10 => {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("moto data: {e}"),
+            }
+        };
         // ureq refuses bodies over 10 MB by default; 25,000 records are more.
         let text = r.body_mut().with_config().limit(u64::MAX).read_to_string().expect("moto data body");
         serde_json::from_str(&text).expect("moto data is JSON")
