@@ -575,7 +575,7 @@ fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
             "IdempotencyTable": {
                 "Type": "String",
                 "Default": "",
-                "Description": "Optional DynamoDB table (key eventId, TTL expiresAt) for the processors' durable idempotency; empty: FIFO deduplication only (see the README's Idempotency section for the cost).",
+                "Description": "Optional DynamoDB table (key eventId, TTL expiresAt) for the processors' durable idempotency; empty: FIFO deduplication only (see docs/batch-processing.md, Idempotency, for the cost).",
             },
             "Api5xxRatePercent": {
                 "Type": "Number",
