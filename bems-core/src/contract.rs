@@ -16,8 +16,11 @@
 //!   forwarder publishes;
 //! - metrics: [`METRICS_NAMESPACE`], the dimensions, and each function's
 //!   `Function` dimension ([`Function::metrics_name`]);
-//! - the store's table ([`TIMESTREAM_TABLE`]) and the status-change record's
-//!   columns ([`columns`]);
+//! - the stores' names: the Timestream table ([`TIMESTREAM_TABLE`]), the
+//!   PostgreSQL schema ([`CellSpec::postgres_schema`]), and the
+//!   status-change record's columns ([`columns`]);
+//! - the synthetic producer the business figures leave out
+//!   ([`CANARY_PRODUCER`]);
 //! - the functions' configuration: the environment variables the template
 //!   sets and the functions read ([`mod@env`]).
 
@@ -40,6 +43,11 @@ pub const INVOICE_ID_ATTRIBUTE: &str = "invoiceId";
 /// The start of a smoke-test invoice's id (`bems smoke`): the smoke queue's
 /// subscriptions take exactly these invoices' events.
 pub const SMOKE_INVOICE_PREFIX: &str = "BEMS-SMOKE-";
+
+/// The `metadata.producer` of a synthetic invoice (`bems smoke`'s): the
+/// stores keep it, with its history, and every business figure (counts,
+/// latencies, money on the dashboards) leaves it out.
+pub const CANARY_PRODUCER: &str = "bems-canary";
 
 /// How long the smoke queue keeps a message, seconds: an hour is enough
 /// for `bems smoke` to read it, and nothing piles up if nobody does.
@@ -100,6 +108,22 @@ pub mod columns {
     pub const STAGE_LATENCY_MS: &str = "stage_latency_ms";
     /// Measure: milliseconds since the invoice was submitted.
     pub const END_TO_END_LATENCY_MS: &str = "end_to_end_latency_ms";
+    /// Time: when the status change happened (Timestream's `time`).
+    pub const OCCURRED_AT: &str = "occurred_at";
+    /// When the invoice was submitted (PostgreSQL only).
+    pub const SUBMITTED_AT: &str = "submitted_at";
+    /// When the previous status change happened (PostgreSQL only).
+    pub const PREVIOUS_OCCURRED_AT: &str = "previous_occurred_at";
+    /// The invoice's date (PostgreSQL only).
+    pub const ISSUE_DATE: &str = "issue_date";
+    /// Why the invoice was rejected (PostgreSQL only).
+    pub const REASON: &str = "reason";
+    /// The event's `metadata.producer` (PostgreSQL only).
+    pub const PRODUCER: &str = "producer";
+    /// The row's version: EventBridge's receipt time of the event.
+    pub const VERSION: &str = "version";
+    /// When the row was first stored (PostgreSQL only).
+    pub const STORED_AT: &str = "stored_at";
 }
 
 /// The environment variables of the cell's functions: set by the
@@ -124,6 +148,10 @@ pub mod env {
     pub const TIMESTREAM_DATABASE: &str = "BEMS_TIMESTREAM_DATABASE";
     /// The Timestream writer's table.
     pub const TIMESTREAM_TABLE: &str = "BEMS_TIMESTREAM_TABLE";
+    /// The PostgreSQL writer's connection string
+    /// (`postgres://user:password@host:port/database`, or the key=value
+    /// form); the schema is the cell's ([`crate::routing::CellSpec::postgres_schema`]).
+    pub const POSTGRES_URL: &str = "BEMS_POSTGRES_URL";
     /// The Region, set by Lambda itself.
     pub const REGION: &str = "AWS_REGION";
 }
@@ -228,10 +256,19 @@ impl CellSpec {
     pub fn unrouted_rule_name(&self) -> String {
         format!("{}-unrouted", self.prefix())
     }
-    /// The Timestream database of the cell's status changes (Timestream
-    /// names take no hyphens).
-    pub fn timestream_database(&self) -> String {
+    /// The cell's store name, `bems_<cell>` with `_` for `-` (neither
+    /// Timestream nor an unquoted SQL identifier takes a hyphen).
+    fn store_name(&self) -> String {
         format!("bems_{}", self.cell_id().as_str().replace('-', "_"))
+    }
+    /// The Timestream database of the cell's status changes.
+    pub fn timestream_database(&self) -> String {
+        self.store_name()
+    }
+    /// The PostgreSQL schema of the cell's store: its tables, rollups and
+    /// migrations, so that cells can share a database.
+    pub fn postgres_schema(&self) -> String {
+        self.store_name()
     }
     /// The status-change queue the Timestream writer reads.
     pub fn status_queue_name(&self) -> String {

@@ -290,4 +290,39 @@ impl InvoiceEvent {
             (None, _) => None,
         }
     }
+
+    /// [`stage_latency`](InvoiceEvent::stage_latency) in whole
+    /// milliseconds: the difference of the two times' milliseconds since
+    /// the epoch, so that it equals the difference of the stored times
+    /// (which the stores keep to the millisecond or finer). Every store
+    /// writes this figure.
+    pub fn stage_latency_ms(&self) -> Option<i64> {
+        self.previous_occurred_at.map(|p| self.occurred_at.timestamp_millis() - p.timestamp_millis())
+    }
+
+    /// [`end_to_end_latency`](InvoiceEvent::end_to_end_latency) in whole
+    /// milliseconds, computed as [`stage_latency_ms`](InvoiceEvent::stage_latency_ms) is.
+    pub fn end_to_end_latency_ms(&self) -> Option<i64> {
+        let submitted = self.submitted_at.or((self.status == Status::Submitted).then_some(self.occurred_at))?;
+        Some(self.occurred_at.timestamp_millis() - submitted.timestamp_millis())
+    }
+
+    /// The amount at its currency's scale (EUR 1250.5 is 1250.50, JPY 1e3
+    /// is 1000): the same value and the same text however a bus
+    /// re-serialised the number on the way (LocalStack's EventBridge
+    /// writes 1250.50 as 1250.5), so that a redelivered event makes the
+    /// same stored row. Validation guarantees no more decimals than the
+    /// scale, so nothing is rounded.
+    pub fn amount_at_currency_scale(&self) -> rust_decimal::Decimal {
+        let mut value = self.amount.value();
+        value.rescale(self.currency.minor_units());
+        value
+    }
+
+    /// Whether the event is synthetic: an invoice `bems smoke` sent
+    /// ([`crate::contract::CANARY_PRODUCER`]). Stores keep it; business
+    /// figures leave it out.
+    pub fn is_synthetic(&self) -> bool {
+        self.metadata.producer.as_str() == crate::contract::CANARY_PRODUCER
+    }
 }

@@ -29,7 +29,7 @@
 //! upserts. A stale copy arriving after a correction has a lower version;
 //! Timestream rejects it, and the writer counts that as done.
 
-use bems_core::{InvoiceEvent, Status};
+use bems_core::InvoiceEvent;
 use chrono::{DateTime, Utc};
 
 /// At most this many records per `WriteRecords` call.
@@ -77,17 +77,6 @@ fn varchar(name: &'static str, value: impl Into<String>) -> Measure {
     Measure { name, value: value.into(), kind: MeasureKind::Varchar }
 }
 
-/// The amount at its currency's scale (EUR 1250.5 is "1250.50"): the same
-/// text however a bus re-serialised the number on the way (LocalStack's
-/// EventBridge writes 1250.50 as 1250.5), so the same event always makes
-/// the same record. Validation guarantees no more decimals than the scale,
-/// so nothing is rounded.
-fn amount_text(event: &InvoiceEvent) -> String {
-    let mut value = event.amount.value();
-    value.rescale(event.currency.minor_units());
-    value.to_string()
-}
-
 impl crate::writer::StoreRecord for Record {
     const STORE: &'static str = "timestream";
     const MAX_PER_CALL: usize = MAX_RECORDS_PER_CALL;
@@ -104,7 +93,7 @@ pub fn record(event: &InvoiceEvent, received: DateTime<Utc>) -> Record {
     let mut measures = vec![
         varchar(STATUS, event.status.as_str()),
         varchar(EVENT_ID, event.event_id.to_string()),
-        Measure { name: AMOUNT, value: amount_text(event), kind: MeasureKind::Double },
+        Measure { name: AMOUNT, value: event.amount_at_currency_scale().to_string(), kind: MeasureKind::Double },
         varchar(CURRENCY, event.currency.code()),
         varchar(DUE_DATE, event.payment_terms.due_date.to_string()),
         varchar(VENDOR_ID, event.vendor.id.as_str()),
@@ -115,15 +104,13 @@ pub fn record(event: &InvoiceEvent, received: DateTime<Utc>) -> Record {
         measures.insert(1, varchar(PREVIOUS_STATUS, previous.as_str()));
     }
     // Both come from the event itself, never from when the writer runs: a
-    // redelivered event must make the very same record. Differences of the
-    // millisecond times, so that they equal the differences of record times.
-    let ms = |at: DateTime<Utc>| at.timestamp_millis();
+    // redelivered event must make the very same record.
     let bigint = |name, value: i64| Measure { name, value: value.to_string(), kind: MeasureKind::Bigint };
-    if let Some(previous) = event.previous_occurred_at {
-        measures.push(bigint(STAGE_LATENCY_MS, ms(event.occurred_at) - ms(previous)));
+    if let Some(ms) = event.stage_latency_ms() {
+        measures.push(bigint(STAGE_LATENCY_MS, ms));
     }
-    if let Some(submitted) = event.submitted_at.or((event.status == Status::Submitted).then_some(event.occurred_at)) {
-        measures.push(bigint(END_TO_END_LATENCY_MS, ms(event.occurred_at) - ms(submitted)));
+    if let Some(ms) = event.end_to_end_latency_ms() {
+        measures.push(bigint(END_TO_END_LATENCY_MS, ms));
     }
     Record {
         time_ms: event.occurred_at.timestamp_millis(),
@@ -277,6 +264,7 @@ pub use sdk::TimestreamTable;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bems_core::Status;
     use chrono::{DateTime, Utc};
 
     fn event() -> InvoiceEvent {

@@ -45,7 +45,7 @@ use serde_json::{Value, json};
 pub use bems_core::contract::SMOKE_INVOICE_PREFIX as SMOKE_PREFIX;
 
 /// The producer written on every smoke invoice's submission.
-pub const SMOKE_PRODUCER: &str = "bems-canary";
+pub use bems_core::contract::CANARY_PRODUCER as SMOKE_PRODUCER;
 
 /// Why the smoke test could not run (as opposed to a cell that failed it,
 /// which is a [`Report`] that did not pass).

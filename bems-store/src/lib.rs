@@ -1,0 +1,64 @@
+//! # bems-store
+//!
+//! Where a BEMS cell keeps its status changes, and how everything reads
+//! them: the auditors' history, the stuck-invoice check, the executive,
+//! operations and finance panels.
+//!
+//! Two engines:
+//!
+//! - **PostgreSQL** (feature `postgres`, on by default): one row per status
+//!   change in a table partitioned by month, every version of a row kept,
+//!   an invoices table for the history and stuck queries, per-minute
+//!   rollups for the panels, written in the writer's transaction; the
+//!   committed migrations, partitions made ahead, an idempotent batch
+//!   writer with Timestream's contract, and an export with a manifest.
+//!   Aurora PostgreSQL and RDS for PostgreSQL run it on AWS.
+//! - **Timestream for LiveAnalytics** (feature `timestream`): its queries.
+//!   Its writer is `bems_lambda::timestream`. It is closed to new AWS
+//!   customers since 2025-06-20; existing ones keep it.
+//!
+//! ## Layout
+//!
+//! - [`row`]: [`StatusRow`], a status change as stored, from an event and
+//!   its version.
+//! - [`query`]: the query layer, [`query::Queries`], and its answers.
+//! - [`histogram`]: the latency histograms of the rollups and their
+//!   percentiles, with the error stated.
+//! - [`postgres`]: the PostgreSQL store.
+//! - [`timestream`]: the Timestream queries.
+//!
+//! [`Store`] is either engine behind one type, for a program that picks
+//! one at run time (the CLI, the monitor).
+//!
+//! ## Example
+//!
+//! ```no_run
+//! # #[cfg(feature = "postgres")]
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use bems_store::postgres::{Postgres, PgQueries, Schema, migrate, partitions};
+//! use bems_store::query::Queries;
+//!
+//! let pg = Postgres::new("postgres://bems:bems@127.0.0.1:5499/bems", Schema::new("bems_prod_eu_1")?)?;
+//! let mut admin = pg.connect().await?;
+//! migrate::migrate(&mut admin, pg.schema()).await?;
+//! partitions::ensure(&mut admin, pg.schema(), chrono::Utc::now(), 3).await?;
+//! for entry in PgQueries::new(pg).history("INV-2026-000123").await? {
+//!     println!("{} {} {}", entry.occurred_at, entry.stage, entry.status);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod histogram;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres;
+pub mod query;
+pub mod row;
+#[cfg(feature = "timestream")]
+#[cfg_attr(docsrs, doc(cfg(feature = "timestream")))]
+pub mod timestream;
+
+pub use row::StatusRow;
