@@ -2,7 +2,8 @@
 //!
 //! Exit codes, for scripts: 0 success (for `stuck`: nothing is stuck), 1 the
 //! operation failed, 2 bad arguments, 3 the event given to `send` is
-//! invalid (nothing was sent), 4 `stuck` found stuck invoices.
+//! invalid (nothing was sent), 4 `stuck` found stuck invoices (and `store
+//! check` a problem with the store), 5 the `smoke` invoice stopped.
 
 use anyhow::Context;
 use bems_core::Stage;
@@ -19,7 +20,7 @@ use std::time::Duration;
 #[command(
     name = "bems",
     version,
-    about = "Operate BEMS cells: provision, tear down, write the template, smoke-test a deployment; find stuck invoices, redrive, replay, show history, send events."
+    about = "Operate BEMS cells: provision, tear down, write the template, smoke-test a deployment; find stuck invoices, redrive, replay, show history, send events; migrate, partition, check and export the store."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -56,13 +57,15 @@ enum Command {
         cell: CellArgs,
         /// The SLA: a non-terminal status older than this many seconds is stuck.
         #[arg(long, default_value_t = 120)]
-        sla: u64,
-        /// How far back to look in Timestream, hours.
+        sla: u32,
+        /// How far back to look in the store, hours.
         #[arg(long, default_value_t = 24)]
-        window_hours: u64,
-        /// Only the dead-letter queues (no Timestream query).
+        window_hours: u32,
+        /// Only the dead-letter queues (no store query).
         #[arg(long)]
         dlq_only: bool,
+        #[command(flatten)]
+        store: StoreArgs,
         /// Publish one alert per newly stuck invoice to this SNS topic.
         #[arg(long, requires = "state")]
         alert_topic: Option<String>,
@@ -104,15 +107,50 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show an invoice's whole lifecycle from the cell's Timestream table.
+    /// Show an invoice's whole lifecycle from the cell's store, oldest first.
     History {
         #[command(flatten)]
         cell: CellArgs,
+        #[command(flatten)]
+        store: StoreArgs,
         /// The invoice id.
         invoice: String,
+        /// Every version of each status change (the first write and each correction; PostgreSQL only).
+        #[arg(long)]
+        versions: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Operate the cell's PostgreSQL store: migrate, make partitions, check.
+    Store {
+        #[command(flatten)]
+        cell: CellArgs,
+        /// The store's connection string.
+        #[arg(long, env = "BEMS_POSTGRES_URL", hide_env_values = true)]
+        postgres_url: String,
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+    /// Export the status changes of a period for an auditor (PostgreSQL): a CSV or JSON-lines file and its manifest (row count, SHA-256, bounds).
+    Export {
+        #[command(flatten)]
+        cell: CellArgs,
+        /// The store's connection string.
+        #[arg(long, env = "BEMS_POSTGRES_URL", hide_env_values = true)]
+        postgres_url: String,
+        /// Start of the period (inclusive), RFC 3339.
+        #[arg(long)]
+        from: chrono::DateTime<chrono::Utc>,
+        /// End of the period (exclusive), RFC 3339.
+        #[arg(long)]
+        to: chrono::DateTime<chrono::Utc>,
+        /// csv or jsonl.
+        #[arg(long, value_parser = ["csv", "jsonl"], default_value = "csv")]
+        format: String,
+        /// The file to write; its manifest goes beside it (`<out>.manifest.json`).
+        #[arg(long)]
+        out: std::path::PathBuf,
     },
     /// Validate one invoice event (a JSON file, or - for standard input) and put it on the cell's bus (exit 3 when invalid).
     Send {
@@ -138,9 +176,12 @@ enum Command {
         /// Seconds to wait for each next step.
         #[arg(long, default_value_t = 180)]
         timeout: u64,
-        /// The cell's store, as deployed (the template's Store parameter): timestream, or none to follow the stages only.
-        #[arg(long, value_parser = ["timestream", "none"], required_unless_present = "moto_store")]
+        /// The cell's store, as deployed: postgres (with --postgres-url), timestream, or none to follow the stages only.
+        #[arg(long, value_parser = ["postgres", "timestream", "none"], required_unless_present = "moto_store")]
         store: Option<String>,
+        /// With --store postgres: the store's connection string.
+        #[arg(long, env = "BEMS_POSTGRES_URL", hide_env_values = true)]
+        postgres_url: Option<String>,
         /// Read the store through moto's own API at this URL instead of Timestream (a cell on the local emulators, whose Timestream runs no query).
         #[arg(long, conflicts_with = "store")]
         moto_store: Option<String>,
@@ -159,6 +200,46 @@ enum Command {
         #[arg(long, default_value = "../../..")]
         code_uri: String,
     },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Apply the committed migrations the cell's schema lacks (in one transaction, under an advisory lock).
+    Migrate,
+    /// Create the monthly partitions from this month on, moving any of their rows out of the default partition.
+    Partitions {
+        /// Months ahead to create.
+        #[arg(long, default_value_t = 3)]
+        ahead: u32,
+    },
+    /// Check the store: rows waiting in the default partition, and the rollups against the rows (exit 4 on a problem).
+    Check {
+        /// How far back to check the rollups, hours (the check reads every row of the window).
+        #[arg(long, default_value_t = 2)]
+        window_hours: u32,
+    },
+}
+
+/// Which store a command reads.
+#[derive(Args)]
+struct StoreArgs {
+    /// The cell's store: postgres (with --postgres-url) or timestream.
+    #[arg(long = "store", value_parser = ["postgres", "timestream"], default_value = "postgres", env = "BEMS_STORE")]
+    kind: String,
+    /// With --store postgres: the store's connection string.
+    #[arg(long, env = "BEMS_POSTGRES_URL", hide_env_values = true)]
+    postgres_url: Option<String>,
+}
+
+impl StoreArgs {
+    fn choice(&self) -> anyhow::Result<bems_ops::store::StoreChoice> {
+        Ok(match self.kind.as_str() {
+            "timestream" => bems_ops::store::StoreChoice::Timestream { endpoint: None },
+            _ => bems_ops::store::StoreChoice::Postgres {
+                url: self.postgres_url.clone().context("--store postgres needs --postgres-url (or BEMS_POSTGRES_URL)")?,
+            },
+        })
+    }
 }
 
 #[derive(Args)]
@@ -272,13 +353,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let clients = Clients::new(&bems_ops::aws_config(Some(&cell.region)).await);
             println!("{}", bems_ops::provision::teardown(&clients, &spec).await?);
         }
-        Command::Stuck { cell, sla, window_hours, dlq_only, alert_topic, state, json } => {
+        Command::Stuck { cell, sla, window_hours, dlq_only, store, alert_topic, state, json } => {
             let spec = cell.spec()?;
             let config = bems_ops::aws_config(Some(&cell.region)).await;
             let mut stuck = bems_ops::stuck::dead_lettered(&Clients::new(&config).sqs, &spec).await?;
             if !dlq_only {
-                let query = bems_ops::timestream_query(&config).await?;
-                stuck.extend(bems_ops::stuck::over_sla(&query, &spec, sla, window_hours).await?);
+                let store = bems_ops::store::open(&store.choice()?, &spec, &config).await?;
+                stuck.extend(bems_ops::stuck::over_sla(&store, sla, window_hours).await?);
             }
             if let Some(path) = &state {
                 let mut alerted: bems_ops::stuck::Alerted = match std::fs::read_to_string(path) {
@@ -370,30 +451,131 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("replay {} ({}): {}", replay.name, replay.arn, replay.state);
             }
         }
-        Command::History { cell, invoice, json } => {
+        Command::History { cell, store, invoice, versions, json } => {
+            use bems_store::query::Queries;
             let spec = cell.spec()?;
             let invoice = bems_core::fields::InvoiceId::new(&invoice).context("INVOICE")?;
             let config = bems_ops::aws_config(Some(&cell.region)).await;
-            let query = bems_ops::timestream_query(&config).await?;
-            let entries = bems_ops::history::history(&query, &spec, &invoice).await?;
+            let store = bems_ops::store::open(&store.choice()?, &spec, &config).await?;
+            let entries = if versions {
+                store.versions(invoice.as_str()).await?
+            } else {
+                store.history(invoice.as_str()).await?
+            };
             if json {
                 print_json(&entries)?;
             } else if entries.is_empty() {
-                println!("no history for {invoice} in cell {}", spec.cell_id());
+                println!("no history for {invoice} in cell {} ({})", spec.cell_id(), store.describe());
             } else {
                 for e in &entries {
+                    let version = match (versions, e.version) {
+                        (true, Some(v)) => format!("  version {}", v.to_rfc3339()),
+                        _ => String::new(),
+                    };
                     println!(
-                        "{}  {:<15} {:<11} <- {:<11} {} {}  {}",
-                        e.time,
+                        "{}  {:<15} {:<11} <- {:<11} {} {}  {}{version}{}",
+                        e.occurred_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
                         e.stage,
                         e.status,
-                        e.previous_status.as_deref().unwrap_or("-"),
-                        e.amount.as_deref().unwrap_or("-"),
+                        e.previous_status.map_or("-", |s| s.as_str()),
+                        e.amount.map_or_else(|| "-".to_owned(), |a| a.to_string()),
                         e.currency.as_deref().unwrap_or(""),
-                        e.event_id
+                        e.event_id,
+                        e.reason.as_deref().map(|r| format!("  ({r})")).unwrap_or_default()
                     );
                 }
             }
+        }
+        Command::Store { cell, postgres_url, command } => {
+            let spec = cell.spec()?;
+            let pg = bems_ops::store::postgres(&postgres_url, &spec)?;
+            let mut client = pg.connect().await?;
+            match command {
+                StoreCommand::Migrate => {
+                    let done = bems_store::postgres::migrate::migrate(&mut client, pg.schema()).await?;
+                    println!(
+                        "schema {} on {}: applied {:?}, already there {:?}",
+                        pg.schema(),
+                        pg.describe(),
+                        done.applied,
+                        done.already
+                    );
+                }
+                StoreCommand::Partitions { ahead } => {
+                    let done =
+                        bems_store::postgres::partitions::ensure(&mut client, pg.schema(), chrono::Utc::now(), ahead)
+                            .await?;
+                    println!(
+                        "schema {}: created {:?}; {} already there; {} row(s) moved out of the default partition",
+                        pg.schema(),
+                        done.created,
+                        done.existing.len(),
+                        done.moved
+                    );
+                }
+                StoreCommand::Check { window_hours } => {
+                    let (stranded, oldest, newest) =
+                        bems_store::postgres::partitions::in_default(&client, pg.schema()).await?;
+                    let now = chrono::Utc::now();
+                    let mismatches = bems_store::postgres::check::rollup_mismatches(
+                        &client,
+                        pg.schema(),
+                        now - chrono::Duration::hours(i64::from(window_hours)),
+                        now + chrono::Duration::minutes(1),
+                    )
+                    .await?;
+                    if stranded > 0 {
+                        println!(
+                            "{stranded} row(s) in the default partition ({} to {}): run `bems store partitions`",
+                            oldest.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                            newest.map(|t| t.to_rfc3339()).unwrap_or_default()
+                        );
+                    }
+                    for m in &mismatches {
+                        println!("{} {}: rows say {}, the rollup {}", m.rollup, m.what, m.rows, m.stored);
+                    }
+                    if stranded > 0 || !mismatches.is_empty() {
+                        return Ok(ExitCode::from(FOUND));
+                    }
+                    println!(
+                        "schema {}: no row in the default partition; the rollups of the last {window_hours} h equal the rows",
+                        pg.schema()
+                    );
+                }
+            }
+        }
+        Command::Export { cell, postgres_url, from, to, format, out } => {
+            let spec = cell.spec()?;
+            let pg = bems_ops::store::postgres(&postgres_url, &spec)?;
+            let mut client = pg.connect().await?;
+            let format = if format == "jsonl" {
+                bems_store::postgres::export::Format::Jsonl
+            } else {
+                bems_store::postgres::export::Format::Csv
+            };
+            let file = std::fs::File::create(&out).with_context(|| format!("create {}", out.display()))?;
+            let manifest = bems_store::postgres::export::export(
+                &mut client,
+                pg.schema(),
+                from,
+                to,
+                format,
+                std::io::BufWriter::new(file),
+            )
+            .await?;
+            let mut manifest_path = out.clone().into_os_string();
+            manifest_path.push(".manifest.json");
+            std::fs::write(&manifest_path, serde_json::to_string_pretty(&manifest)?)
+                .with_context(|| format!("write {}", manifest_path.to_string_lossy()))?;
+            println!(
+                "{} row(s) of {} to {} in {} (sha256 {}); manifest {}",
+                manifest.rows,
+                from.to_rfc3339(),
+                to.to_rfc3339(),
+                out.display(),
+                manifest.sha256,
+                manifest_path.to_string_lossy()
+            );
         }
         Command::Send { cell, file, json } => {
             let spec = cell.spec()?;
@@ -424,7 +606,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Err(e) => return Err(e.into()),
             }
         }
-        Command::Smoke { cell, api_url, api_key, timeout, store, moto_store, json } => {
+        Command::Smoke { cell, api_url, api_key, timeout, store, postgres_url, moto_store, json } => {
             let spec = cell.spec()?;
             let config = bems_ops::aws_config(Some(&cell.region)).await;
             // Only what was not given is looked up.
@@ -460,9 +642,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (None, Some("none")) => {
                     bems_ops::smoke::smoke(&spec, &url, &key, &bems_ops::smoke::NoStore, &sqs, options).await?
                 }
-                (None, _) => {
-                    let client = bems_ops::timestream_query(&config).await?;
-                    let store = bems_ops::smoke::TimestreamStore { client, spec: spec.clone() };
+                (None, kind) => {
+                    let choice = match kind {
+                        Some("postgres") => bems_ops::store::StoreChoice::Postgres {
+                            url: postgres_url.context("--store postgres needs --postgres-url (or BEMS_POSTGRES_URL)")?,
+                        },
+                        _ => bems_ops::store::StoreChoice::Timestream { endpoint: None },
+                    };
+                    let store = bems_ops::store::open(&choice, &spec, &config).await?;
                     bems_ops::smoke::smoke(&spec, &url, &key, &store, &sqs, options).await?
                 }
             };

@@ -1,17 +1,19 @@
-//! The operator commands, run as the `bems` binary against the emulators:
-//! `send`, `stuck`, `redrive`, `replay` on LocalStack, and `history` and
-//! `stuck`'s Timestream query on moto.
+//! The operator commands, run as the `bems` binary against the emulators
+//! and PostgreSQL: `send`, `stuck`, `redrive`, `replay` on LocalStack;
+//! `store migrate|partitions|check`, `history` (and `--versions`), `stuck`'s
+//! over-SLA check and `export` on the test PostgreSQL; `history` on moto's
+//! Timestream.
 //!
 //! moto's Timestream query engine does not run SQL: it answers a query
 //! with the result registered for that exact query text
-//! (`/moto-api/static/timestream/query-results`). The history and over-SLA
-//! tests register an answer for the text the library builds, so they check
-//! that the binary sends exactly that text and reads the answer off the wire
-//! correctly; what Timestream itself would return is not tested here.
+//! (`/moto-api/static/timestream/query-results`). The Timestream history
+//! test registers an answer for the text the library builds, so it checks
+//! that the binary sends exactly that text and reads the answer off the
+//! wire correctly; what Timestream itself would return is not tested here.
 //!
-//! Run by `scripts/test` (which sets `BEMS_LOCALSTACK_URL` and
-//! `BEMS_MOTO_URL`); without them the tests say they are skipped, and fail
-//! under `BEMS_REQUIRE_EMULATORS=1`.
+//! Run by `scripts/test` (which sets `BEMS_LOCALSTACK_URL`, `BEMS_MOTO_URL`
+//! and `BEMS_POSTGRES_URL`); without them the tests say they are skipped,
+//! and fail under `BEMS_REQUIRE_EMULATORS=1` / `BEMS_REQUIRE_POSTGRES=1`.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -286,11 +288,16 @@ fn column(name: &str, scalar: &str) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn history_and_over_sla_read_timestream_answers_off_the_wire() {
+async fn history_reads_timestream_answers_off_the_wire() {
     let Some(moto) = endpoint("BEMS_MOTO_URL") else { return };
     let cell = "cli-history";
-    let invoice = bems_core::fields::InvoiceId::new("INV-HIST-1").expect("id");
-    let query = bems_ops::history::history_query(&spec(cell), &invoice);
+    let config = aws_sdk_timestreamquery::config::Builder::new()
+        .behavior_version(aws_sdk_timestreamquery::config::BehaviorVersion::latest())
+        .region(aws_sdk_timestreamquery::config::Region::new("us-east-1"))
+        .build();
+    let queries =
+        bems_store::timestream::TimestreamQueries::new(aws_sdk_timestreamquery::Client::from_conf(config), &spec(cell));
+    let query = queries.history_query("INV-HIST-1");
     let cells = |values: &[Option<&str>]| {
         let data: Vec<Value> = values
             .iter()
@@ -317,36 +324,148 @@ async fn history_and_over_sla_read_timestream_answers_off_the_wire() {
         ],
     });
     moto_answer(&moto, &query, &answer);
-    let out = bems(&moto, &["history", "INV-HIST-1", "--cell", cell, "--partitions", "2", "--json"]);
+    let store = ["--store", "timestream"];
+    let args = |invoice: &'static str, json: bool| {
+        let mut a = vec!["history", invoice, "--cell", cell, "--partitions", "2"];
+        a.extend(store);
+        if json {
+            a.push("--json");
+        }
+        a
+    };
+    let out = bems(&moto, &args("INV-HIST-1", true));
     assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
     let entries = stdout_json(&out);
     assert_eq!(entries.as_array().map(Vec::len), Some(2), "{entries}");
     assert_eq!(entries[0]["status"], "submitted");
+    assert_eq!(entries[0]["occurredAt"], "2026-11-26T13:45:00.123Z");
     assert_eq!(entries[0]["previousStatus"], Value::Null);
     assert_eq!(entries[1]["endToEndLatencyMs"], 1877);
     // Another invoice: moto has no answer for that text, so nothing.
-    let out = bems(&moto, &["history", "INV-HIST-2", "--cell", cell, "--partitions", "2"]);
+    let out = bems(&moto, &args("INV-HIST-2", false));
     assert!(String::from_utf8_lossy(&out.stdout).contains("no history for INV-HIST-2"));
+    // Timestream keeps no versions: said, not guessed.
+    let mut versions = args("INV-HIST-1", false);
+    versions.push("--versions");
+    let out = bems(&moto, &versions);
+    assert_eq!(code(&out), 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("timestream does not keep the versions"));
+}
 
-    let query = bems_ops::stuck::over_sla_query(&spec(cell), 120, 24);
-    let answer = serde_json::json!({
-        "QueryId": "q-stuck",
-        "ColumnInfo": [column("invoice_id", "VARCHAR"), column("stage", "VARCHAR"), column("status", "VARCHAR"),
-            column("event_id", "VARCHAR"), column("last_change_ms", "BIGINT")],
-        "Rows": [cells(&[Some("INV-LATE-1"), Some("authorization"), Some("reconciled"), Some("e-9"), Some("1795700000000")])],
-    });
-    moto_answer(&moto, &query, &answer);
-    // moto has no queues of this cell: only the Timestream part finds something.
-    let out = bems(&moto, &["stuck", "--cell", cell, "--partitions", "2", "--json"]);
+/// The store's commands against the test PostgreSQL: migrate and
+/// partitions, then rows written by the writer (an invoice stalled at
+/// reconciliation, with a corrected submission) read back by `history`,
+/// `history --versions`, `stuck` and `export` (whose manifest's row count
+/// and SHA-256 are checked against the file here), and `store check`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_commands_migrate_read_check_and_export_the_postgres_store() {
+    let Some(moto) = endpoint("BEMS_MOTO_URL") else { return };
+    let Ok(url) = std::env::var("BEMS_POSTGRES_URL") else {
+        assert!(std::env::var_os("BEMS_REQUIRE_POSTGRES").is_none(), "BEMS_REQUIRE_POSTGRES=1 but BEMS_POSTGRES_URL is not set");
+        eprintln!("skipped: set BEMS_POSTGRES_URL (scripts/test does)");
+        return;
+    };
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let cell = format!("cli-pg-{nanos:08x}");
+    let run = |args: &[&str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--cell", &cell, "--partitions", "2", "--postgres-url", &url]);
+        bems(&moto, &all)
+    };
+    let out = run(&["store", "migrate"]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("applied [1]"), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = run(&["store", "partitions", "--ahead", "1"]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+
+    // An invoice submitted half an hour ago, ingested, then stalled; its
+    // submission corrected later.
+    let pg = bems_ops::store::postgres(&url, &spec(&cell)).expect("store");
+    let writer = bems_store::postgres::write::Writer::new(pg.clone());
+    let submitted_at = chrono::Utc::now() - chrono::Duration::minutes(30);
+    let mut event = bems_core::InvoiceEvent::from_json(&std::fs::read(fixture("example-invoice-event.json")).expect("fixture"))
+        .expect("event");
+    event.invoice_id = bems_core::fields::InvoiceId::new("INV-CLI-1").expect("id");
+    event.stage = bems_core::Stage::Ingestion;
+    event.status = bems_core::Status::Submitted;
+    event.previous_status = None;
+    event.occurred_at = submitted_at;
+    let first = bems_store::StatusRow::new(&event, submitted_at + chrono::Duration::seconds(1));
+    event.stage = bems_core::Stage::Reconciliation;
+    event.status = bems_core::Status::Ingested;
+    event.previous_status = Some(bems_core::Status::Submitted);
+    event.previous_occurred_at = Some(submitted_at);
+    event.submitted_at = Some(submitted_at);
+    event.occurred_at = submitted_at + chrono::Duration::seconds(20);
+    event.event_id = bems_core::fields::EventId::random();
+    let second = bems_store::StatusRow::new(&event, event.occurred_at + chrono::Duration::seconds(1));
+    let mut corrected = first.clone();
+    corrected.version += chrono::Duration::minutes(5);
+    corrected.amount = "1200.00".parse().expect("amount");
+    for batch in [vec![first, second], vec![corrected]] {
+        let outcomes = writer.write(&batch).await.expect("write");
+        assert!(outcomes.iter().all(bems_store::postgres::write::RowOutcome::is_done), "{outcomes:?}");
+    }
+
+    let out = run(&["history", "INV-CLI-1", "--json"]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let history = stdout_json(&out);
+    assert_eq!(history.as_array().map(Vec::len), Some(2), "{history}");
+    assert_eq!((history[0]["status"].as_str(), history[0]["amount"].as_str()), (Some("submitted"), Some("1200.00")));
+    let out = run(&["history", "INV-CLI-1", "--versions", "--json"]);
+    let versions = stdout_json(&out);
+    let amounts: Vec<&str> = versions.as_array().expect("list").iter().filter_map(|v| v["amount"].as_str()).collect();
+    assert_eq!(amounts, ["1250.50", "1200.00", "1250.50"], "both versions of the submission, then the change");
+
+    let out = run(&["stuck", "--json"]);
     assert_eq!(code(&out), 4, "{}", String::from_utf8_lossy(&out.stderr));
     let stuck = stdout_json(&out);
-    assert_eq!(stuck[0]["invoiceId"], "INV-LATE-1");
-    assert_eq!(stuck[0]["kind"], "over-sla");
-    assert_eq!(stuck[0]["place"], "authorization");
+    assert_eq!(stuck.as_array().map(Vec::len), Some(1), "{stuck}");
+    assert_eq!((stuck[0]["invoiceId"].as_str(), stuck[0]["kind"].as_str()), (Some("INV-CLI-1"), Some("over-sla")));
+    assert_eq!(stuck[0]["place"], "reconciliation");
+
+    let out = run(&["store", "check"]);
+    assert_eq!(code(&out), 0, "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+
+    let dir = std::env::temp_dir().join(&cell);
+    std::fs::create_dir_all(&dir).expect("dir");
+    let from = (submitted_at - chrono::Duration::minutes(1)).to_rfc3339();
+    let to = chrono::Utc::now().to_rfc3339();
+    for format in ["csv", "jsonl"] {
+        let file = dir.join(format!("export.{format}"));
+        let path = file.to_str().expect("path");
+        let out = run(&["export", "--from", &from, "--to", &to, "--format", format, "--out", path]);
+        assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+        let bytes = std::fs::read(&file).expect("export");
+        let manifest: Value =
+            serde_json::from_slice(&std::fs::read(format!("{path}.manifest.json")).expect("manifest")).expect("JSON");
+        use sha2::Digest;
+        let digest: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(manifest["sha256"], digest.as_str(), "{format}: the manifest's hash is the file's");
+        assert_eq!(manifest["rows"], 2);
+        let lines: Vec<&str> = std::str::from_utf8(&bytes).expect("UTF-8").lines().collect();
+        match format {
+            "csv" => {
+                assert_eq!(lines.len(), 3, "a header and two rows");
+                assert!(lines[0].starts_with("occurred_at,invoice_id,stage,status"), "{}", lines[0]);
+                assert!(lines[1].contains(",1200.00,EUR,"), "{}", lines[1]);
+            }
+            _ => {
+                let first: Value = serde_json::from_str(lines[0]).expect("a JSON line");
+                assert_eq!(lines.len(), 2);
+                assert_eq!(first["invoice_id"], "INV-CLI-1");
+                assert!(lines[0].contains("\"amount\":1200.00,"), "the amount exact, scale kept: {}", lines[0]);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let client = pg.connect().await.expect("connect");
+    client.batch_execute(&format!("DROP SCHEMA {} CASCADE", pg.schema())).await.expect("drop");
 }
 
 /// `bems smoke` finds the cell's API and key by name, sends its invoice
-/// through the API and follows it in the store (moto, through its own API);
+/// through the API and follows it in the store (moto's Timestream, through
+/// its own API);
 /// on a provisioned cell with no functions running the invoice is routed
 /// into the ingestion route queue and no further, and the binary says so,
 /// names the queue it waits in, and exits 5.

@@ -203,6 +203,12 @@ pub fn bus_name(cell: &CellId) -> String {
     format!("bems-{cell}")
 }
 
+/// The store name of the cell `cell`: `bems_<cell>` with `_` for `-`
+/// (neither Timestream nor an unquoted SQL identifier takes a hyphen).
+pub fn store_name(cell: &CellId) -> String {
+    format!("bems_{}", cell.as_str().replace('-', "_"))
+}
+
 impl CellSpec {
     fn prefix(&self) -> String {
         bus_name(self.cell_id())
@@ -256,19 +262,14 @@ impl CellSpec {
     pub fn unrouted_rule_name(&self) -> String {
         format!("{}-unrouted", self.prefix())
     }
-    /// The cell's store name, `bems_<cell>` with `_` for `-` (neither
-    /// Timestream nor an unquoted SQL identifier takes a hyphen).
-    fn store_name(&self) -> String {
-        format!("bems_{}", self.cell_id().as_str().replace('-', "_"))
-    }
     /// The Timestream database of the cell's status changes.
     pub fn timestream_database(&self) -> String {
-        self.store_name()
+        store_name(self.cell_id())
     }
     /// The PostgreSQL schema of the cell's store: its tables, rollups and
     /// migrations, so that cells can share a database.
     pub fn postgres_schema(&self) -> String {
-        self.store_name()
+        store_name(self.cell_id())
     }
     /// The status-change queue the Timestream writer reads.
     pub fn status_queue_name(&self) -> String {

@@ -11,11 +11,12 @@
 //! | `BEMS_PARTITIONS` | all | its partition count (1–99) |
 //! | `AWS_REGION` | processors, forwarder | the Region (Lambda sets it) |
 //! | `BEMS_ACCOUNT_ID` | processors, forwarder | the cell's account (outside Lambda the forwarder defaults to `000000000000`, LocalStack's) |
-//! | `BEMS_DLQ_URL` | processors, writer | the dead-letter queue of the function's source queue |
-//! | `BEMS_MAX_RECEIVE_COUNT` | processors | the source queue's `maxReceiveCount` (default 5) |
+//! | `BEMS_DLQ_URL` | processors, writers | the dead-letter queue of the function's source queue |
+//! | `BEMS_MAX_RECEIVE_COUNT` | processors, writers | the source queue's `maxReceiveCount` (default 5) |
 //! | `BEMS_IDEMPOTENCY_TABLE` | processors, optional | the DynamoDB table of the idempotency store; unset or empty for none |
 //! | `BEMS_IDEMPOTENCY_TTL_DAYS` | processors | how long its items live (default 35) |
 //! | `BEMS_TIMESTREAM_DATABASE`, `BEMS_TIMESTREAM_TABLE` | Timestream writer | where records go |
+//! | `BEMS_POSTGRES_URL` | PostgreSQL writer | the server (`postgres://user:password@host:port/database`); the schema is the cell's |
 //!
 //! Each `from_env` has a `from_lookup` twin taking any name-to-value
 //! function, which is how the tests (and a user with another source of
@@ -71,6 +72,14 @@ impl<F: Fn(&str) -> Option<String>> Vars<F> {
 
     fn cell_id(&self) -> Result<CellId, ConfigError> {
         CellId::new(self.required(env::CELL_ID)?).map_err(|e| ConfigError::new(env::CELL_ID, e.to_string()))
+    }
+
+    fn max_receive_count(&self) -> Result<u32, ConfigError> {
+        let n = self.parsed(env::MAX_RECEIVE_COUNT, 5_u32, "a whole number")?;
+        if n == 0 {
+            return Err(ConfigError::new(env::MAX_RECEIVE_COUNT, "must be at least 1"));
+        }
+        Ok(n)
     }
 
     fn partitions(&self) -> Result<PartitionCount, ConfigError> {
@@ -134,10 +143,7 @@ impl StageConfig {
     /// From `lookup` (a variable's value by name).
     pub fn from_lookup(stage: Stage, lookup: impl Fn(&str) -> Option<String>) -> Result<StageConfig, ConfigError> {
         let vars = Vars(lookup);
-        let max_receive_count = vars.parsed(env::MAX_RECEIVE_COUNT, 5_u32, "a whole number")?;
-        if max_receive_count == 0 {
-            return Err(ConfigError::new(env::MAX_RECEIVE_COUNT, "must be at least 1"));
-        }
+        let max_receive_count = vars.max_receive_count()?;
         let idempotency = match vars.optional(env::IDEMPOTENCY_TABLE) {
             None => None,
             Some(table) => {
@@ -202,6 +208,9 @@ pub struct WriterConfig {
     pub partitions: PartitionCount,
     /// The status queue's dead-letter queue.
     pub dlq_url: String,
+    /// The status queue's `maxReceiveCount`: on that receive a record the
+    /// store cannot take goes to the dead-letter queue ("store unavailable").
+    pub max_receive_count: u32,
 }
 
 impl WriterConfig {
@@ -217,7 +226,41 @@ impl WriterConfig {
             cell_id: vars.cell_id()?,
             partitions: vars.partitions()?,
             dlq_url: vars.required(env::DLQ_URL)?,
+            max_receive_count: vars.max_receive_count()?,
         })
+    }
+}
+
+/// The PostgreSQL writer's configuration.
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PostgresConfig {
+    /// The writer's.
+    pub writer: WriterConfig,
+    /// The store: the server from `BEMS_POSTGRES_URL` (its password never
+    /// printed) and the cell's schema.
+    pub postgres: bems_store::postgres::Postgres,
+}
+
+#[cfg(feature = "postgres")]
+impl PostgresConfig {
+    /// From the process environment.
+    pub fn from_env() -> Result<PostgresConfig, ConfigError> {
+        PostgresConfig::from_lookup(process_env)
+    }
+
+    /// From `lookup`. The connection string must parse; the server is not
+    /// contacted.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<PostgresConfig, ConfigError> {
+        let vars = Vars(&lookup);
+        let writer = WriterConfig::from_lookup(&lookup)?;
+        let url = vars.required(env::POSTGRES_URL)?;
+        let schema = bems_store::postgres::Schema::of_cell(&writer.cell_id);
+        let postgres = bems_store::postgres::Postgres::new(&url, schema)
+            .map_err(|e| ConfigError::new(env::POSTGRES_URL, e.to_string()))?;
+        Ok(PostgresConfig { writer, postgres })
     }
 }
 
@@ -332,6 +375,24 @@ mod tests {
         let local = ForwarderConfig::from_lookup(false, lookup(&vars)).expect("local");
         assert_eq!(local.cell.account_id().as_str(), EMULATOR_ACCOUNT);
         assert_eq!(ForwarderConfig::from_lookup(true, lookup(&vars)).expect_err("lambda").variable(), env::ACCOUNT_ID);
+    }
+
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn the_postgres_writer_names_its_missing_or_unusable_variables() {
+        let mut vars = stage_vars();
+        assert_eq!(PostgresConfig::from_lookup(lookup(&vars)).expect_err("no url").variable(), env::POSTGRES_URL);
+        vars.insert(env::POSTGRES_URL, "postgres://bems@db:not-a-port/bems");
+        let error = PostgresConfig::from_lookup(lookup(&vars)).expect_err("bad url");
+        assert_eq!(error.variable(), env::POSTGRES_URL);
+        assert!(!error.to_string().is_empty());
+        vars.insert(env::POSTGRES_URL, "postgres://bems:secret@db.internal:5432/bems");
+        let config = PostgresConfig::from_lookup(lookup(&vars)).expect("config");
+        assert_eq!((config.writer.max_receive_count, config.writer.partitions.get()), (5, 16));
+        assert_eq!(config.postgres.schema().as_str(), "bems_prod_eu_1");
+        assert!(!format!("{config:?}").contains("secret"), "the password stays out of logs");
+        vars.insert(env::MAX_RECEIVE_COUNT, "0");
+        assert_eq!(PostgresConfig::from_lookup(lookup(&vars)).expect_err("zero").variable(), env::MAX_RECEIVE_COUNT);
     }
 
     #[test]

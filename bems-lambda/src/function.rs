@@ -223,7 +223,31 @@ pub async fn run_timestream_writer() -> Result<(), lambda_runtime::Error> {
     crate::telemetry::init_logs();
     let metrics =
         crate::telemetry::Metrics::install(&config.writer.cell_id, bems_core::contract::Function::StatusWriter)?;
-    let writer = crate::writer::StatusWriter::new(table, dead_letter).in_cell(config.writer.partitions);
+    let writer = crate::writer::StatusWriter::new(table, dead_letter)
+        .in_cell(config.writer.partitions)
+        .with_max_receive_count(config.writer.max_receive_count);
+    bems_batch::lambda::run(crate::telemetry::Observed::new(writer, Some(metrics))).await
+}
+
+/// Runs the PostgreSQL writer with our logs and metrics: the configuration
+/// read and the connection opened once, before the first invocation (a
+/// store that does not answer yet is only logged: the first batch
+/// connects again, and fails back to its queue if it still cannot).
+#[cfg(feature = "postgres")]
+pub async fn run_postgres_writer() -> Result<(), lambda_runtime::Error> {
+    let config = crate::config::PostgresConfig::from_env()?;
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    crate::telemetry::init_logs();
+    let store = bems_store::postgres::write::Writer::new(config.postgres);
+    if let Err(e) = store.connect().await {
+        tracing::warn!(error = %e, "the store does not answer yet; the first batch will connect");
+    }
+    let dead_letter = crate::sqs::SqsDeadLetter::new(aws_sdk_sqs::Client::new(&sdk), config.writer.dlq_url);
+    let metrics =
+        crate::telemetry::Metrics::install(&config.writer.cell_id, bems_core::contract::Function::StatusWriter)?;
+    let writer = crate::writer::StatusWriter::new(crate::postgres::PostgresSink::new(store), dead_letter)
+        .in_cell(config.writer.partitions)
+        .with_max_receive_count(config.writer.max_receive_count);
     bems_batch::lambda::run(crate::telemetry::Observed::new(writer, Some(metrics))).await
 }
 

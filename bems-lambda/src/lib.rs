@@ -13,8 +13,9 @@
 //!   rules' SQS FIFO target) to its SNS FIFO topic, group kept. Feature
 //!   `forwarder`.
 //! - [`writer`]: the status writer core, over a [`writer::StatusSink`] per
-//!   store; [`timestream`]: the Timestream for LiveAnalytics sink. Feature
-//!   `timestream` for the sink.
+//!   store; [`postgres`]: the PostgreSQL sink (feature `postgres`, over
+//!   `bems-store`); [`timestream`]: the Timestream for LiveAnalytics sink
+//!   (feature `timestream`).
 //! - [`sqs`]: the SQS dead-letter sink, and the local event-source runner
 //!   that plays Lambda's SQS event source mapping against the emulators.
 //! - [`config`]: each function's typed configuration, read once.
@@ -32,6 +33,7 @@
 //! |---|---|---|
 //! | `invoice-{ingestion,reconciliation,authorization,posting}-processor` | `processors`, `lambda` | EventBridge, SQS, DynamoDB |
 //! | `route-forwarder` | `forwarder`, `lambda` | SNS, SQS |
+//! | `postgres-writer` | `postgres`, `lambda` | SQS (the dead-letter queue) |
 //! | `timestream-writer` | `timestream`, `lambda` | Timestream Write, SQS |
 //!
 //! For example `cargo build --release --no-default-features --features
@@ -52,6 +54,9 @@ pub mod idempotency;
 #[cfg(feature = "processors")]
 #[cfg_attr(docsrs, doc(cfg(feature = "processors")))]
 pub mod processor;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres;
 pub mod sqs;
 pub mod stages;
 #[cfg(feature = "lambda")]

@@ -117,6 +117,14 @@ pub fn received_at(delivery: &Delivery) -> DateTime<Utc> {
 
 /// The status writer as a batch function over a sink `S` and a
 /// dead-letter sink `D`.
+///
+/// A record the store cannot take now ([`Outcome::Retry`]) goes back to
+/// its queue for redelivery, until its last receive
+/// ([`with_max_receive_count`](StatusWriter::with_max_receive_count)):
+/// then it goes to the dead-letter sink with the reason "store
+/// unavailable", where `bems redrive` brings it back once the store is.
+/// So an outage shorter than (maxReceiveCount − 1) × the queue's
+/// visibility timeout dead-letters nothing, and a longer one loses nothing.
 #[derive(Debug, Clone)]
 pub struct StatusWriter<S, D> {
     /// Where records go.
@@ -125,12 +133,27 @@ pub struct StatusWriter<S, D> {
     pub dead_letter: D,
     /// How bodies are validated (clock unchecked: records are history).
     pub validator: bems_core::Validator,
+    /// The source queue's `maxReceiveCount`, when known.
+    pub max_receive_count: Option<u32>,
 }
+
+/// The start of a dead-letter reason for a record the store could not
+/// take before its last receive.
+pub const STORE_UNAVAILABLE: &str = "store unavailable";
 
 impl<S, D> StatusWriter<S, D> {
     /// A writer decoding with [`bems_batch::consumer_validator`].
     pub fn new(sink: S, dead_letter: D) -> StatusWriter<S, D> {
-        StatusWriter { sink, dead_letter, validator: bems_batch::consumer_validator() }
+        StatusWriter { sink, dead_letter, validator: bems_batch::consumer_validator(), max_receive_count: None }
+    }
+
+    /// Dead-letters a record the store could not take on its
+    /// `max_receive_count`-th receive (the queue's `maxReceiveCount`),
+    /// with the reason, instead of letting SQS move it without one.
+    #[must_use]
+    pub fn with_max_receive_count(mut self, max_receive_count: u32) -> StatusWriter<S, D> {
+        self.max_receive_count = Some(max_receive_count);
+        self
     }
 
     /// The writer of a cell of `partitions`: an event whose partition is
@@ -176,7 +199,17 @@ impl<S: StatusSink + Sync + Send, D: DeadLetterSink + Sync + Send> BatchFunction
                 Outcome::Failed(reason) => {
                     self.dead_letter.send(r, &format!("{}: {reason}", S::Record::STORE)).await.is_err()
                 }
-                Outcome::Retry(_) => true,
+                Outcome::Retry(reason) => {
+                    let count = bems_batch::receive_count(r);
+                    if self.max_receive_count.is_some_and(|max| count >= max) {
+                        metrics::counter!("StoreUnavailableDeadLettered").increment(1);
+                        let reason =
+                            format!("{}: {STORE_UNAVAILABLE} at receive {count}: {reason}", S::Record::STORE);
+                        self.dead_letter.send(r, &reason).await.is_err()
+                    } else {
+                        true
+                    }
+                }
             };
             if keep {
                 failed.push(r.message_id.clone().unwrap_or_default());

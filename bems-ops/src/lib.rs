@@ -14,7 +14,9 @@
 //! - [`stuck`]: which invoices are stuck (in a DLQ, or over the SLA) and
 //!   alerting once per stuck invoice.
 //! - [`send`]: one event from a file, validated field by field, published.
-//! - [`history`]: an invoice's lifecycle from Timestream.
+//! - [`store`]: the cell's store (PostgreSQL or Timestream) behind the
+//!   query layer of `bems-store`: `bems history`, the over-SLA check,
+//!   the smoke test's last step.
 //! - [`replay`]: archived events of a time window back on the bus.
 //! - [`smoke`]: one marked invoice through a deployed cell's API, followed
 //!   through every stage into the store (`bems smoke`).
@@ -24,13 +26,13 @@
 //! configuration chain, so `AWS_ENDPOINT_URL=http://127.0.0.1:4566` points
 //! it at LocalStack.
 
-pub mod history;
 pub mod ingress;
 pub mod provision;
 pub mod redrive;
 pub mod replay;
 pub mod send;
 pub mod smoke;
+pub mod store;
 pub mod stuck;
 
 /// The AWS configuration from the standard chain (environment, profile,
@@ -41,21 +43,6 @@ pub async fn aws_config(region: Option<&str>) -> aws_config::SdkConfig {
         loader = loader.region(aws_config::Region::new(region.to_owned()));
     }
     loader.load().await
-}
-
-/// A Timestream query client. Timestream requires endpoint discovery; an
-/// emulator configured with an endpoint URL answers at its own address.
-pub async fn timestream_query(
-    config: &aws_config::SdkConfig,
-) -> Result<aws_sdk_timestreamquery::Client, EndpointDiscoveryError> {
-    let client = aws_sdk_timestreamquery::Client::new(config);
-    if config.endpoint_url().is_some() {
-        return Ok(client);
-    }
-    let (client, reloader) =
-        client.with_endpoint_discovery_enabled().await.map_err(|e| EndpointDiscoveryError(e.to_string()))?;
-    tokio::spawn(reloader.reload_task());
-    Ok(client)
 }
 
 /// An AWS call that failed: what was being done, what the service said
@@ -81,11 +68,6 @@ impl CallError {
         CallError { step: step.into(), message: describe(&e), source: Box::new(e) }
     }
 }
-
-/// Timestream's endpoint discovery failed (what the SDK said).
-#[derive(Debug, thiserror::Error)]
-#[error("Timestream endpoint discovery: {0}")]
-pub struct EndpointDiscoveryError(pub String);
 
 /// Whether `endpoint` is a LocalStack instance (it answers
 /// `/_localstack/health`).

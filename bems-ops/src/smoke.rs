@@ -23,11 +23,11 @@
 //! | `authorization` | `authorized` | the authorization processor handled it | stored |
 //! | `posting` | `posted` | the posting processor handled it | stored |
 //!
-//! The store is read through [`StatusStore`]: Timestream with `bems
-//! history`'s query on AWS ([`TimestreamStore`]); on the emulators, whose
-//! Timestream (moto) stores writes but runs no query, moto's own record of
-//! the writes ([`MotoStore`], emulator only); [`NoStore`] for a cell
-//! deployed with `Store=none`.
+//! The store is read through [`StatusStore`]: the cell's store through
+//! `bems history`'s query ([`bems_store::Store`]: PostgreSQL or
+//! Timestream); on the emulators, whose Timestream (moto) stores writes but
+//! runs no query, moto's own record of the writes ([`MotoStore`], emulator
+//! only); [`NoStore`] for a cell deployed with `Store=none`.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -97,22 +97,12 @@ impl StatusStore for NoStore {
     }
 }
 
-/// The cell's Timestream table, read with [`crate::history`]'s query.
-#[derive(Debug, Clone)]
-pub struct TimestreamStore {
-    /// The query client.
-    pub client: aws_sdk_timestreamquery::Client,
-    /// The cell.
-    pub spec: CellSpec,
-}
-
-impl StatusStore for TimestreamStore {
+/// The cell's store, read with `bems history`'s query.
+impl StatusStore for bems_store::Store {
     async fn statuses(&self, invoice: &InvoiceId) -> Result<Vec<Status>, String> {
-        let entries = crate::history::history(&self.client, &self.spec, invoice).await.map_err(|e| e.to_string())?;
-        entries
-            .iter()
-            .map(|e| Status::from_wire(&e.status).ok_or_else(|| format!("a stored status that is none: {}", e.status)))
-            .collect()
+        use bems_store::query::Queries;
+        let entries = self.history(invoice.as_str()).await.map_err(|e| e.to_string())?;
+        Ok(entries.iter().map(|e| e.status).collect())
     }
 }
 

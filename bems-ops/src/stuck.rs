@@ -7,7 +7,8 @@
 //!   reason is the one the processor recorded (`bems-poison-reason`) or
 //!   "dead-lettered after maxReceiveCount receives"; or
 //! - its latest status change is not terminal and older than the SLA: it has
-//!   not reached its next stage in time (from the cell's Timestream table).
+//!   not reached its next stage in time (from the cell's store, through
+//!   [`bems_store::query::Queries::open_since`]).
 //!
 //! Reading a DLQ must not consume it: messages are received with a short
 //! visibility timeout and released at once. On a FIFO DLQ a receive returns
@@ -23,10 +24,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, MessageSystemAttributeName};
-use aws_sdk_timestreamquery::operation::query::QueryOutput;
-use bems_core::contract::{TIMESTREAM_TABLE, columns};
+use bems_core::Stage;
 use bems_core::routing::CellSpec;
-use bems_core::{Stage, Status};
+use bems_store::query::{OpenInvoice, Queries, QueryError};
 use serde::{Deserialize, Serialize};
 
 /// Why a check failed.
@@ -36,11 +36,8 @@ pub enum StuckError {
     #[error("stuck: {0}")]
     Call(#[from] crate::CallError),
     /// The over-SLA query failed.
-    #[error("stuck: the Timestream query: {0}")]
-    Query(crate::CallError),
-    /// The query's answer lacks a column it selects.
-    #[error("stuck: the answer has no column {0:?}")]
-    MissingColumn(String),
+    #[error("stuck: the store: {0}")]
+    Store(#[from] QueryError),
     /// A request could not be built (an SDK builder's required field).
     #[error("stuck: {0}")]
     Build(#[from] aws_sdk_sqs::error::BuildError),
@@ -259,72 +256,34 @@ pub(crate) fn identify(body: &str) -> (Option<String>, Option<String>, Option<St
     (field("invoiceId"), field("eventId"), field("status"))
 }
 
-/// The query for invoices whose latest status change, within the last
-/// `window_hours`, is not terminal and older than `sla_secs`.
-pub fn over_sla_query(spec: &CellSpec, sla_secs: u64, window_hours: u64) -> String {
-    let terminal: Vec<String> =
-        Status::ALL.into_iter().filter(|s| s.is_terminal()).map(|s| format!("'{}'", s.as_str())).collect();
-    format!(
-        "SELECT invoice_id, max_by(stage, time) AS stage, max_by(status, time) AS status, \
-         max_by(event_id, time) AS event_id, to_milliseconds(max(time)) AS last_change_ms \
-         FROM \"{}\".\"{TIMESTREAM_TABLE}\" WHERE measure_name = 'status_change' AND time > ago({window_hours}h) \
-         GROUP BY invoice_id \
-         HAVING max_by(status, time) NOT IN ({}) AND max(time) < ago({sla_secs}s) \
-         ORDER BY last_change_ms ASC",
-        spec.timestream_database(),
-        terminal.join(", ")
-    )
+/// At most this many over-SLA invoices are listed per check.
+pub const OVER_SLA_LIMIT: u32 = 1_000;
+
+/// An open invoice past the SLA, as a stuck one, `now_ms` being now.
+pub fn over_sla_entry(open: &OpenInvoice, now_ms: i64) -> Stuck {
+    let age = u64::try_from((now_ms - open.last_change.timestamp_millis()).max(0) / 1000).unwrap_or(0);
+    Stuck {
+        invoice_id: Some(open.invoice_id.clone()),
+        kind: Kind::OverSla,
+        reason: format!(
+            "no status change for {age} s since '{}': the {} stage has not acted on it",
+            open.status, open.stage
+        ),
+        place: open.stage.to_string(),
+        age_secs: age,
+        event_id: Some(open.event_id.clone()),
+        more_in_group: false,
+    }
 }
 
-/// The over-SLA invoices of one page of that query's answer.
-pub fn parse_over_sla(page: &QueryOutput, now_ms: u64) -> Result<Vec<Stuck>, StuckError> {
-    if page.rows().is_empty() {
-        return Ok(Vec::new());
-    }
-    let columns: Vec<&str> = page.column_info().iter().map(|c| c.name().unwrap_or_default()).collect();
-    let index =
-        |name: &str| columns.iter().position(|c| *c == name).ok_or_else(|| StuckError::MissingColumn(name.to_owned()));
-    let (invoice, stage, status, event, last) = (
-        index(columns::INVOICE_ID)?,
-        index(columns::STAGE)?,
-        index(columns::STATUS)?,
-        index(columns::EVENT_ID)?,
-        index("last_change_ms")?,
-    );
-    let mut out = Vec::new();
-    for row in page.rows() {
-        let value = |i: usize| row.data().get(i).and_then(|d| d.scalar_value()).map(str::to_owned);
-        let last_ms = value(last).and_then(|v| v.parse::<u64>().ok()).unwrap_or(now_ms);
-        let age = now_ms.saturating_sub(last_ms) / 1000;
-        let status = value(status).unwrap_or_default();
-        let stage = value(stage).unwrap_or_default();
-        out.push(Stuck {
-            invoice_id: value(invoice),
-            kind: Kind::OverSla,
-            reason: format!("no status change for {age} s since '{status}': the {stage} stage has not acted on it"),
-            place: stage,
-            age_secs: age,
-            event_id: value(event),
-            more_in_group: false,
-        });
-    }
-    Ok(out)
-}
-
-/// The invoices of `spec`'s cell over the SLA, from Timestream.
-pub async fn over_sla(
-    client: &aws_sdk_timestreamquery::Client,
-    spec: &CellSpec,
-    sla_secs: u64,
-    window_hours: u64,
-) -> Result<Vec<Stuck>, StuckError> {
-    let query = over_sla_query(spec, sla_secs, window_hours);
-    let pages = crate::history::query_pages(client, &query).await.map_err(StuckError::Query)?;
-    let mut out = Vec::new();
-    for page in &pages {
-        out.extend(parse_over_sla(page, now_ms())?);
-    }
-    Ok(out)
+/// The invoices of the cell whose latest status change, within the last
+/// `window_hours`, is not terminal and older than `sla_secs`, oldest
+/// first, from its store.
+pub async fn over_sla<Q: Queries + Sync>(store: &Q, sla_secs: u32, window_hours: u32) -> Result<Vec<Stuck>, StuckError> {
+    let now = chrono::Utc::now();
+    let window = bems_store::query::Window::last_minutes(now, window_hours.saturating_mul(60));
+    let open = store.open_invoices(window, sla_secs, OVER_SLA_LIMIT).await?;
+    Ok(open.iter().map(|o| over_sla_entry(o, now.timestamp_millis())).collect())
 }
 
 /// What has been alerted, kept between runs.
@@ -377,54 +336,22 @@ pub async fn alert(
 
 #[cfg(test)]
 mod tests {
-    use aws_sdk_timestreamquery::types::{ColumnInfo, Datum, Row};
-
     use super::*;
 
-    fn spec() -> CellSpec {
-        CellSpec::new(
-            bems_core::fields::CellId::new("prod-eu-1").expect("cell"),
-            bems_core::fields::Region::new("eu-west-1").expect("region"),
-            bems_core::fields::AccountId::new("123456789012").expect("account"),
-            bems_core::partition::PartitionCount::new(16).expect("partitions"),
-        )
-        .expect("spec")
-    }
-
     #[test]
-    fn the_over_sla_query_keeps_non_terminal_latest_statuses_older_than_the_sla() {
-        assert_eq!(
-            over_sla_query(&spec(), 120, 24),
-            "SELECT invoice_id, max_by(stage, time) AS stage, max_by(status, time) AS status, \
-             max_by(event_id, time) AS event_id, to_milliseconds(max(time)) AS last_change_ms \
-             FROM \"bems_prod_eu_1\".\"status_changes\" WHERE measure_name = 'status_change' AND time > ago(24h) \
-             GROUP BY invoice_id \
-             HAVING max_by(status, time) NOT IN ('posted', 'rejected') AND max(time) < ago(120s) \
-             ORDER BY last_change_ms ASC"
-        );
-    }
-
-    #[test]
-    fn over_sla_rows_become_stuck_invoices_with_their_age() {
-        let columns = ["invoice_id", "stage", "status", "event_id", "last_change_ms"]
-            .map(|n| ColumnInfo::builder().name(n).build())
-            .to_vec();
-        let row = Row::builder()
-            .set_data(Some(
-                ["INV-7", "authorization", "reconciled", "5d0e8c1a-7b2f-4c3d-8e9f-1a2b3c4d5e6f", "1795700000000"]
-                    .map(|v| Datum::builder().scalar_value(v).build())
-                    .to_vec(),
-            ))
-            .build()
-            .expect("row");
-        let page =
-            QueryOutput::builder().query_id("q").set_column_info(Some(columns)).rows(row).build().expect("output");
-        let stuck = parse_over_sla(&page, 1_795_700_300_000).expect("parsed");
-        assert_eq!(stuck.len(), 1);
-        assert_eq!(stuck[0].invoice_id.as_deref(), Some("INV-7"));
-        assert_eq!(stuck[0].age_secs, 300);
-        assert_eq!(stuck[0].place, "authorization");
-        assert!(stuck[0].reason.contains("'reconciled'"), "{}", stuck[0].reason);
+    fn an_open_invoice_past_the_sla_is_stuck_at_its_stage_with_its_age() {
+        let open = OpenInvoice {
+            invoice_id: "INV-7".into(),
+            stage: Stage::Authorization,
+            status: bems_core::Status::Reconciled,
+            event_id: "5d0e8c1a-7b2f-4c3d-8e9f-1a2b3c4d5e6f".into(),
+            last_change: chrono::DateTime::from_timestamp_millis(1_795_700_000_000).expect("time"),
+        };
+        let stuck = over_sla_entry(&open, 1_795_700_300_000);
+        assert_eq!(stuck.invoice_id.as_deref(), Some("INV-7"));
+        assert_eq!((stuck.kind, stuck.age_secs), (Kind::OverSla, 300));
+        assert_eq!(stuck.place, "authorization");
+        assert!(stuck.reason.contains("'reconciled'"), "{}", stuck.reason);
     }
 
     #[test]

@@ -62,3 +62,92 @@ pub mod row;
 pub mod timestream;
 
 pub use row::StatusRow;
+
+/// Either engine's query layer, for a program that picks one at run time.
+#[cfg(any(feature = "postgres", feature = "timestream"))]
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Store {
+    /// PostgreSQL.
+    #[cfg(feature = "postgres")]
+    Postgres(postgres::PgQueries),
+    /// Timestream for LiveAnalytics.
+    #[cfg(feature = "timestream")]
+    Timestream(timestream::TimestreamQueries),
+}
+
+#[cfg(any(feature = "postgres", feature = "timestream"))]
+impl Store {
+    /// What it is, in one line (`postgres bems@host:5432/bems schema
+    /// bems_prod_eu_1`), without secrets.
+    pub fn describe(&self) -> String {
+        match self {
+            #[cfg(feature = "postgres")]
+            Store::Postgres(q) => format!("postgres {} schema {}", q.postgres().describe(), q.postgres().schema()),
+            #[cfg(feature = "timestream")]
+            Store::Timestream(q) => format!("timestream {}", q.table()),
+        }
+    }
+}
+
+/// Forwards each question to the engine.
+#[cfg(any(feature = "postgres", feature = "timestream"))]
+macro_rules! each_engine {
+    ($self:ident, $q:ident => $call:expr) => {
+        match $self {
+            #[cfg(feature = "postgres")]
+            Store::Postgres($q) => $call,
+            #[cfg(feature = "timestream")]
+            Store::Timestream($q) => $call,
+        }
+    };
+}
+
+#[cfg(any(feature = "postgres", feature = "timestream"))]
+impl query::Queries for Store {
+    async fn history(&self, invoice: &str) -> Result<Vec<query::HistoryEntry>, query::QueryError> {
+        each_engine!(self, q => q.history(invoice).await)
+    }
+
+    async fn versions(&self, invoice: &str) -> Result<Vec<query::HistoryEntry>, query::QueryError> {
+        each_engine!(self, q => q.versions(invoice).await)
+    }
+
+    async fn open_invoices(
+        &self,
+        window: query::Window,
+        sla_secs: u32,
+        limit: u32,
+    ) -> Result<Vec<query::OpenInvoice>, query::QueryError> {
+        each_engine!(self, q => q.open_invoices(window, sla_secs, limit).await)
+    }
+
+    async fn stage_counts(
+        &self,
+        window: query::Window,
+        bucket_secs: u32,
+    ) -> Result<Vec<query::StageCount>, query::QueryError> {
+        each_engine!(self, q => q.stage_counts(window, bucket_secs).await)
+    }
+
+    async fn latencies(&self, window: query::Window) -> Result<query::Latencies, query::QueryError> {
+        each_engine!(self, q => q.latencies(window).await)
+    }
+
+    async fn money(&self, window: query::Window) -> Result<Vec<query::MoneyRow>, query::QueryError> {
+        each_engine!(self, q => q.money(window).await)
+    }
+
+    async fn largest_submitted(
+        &self,
+        window: query::Window,
+        rates: &[(&str, f64)],
+        limit: u32,
+    ) -> Result<Vec<query::Submitted>, query::QueryError> {
+        each_engine!(self, q => q.largest_submitted(window, rates, limit).await)
+    }
+
+    async fn visible(&self, window: query::Window) -> Result<u64, query::QueryError> {
+        each_engine!(self, q => q.visible(window).await)
+    }
+}

@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | [`history`](Queries::history) of an invoice, oldest first | key-prefix lookup from its first-seen time | `WHERE invoice_id = …` |
 //! | [`versions`](Queries::versions): every version of its rows | the versions table | not kept (a correction replaces) |
-//! | [`open_since`](Queries::open_since): invoices whose latest status is not terminal and older than a cut-off | index range over open invoices | `GROUP BY invoice_id` over the window |
+//! | [`open_invoices`](Queries::open_invoices): invoices whose latest status is not terminal and older than the SLA | index range over open invoices | `GROUP BY invoice_id` over the window |
 //! | [`stage_counts`](Queries::stage_counts) per time bucket | per-minute rollup, open minute from rows | `bin(time)` |
 //! | [`latencies`](Queries::latencies) against the SLA | rollup histograms | `approx_percentile` (no visibility: Timestream keeps no store time) |
 //! | [`money`](Queries::money): submitted amounts by currency, due week and terms | per-minute rollup, open minute from rows | `GROUP BY` |
@@ -33,12 +33,20 @@ pub struct Window {
     pub from: DateTime<Utc>,
     /// Exclusive end.
     pub to: DateTime<Utc>,
+    /// When the window is "the last n minutes": Timestream then asks
+    /// `time >= ago(nm)`, a text that stays the same from poll to poll.
+    pub last_minutes: Option<u32>,
 }
 
 impl Window {
+    /// `[from, to)`.
+    pub fn between(from: DateTime<Utc>, to: DateTime<Utc>) -> Window {
+        Window { from, to, last_minutes: None }
+    }
+
     /// The last `minutes` minutes up to `now`.
     pub fn last_minutes(now: DateTime<Utc>, minutes: u32) -> Window {
-        Window { from: now - chrono::Duration::minutes(i64::from(minutes)), to: now }
+        Window { from: now - chrono::Duration::minutes(i64::from(minutes)), to: now, last_minutes: Some(minutes) }
     }
 }
 
@@ -78,7 +86,6 @@ pub struct HistoryEntry {
 /// An invoice whose latest status is not terminal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
-#[non_exhaustive]
 pub struct OpenInvoice {
     /// The invoice.
     pub invoice_id: String,
@@ -121,7 +128,6 @@ pub struct Latencies {
 /// Submitted invoices of one currency, due-date week and payment terms.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
-#[non_exhaustive]
 pub struct MoneyRow {
     /// ISO 4217 currency.
     pub currency: String,
@@ -138,7 +144,6 @@ pub struct MoneyRow {
 /// A submitted invoice, for the largest-invoices panel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
-#[non_exhaustive]
 pub struct Submitted {
     /// The invoice.
     pub invoice_id: String,
@@ -252,13 +257,13 @@ pub trait Queries {
     /// correction), oldest first.
     fn versions(&self, invoice: &str) -> impl Future<Output = Result<Vec<HistoryEntry>, QueryError>> + Send;
 
-    /// Invoices whose latest status is not terminal, changed at or after
-    /// `since` and before `cutoff` (now minus the SLA), oldest first, at
+    /// Invoices whose latest status is not terminal and changed in
+    /// `window` but more than `sla_secs` before its end, oldest first, at
     /// most `limit`.
-    fn open_since(
+    fn open_invoices(
         &self,
-        since: DateTime<Utc>,
-        cutoff: DateTime<Utc>,
+        window: Window,
+        sla_secs: u32,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<OpenInvoice>, QueryError>> + Send;
 

@@ -119,7 +119,7 @@ async fn every_query_answers_what_the_rows_say() {
     }
     let business: Vec<&StatusRow> = rows.iter().filter(|r| !r.is_synthetic()).collect();
     assert!(business.len() < rows.len(), "a synthetic invoice is among them");
-    let window = Window { from: now - Duration::minutes(15), to: now + Duration::minutes(1) };
+    let window = Window::between(now - Duration::minutes(15), now + Duration::minutes(1));
 
     // Visible: every row of the window, synthetic ones too.
     assert_eq!(queries.visible(window).await.expect("visible"), rows.len() as u64);
@@ -187,8 +187,8 @@ async fn every_query_answers_what_the_rows_say() {
         submitted.iter().take(5).map(|r| r.invoice_id.as_str()).collect::<Vec<_>>()
     );
 
-    // Open invoices: the latest change not terminal, older than the cut-off.
-    let cutoff = now - Duration::seconds(60);
+    // Open invoices: the latest change not terminal, older than the SLA.
+    let cutoff = window.to - Duration::seconds(120);
     let mut latest: BTreeMap<&str, &StatusRow> = BTreeMap::new();
     for r in &rows {
         let e = latest.entry(r.invoice_id.as_str()).or_insert(r);
@@ -202,7 +202,7 @@ async fn every_query_answers_what_the_rows_say() {
         .map(|r| (r.invoice_id.as_str(), r.occurred_at))
         .collect();
     open.sort_by_key(|(id, at)| (*at, *id));
-    let got = queries.open_since(window.from, cutoff, 1000).await.expect("open");
+    let got = queries.open_invoices(window, 120, 1000).await.expect("open");
     assert_eq!(got.iter().map(|o| (o.invoice_id.as_str(), o.last_change)).collect::<Vec<_>>(), open);
     assert!(!open.is_empty() && open.len() < latest.len(), "some open, some done: {}", open.len());
 

@@ -2,7 +2,8 @@
 //!
 //! Shared set-up for the end-to-end tests in `tests/tests/`: a uniquely
 //! named cell provisioned on the running LocalStack, its route forwarder
-//! running in-process, and helpers to publish and drain. The tests run when `BEMS_LOCALSTACK_URL` is
+//! running in-process, its store on the test PostgreSQL ([`postgres`]),
+//! and helpers to publish and drain. The tests run when `BEMS_LOCALSTACK_URL` is
 //! set (`scripts/test` sets it, and `BEMS_LOCALSTACK_URLS` when it starts
 //! several LocalStacks) and say they are skipped otherwise.
 
@@ -20,6 +21,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 mod faults;
+pub mod postgres;
 mod stub;
 pub use faults::{Outage, Throttle};
 pub use stub::{Answer, PutEventsStub};

@@ -1,8 +1,10 @@
 //! All four stage processors on LocalStack, run by the local event-source
-//! runner, and the Timestream writer on the status-change queue writing to
-//! moto: submitted invoices come out posted, every status change is stored
-//! exactly once (read back from moto's stored records, not by counting
-//! calls), and nothing is left behind in any queue or DLQ.
+//! runner, and the status writer on the status-change queue writing to
+//! PostgreSQL (or, in the tests of Timestream's behaviours, to moto's
+//! Timestream): submitted invoices come out posted, every status change is
+//! stored exactly once (read back with SQL, or from moto's stored records,
+//! not by counting calls), the rollups equal the rows, and nothing is left
+//! behind in any queue or DLQ.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -16,10 +18,12 @@ use bems_core::fields::InvoiceId;
 use bems_core::publish::{BusError, EntryResult, EventBus, Publisher};
 use bems_core::retry::RetryPolicy;
 use bems_core::{Stage, Status};
+use bems_e2e::postgres::{cell_store, postgres_url, rollup_mismatches, wait_for_count};
 use bems_e2e::{
     Cell, Merged, Outage, Throttle, dimension, environment, event, idempotency_table, measure, moto_config,
     stored_rows, timestream_table,
 };
+use bems_lambda::postgres::PostgresSink;
 use bems_lambda::idempotency::DynamoDbStore;
 use bems_lambda::processor::StageProcessor;
 use bems_lambda::sqs::{EventSource, RunnerOptions, SqsDeadLetter};
@@ -135,7 +139,9 @@ struct Plan {
     kills: usize,
     /// Whether the processors claim their next events in a DynamoDB
     /// idempotency table (in moto).
-    store: bool,
+    idempotency: bool,
+    /// Where the writer stores: moto's Timestream (true) or PostgreSQL.
+    timestream: bool,
     /// Whether LocalStack goes dark for a while under load: the producer,
     /// the processors and the writer reach it through an [`Outage`] proxy
     /// that cuts every connection and refuses new ones for eight seconds.
@@ -155,7 +161,8 @@ impl Plan {
         throttle_every: 0,
         throttle_share: 0.0,
         kills: 0,
-        store: false,
+        idempotency: false,
+        timestream: false,
         outage: false,
         replay: false,
     };
@@ -163,7 +170,7 @@ impl Plan {
 
 const OUTAGE: Duration = Duration::from_secs(8);
 
-/// The issue's number: 5,000 invoices through all four stages.
+/// 5,000 invoices through all four stages into PostgreSQL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_thousand_invoices_flow_through_all_four_stages_once_each() {
     let Some(env) = environment().await else { return };
@@ -180,15 +187,26 @@ async fn throttling_every_third_call_to_the_bus_and_the_store_loses_nothing() {
     assert!(done.injected > 10, "the faults really happened: {}", done.injected);
 }
 
+/// The Timestream writer through the whole pipeline: 40 invoices into
+/// moto's Timestream, read back with Timestream's row rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invoices_flow_into_timestream_once_each() {
+    let Some(env) = environment().await else { return };
+    let done = pipeline(&env, Plan { timestream: true, ..Plan::SMALL }).await;
+    assert_eq!(done.merged.rewritten, 0);
+}
+
 /// Throttling where AWS does it, in front of the services: a third of all
 /// requests from the functions, the forwarder and the producer to SQS, SNS,
 /// EventBridge, Timestream and DynamoDB are refused with the service's
 /// throttling error. Most are retried by the SDK; the calls that exhaust
-/// its retries reach our code as transient errors.
+/// its retries reach our code as transient errors. (Timestream, behind the
+/// proxy in front of moto: PostgreSQL has no throttling to answer with.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_a_third_of_the_requests_to_every_service_loses_nothing_and_doubles_nothing() {
     let Some(env) = environment().await else { return };
-    let done = pipeline(&env, Plan { invoices: 100, throttle_share: 0.33, store: true, ..Plan::SMALL }).await;
+    let plan = Plan { invoices: 100, throttle_share: 0.33, idempotency: true, timestream: true, ..Plan::SMALL };
+    let done = pipeline(&env, plan).await;
     eprintln!("throttled requests by service: {:?}", done.throttled);
     let services: BTreeSet<&str> = done.throttled.keys().map(String::as_str).collect();
     for service in ["dynamodb", "events", "sns", "sqs", "timestream"] {
@@ -201,7 +219,7 @@ async fn killing_each_stage_processor_mid_batch_loses_nothing_and_doubles_nothin
     // With the idempotency table, as a deployment that wants exactly-once
     // beyond the FIFO window runs.
     let Some(env) = environment().await else { return };
-    let done = pipeline(&env, Plan { invoices: 200, kills: 2, store: true, ..Plan::SMALL }).await;
+    let done = pipeline(&env, Plan { invoices: 200, kills: 2, idempotency: true, ..Plan::SMALL }).await;
     assert_eq!(done.kills, 8, "every processor was killed twice after publishing and before deleting");
 }
 
@@ -218,7 +236,8 @@ async fn localstack_going_dark_under_load_loses_nothing_and_doubles_nothing() {
 /// would be after the FIFO deduplication window (fresh deduplication ids,
 /// a `replay-name`), to the ingestion queue and the status queue: no new
 /// row, no dead letter, every queue idle, and the writer's second write of
-/// each submission is the same row.
+/// each submission (received later: a higher version) replaces the row
+/// with the same content, kept as a second version.
 ///
 /// What keeps the rest of the lifecycle single here: the ingestion stage's
 /// next event has the id it had the first time (derived from the
@@ -230,9 +249,10 @@ async fn localstack_going_dark_under_load_loses_nothing_and_doubles_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replaying_processed_events_after_the_deduplication_window_doubles_nothing() {
     let Some(env) = environment().await else { return };
-    let done = pipeline(&env, Plan { invoices: 100, store: true, replay: true, ..Plan::SMALL }).await;
+    let done = pipeline(&env, Plan { invoices: 100, idempotency: true, replay: true, ..Plan::SMALL }).await;
     assert_eq!(done.replayed, 200, "every submission replayed into both queues");
     assert_eq!(done.merged.rewritten, 100, "the writer wrote each replayed submission again, as it was");
+    assert_eq!(done.merged.changed, 0);
 }
 
 /// How long `invoice_count` invoices may take to be stored: generous for
@@ -271,7 +291,8 @@ struct Done {
     throttled: BTreeMap<String, usize>,
     /// Replayed deliveries.
     replayed: usize,
-    /// Writes merged into rows (moto only).
+    /// Writes merged into rows: moto's writes, or PostgreSQL's versions
+    /// beyond the first.
     merged: Merged,
 }
 
@@ -362,6 +383,31 @@ async fn until_idle(cell: &Cell, queues: &[String]) {
     }
 }
 
+/// PostgreSQL's versions beyond each row's first, as [`Merged`] counts
+/// moto's writes: the same content again (`rewritten`) or other content
+/// (`changed`).
+async fn versions_merged(pg: &bems_store::postgres::Postgres) -> Merged {
+    let client = pg.connect().await.expect("connect");
+    let content = "status, previous_status, event_id, amount, currency, submitted_at, previous_occurred_at, \
+                   issue_date, due_date, net_days, vendor_id, vendor_country, reason, stage_latency_ms, \
+                   end_to_end_latency_ms, producer, cell_id, region, partition";
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT count(*) FILTER (WHERE same), count(*) FILTER (WHERE NOT same) FROM ( \
+                   SELECT ({content}) IS NOT DISTINCT FROM lag(({content})) OVER w AS same, row_number() OVER w AS n \
+                   FROM {}.status_change_versions WINDOW w AS (PARTITION BY invoice_id, stage, occurred_at ORDER BY version) \
+                 ) v WHERE n > 1",
+                pg.schema()
+            ),
+            &[],
+        )
+        .await
+        .expect("versions");
+    let n = |i: usize| usize::try_from(row.get::<_, i64>(i)).unwrap_or(usize::MAX);
+    Merged { repeated: 0, rewritten: n(0), changed: n(1) }
+}
+
 /// Runs `plan.invoices` invoices through the four processors and the
 /// writer, with the faults the plan asks for, and checks that every invoice
 /// has exactly one record per status, in lifecycle order, and that no queue
@@ -381,7 +427,7 @@ async fn pipeline(env: &bems_e2e::Env, plan: Plan) -> Done {
     let orders = Orders(events.iter().map(|e| (e.invoice_id.to_string(), e.amount.value())).collect());
 
     let moto = bems_e2e::moto_url();
-    let store_table = match (&moto, plan.store) {
+    let store_table = match (&moto, plan.idempotency) {
         (Some(url), true) => Some(idempotency_table(url, &cell.spec.cell_id().to_string()).await),
         _ => None,
     };
@@ -468,31 +514,48 @@ async fn pipeline(env: &bems_e2e::Env, plan: Plan) -> Done {
         });
     }
 
-    // The Timestream writer on the status-change queue, writing to moto.
-    let table = match &moto {
-        Some(url) => Some(timestream_table(url, &cell.spec).await),
-        None => None,
+    // The status writer on the status-change queue: into PostgreSQL, or
+    // into moto's Timestream.
+    let table = match (&moto, plan.timestream) {
+        (Some(url), true) => Some(timestream_table(url, &cell.spec).await),
+        _ => None,
+    };
+    let pg = match plan.timestream {
+        false => match postgres_url() {
+            Some(url) => Some(cell_store(&url, &cell.spec).await),
+            None => None,
+        },
+        true => None,
+    };
+    let status_dlq = cell.queue_url(&cell.spec.status_dlq_name()).await;
+    let status_queue = cell.queue_url(&cell.spec.status_queue_name()).await;
+    let dead_letter = SqsDeadLetter::new(sqs.clone(), status_dlq);
+    let source = EventSource::connect(sqs.clone(), status_queue, RunnerOptions::default()).await.expect("queue");
+    let until = {
+        let mut stopped = stopped.clone();
+        async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        }
     };
     if let Some(table) = &table {
         let mut table = table.clone();
         if let Some(config) = &moto_through {
             table.client = aws_sdk_timestreamwrite::Client::new(config);
         }
-        let status_dlq = cell.queue_url(&cell.spec.status_dlq_name()).await;
         let sink = Throttled::new(table, plan.throttle_every, injected.clone());
-        let writer =
-            StatusWriter::new(sink, SqsDeadLetter::new(sqs.clone(), status_dlq)).in_cell(cell.spec.partitions());
-        let mut stopped = stopped.clone();
-        let queue = cell.queue_url(&cell.spec.status_queue_name()).await;
-        let source = EventSource::connect(sqs.clone(), queue, RunnerOptions::default()).await.expect("queue");
-        tokio::spawn(async move {
-            source
-                .run(writer, Duration::from_millis(100), async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                })
-                .await;
-        });
+        let writer = StatusWriter::new(sink, dead_letter).in_cell(cell.spec.partitions());
+        tokio::spawn(async move { source.run(writer, Duration::from_millis(100), until).await });
+    } else if let Some(pg) = &pg {
+        let sink = Throttled::new(
+            PostgresSink::new(bems_store::postgres::write::Writer::new(pg.clone())),
+            plan.throttle_every,
+            injected.clone(),
+        );
+        let writer = StatusWriter::new(sink, dead_letter).in_cell(cell.spec.partitions());
+        tokio::spawn(async move { source.run(writer, Duration::from_millis(100), until).await });
     }
+    let stored = table.is_some() || pg.is_some();
+    let rows_sql = pg.as_ref().map(|pg| format!("SELECT * FROM {}.status_changes", pg.schema()));
 
     let invoice_count = plan.invoices;
     // The producer resubmits what the bus did not accept, as a producer
@@ -532,56 +595,95 @@ async fn pipeline(env: &bems_e2e::Env, plan: Plan) -> Done {
         if let (Some(url), Some(table)) = (&moto, &table) {
             stored_rows(url, table, invoice_count * 5, patience(invoice_count)).await;
         }
+        if let (Some(pg), Some(sql)) = (&pg, &rows_sql) {
+            wait_for_count(pg, sql, i64::try_from(invoice_count * 5).unwrap_or(i64::MAX), patience(invoice_count))
+                .await;
+        }
         replay_submissions(&cell, &events).await
     } else {
         0
     };
-    // moto's records, or without moto (on AWS) the status queue's messages.
+    // PostgreSQL's rows, moto's records, or the status queue's messages.
     let mut merged = Merged::default();
-    let changes: Vec<Change> = match (&moto, &table) {
-        (Some(url), Some(table)) => {
-            let (rows, writes) = stored_rows(url, table, invoice_count * 5, patience(invoice_count)).await;
-            merged = writes;
-            // A status change written again as it was (its message
-            // redelivered after the delete failed) is one row in
-            // Timestream; one that went through the bus twice would have
-            // a second version.
-            eprintln!("{} rows; merged writes: {merged:?}", rows.len());
-            assert_eq!(merged.changed, 0, "status changes stored with two contents");
-            if !plan.replay {
-                assert_eq!(merged.rewritten, 0, "status changes through the bus twice without a replay");
-            }
-            rows
+    let changes: Vec<Change> = if let (Some(pg), Some(sql)) = (&pg, &rows_sql) {
+        let expected = i64::try_from(invoice_count * 5).unwrap_or(i64::MAX);
+        let n = wait_for_count(pg, sql, expected, patience(invoice_count)).await;
+        eprintln!("{n} rows in PostgreSQL");
+        merged = versions_merged(pg).await;
+        eprintln!("versions beyond the first: {merged:?}");
+        assert_eq!(merged.changed, 0, "status changes stored with two contents");
+        if !plan.replay {
+            assert_eq!(merged.rewritten, 0, "status changes through the bus twice without a replay");
         }
-        .iter()
-        .map(|r| {
-            let number = |v: &serde_json::Value| v.as_str().and_then(|t| t.parse().ok()).or(v.as_i64());
-            Change {
-                invoice: dimension(r, "invoice_id"),
-                status: measure(r, "status"),
-                time: number(&r["Time"]).unwrap_or(-1),
-                version: number(&r["Version"]).unwrap_or(-1),
-                stage_latency: measure(r, "stage_latency_ms").parse().ok(),
-                end_to_end: measure(r, "end_to_end_latency_ms").parse().ok(),
-            }
-        })
-        .collect(),
-        _ => cell
-            .drain(&cell.spec.status_queue_name(), invoice_count * 5, Duration::from_secs(60))
+        let client = pg.connect().await.expect("connect");
+        client
+            .query(
+                &format!(
+                    "SELECT invoice_id, status, occurred_at, version, stage_latency_ms, end_to_end_latency_ms \
+                     FROM {}.status_changes",
+                    pg.schema()
+                ),
+                &[],
+            )
             .await
+            .expect("rows")
             .iter()
-            .map(|c| {
-                let e: bems_core::InvoiceEvent = serde_json::from_value(c["detail"].clone()).expect("an invoice event");
+            .map(|r| Change {
+                invoice: r.get(0),
+                status: r.get(1),
+                time: r.get::<_, chrono::DateTime<chrono::Utc>>(2).timestamp_millis(),
+                version: r.get::<_, chrono::DateTime<chrono::Utc>>(3).timestamp_millis(),
+                stage_latency: r.get(4),
+                end_to_end: r.get(5),
+            })
+            .collect()
+    } else {
+        match (&moto, &table) {
+            (Some(url), Some(table)) => {
+                let (rows, writes) = stored_rows(url, table, invoice_count * 5, patience(invoice_count)).await;
+                merged = writes;
+                // A status change written again as it was (its message
+                // redelivered after the delete failed) is one row in
+                // Timestream; one that went through the bus twice would have
+                // a second version.
+                eprintln!("{} rows; merged writes: {merged:?}", rows.len());
+                assert_eq!(merged.changed, 0, "status changes stored with two contents");
+                if !plan.replay {
+                    assert_eq!(merged.rewritten, 0, "status changes through the bus twice without a replay");
+                }
+                rows
+            }
+            .iter()
+            .map(|r| {
+                let number = |v: &serde_json::Value| v.as_str().and_then(|t| t.parse().ok()).or(v.as_i64());
                 Change {
-                    invoice: e.invoice_id.to_string(),
-                    status: e.status.to_string(),
-                    time: e.occurred_at.timestamp_millis(),
-                    version: 0,
-                    stage_latency: e.stage_latency().map(|d| d.num_milliseconds()),
-                    end_to_end: e.end_to_end_latency().map(|d| d.num_milliseconds()),
+                    invoice: dimension(r, "invoice_id"),
+                    status: measure(r, "status"),
+                    time: number(&r["Time"]).unwrap_or(-1),
+                    version: number(&r["Version"]).unwrap_or(-1),
+                    stage_latency: measure(r, "stage_latency_ms").parse().ok(),
+                    end_to_end: measure(r, "end_to_end_latency_ms").parse().ok(),
                 }
             })
             .collect(),
+            _ => cell
+                .drain(&cell.spec.status_queue_name(), invoice_count * 5, Duration::from_secs(60))
+                .await
+                .iter()
+                .map(|c| {
+                    let e: bems_core::InvoiceEvent =
+                        serde_json::from_value(c["detail"].clone()).expect("an invoice event");
+                    Change {
+                        invoice: e.invoice_id.to_string(),
+                        status: e.status.to_string(),
+                        time: e.occurred_at.timestamp_millis(),
+                        version: 0,
+                        stage_latency: e.stage_latency().map(|d| d.num_milliseconds()),
+                        end_to_end: e.end_to_end_latency().map(|d| d.num_milliseconds()),
+                    }
+                })
+                .collect(),
+        }
     };
     // The runners stop once every queue is idle: a record whose delete was
     // throttled after its effect was stored comes back and is deleted then.
@@ -589,7 +691,7 @@ async fn pipeline(env: &bems_e2e::Env, plan: Plan) -> Done {
     for stage in Stage::ALL {
         all.push(cell.queue_url(&cell.spec.queue_name(stage)).await);
     }
-    if table.is_some() {
+    if stored {
         all.push(cell.queue_url(&cell.spec.status_queue_name()).await);
     }
     until_idle(&cell, &all).await;
@@ -627,7 +729,11 @@ async fn pipeline(env: &bems_e2e::Env, plan: Plan) -> Done {
             assert_eq!(w[1].end_to_end, Some(w[1].time - submitted), "{invoice} {}: end-to-end latency", w[1].status);
         }
     }
-    if table.is_some() {
+    if let Some(pg) = &pg {
+        let mismatches = rollup_mismatches(pg).await;
+        assert!(mismatches.is_empty(), "the rollups differ from the rows: {mismatches:#?}");
+    }
+    if stored {
         assert!(
             cell.drain(&cell.spec.status_queue_name(), 0, Duration::from_secs(1)).await.is_empty(),
             "status queue left over"

@@ -51,11 +51,11 @@ impl Schema {
         }
     }
 
-    /// The schema of `spec`'s cell.
-    pub fn of_cell(spec: &bems_core::routing::CellSpec) -> Schema {
-        // Cell ids are lowercase letters, digits and hyphens; the name
-        // replaces the hyphens.
-        Schema::new(spec.postgres_schema()).unwrap_or_else(|_| Schema("bems".into()))
+    /// The schema of the cell `cell`
+    /// ([`bems_core::contract::store_name`]). A cell id is lowercase
+    /// letters, digits and hyphens, so its schema name is always valid.
+    pub fn of_cell(cell: &bems_core::fields::CellId) -> Schema {
+        Schema(bems_core::contract::store_name(cell))
     }
 
     /// The name.

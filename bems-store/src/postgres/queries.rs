@@ -126,13 +126,9 @@ impl Queries for PgQueries {
         self.entries("versions", "status_change_versions", invoice).await
     }
 
-    async fn open_since(
-        &self,
-        since: DateTime<Utc>,
-        cutoff: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<Vec<OpenInvoice>, QueryError> {
+    async fn open_invoices(&self, window: Window, sla_secs: u32, limit: u32) -> Result<Vec<OpenInvoice>, QueryError> {
         let step = "open invoices";
+        let (since, cutoff) = (window.from, window.to - chrono::Duration::seconds(i64::from(sla_secs)));
         let sql = format!(
             "SELECT invoice_id, latest_stage, latest_status, latest_event_id, latest_at FROM {} \
              WHERE NOT terminal AND latest_at >= $1 AND latest_at < $2 ORDER BY latest_at LIMIT $3",
