@@ -124,11 +124,6 @@ enum Command {
     },
     /// Operate the cell's PostgreSQL store: migrate, make partitions, check.
     Store {
-        #[command(flatten)]
-        cell: CellArgs,
-        /// The store's connection string.
-        #[arg(long, env = "BEMS_POSTGRES_URL", hide_env_values = true)]
-        postgres_url: String,
         #[command(subcommand)]
         command: StoreCommand,
     },
@@ -205,19 +200,45 @@ enum Command {
 #[derive(Subcommand)]
 enum StoreCommand {
     /// Apply the committed migrations the cell's schema lacks (in one transaction, under an advisory lock).
-    Migrate,
+    Migrate {
+        #[command(flatten)]
+        store: PostgresArgs,
+    },
     /// Create the monthly partitions from this month on, moving any of their rows out of the default partition.
     Partitions {
+        #[command(flatten)]
+        store: PostgresArgs,
         /// Months ahead to create.
         #[arg(long, default_value_t = 3)]
         ahead: u32,
     },
     /// Check the store: rows waiting in the default partition, and the rollups against the rows (exit 4 on a problem).
     Check {
+        #[command(flatten)]
+        store: PostgresArgs,
         /// How far back to check the rollups, hours (the check reads every row of the window).
         #[arg(long, default_value_t = 2)]
         window_hours: u32,
     },
+}
+
+/// A cell's PostgreSQL store.
+#[derive(Args)]
+struct PostgresArgs {
+    #[command(flatten)]
+    cell: CellArgs,
+    /// The store's connection string.
+    #[arg(long, env = "BEMS_POSTGRES_URL", hide_env_values = true)]
+    postgres_url: String,
+}
+
+impl PostgresArgs {
+    /// The store and a connection to it.
+    async fn connect(&self) -> anyhow::Result<(bems_store::postgres::Postgres, bems_store::postgres::Client)> {
+        let pg = bems_ops::store::postgres(&self.postgres_url, &self.cell.spec()?)?;
+        let client = pg.connect().await?;
+        Ok((pg, client))
+    }
 }
 
 /// Which store a command reads.
@@ -236,7 +257,10 @@ impl StoreArgs {
         Ok(match self.kind.as_str() {
             "timestream" => bems_ops::store::StoreChoice::Timestream { endpoint: None },
             _ => bems_ops::store::StoreChoice::Postgres {
-                url: self.postgres_url.clone().context("--store postgres needs --postgres-url (or BEMS_POSTGRES_URL)")?,
+                url: self
+                    .postgres_url
+                    .clone()
+                    .context("--store postgres needs --postgres-url (or BEMS_POSTGRES_URL)")?,
             },
         })
     }
@@ -486,64 +510,62 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Store { cell, postgres_url, command } => {
-            let spec = cell.spec()?;
-            let pg = bems_ops::store::postgres(&postgres_url, &spec)?;
-            let mut client = pg.connect().await?;
-            match command {
-                StoreCommand::Migrate => {
-                    let done = bems_store::postgres::migrate::migrate(&mut client, pg.schema()).await?;
-                    println!(
-                        "schema {} on {}: applied {:?}, already there {:?}",
-                        pg.schema(),
-                        pg.describe(),
-                        done.applied,
-                        done.already
-                    );
-                }
-                StoreCommand::Partitions { ahead } => {
-                    let done =
-                        bems_store::postgres::partitions::ensure(&mut client, pg.schema(), chrono::Utc::now(), ahead)
-                            .await?;
-                    println!(
-                        "schema {}: created {:?}; {} already there; {} row(s) moved out of the default partition",
-                        pg.schema(),
-                        done.created,
-                        done.existing.len(),
-                        done.moved
-                    );
-                }
-                StoreCommand::Check { window_hours } => {
-                    let (stranded, oldest, newest) =
-                        bems_store::postgres::partitions::in_default(&client, pg.schema()).await?;
-                    let now = chrono::Utc::now();
-                    let mismatches = bems_store::postgres::check::rollup_mismatches(
-                        &client,
-                        pg.schema(),
-                        now - chrono::Duration::hours(i64::from(window_hours)),
-                        now + chrono::Duration::minutes(1),
-                    )
-                    .await?;
-                    if stranded > 0 {
-                        println!(
-                            "{stranded} row(s) in the default partition ({} to {}): run `bems store partitions`",
-                            oldest.map(|t| t.to_rfc3339()).unwrap_or_default(),
-                            newest.map(|t| t.to_rfc3339()).unwrap_or_default()
-                        );
-                    }
-                    for m in &mismatches {
-                        println!("{} {}: rows say {}, the rollup {}", m.rollup, m.what, m.rows, m.stored);
-                    }
-                    if stranded > 0 || !mismatches.is_empty() {
-                        return Ok(ExitCode::from(FOUND));
-                    }
-                    println!(
-                        "schema {}: no row in the default partition; the rollups of the last {window_hours} h equal the rows",
-                        pg.schema()
-                    );
-                }
+        Command::Store { command } => match command {
+            StoreCommand::Migrate { store } => {
+                let (pg, mut client) = store.connect().await?;
+                let done = bems_store::postgres::migrate::migrate(&mut client, pg.schema()).await?;
+                println!(
+                    "schema {} on {}: applied {:?}, already there {:?}",
+                    pg.schema(),
+                    pg.describe(),
+                    done.applied,
+                    done.already
+                );
             }
-        }
+            StoreCommand::Partitions { store, ahead } => {
+                let (pg, mut client) = store.connect().await?;
+                let done =
+                    bems_store::postgres::partitions::ensure(&mut client, pg.schema(), chrono::Utc::now(), ahead)
+                        .await?;
+                println!(
+                    "schema {}: created {:?}; {} already there; {} row(s) moved out of the default partition",
+                    pg.schema(),
+                    done.created,
+                    done.existing.len(),
+                    done.moved
+                );
+            }
+            StoreCommand::Check { store, window_hours } => {
+                let (pg, client) = store.connect().await?;
+                let (stranded, oldest, newest) =
+                    bems_store::postgres::partitions::in_default(&client, pg.schema()).await?;
+                let now = chrono::Utc::now();
+                let mismatches = bems_store::postgres::check::rollup_mismatches(
+                    &client,
+                    pg.schema(),
+                    now - chrono::Duration::hours(i64::from(window_hours)),
+                    now + chrono::Duration::minutes(1),
+                )
+                .await?;
+                if stranded > 0 {
+                    println!(
+                        "{stranded} row(s) in the default partition ({} to {}): run `bems store partitions`",
+                        oldest.map(|t| t.to_rfc3339()).unwrap_or_default(),
+                        newest.map(|t| t.to_rfc3339()).unwrap_or_default()
+                    );
+                }
+                for m in &mismatches {
+                    println!("{} {}: rows say {}, the rollup {}", m.rollup, m.what, m.rows, m.stored);
+                }
+                if stranded > 0 || !mismatches.is_empty() {
+                    return Ok(ExitCode::from(FOUND));
+                }
+                println!(
+                    "schema {}: no row in the default partition; the rollups of the last {window_hours} h equal the rows",
+                    pg.schema()
+                );
+            }
+        },
         Command::Export { cell, postgres_url, from, to, format, out } => {
             let spec = cell.spec()?;
             let pg = bems_ops::store::postgres(&postgres_url, &spec)?;
@@ -645,7 +667,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (None, kind) => {
                     let choice = match kind {
                         Some("postgres") => bems_ops::store::StoreChoice::Postgres {
-                            url: postgres_url.context("--store postgres needs --postgres-url (or BEMS_POSTGRES_URL)")?,
+                            url: postgres_url
+                                .context("--store postgres needs --postgres-url (or BEMS_POSTGRES_URL)")?,
                         },
                         _ => bems_ops::store::StoreChoice::Timestream { endpoint: None },
                     };

@@ -361,7 +361,10 @@ async fn history_reads_timestream_answers_off_the_wire() {
 async fn store_commands_migrate_read_check_and_export_the_postgres_store() {
     let Some(moto) = endpoint("BEMS_MOTO_URL") else { return };
     let Ok(url) = std::env::var("BEMS_POSTGRES_URL") else {
-        assert!(std::env::var_os("BEMS_REQUIRE_POSTGRES").is_none(), "BEMS_REQUIRE_POSTGRES=1 but BEMS_POSTGRES_URL is not set");
+        assert!(
+            std::env::var_os("BEMS_REQUIRE_POSTGRES").is_none(),
+            "BEMS_REQUIRE_POSTGRES=1 but BEMS_POSTGRES_URL is not set"
+        );
         eprintln!("skipped: set BEMS_POSTGRES_URL (scripts/test does)");
         return;
     };
@@ -383,8 +386,9 @@ async fn store_commands_migrate_read_check_and_export_the_postgres_store() {
     let pg = bems_ops::store::postgres(&url, &spec(&cell)).expect("store");
     let writer = bems_store::postgres::write::Writer::new(pg.clone());
     let submitted_at = chrono::Utc::now() - chrono::Duration::minutes(30);
-    let mut event = bems_core::InvoiceEvent::from_json(&std::fs::read(fixture("example-invoice-event.json")).expect("fixture"))
-        .expect("event");
+    let mut event =
+        bems_core::InvoiceEvent::from_json(&std::fs::read(fixture("example-invoice-event.json")).expect("fixture"))
+            .expect("event");
     event.invoice_id = bems_core::fields::InvoiceId::new("INV-CLI-1").expect("id");
     event.stage = bems_core::Stage::Ingestion;
     event.status = bems_core::Status::Submitted;

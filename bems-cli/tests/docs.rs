@@ -126,12 +126,17 @@ fn bems(args: &[&str], line: usize, out: &mut Vec<Found>) {
     if subcommand.starts_with('-') {
         return;
     }
+    // A nested subcommand (`bems store migrate`): a second plain word.
+    let mut subcommand = (*subcommand).to_owned();
+    if let Some(nested) = args.get(1).filter(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase())) {
+        subcommand = format!("{subcommand} {nested}");
+    }
     let flags = args[1..]
         .iter()
         .filter(|a| a.starts_with("--") && a.len() > 2)
         .map(|a| a.split('=').next().unwrap_or(a).trim_end_matches([',', '.', ')']).to_owned())
         .collect();
-    out.push(Found { line, reference: Reference::Bems { subcommand: (*subcommand).to_owned(), flags } });
+    out.push(Found { line, reference: Reference::Bems { subcommand, flags } });
 }
 
 /// Every reference in a Markdown document.
@@ -204,35 +209,46 @@ fn prose(text: &str, first_line: usize, top: &BTreeSet<String>, out: &mut Vec<Fo
     }
 }
 
-/// What the CLI accepts: its subcommands and each one's flags, from `--help`.
+/// The subcommands a `--help` text lists.
+fn commands(help: &str) -> Vec<String> {
+    help.split("Commands:")
+        .nth(1)
+        .map(|list| {
+            list.lines()
+                .skip(1)
+                .take_while(|l| !l.trim().is_empty())
+                .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+                .filter(|c| c != "help")
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// What the CLI accepts: its subcommands (`store migrate` for a nested
+/// one) and each one's flags, from `--help`.
 fn cli_surface(bems: &Path) -> BTreeMap<String, BTreeSet<String>> {
     let help = |args: &[&str]| {
         let out = Command::new(bems).args(args).output().expect("bems runs");
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
     };
-    let top = help(&["--help"]);
-    let commands: Vec<String> = top
-        .split("Commands:")
-        .nth(1)
-        .expect("bems --help lists its commands")
-        .lines()
-        .skip(1)
-        .take_while(|l| !l.trim().is_empty())
-        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
-        .filter(|c| c != "help")
-        .collect();
-    commands
-        .into_iter()
-        .map(|c| {
-            let text = help(&[&c, "--help"]);
-            let flags = text
-                .split(|ch: char| ch.is_whitespace() || ch == ',' || ch == '[' || ch == '<' || ch == '=')
-                .filter(|w| w.starts_with("--") && w.len() > 2)
-                .map(str::to_owned)
-                .collect();
-            (c, flags)
-        })
-        .collect()
+    let flags = |text: &str| -> BTreeSet<String> {
+        text.split(|ch: char| ch.is_whitespace() || ch == ',' || ch == '[' || ch == '<' || ch == '=')
+            .filter(|w| w.starts_with("--") && w.len() > 2)
+            .map(str::to_owned)
+            .collect()
+    };
+    let top = commands(&help(&["--help"]));
+    assert!(!top.is_empty(), "bems --help lists its commands");
+    let mut out = BTreeMap::new();
+    for c in top {
+        let text = help(&[&c, "--help"]);
+        for nested in commands(&text) {
+            let text = help(&[&c, &nested, "--help"]);
+            out.insert(format!("{c} {nested}"), flags(&text));
+        }
+        out.insert(c, flags(&text));
+    }
+    out
 }
 
 /// The workspace's packages (and the fuzz and guard-check workspaces'), and
@@ -304,13 +320,16 @@ fn problems(
             Reference::Link(p) if !dir.join(p).exists() => Some(format!("link to a missing file `{p}`")),
             Reference::Package(p) if !packages.contains(p) => Some(format!("no package `{p}` (cargo -p)")),
             Reference::Bin(b) if !bins.contains(b) => Some(format!("no binary `{b}` (cargo --bin)")),
-            Reference::Bems { subcommand, flags } => match cli.get(subcommand) {
-                None => Some(format!("`bems {subcommand}` is no subcommand")),
-                Some(known) => {
-                    let unknown: Vec<&String> = flags.iter().filter(|f| !known.contains(*f)).collect();
-                    (!unknown.is_empty()).then(|| format!("`bems {subcommand}` has no flag {unknown:?}"))
+            // `bems history INV-1`: the second word is no subcommand.
+            Reference::Bems { subcommand, flags } => {
+                match cli.get(subcommand).or_else(|| subcommand.split_once(' ').and_then(|(first, _)| cli.get(first))) {
+                    None => Some(format!("`bems {subcommand}` is no subcommand")),
+                    Some(known) => {
+                        let unknown: Vec<&String> = flags.iter().filter(|f| !known.contains(*f)).collect();
+                        (!unknown.is_empty()).then(|| format!("`bems {subcommand}` has no flag {unknown:?}"))
+                    }
                 }
-            },
+            }
             _ => None,
         };
         if let Some(problem) = problem {

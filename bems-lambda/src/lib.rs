@@ -51,12 +51,12 @@ pub mod function;
 #[cfg(feature = "processors")]
 #[cfg_attr(docsrs, doc(cfg(feature = "processors")))]
 pub mod idempotency;
-#[cfg(feature = "processors")]
-#[cfg_attr(docsrs, doc(cfg(feature = "processors")))]
-pub mod processor;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
+#[cfg(feature = "processors")]
+#[cfg_attr(docsrs, doc(cfg(feature = "processors")))]
+pub mod processor;
 pub mod sqs;
 pub mod stages;
 #[cfg(feature = "lambda")]

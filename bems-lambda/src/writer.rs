@@ -203,8 +203,7 @@ impl<S: StatusSink + Sync + Send, D: DeadLetterSink + Sync + Send> BatchFunction
                     let count = bems_batch::receive_count(r);
                     if self.max_receive_count.is_some_and(|max| count >= max) {
                         metrics::counter!("StoreUnavailableDeadLettered").increment(1);
-                        let reason =
-                            format!("{}: {STORE_UNAVAILABLE} at receive {count}: {reason}", S::Record::STORE);
+                        let reason = format!("{}: {STORE_UNAVAILABLE} at receive {count}: {reason}", S::Record::STORE);
                         self.dead_letter.send(r, &reason).await.is_err()
                     } else {
                         true

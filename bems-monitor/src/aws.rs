@@ -2,19 +2,21 @@
 //!
 //! On AWS the functions run in Lambda; here only the dashboard (and, if
 //! asked, the traffic) runs. Every poll fills the same [`Panels`] the
-//! emulator mode fills record by record, from two sources:
+//! emulator mode fills, from two sources:
 //!
-//! - Timestream: one aggregate query per panel over the last `window`
-//!   minutes of the cell's table ([`queries`]), each a `GROUP BY` that
-//!   returns a few hundred rows at most whatever the event volume, so a
-//!   poll costs the same at 60,000 events per minute as at 60;
+//! - the cell's store, through the query layer (`crate::panels`):
+//!   PostgreSQL's rollups, or Timestream's aggregate queries over the last
+//!   `window` minutes ([`timestream_queries`]), each returning a few
+//!   hundred rows at most whatever the event volume, so a poll costs about
+//!   the same at 60,000 events per minute as at 60;
 //! - CloudWatch `GetMetricData`: the functions' record counts by outcome and
 //!   error class (namespace `BEMS`, the Embedded Metric Format documents
 //!   `bems_lambda::function` writes), the writer's `VisibilityLatency`
-//!   percentiles (event → stored), and each queue's
-//!   `ApproximateAgeOfOldestMessage` (`AWS/SQS`).
+//!   percentiles (event → stored) where the store keeps no store time
+//!   (Timestream), and each queue's `ApproximateAgeOfOldestMessage`
+//!   (`AWS/SQS`).
 //!
-//! A failed query leaves its panel empty and is named in
+//! A failed query leaves its panel as it was and is named in
 //! [`Panels::problems`]; the other panels still show.
 
 use std::collections::{BTreeMap, HashMap};
@@ -22,36 +24,20 @@ use std::collections::{BTreeMap, HashMap};
 use aws_sdk_cloudwatch::types::{Dimension, Metric, MetricDataQuery, MetricStat};
 use bems_batch::METRIC_CLASSES;
 use bems_core::Stage;
-use bems_core::contract::TIMESTREAM_TABLE;
 use bems_core::contract::{CELL_DIMENSION, CLASS_DIMENSION, FUNCTION_DIMENSION, Function, METRICS_NAMESPACE};
 use bems_core::routing::CellSpec;
+use bems_store::query::Window;
+use bems_store::timestream::TimestreamQueries;
 
-use crate::state::{HighValue, Panels, Percentiles, TO_EUR, in_eur};
+use crate::state::{Panels, Percentiles, TO_EUR};
 
 /// Width of a series bucket on AWS, seconds: CloudWatch's one-minute
 /// resolution, and a chart of an hour in 60 points.
 pub(crate) const AWS_BUCKET_SECS: u64 = 60;
 
-/// A failed poll of one source.
+/// A failed poll of CloudWatch.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum AwsError {
-    /// A Timestream query failed.
-    #[error("Timestream ({panel}): {message}")]
-    Query {
-        /// The panel it was for.
-        panel: &'static str,
-        /// The service's answer.
-        message: String,
-    },
-    /// A Timestream answer has no value for a column the panel needs:
-    /// the column is missing, or null in a row (rows leave nulls out).
-    #[error("Timestream ({panel}): no value in column {column:?} (missing from the answer, or null)")]
-    MissingColumn {
-        /// The panel.
-        panel: &'static str,
-        /// The column.
-        column: &'static str,
-    },
     /// `GetMetricData` failed.
     #[error("CloudWatch ({what}): {message}")]
     Metrics {
@@ -62,157 +48,28 @@ pub(crate) enum AwsError {
     },
 }
 
-/// The Timestream query behind each panel, by panel name.
-pub(crate) fn queries(spec: &CellSpec, window_mins: u64) -> Vec<(&'static str, String)> {
-    let from = format!("FROM \"{}\".\"{TIMESTREAM_TABLE}\"", spec.timestream_database());
-    let base = format!("measure_name = 'status_change' AND time > ago({window_mins}m)");
-    let submitted = format!("{base} AND status = 'submitted'");
-    // Ranking by EUR equivalent happens in the query, so that LIMIT keeps the right ten.
-    let to_eur: String = TO_EUR.iter().map(|(c, rate)| format!(" WHEN '{c}' THEN {rate:?}")).collect();
+/// The Timestream queries behind the panels and the over-SLA check, by
+/// name (`--print-queries`): the texts the query layer sends for the last
+/// `window_mins` minutes, the same at every poll.
+pub(crate) fn timestream_queries(spec: &CellSpec, window_mins: u32, sla_secs: u32) -> Vec<(&'static str, String)> {
+    let config = aws_sdk_timestreamquery::config::Builder::new()
+        .behavior_version(aws_sdk_timestreamquery::config::BehaviorVersion::latest())
+        .region(aws_sdk_timestreamquery::config::Region::new(spec.region().to_string()))
+        .build();
+    let q = TimestreamQueries::new(aws_sdk_timestreamquery::Client::from_conf(config), spec);
+    let window = Window::last_minutes(chrono::Utc::now(), window_mins);
+    let bucket = u32::try_from(AWS_BUCKET_SECS).unwrap_or(60);
     vec![
+        ("visible", q.visible_query(window)),
+        ("stage_counts", q.stage_counts_query(window, bucket)),
+        ("latencies", q.latencies_query(window)),
+        ("money", q.money_query(window)),
+        ("largest", q.largest_query(window, &TO_EUR, 10)),
         (
-            "series",
-            format!(
-                "SELECT to_milliseconds(bin(time, {AWS_BUCKET_SECS}s)) AS bucket_ms, stage, count(*) AS changes {from} \
-                 WHERE {base} GROUP BY bin(time, {AWS_BUCKET_SECS}s), stage ORDER BY bucket_ms"
-            ),
-        ),
-        (
-            "end_to_end",
-            format!(
-                "SELECT approx_percentile(end_to_end_latency_ms, 0.5) AS p50, \
-                 approx_percentile(end_to_end_latency_ms, 0.99) AS p99 {from} WHERE {base} AND status = 'posted'"
-            ),
-        ),
-        (
-            "currencies",
-            format!(
-                "SELECT currency, count(*) AS invoices, sum(amount) AS amount {from} WHERE {submitted} \
-                 GROUP BY currency ORDER BY currency"
-            ),
-        ),
-        (
-            "due_dates",
-            format!(
-                "SELECT currency, due_date, sum(amount) AS amount {from} WHERE {submitted} \
-                 GROUP BY currency, due_date ORDER BY due_date"
-            ),
-        ),
-        (
-            "terms",
-            format!(
-                "SELECT net_days, count(*) AS invoices {from} WHERE {submitted} AND net_days IS NOT NULL \
-                 GROUP BY net_days ORDER BY net_days"
-            ),
-        ),
-        (
-            "high_value",
-            format!(
-                "SELECT invoice_id, amount, currency, vendor_id, due_date {from} WHERE {submitted} \
-                 ORDER BY amount * CASE currency{to_eur} ELSE 1.0 END DESC LIMIT 10"
-            ),
+            "open",
+            q.open_query(Window::last_minutes(chrono::Utc::now(), 24 * 60), sla_secs, bems_ops::stuck::OVER_SLA_LIMIT),
         ),
     ]
-}
-
-/// A query's rows as column name → value (nulls left out).
-type Rows = Vec<HashMap<String, String>>;
-
-fn text<'a>(row: &'a HashMap<String, String>, panel: &'static str, column: &'static str) -> Result<&'a str, AwsError> {
-    row.get(column).map(String::as_str).ok_or(AwsError::MissingColumn { panel, column })
-}
-
-fn number<T: std::str::FromStr>(
-    row: &HashMap<String, String>,
-    panel: &'static str,
-    column: &'static str,
-) -> Result<Option<T>, AwsError> {
-    // A present column with a null value is absent from the row: no value, no error.
-    Ok(text(row, panel, column).ok().and_then(|v| v.parse().ok()))
-}
-
-/// Fills `panels` from the answer to the query of `panel`.
-pub(crate) fn apply(panels: &mut Panels, panel: &'static str, rows: &Rows) -> Result<(), AwsError> {
-    match panel {
-        "series" => {
-            for row in rows {
-                let (Some(ms), Some(n)) =
-                    (number::<i64>(row, panel, "bucket_ms")?, number::<u64>(row, panel, "changes")?)
-                else {
-                    continue;
-                };
-                let stage = text(row, panel, "stage")?;
-                if let Some(i) = Stage::ALL.iter().position(|s| s.as_str() == stage) {
-                    panels.series.entry(ms.div_euclid(1000)).or_default()[i] += n;
-                    panels.visible += n;
-                }
-            }
-        }
-        "end_to_end" => {
-            if let Some(row) = rows.first() {
-                panels.end_to_end_ms = Percentiles { p50: number(row, panel, "p50")?, p99: number(row, panel, "p99")? };
-            }
-        }
-        "currencies" => {
-            for row in rows {
-                let currency = text(row, panel, "currency")?.to_owned();
-                let invoices = number(row, panel, "invoices")?.unwrap_or(0);
-                let amount = number(row, panel, "amount")?.unwrap_or(0.0);
-                panels.currencies.insert(currency, (invoices, amount));
-            }
-        }
-        "due_dates" => {
-            for row in rows {
-                let currency = text(row, panel, "currency")?;
-                let amount: f64 = number(row, panel, "amount")?.unwrap_or(0.0);
-                if let Some(due) = number::<chrono::NaiveDate>(row, panel, "due_date")? {
-                    panels.add_due(currency, due, amount);
-                }
-            }
-        }
-        "terms" => {
-            for row in rows {
-                if let (Some(days), Some(n)) = (number(row, panel, "net_days")?, number(row, panel, "invoices")?) {
-                    panels.terms.insert(days, n);
-                }
-            }
-        }
-        "high_value" => {
-            for row in rows {
-                let currency = text(row, panel, "currency")?.to_owned();
-                let amount = text(row, panel, "amount")?.to_owned();
-                let eur = in_eur(&currency, amount.parse().unwrap_or(0.0));
-                panels.offer_high_value(HighValue {
-                    invoice_id: text(row, panel, "invoice_id")?.to_owned(),
-                    amount,
-                    vendor_id: row.get("vendor_id").cloned().unwrap_or_default(),
-                    due_date: row.get("due_date").cloned().unwrap_or_default(),
-                    eur_equivalent: (eur * 100.0).round() / 100.0,
-                    currency,
-                });
-            }
-        }
-        _ => {}
-    }
-    Ok(())
-}
-
-/// The rows of every page of an answer, by column name.
-fn rows(pages: &[aws_sdk_timestreamquery::operation::query::QueryOutput]) -> Rows {
-    let mut out = Vec::new();
-    for page in pages {
-        let columns: Vec<&str> = page.column_info().iter().map(|c| c.name().unwrap_or_default()).collect();
-        for row in page.rows() {
-            let named = columns
-                .iter()
-                .zip(row.data())
-                .filter(|(_, d)| d.null_value() != Some(true))
-                .filter_map(|(c, d)| d.scalar_value().map(|v| ((*c).to_owned(), v.to_owned())))
-                .collect();
-            out.push(named);
-        }
-    }
-    out
 }
 
 /// One `GetMetricData` series: what it counts.
@@ -283,44 +140,52 @@ type Series = HashMap<String, Vec<(i64, f64)>>;
 
 /// Everything one poll reads from AWS.
 pub(crate) struct Remote {
-    /// Timestream queries.
-    pub(crate) timestream: aws_sdk_timestreamquery::Client,
+    /// The cell's store.
+    pub(crate) store: bems_store::Store,
     /// CloudWatch metrics.
     pub(crate) cloudwatch: aws_sdk_cloudwatch::Client,
     /// The cell.
     pub(crate) spec: CellSpec,
     /// Minutes of history the panels cover.
-    pub(crate) window_mins: u64,
+    pub(crate) window_mins: u32,
 }
 
 impl Remote {
-    /// The panels now, and each queue's oldest-message age in seconds.
-    pub(crate) async fn poll(&self, queues: &[String]) -> (Panels, BTreeMap<String, u64>) {
+    /// The panels now with the store's health, and each queue's
+    /// oldest-message age in seconds.
+    pub(crate) async fn poll(
+        &self,
+        queues: &[String],
+        last: Panels,
+    ) -> (Panels, crate::panels::StoreHealth, BTreeMap<String, u64>) {
         let mut panels = Panels {
             bucket_secs: AWS_BUCKET_SECS,
             source: format!(
-                "cell on AWS: Timestream aggregates over the last {} min in {}-s buckets by event time; \
-                 CloudWatch metrics (namespace {METRICS_NAMESPACE}) for outcomes, error rates and visibility",
-                self.window_mins, AWS_BUCKET_SECS
+                "cell on AWS: {} over the last {} min in {}-s buckets by event time; \
+                 CloudWatch metrics (namespace {METRICS_NAMESPACE}) for outcomes and error rates",
+                self.store.describe(),
+                self.window_mins,
+                AWS_BUCKET_SECS
             ),
-            ..Panels::default()
+            ..last
         };
-        for (panel, query) in queries(&self.spec, self.window_mins) {
-            let answer = bems_ops::history::query_pages(&self.timestream, &query)
-                .await
-                .map_err(|e| AwsError::Query { panel, message: e.to_string() })
-                .and_then(|pages| apply(&mut panels, panel, &rows(&pages)));
-            if let Err(e) = answer {
-                panels.problems.push(e.to_string());
-            }
-        }
+        panels.problems.clear();
+        panels.failures.clear();
+        panels.stage_errors.clear();
+        panels.error_series.clear();
+        let window = Window::last_minutes(chrono::Utc::now(), self.window_mins);
+        let bucket = u32::try_from(AWS_BUCKET_SECS).unwrap_or(60);
+        let health = crate::panels::fill(&self.store, window, bucket, &mut panels).await;
         match self.counts().await {
             Ok(series) => apply_counts(&mut panels, &counted(), &series),
             Err(e) => panels.problems.push(e.to_string()),
         }
-        match self.visibility().await {
-            Ok(p) => panels.visibility_ms = p,
-            Err(e) => panels.problems.push(e.to_string()),
+        // The writer's metric where the store keeps no store time.
+        if matches!(self.store, bems_store::Store::Timestream(_)) {
+            match self.visibility().await {
+                Ok(p) => panels.visibility_ms = p,
+                Err(e) => panels.problems.push(e.to_string()),
+            }
         }
         let ages = match self.ages(queues).await {
             Ok(ages) => ages,
@@ -329,11 +194,11 @@ impl Remote {
                 BTreeMap::new()
             }
         };
-        (panels, ages)
+        (panels, health, ages)
     }
 
     fn window_secs(&self) -> i64 {
-        i64::try_from(self.window_mins.max(1) * 60).unwrap_or(3600)
+        i64::from(self.window_mins.max(1)) * 60
     }
 
     async fn metric_data(
@@ -479,69 +344,14 @@ mod tests {
         .expect("spec")
     }
 
-    fn row(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
-    }
-
     #[test]
-    fn each_panel_is_one_aggregate_over_the_window_of_the_cell_s_table() {
-        let q: HashMap<&str, String> = queries(&spec(), 60).into_iter().collect();
-        assert_eq!(
-            q["series"],
-            "SELECT to_milliseconds(bin(time, 60s)) AS bucket_ms, stage, count(*) AS changes \
-             FROM \"bems_prod_eu_1\".\"status_changes\" WHERE measure_name = 'status_change' AND time > ago(60m) \
-             GROUP BY bin(time, 60s), stage ORDER BY bucket_ms"
-        );
-        assert_eq!(
-            q["high_value"],
-            "SELECT invoice_id, amount, currency, vendor_id, due_date FROM \"bems_prod_eu_1\".\"status_changes\" \
-             WHERE measure_name = 'status_change' AND time > ago(60m) AND status = 'submitted' \
-             ORDER BY amount * CASE currency WHEN 'EUR' THEN 1.0 WHEN 'USD' THEN 0.92 WHEN 'GBP' THEN 1.17 \
-             WHEN 'CHF' THEN 1.05 WHEN 'JPY' THEN 0.0062 WHEN 'SEK' THEN 0.088 ELSE 1.0 END DESC LIMIT 10"
-        );
-        for (panel, text) in &q {
-            assert!(
-                text.contains("GROUP BY") || text.contains("LIMIT") || text.contains("approx_percentile"),
-                "{panel}"
-            );
-            assert!(text.contains("time > ago(60m)"), "{panel}");
-        }
-    }
-
-    #[test]
-    fn answers_fill_the_panels_and_a_missing_column_is_named() {
-        let mut panels = Panels { bucket_secs: AWS_BUCKET_SECS, ..Panels::default() };
-        let series = vec![
-            row(&[("bucket_ms", "1795700040000"), ("stage", "ingestion"), ("changes", "120")]),
-            row(&[("bucket_ms", "1795700040000"), ("stage", "posting"), ("changes", "80")]),
-            row(&[("bucket_ms", "1795700100000"), ("stage", "ingestion"), ("changes", "7")]),
-        ];
-        apply(&mut panels, "series", &series).expect("series");
-        assert_eq!(panels.visible, 207);
-        assert_eq!(panels.series[&1_795_700_040], [120, 0, 0, 80]);
-        apply(&mut panels, "end_to_end", &vec![row(&[("p50", "41000"), ("p99", "98000")])]).expect("latency");
-        assert_eq!(panels.end_to_end_ms, Percentiles { p50: Some(41_000), p99: Some(98_000) });
-        let due = vec![
-            row(&[("currency", "USD"), ("due_date", "2026-12-28"), ("amount", "1000.0")]),
-            row(&[("currency", "EUR"), ("due_date", "2026-12-30"), ("amount", "80.0")]),
-        ];
-        apply(&mut panels, "due_dates", &due).expect("due");
-        let week: f64 = panels.due_weeks["2026-W53"].values().sum();
-        assert!((week - 1000.0).abs() < 1e-9, "{week}");
-        apply(&mut panels, "terms", &vec![row(&[("net_days", "30"), ("invoices", "12")])]).expect("terms");
-        assert_eq!(panels.terms[&30], 12);
-        let high = vec![
-            row(&[("invoice_id", "INV-1"), ("amount", "1000000"), ("currency", "JPY")]),
-            row(&[("invoice_id", "INV-2"), ("amount", "9000"), ("currency", "GBP")]),
-        ];
-        apply(&mut panels, "high_value", &high).expect("high value");
-        assert_eq!(panels.high_value[0].invoice_id, "INV-2");
-        assert!((panels.high_value[1].eur_equivalent - 6200.0).abs() < 1e-9);
-        let broken = apply(&mut panels, "currencies", &vec![row(&[("invoices", "3")])]).expect_err("no currency");
-        assert_eq!(
-            broken.to_string(),
-            "Timestream (currencies): no value in column \"currency\" (missing from the answer, or null)"
-        );
+    fn the_timestream_queries_are_the_same_text_at_every_poll() {
+        let first = timestream_queries(&spec(), 60, 120);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert_eq!(first, timestream_queries(&spec(), 60, 120));
+        let named: HashMap<&str, &String> = first.iter().map(|(k, v)| (*k, v)).collect();
+        assert!(named["stage_counts"].contains("bin(time, 60s)"), "{}", named["stage_counts"]);
+        assert!(named["stage_counts"].contains("time >= ago(60m)"));
     }
 
     #[test]

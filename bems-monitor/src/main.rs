@@ -1,21 +1,26 @@
 //! `cargo run -p bems-monitor`: the whole system on this machine.
 //!
-//! Starts the emulators if they are not up (`scripts/emulators up`),
-//! provisions a cell on LocalStack (and its Timestream table on moto), runs
-//! the six functions with the local event-source runner (the route
-//! forwarder, the four stage processors, the Timestream writer), drives
-//! month-end invoice traffic into it, prints progress, and serves the
-//! dashboard on <http://127.0.0.1:8080/>. Ctrl-C (or `--duration`) stops
-//! the traffic and the functions, prints a summary, deletes the cell, and
-//! stops the emulators if it started them.
+//! Starts the emulators if they are not up (`scripts/emulators up`) and a
+//! PostgreSQL server for the cell's store (`scripts/postgres up`, unless
+//! `--postgres-url` names one), provisions a cell on LocalStack, migrates
+//! its store's schema and makes its partitions, runs the six functions
+//! with the local event-source runner (the route forwarder, the four stage
+//! processors, the PostgreSQL status writer), drives month-end invoice
+//! traffic into it, prints progress, and serves the dashboard on
+//! <http://127.0.0.1:8080/>, whose store panels are the store's answers
+//! through the query layer. Ctrl-C (or `--duration`) stops the traffic
+//! and the functions, prints a summary, deletes the cell and its schema,
+//! and stops what it started. `--store timestream` stores into moto's
+//! Timestream instead.
 //!
 //! `--aws --region R --account A --cell C` points the same dashboard at a
 //! cell deployed on AWS instead (see `aws.rs`): nothing is provisioned,
-//! run or deleted; the panels come from Timestream aggregate queries and
-//! CloudWatch metrics, queues and dead letters from SQS, and traffic is
-//! sent only with `--send-traffic`.
+//! run or deleted; the panels come from the cell's store and CloudWatch
+//! metrics, queues and dead letters from SQS, and traffic is sent only
+//! with `--send-traffic`.
 
 mod aws;
+mod panels;
 mod state;
 mod traffic;
 mod web;
@@ -34,6 +39,7 @@ use bems_core::partition::PartitionCount;
 use bems_core::publish::{CellTarget, Outcome, Publisher};
 use bems_core::retry::RetryPolicy;
 use bems_core::routing::CellSpec;
+use bems_lambda::postgres::PostgresSink;
 use bems_lambda::processor::StageProcessor;
 use bems_lambda::sqs::{EventSource, RunnerOptions, SqsDeadLetter};
 use bems_lambda::stages::Rules;
@@ -41,6 +47,7 @@ use bems_lambda::stages::{NoApprovals, NoPurchaseOrderSystem};
 use bems_lambda::timestream::TimestreamTable;
 use bems_lambda::writer::StatusWriter;
 use bems_ops::provision::{Clients, ProvisionOptions, provision};
+use bems_store::postgres::Postgres;
 use clap::Parser;
 use tokio::sync::watch;
 
@@ -89,9 +96,18 @@ struct Args {
     /// LocalStack's endpoint.
     #[arg(long, env = "BEMS_LOCALSTACK_URL", default_value = "http://127.0.0.1:4566")]
     localstack: String,
-    /// moto's endpoint (Timestream).
+    /// moto's endpoint (Timestream, with `--store timestream`).
     #[arg(long, env = "BEMS_MOTO_URL", default_value = "http://127.0.0.1:4599")]
     moto: String,
+    /// The cell's store: postgres (locally: a server of `scripts/postgres`,
+    /// started if needed) or timestream (locally: moto's).
+    #[arg(long, value_parser = ["postgres", "timestream"], default_value = "postgres")]
+    store: String,
+    /// The PostgreSQL server of the store (default locally: the one
+    /// `scripts/postgres` runs, started if needed; required with `--aws
+    /// --store postgres`).
+    #[arg(long, env = "BEMS_POSTGRES_URL", hide_env_values = true)]
+    postgres_url: Option<String>,
     /// Keep the cell when stopping.
     #[arg(long)]
     keep: bool,
@@ -124,8 +140,8 @@ struct Args {
     #[arg(long, requires = "aws")]
     alert_topic: Option<String>,
     /// With `--aws`: minutes of history the panels cover.
-    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=1440))]
-    window_mins: u64,
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=1440))]
+    window_mins: u32,
     /// With `--aws`: seconds between polls of Timestream and CloudWatch.
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     poll_secs: u64,
@@ -133,8 +149,8 @@ struct Args {
     /// discovery (the tests point it at moto).
     #[arg(long, env = "BEMS_TIMESTREAM_QUERY_URL")]
     timestream_endpoint: Option<String>,
-    /// With `--aws`: print the Timestream queries behind the panels, as
-    /// JSON, and exit.
+    /// With `--aws --store timestream`: print the Timestream queries
+    /// behind the panels, as JSON, and exit.
     #[arg(long, requires = "aws")]
     print_queries: bool,
 }
@@ -155,6 +171,36 @@ async fn config(endpoint: &str) -> aws_config::SdkConfig {
 
 fn emulators_script() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/emulators")
+}
+
+fn postgres_script() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/postgres")
+}
+
+/// The local cell's PostgreSQL: `--postgres-url`'s, else the server
+/// `scripts/postgres` runs, started if it does not answer. The URL, and
+/// whether this run started the server (and so stops it).
+async fn ensure_postgres(args: &Args) -> anyhow::Result<(String, bool)> {
+    if let Some(url) = &args.postgres_url {
+        return Ok((url.clone(), false));
+    }
+    let script = postgres_script();
+    let env = std::process::Command::new(&script).arg("env").output().context("run scripts/postgres env")?;
+    let url = String::from_utf8_lossy(&env.stdout)
+        .trim()
+        .strip_prefix("BEMS_POSTGRES_URL=")
+        .map(str::to_owned)
+        .context("scripts/postgres env printed no BEMS_POSTGRES_URL")?;
+    let answers = std::process::Command::new(&script).arg("status").output().is_ok_and(|o| o.status.success());
+    if answers {
+        return Ok((url, false));
+    }
+    println!("bems-monitor: starting PostgreSQL ({} up)...", script.display());
+    // Its own process group: Ctrl-C must not stop it before the cell's
+    // schema is dropped.
+    let status = std::process::Command::new(&script).arg("up").process_group(0).status().context("scripts/postgres")?;
+    anyhow::ensure!(status.success(), "scripts/postgres up failed ({status})");
+    Ok((url, true))
 }
 
 /// Starts the emulators with `scripts/emulators up` unless LocalStack
@@ -201,10 +247,18 @@ struct Target {
     alert_topic: Option<String>,
 }
 
+/// Where the local cell's writer stores.
+enum LocalStore {
+    /// PostgreSQL: the cell's schema, and whether this run started the server.
+    Postgres { pg: Box<Postgres>, started: bool },
+    /// moto's Timestream.
+    Timestream(TimestreamTable),
+}
+
 /// What the emulator mode provisions and starts.
 struct LocalCell {
     started_emulators: bool,
-    table: TimestreamTable,
+    store: LocalStore,
     options: ProvisionOptions,
     /// The stages whose processor is not run (`--without-processor`).
     without_processor: Vec<Stage>,
@@ -224,15 +278,32 @@ async fn local_target(args: &Args) -> anyhow::Result<Target> {
     // in seconds, where the dashboard and `bems stuck` show it.
     let options = ProvisionOptions { visibility_timeout_secs: 5, max_receive_count: 3 };
     let provisioned = provision(&clients, &spec, &options).await.context("provision the cell")?;
-    let table = timestream(&args.moto, &spec).await?;
+    let store = if args.store == "timestream" {
+        LocalStore::Timestream(timestream(&args.moto, &spec).await?)
+    } else {
+        let (url, started) = ensure_postgres(args).await?;
+        let pg = bems_ops::store::postgres(&url, &spec)?;
+        let mut admin = pg.connect().await.with_context(|| format!("connect to {}", pg.describe()))?;
+        bems_store::postgres::migrate::migrate(&mut admin, pg.schema()).await?;
+        bems_store::postgres::partitions::ensure(&mut admin, pg.schema(), chrono::Utc::now(), 1).await?;
+        LocalStore::Postgres { pg: Box::new(pg), started }
+    };
     let alerts = clients.sns.create_topic().name(spec.alerts_topic_name("critical")).send().await?;
     println!(
         "bems-monitor: cell {} ({} partitions) on {}; API {} (key {})",
         args.cell, args.partitions, args.localstack, provisioned.ingress.rest_api_id, provisioned.ingress.api_key
     );
+    let smoke_store = match &store {
+        LocalStore::Postgres { .. } => "--store postgres".to_owned(),
+        LocalStore::Timestream(_) => format!("--moto-store {}", args.moto),
+    };
+    if let LocalStore::Postgres { pg, .. } = &store {
+        println!("bems-monitor: the cell's store: {} (schema {})", pg.describe(), pg.schema());
+        println!("bems-monitor: open it: {}", pg.psql_command());
+    }
     println!(
-        "bems-monitor: follow one invoice through it: AWS_ENDPOINT_URL={} AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test cargo run -q -p bems-cli -- smoke --cell {} --partitions {} --moto-store {}",
-        args.localstack, args.cell, args.partitions, args.moto
+        "bems-monitor: follow one invoice through it: AWS_ENDPOINT_URL={} AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test cargo run -q -p bems-cli -- smoke --cell {} --partitions {} {smoke_store}",
+        args.localstack, args.cell, args.partitions
     );
     for stage in &args.without_processor {
         println!("bems-monitor: running without the {stage} processor (--without-processor)");
@@ -240,7 +311,7 @@ async fn local_target(args: &Args) -> anyhow::Result<Target> {
     Ok(Target {
         spec,
         clients,
-        local: Some(LocalCell { started_emulators, table, options, without_processor: args.without_processor.clone() }),
+        local: Some(LocalCell { started_emulators, store, options, without_processor: args.without_processor.clone() }),
         remote: None,
         alert_topic: alerts.topic_arn().map(str::to_owned),
     })
@@ -265,25 +336,28 @@ async fn aws_target(args: &Args) -> anyhow::Result<Target> {
     bems_lambda::sqs::queue_url(&clients.sqs, &status_queue).await.with_context(|| {
         format!("no cell {} in {}: its queue {status_queue} is not there", spec.cell_id(), spec.region())
     })?;
-    // The service's own configuration: an `AWS_ENDPOINT_URL` in the
-    // environment would otherwise win over an endpoint set on the shared one.
-    let timestream = match &args.timestream_endpoint {
-        Some(url) => aws_sdk_timestreamquery::Client::from_conf(
-            aws_sdk_timestreamquery::config::Builder::from(&shared).endpoint_url(url).build(),
-        ),
-        None => bems_ops::timestream_query(&shared).await?,
+    let choice = match args.store.as_str() {
+        "timestream" => bems_ops::store::StoreChoice::Timestream { endpoint: args.timestream_endpoint.clone() },
+        _ => bems_ops::store::StoreChoice::Postgres {
+            url: args
+                .postgres_url
+                .clone()
+                .context("--aws --store postgres needs --postgres-url (or BEMS_POSTGRES_URL)")?,
+        },
     };
+    let store = bems_ops::store::open(&choice, &spec, &shared).await?;
     let remote = aws::Remote {
-        timestream,
+        store,
         cloudwatch: aws_sdk_cloudwatch::Client::new(&shared),
         spec: spec.clone(),
         window_mins: args.window_mins,
     };
     println!(
-        "bems-monitor: cell {} on AWS ({}, account {}); panels from Timestream and CloudWatch every {} s over the last {} min{}",
+        "bems-monitor: cell {} on AWS ({}, account {}); panels from {} and CloudWatch every {} s over the last {} min{}",
         spec.cell_id(),
         spec.region(),
         spec.account_id(),
+        remote.store.describe(),
         args.poll_secs,
         args.window_mins,
         if args.send_traffic { "; sending synthetic traffic" } else { "" }
@@ -295,10 +369,12 @@ async fn aws_target(args: &Args) -> anyhow::Result<Target> {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.print_queries {
-        let queries: serde_json::Map<String, serde_json::Value> = aws::queries(&aws_spec(&args)?, args.window_mins)
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v.into()))
-            .collect();
+        let sla = u32::try_from(args.sla).unwrap_or(u32::MAX);
+        let queries: serde_json::Map<String, serde_json::Value> =
+            aws::timestream_queries(&aws_spec(&args)?, args.window_mins, sla)
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.into()))
+                .collect();
         println!("{}", serde_json::Value::Object(queries));
         return Ok(());
     }
@@ -308,10 +384,13 @@ async fn main() -> anyhow::Result<()> {
     let spec = target.spec.clone();
     let clients = target.clients.clone();
 
-    let state = Arc::new(Mutex::new(if args.aws {
-        State::aws(&args.cell, args.sla)
-    } else {
-        State::local(&args.cell, args.sla, failures)
+    let state = Arc::new(Mutex::new(match (&target.remote, target.local.as_ref().map(|l| &l.store)) {
+        (Some(remote), _) => State::aws(&args.cell, args.sla, &remote.store.describe()),
+        (None, Some(LocalStore::Timestream(_))) => State::local_teed(&args.cell, args.sla, failures),
+        (None, Some(LocalStore::Postgres { pg, .. })) => {
+            State::local(&args.cell, args.sla, failures, &format!("postgres {} schema {}", pg.describe(), pg.schema()))
+        }
+        (None, None) => anyhow::bail!("no cell to show"),
     }));
     let (stop, stopped) = watch::channel(false);
     // The traffic stops first; the functions after the drain.
@@ -326,14 +405,41 @@ async fn main() -> anyhow::Result<()> {
         let bus = Counting { inner: clients.events.clone(), state: state.clone() };
         start_traffic(&args, Publisher::new(bus, cell_target.clone()), &state, &traffic_stopped, &mut tasks);
     }
+    // Locally with PostgreSQL: the store's panels through the query layer,
+    // every 2 s, over the run so far.
+    let local_queries: Option<Arc<bems_store::Store>> = match target.local.as_ref().map(|l| &l.store) {
+        Some(LocalStore::Postgres { pg, .. }) => {
+            Some(Arc::new(bems_store::Store::Postgres(Box::new(bems_store::postgres::PgQueries::new((**pg).clone())))))
+        }
+        _ => None,
+    };
+    if let Some(store) = local_queries.clone() {
+        let (state, rx) = (state.clone(), stopped.clone());
+        let since = chrono::Utc::now() - chrono::Duration::minutes(1);
+        tasks.push(tokio::spawn(async move {
+            let bucket = u32::try_from(state::LOCAL_BUCKET_SECS).unwrap_or(10);
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            while !*rx.borrow() {
+                tick.tick().await;
+                let window =
+                    bems_store::query::Window::between(since, chrono::Utc::now() + chrono::Duration::minutes(1));
+                let mut panels = state.lock().map(|s| s.panels_to_fill()).unwrap_or_default();
+                let health = panels::fill(&*store, window, bucket, &mut panels).await;
+                if let Ok(mut s) = state.lock() {
+                    s.apply_store(panels, health);
+                }
+            }
+        }));
+    }
     // Queue depths, dead letters, stuck invoices (alerted once each), and on
     // AWS the panels.
     {
         let (state, rx, spec) = (state.clone(), stopped.clone(), spec.clone());
         let (sqs, sns, alert_topic, remote) =
             (clients.sqs.clone(), clients.sns.clone(), target.alert_topic.clone(), target.remote.take());
+        let local_queries = local_queries.clone();
         let every = Duration::from_secs(if remote.is_some() { args.poll_secs } else { 3 });
-        let sla = args.sla;
+        let sla = u32::try_from(args.sla).unwrap_or(u32::MAX);
         tasks.push(tokio::spawn(async move {
             let mut alerted = bems_ops::stuck::Alerted::default();
             let mut names: Vec<String> =
@@ -355,16 +461,22 @@ async fn main() -> anyhow::Result<()> {
                     Vec::new()
                 });
                 if let Some(remote) = &remote {
-                    let (mut panels, ages) = remote.poll(&names).await;
+                    let last = state.lock().map(|s| s.panels_to_fill()).unwrap_or_default();
+                    let (mut panels, health, ages) = remote.poll(&names, last).await;
                     for (name, age) in ages {
                         queues.entry(name).or_default().oldest_secs = age;
                     }
-                    match bems_ops::stuck::over_sla(&remote.timestream, &spec, sla, 24).await {
+                    match bems_ops::stuck::over_sla(&remote.store, sla, 24).await {
                         Ok(late) => stuck.extend(late),
                         Err(e) => panels.problems.push(e.to_string()),
                     }
                     if let Ok(mut s) = state.lock() {
-                        s.replace_panels(panels);
+                        s.replace_panels(panels, health);
+                    }
+                } else if let Some(store) = &local_queries {
+                    match bems_ops::stuck::over_sla(&**store, sla, 1).await {
+                        Ok(late) => stuck.extend(late),
+                        Err(e) => problems.push(format!("invoices over the SLA: {e}")),
                     }
                 } else if let Ok(s) = state.lock() {
                     stuck.extend(s.over_sla(chrono::Utc::now().timestamp_millis()));
@@ -469,7 +581,25 @@ async fn main() -> anyhow::Result<()> {
         if let Some(topic) = &target.alert_topic {
             let _ = clients.sns.delete_topic().topic_arn(topic).send().await;
         }
+        if let LocalStore::Postgres { pg, .. } = &local.store {
+            match pg.connect().await {
+                Ok(client) => {
+                    if let Err(e) =
+                        client.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", pg.schema())).await
+                    {
+                        eprintln!("bems-monitor: could not drop the store's schema {}: {e}", pg.schema());
+                    }
+                }
+                Err(e) => eprintln!("bems-monitor: could not drop the store's schema {}: {e}", pg.schema()),
+            }
+        }
         println!("bems-monitor: cell {} deleted", args.cell);
+    }
+    if let LocalStore::Postgres { started: true, .. } = &local.store {
+        // The data of a server this run started goes with it, unless kept.
+        let command = if args.keep { "down" } else { "purge" };
+        let status = std::process::Command::new(postgres_script()).arg(command).status().context("stop PostgreSQL")?;
+        anyhow::ensure!(status.success(), "scripts/postgres {command} failed ({status})");
     }
     if local.started_emulators {
         let status =
@@ -537,8 +667,8 @@ async fn until_stopped(mut rx: watch::Receiver<bool>) {
 }
 
 /// Runs the six functions of a cell on the emulators: the route forwarder,
-/// the four stage processors, and the Timestream writer, whose stored
-/// records are teed into the dashboard.
+/// the four stage processors, and the status writer into the cell's store
+/// (with Timestream on moto, its stored records teed into the dashboard).
 async fn start_functions(
     clients: &Clients,
     spec: &CellSpec,
@@ -588,12 +718,28 @@ async fn start_functions(
     let source =
         EventSource::connect(clients.sqs.clone(), queue_url(spec.status_queue_name()).await?, RunnerOptions::default())
             .await?;
-    let sink = Tee { inner: local.table.clone(), state: state.clone() };
-    let writer =
-        StatusWriter::new(sink, SqsDeadLetter::new(clients.sqs.clone(), queue_url(spec.status_dlq_name()).await?))
-            .in_cell(spec.partitions());
+    let dead_letter = SqsDeadLetter::new(clients.sqs.clone(), queue_url(spec.status_dlq_name()).await?);
     let rx = stopped.clone();
-    tasks.push(tokio::spawn(async move { source.run(writer, Duration::from_millis(100), until_stopped(rx)).await }));
+    match &local.store {
+        LocalStore::Postgres { pg, .. } => {
+            let sink = PostgresSink::new(bems_store::postgres::write::Writer::new((**pg).clone()));
+            let writer = StatusWriter::new(sink, dead_letter)
+                .in_cell(spec.partitions())
+                .with_max_receive_count(local.options.max_receive_count);
+            tasks.push(tokio::spawn(
+                async move { source.run(writer, Duration::from_millis(100), until_stopped(rx)).await },
+            ));
+        }
+        LocalStore::Timestream(table) => {
+            let sink = Tee { inner: table.clone(), state: state.clone() };
+            let writer = StatusWriter::new(sink, dead_letter)
+                .in_cell(spec.partitions())
+                .with_max_receive_count(local.options.max_receive_count);
+            tasks.push(tokio::spawn(
+                async move { source.run(writer, Duration::from_millis(100), until_stopped(rx)).await },
+            ));
+        }
+    }
     Ok(())
 }
 

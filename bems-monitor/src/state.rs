@@ -1,14 +1,20 @@
 //! What the dashboard shows, kept up to date as the cell runs.
 //!
-//! The panels ([`Panels`]) have two sources. On the emulators, the
-//! Timestream writer's sink is wrapped in [`Tee`]: every record it stores
-//! also updates the [`State`] (counts per stage, latencies, money by
-//! currency and due week, each invoice's latest status for the SLA check),
-//! and failures by class come from the functions' own metrics through
-//! [`ClassCounts`]. Against a cell on AWS, `crate::aws` replaces the panels
-//! on every poll with the answers of Timestream aggregate queries and
-//! CloudWatch metrics. Queue depths, dead letters and stuck invoices are
-//! polled from SQS (and Timestream) in both.
+//! The panels ([`Panels`]) come from the cell's store through the query
+//! layer (`crate::panels`), polled: locally from the PostgreSQL the local
+//! writer stores into, on AWS from the cell's store (PostgreSQL or
+//! Timestream) with CloudWatch's metrics beside it (`crate::aws`). A store
+//! that does not answer keeps its panels at their last values and is
+//! named as failing ([`State::apply_store`]); the queue panels go on.
+//! Locally, failures by class come from the functions' own metrics through
+//! [`ClassCounts`], and error rates from each processor's polls.
+//!
+//! With `--store timestream` on the emulators (moto stores writes but runs
+//! no query) the writer's sink is wrapped in [`Tee`] instead: every record
+//! it stores also updates the [`State`] (counts per stage, latencies, money
+//! by currency and due week, each invoice's latest status for the SLA
+//! check). Queue depths, dead letters and stuck invoices are polled from
+//! SQS (and the store) in every mode.
 //!
 //! Anomaly flags, recomputed from the panels on every read: per stage, the
 //! event rate of each completed bucket is compared with an exponentially
@@ -44,7 +50,7 @@ pub(crate) fn in_eur(currency: &str, amount: f64) -> f64 {
 }
 
 /// Width of a time bucket on the emulators, seconds.
-pub(crate) const LOCAL_BUCKET_SECS: u64 = 5;
+pub(crate) const LOCAL_BUCKET_SECS: u64 = 10;
 
 /// The stages' names, in pipeline order (the order of a series row).
 const STAGES: [&str; 4] = ["ingestion", "reconciliation", "authorization", "posting"];
@@ -184,6 +190,20 @@ pub(crate) struct Panels {
     pub(crate) source: String,
     /// Panels that could not be filled at the last refresh, and why.
     pub(crate) problems: Vec<String>,
+}
+
+/// The store the panels come from, and whether it answers.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct StoreState {
+    /// What and where it is (no secrets).
+    pub(crate) name: String,
+    /// Whether the last poll was answered.
+    pub(crate) ok: bool,
+    /// Why not.
+    pub(crate) error: Option<String>,
+    /// Unix seconds of the last answered poll.
+    pub(crate) answered_at: Option<i64>,
 }
 
 impl Panels {
@@ -326,6 +346,7 @@ pub(crate) struct Snapshot {
     stage_errors: Vec<serde_json::Value>,
     stuck: Vec<bems_ops::stuck::Stuck>,
     alerts_sent: u64,
+    store: StoreState,
     anomalies: Vec<Anomaly>,
     fx_note: &'static str,
     anomaly_method: &'static str,
@@ -367,23 +388,48 @@ pub(crate) struct State {
     pub(crate) monitor_problems: Vec<String>,
     /// On the emulators: the functions' record counts.
     failures: Option<Arc<ClassCounts>>,
+    /// Whether the panels come from [`Tee`] (the writer's records) rather
+    /// than from store queries.
+    teed: bool,
+    /// The store and its health.
+    pub(crate) store: StoreState,
 }
 
 impl State {
-    /// The state of a cell on the emulators, its panels fed by [`Tee`] and
-    /// `failures`.
-    pub(crate) fn local(cell: &str, sla_secs: u64, failures: Arc<ClassCounts>) -> State {
+    /// The state of a cell on the emulators whose store is polled, with
+    /// `failures` counted locally.
+    pub(crate) fn local(cell: &str, sla_secs: u64, failures: Arc<ClassCounts>, store: &str) -> State {
         let panels = Panels {
             bucket_secs: LOCAL_BUCKET_SECS,
-            source: "the local Timestream writer's stored records, bucketed by when they were stored; error rates from each stage processor's polls".into(),
+            source: format!(
+                "the cell's store ({store}), queried every 2 s, by event time; error rates from each stage processor's polls"
+            ),
             ..Panels::default()
         };
-        State::new("local", cell, sla_secs, panels, Some(failures))
+        let mut state = State::new("local", cell, sla_secs, panels, Some(failures));
+        state.store.name = store.to_owned();
+        state
+    }
+
+    /// The state of a cell on the emulators with Timestream on moto, its
+    /// panels fed by [`Tee`] and `failures`.
+    pub(crate) fn local_teed(cell: &str, sla_secs: u64, failures: Arc<ClassCounts>) -> State {
+        let panels = Panels {
+            bucket_secs: LOCAL_BUCKET_SECS,
+            source: "the local Timestream writer's stored records (moto runs no query), bucketed by when they were stored; error rates from each stage processor's polls".into(),
+            ..Panels::default()
+        };
+        let mut state = State::new("local", cell, sla_secs, panels, Some(failures));
+        state.teed = true;
+        state.store = StoreState { name: "timestream (moto)".into(), ok: true, error: None, answered_at: None };
+        state
     }
 
     /// The state of a cell on AWS, its panels replaced by each poll.
-    pub(crate) fn aws(cell: &str, sla_secs: u64) -> State {
-        State::new("aws", cell, sla_secs, Panels::default(), None)
+    pub(crate) fn aws(cell: &str, sla_secs: u64, store: &str) -> State {
+        let mut state = State::new("aws", cell, sla_secs, Panels::default(), None);
+        state.store.name = store.to_owned();
+        state
     }
 
     fn new(mode: &'static str, cell: &str, sla_secs: u64, panels: Panels, failures: Option<Arc<ClassCounts>>) -> State {
@@ -408,6 +454,38 @@ impl State {
             alerts_sent: 0,
             monitor_problems: Vec::new(),
             failures,
+            teed: false,
+            store: StoreState::default(),
+        }
+    }
+
+    /// A copy of the panels for a poll to fill.
+    pub(crate) fn panels_to_fill(&self) -> Panels {
+        self.panels.clone()
+    }
+
+    /// Takes a store poll's panels, or, when the store did not answer,
+    /// keeps the last ones and names the store as failing.
+    pub(crate) fn apply_store(&mut self, polled: Panels, health: crate::panels::StoreHealth) {
+        match health.error {
+            None => {
+                let p = &mut self.panels;
+                p.visible = polled.visible;
+                p.series = polled.series;
+                p.visibility_ms = polled.visibility_ms;
+                p.end_to_end_ms = polled.end_to_end_ms;
+                p.currencies = polled.currencies;
+                p.due_weeks = polled.due_weeks;
+                p.terms = polled.terms;
+                p.high_value = polled.high_value;
+                self.store.ok = true;
+                self.store.error = None;
+                self.store.answered_at = Some(now_unix());
+            }
+            Some(error) => {
+                self.store.ok = false;
+                self.store.error = Some(error);
+            }
         }
     }
 
@@ -487,22 +565,36 @@ impl State {
         this.1 += failed;
     }
 
-    /// Records the payment terms of a sent invoice (on the emulators; on
-    /// AWS the terms come from Timestream).
+    /// Records the payment terms of a sent invoice (with [`Tee`]; otherwise
+    /// the terms come from the store).
     pub(crate) fn sent_terms(&mut self, net_days: u16) {
-        if self.failures.is_some() {
+        if self.teed {
             *self.panels.terms.entry(net_days).or_default() += 1;
         }
     }
 
-    /// Replaces the panels with a poll's answers (AWS).
-    pub(crate) fn replace_panels(&mut self, panels: Panels) {
-        self.panels = panels;
+    /// Replaces the panels with a poll's answers (AWS); when the store
+    /// did not answer, its panels keep their last values.
+    pub(crate) fn replace_panels(&mut self, panels: Panels, health: crate::panels::StoreHealth) {
+        let answered = health.error.is_none();
+        let store_parts = panels.clone();
+        let last = std::mem::replace(&mut self.panels, panels);
+        if !answered {
+            let p = &mut self.panels;
+            p.visible = last.visible;
+            p.series = last.series;
+            p.end_to_end_ms = last.end_to_end_ms;
+            p.currencies = last.currencies;
+            p.due_weeks = last.due_weeks;
+            p.terms = last.terms;
+            p.high_value = last.high_value;
+        }
+        self.apply_store(store_parts, health);
     }
 
     /// The invoices whose latest stored status is not terminal and older
-    /// than the SLA (on the emulators; on AWS `bems_ops::stuck::over_sla`
-    /// asks Timestream).
+    /// than the SLA, from what [`Tee`] saw (otherwise
+    /// `bems_ops::stuck::over_sla` asks the store).
     pub(crate) fn over_sla(&self, now_ms: i64) -> Vec<bems_ops::stuck::Stuck> {
         let limit = i64::try_from(self.sla_secs * 1000).unwrap_or(i64::MAX);
         let mut out: Vec<bems_ops::stuck::Stuck> = self
@@ -539,6 +631,8 @@ impl State {
         let mut panels = self.panels.clone();
         if let Some(counts) = &self.failures {
             panels.failures = counts.snapshot();
+        }
+        if self.teed {
             panels.visibility_ms = percentiles(&self.visibility_ms);
             panels.end_to_end_ms = percentiles(&self.end_to_end_ms);
         }
@@ -570,7 +664,13 @@ impl State {
         Snapshot {
             mode: self.mode,
             source: panels.source.clone(),
-            problems: panels.problems.iter().chain(&self.monitor_problems).cloned().collect(),
+            problems: panels
+                .problems
+                .iter()
+                .chain(&self.monitor_problems)
+                .cloned()
+                .chain(self.store.error.as_ref().map(|e| format!("the store's panels ({}): {e}", self.store.name)))
+                .collect(),
             cell: self.cell.clone(),
             elapsed_secs: self.elapsed_secs(),
             sla_secs: self.sla_secs,
@@ -600,6 +700,7 @@ impl State {
             stage_errors,
             stuck: self.stuck.clone(),
             alerts_sent: self.alerts_sent,
+            store: self.store.clone(),
             anomalies: self.anomalies(),
             fx_note: FX_NOTE,
             anomaly_method: ANOMALY_METHOD,
@@ -608,7 +709,7 @@ impl State {
 
     /// Visibility latency percentiles, milliseconds.
     pub(crate) fn visibility(&self) -> Percentiles {
-        if self.failures.is_some() { percentiles(&self.visibility_ms) } else { self.panels.visibility_ms }
+        if self.teed { percentiles(&self.visibility_ms) } else { self.panels.visibility_ms }
     }
 
     /// The largest visibility latency seen (emulators), milliseconds.

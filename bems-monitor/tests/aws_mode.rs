@@ -13,11 +13,14 @@
 //!   per-stage error rate and the outcome table. LocalStack cannot compute
 //!   percentile statistics (`p50` fails with an internal error), so the
 //!   visibility panel must name that problem and the others must not.
-//! - Timestream: moto answers a query only with the result registered for
-//!   its exact text (it runs no SQL). The test asks the binary for its query
-//!   texts (`--print-queries`), registers an answer for each, and checks the
-//!   dashboard shows those answers; the query texts themselves are checked
-//!   by the unit tests, and what Timestream would answer is not tested.
+//! - Timestream (the store here: `--store timestream`): moto answers a
+//!   query only with the result registered for its exact text (it runs no
+//!   SQL). The test asks the binary for its query texts
+//!   (`--print-queries`: over "the last hour", the same text at every
+//!   poll), registers an answer for each, and checks the dashboard shows
+//!   those answers; the query texts themselves are checked by the unit
+//!   tests, and what Timestream would answer is not tested. (The same
+//!   panels on PostgreSQL run for real in the local cell's test.)
 //!
 //! Needs the emulators (`scripts/test` sets `BEMS_LOCALSTACK_URL` and
 //! `BEMS_MOTO_URL`); the browser check needs `chromium`.
@@ -134,45 +137,46 @@ async fn the_dashboard_reads_a_deployed_cell_without_touching_it() {
     let binary = env!("CARGO_BIN_EXE_bems-monitor");
     let aws_args =
         ["--aws", "--cell", &cell, "--region", "us-east-1", "--account", "000000000000", "--partitions", "2"];
-    let printed = Command::new(binary).args(aws_args).arg("--print-queries").output().expect("print queries");
+    let printed = Command::new(binary)
+        .args(aws_args)
+        .args(["--store", "timestream", "--print-queries"])
+        .output()
+        .expect("print queries");
     assert!(printed.status.success(), "{}", String::from_utf8_lossy(&printed.stderr));
     let queries: HashMap<String, String> = serde_json::from_slice(&printed.stdout).expect("queries as JSON");
     assert_eq!(queries.len(), 6, "{queries:?}");
     let bucket = (chrono::Utc::now().timestamp() / 60 - 3) * 60 * 1000;
     let (b0, b1) = (bucket.to_string(), (bucket + 60_000).to_string());
+    moto_answer(&moto, &queries["visible"], vec![column("changes", "BIGINT")], rows(&[&["300"]]));
     moto_answer(
         &moto,
-        &queries["series"],
+        &queries["stage_counts"],
         vec![column("bucket_ms", "BIGINT"), column("stage", "VARCHAR"), column("changes", "BIGINT")],
         rows(&[&[&b0, "ingestion", "120"], &[&b0, "posting", "30"], &[&b1, "ingestion", "150"]]),
     );
     moto_answer(
         &moto,
-        &queries["end_to_end"],
-        vec![column("p50", "DOUBLE"), column("p99", "DOUBLE")],
-        rows(&[&["41000", "98000"]]),
+        &queries["latencies"],
+        ["stage_n", "stage_5", "stage_9", "stage_99", "e2e_n", "e2e_5", "e2e_9", "e2e_99"]
+            .map(|c| column(c, "DOUBLE"))
+            .to_vec(),
+        rows(&[&["300", "900", "3000", "9000", "40", "41000", "70000", "98000"]]),
     );
     moto_answer(
         &moto,
-        &queries["currencies"],
-        vec![column("currency", "VARCHAR"), column("invoices", "BIGINT"), column("amount", "DOUBLE")],
-        rows(&[&["EUR", "70", "81234.5"], &["USD", "50", "60000.0"]]),
+        &queries["money"],
+        vec![
+            column("currency", "VARCHAR"),
+            column("due_date", "VARCHAR"),
+            column("net_days", "BIGINT"),
+            column("invoices", "BIGINT"),
+            column("amount", "DOUBLE"),
+        ],
+        rows(&[&["EUR", "2026-12-28", "30", "70", "81234.5"], &["USD", "2027-01-04", "90", "50", "60000.0"]]),
     );
     moto_answer(
         &moto,
-        &queries["due_dates"],
-        vec![column("currency", "VARCHAR"), column("due_date", "VARCHAR"), column("amount", "DOUBLE")],
-        rows(&[&["EUR", "2026-12-28", "1000.0"], &["USD", "2027-01-04", "500.0"]]),
-    );
-    moto_answer(
-        &moto,
-        &queries["terms"],
-        vec![column("net_days", "BIGINT"), column("invoices", "BIGINT")],
-        rows(&[&["30", "80"], &["90", "40"]]),
-    );
-    moto_answer(
-        &moto,
-        &queries["high_value"],
+        &queries["largest"],
         vec![
             column("invoice_id", "VARCHAR"),
             column("amount", "DOUBLE"),
@@ -182,24 +186,24 @@ async fn the_dashboard_reads_a_deployed_cell_without_touching_it() {
         ],
         rows(&[&["INV-AWS-BIG-1", "250000.0", "GBP", "V-00042", "2027-02-01"]]),
     );
-    let late_ms = (chrono::Utc::now().timestamp_millis() - 600_000).to_string();
+    let late = (chrono::Utc::now() - chrono::Duration::minutes(10)).format("%Y-%m-%d %H:%M:%S%.9f").to_string();
     moto_answer(
         &moto,
-        &bems_ops::stuck::over_sla_query(&spec, 120, 24),
+        &queries["open"],
         vec![
             column("invoice_id", "VARCHAR"),
             column("stage", "VARCHAR"),
             column("status", "VARCHAR"),
             column("event_id", "VARCHAR"),
-            column("last_change_ms", "BIGINT"),
+            column("last_change", "TIMESTAMP"),
         ],
-        rows(&[&["INV-AWS-LATE-1", "posting", "authorized", "e-late", &late_ms]]),
+        rows(&[&["INV-AWS-LATE-1", "posting", "authorized", "e-late", &late]]),
     );
 
     // The binary, pointed at "AWS".
     let mut child = Command::new(binary)
         .args(aws_args)
-        .args(["--duration", "25", "--poll-secs", "2", "--port", "0"])
+        .args(["--store", "timestream", "--duration", "25", "--poll-secs", "2", "--port", "0"])
         .env("AWS_ENDPOINT_URL", &localstack)
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")

@@ -1,10 +1,15 @@
-//! The local cell end to end: the binary provisions a cell on the
-//! emulators, runs traffic through the six functions, serves the dashboard,
-//! stops after `--duration`, prints its summary and deletes the cell. While
-//! it runs, the dashboard's data has every view's numbers, and headless
-//! Chromium (Debian's `chromium`) loads the page, draws the charts with
-//! data, and leaves a screenshot of each view in
-//! `target/test-artifacts/`.
+//! The local cell end to end: the binary starts its own PostgreSQL,
+//! provisions a cell on the emulators, runs traffic through the six
+//! functions, serves the dashboard over its store, stops after
+//! `--duration`, prints its summary and deletes the cell and its server.
+//! While it runs, the dashboard's data has every view's numbers, and
+//! headless Chromium (Debian's `chromium`) loads the page, draws the charts
+//! with data, and leaves a screenshot of each view in
+//! `target/test-artifacts/`. Then PostgreSQL is stopped under it: the store
+//! panels name the store as failing while the queue panels still show
+//! (in the API and in Chromium), and after the restart they recover; the
+//! status changes dead-lettered meanwhile as "store unavailable" are
+//! redriven, as an operator would, and the run ends with nothing missing.
 //!
 //! Needs the emulators (`BEMS_LOCALSTACK_URL`, `BEMS_MOTO_URL`, set by
 //! `scripts/test`) and, for the browser part, `chromium` on the `PATH`
@@ -70,6 +75,38 @@ fn points(dom: &str, id: &str) -> usize {
     tag.split("data-points=\"").nth(1).and_then(|rest| rest.split('"').next()).and_then(|n| n.parse().ok()).unwrap_or(0)
 }
 
+/// Polls `/api/state` until `ready` holds (or `timeout` passes: the last
+/// state, for the assertions to explain).
+fn wait_for_state(base: &str, ready: impl Fn(&Value) -> bool, timeout: Duration) -> Value {
+    let started = std::time::Instant::now();
+    loop {
+        let state = get(&format!("{base}/api/state"));
+        if ready(&state) || started.elapsed() > timeout {
+            return state;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Moves what the status queue's DLQ holds back to the status queue, as
+/// `bems redrive --queue status` does; how many.
+fn redrive_status(localstack: &str, cell: &str) -> usize {
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    runtime.block_on(async {
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(localstack)
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_sqs::config::Credentials::new("test", "test", None, None, "redrive"))
+            .load()
+            .await;
+        let sqs = aws_sdk_sqs::Client::new(&config);
+        let (dlq, source) = bems_ops::redrive::queues_named(&common::spec(cell), "status").expect("queues");
+        let dlq = bems_ops::redrive::queue_url(&sqs, &dlq).await.expect("dlq");
+        let source = bems_ops::redrive::queue_url(&sqs, &source).await.expect("status queue");
+        bems_ops::redrive::redrive_fifo(&sqs, &dlq, &source).await.expect("redrive").message_ids.len()
+    })
+}
+
 #[test]
 fn the_local_cell_runs_traffic_serves_a_live_dashboard_and_cleans_up() {
     let Some((localstack, moto)) = common::emulators() else { return };
@@ -82,13 +119,15 @@ fn the_local_cell_runs_traffic_serves_a_live_dashboard_and_cleans_up() {
         eprintln!("chromium not found: the browser checks are skipped (apt-get install chromium)");
     }
     let cell = common::fresh_cell("lc");
-    let mut child = LocalCell::start(
+    let postgres = common::PrivatePostgres::new();
+    let mut child = LocalCell::start_with(
         &localstack,
         &moto,
-        &["--cell", &cell, "--partitions", "2", "--duration", "55", "--port", "0", "--scale", "0.02"]
+        &["--cell", &cell, "--partitions", "2", "--duration", "85", "--port", "0", "--scale", "0.02"]
             .into_iter()
             .chain(["--failing", "0.02", "--ramp-secs", "30"])
             .collect::<Vec<_>>(),
+        Some(&postgres),
     );
     let (api, key) = child.ingress();
     let base = child.after("dashboard on ", Duration::from_secs(120));
@@ -96,7 +135,9 @@ fn the_local_cell_runs_traffic_serves_a_live_dashboard_and_cleans_up() {
 
     // `bems smoke` against the running cell: one marked invoice through
     // its API, followed through every stage into the store.
-    let report = smoke(&localstack, &moto, &cell, &api, &key);
+    let psql = child.after("open it: ", Duration::from_secs(10));
+    assert!(psql.contains(&format!("-p {} ", postgres.port)), "the psql command names the cell's server: {psql}");
+    let report = smoke(&localstack, &postgres.url(), &cell, &api, &key);
     assert!(report.passed(), "the smoke invoice stopped: {report:#?}");
     assert!(report.checkpoints.iter().all(|c| c.seen_after_ms.is_some()));
 
@@ -141,6 +182,35 @@ fn the_local_cell_runs_traffic_serves_a_live_dashboard_and_cleans_up() {
             }
         }
     }
+
+    // PostgreSQL stopped under the running cell.
+    postgres.script("down");
+    let state = wait_for_state(&base, |s| s["store"]["ok"] == false, Duration::from_secs(15));
+    assert!(
+        state["store"]["error"].as_str().is_some_and(|e| e.contains("postgres: connect")),
+        "the store is named as failing: {}",
+        state["store"]
+    );
+    assert_eq!(state["queues"].as_object().map(serde_json::Map::len), Some(10), "the queue panels still show");
+    assert!(number(&state["visible"]) > 0, "the store panels keep their last values");
+    if let Some(browser) = &browser {
+        let png = artifacts().join("bems-monitor-store-down.png");
+        let dom = browse(browser, &format!("{base}/#operations"), &png);
+        assert!(dom.contains("data-ok=\"false\"") && dom.contains("FAILING"), "the page names the store as failing");
+        assert!(dom.matches("<tr>").count() > 10, "the queue table still has rows");
+    }
+    postgres.script("up");
+    let state = wait_for_state(&base, |s| s["store"]["ok"] == true, Duration::from_secs(20));
+    assert!(state["store"]["error"].is_null(), "{}", state["store"]);
+    if let Some(browser) = &browser {
+        let png = artifacts().join("bems-monitor-store-back.png");
+        let dom = browse(browser, &format!("{base}/#executive"), &png);
+        assert!(dom.contains("data-ok=\"true\""), "the page shows the store answering again");
+    }
+    // What was dead-lettered while it was down comes back (`bems redrive
+    // --queue status`), so the run's count is whole again.
+    let redriven = redrive_status(&localstack, &cell);
+    eprintln!("redriven after the outage: {redriven}");
 
     let (success, rest) = child.finish();
     assert!(success, "bems-monitor failed: {rest:?}");

@@ -13,6 +13,7 @@ use common::LocalCell;
 #[test]
 fn smoke_reports_the_stage_whose_processor_is_stopped() {
     let Some((localstack, moto)) = common::emulators() else { return };
+    let Some(store) = common::postgres() else { return };
     let cell = common::fresh_cell("sm");
     let mut child = LocalCell::start(
         &localstack,
@@ -26,7 +27,7 @@ fn smoke_reports_the_stage_whose_processor_is_stopped() {
     child.after("running without the reconciliation processor", Duration::from_secs(10));
     // 8 s per step, well inside the cell's 40 s: its queues still exist
     // when the report reads their depths.
-    let report = common::smoke_within(&localstack, &moto, &cell, &api, &key, Duration::from_secs(8));
+    let report = common::smoke_within(&localstack, &store, &cell, &api, &key, Duration::from_secs(8));
     let stopped =
         report.stopped.as_ref().unwrap_or_else(|| panic!("passed without a reconciliation processor: {report:#?}"));
     assert_eq!(stopped.at, "reconciliation", "{report:#?}");

@@ -38,7 +38,7 @@ pub enum StoreError {
 /// question; Timestream discovers its endpoint now.
 pub async fn open(choice: &StoreChoice, spec: &CellSpec, config: &aws_config::SdkConfig) -> Result<Store, StoreError> {
     Ok(match choice {
-        StoreChoice::Postgres { url } => Store::Postgres(PgQueries::new(postgres(url, spec)?)),
+        StoreChoice::Postgres { url } => Store::Postgres(Box::new(PgQueries::new(postgres(url, spec)?))),
         StoreChoice::Timestream { endpoint } => {
             // The service's own configuration: an `AWS_ENDPOINT_URL` in the
             // environment would otherwise win over an endpoint set on the

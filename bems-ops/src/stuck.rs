@@ -279,7 +279,11 @@ pub fn over_sla_entry(open: &OpenInvoice, now_ms: i64) -> Stuck {
 /// The invoices of the cell whose latest status change, within the last
 /// `window_hours`, is not terminal and older than `sla_secs`, oldest
 /// first, from its store.
-pub async fn over_sla<Q: Queries + Sync>(store: &Q, sla_secs: u32, window_hours: u32) -> Result<Vec<Stuck>, StuckError> {
+pub async fn over_sla<Q: Queries + Sync>(
+    store: &Q,
+    sla_secs: u32,
+    window_hours: u32,
+) -> Result<Vec<Stuck>, StuckError> {
     let now = chrono::Utc::now();
     let window = bems_store::query::Window::last_minutes(now, window_hours.saturating_mul(60));
     let open = store.open_invoices(window, sla_secs, OVER_SLA_LIMIT).await?;

@@ -70,7 +70,7 @@ pub use row::StatusRow;
 pub enum Store {
     /// PostgreSQL.
     #[cfg(feature = "postgres")]
-    Postgres(postgres::PgQueries),
+    Postgres(Box<postgres::PgQueries>),
     /// Timestream for LiveAnalytics.
     #[cfg(feature = "timestream")]
     Timestream(timestream::TimestreamQueries),

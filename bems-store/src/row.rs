@@ -84,7 +84,7 @@ impl StatusRow {
             occurred_at: micros(event.occurred_at),
             cell_id: event.metadata.cell_id.to_string(),
             region: event.metadata.region.to_string(),
-            partition: i16::try_from(event.metadata.partition.get()).unwrap_or(i16::MAX),
+            partition: i16::from(event.metadata.partition.get()),
             status: event.status,
             previous_status: event.previous_status,
             event_id: *event.event_id.as_uuid(),
@@ -164,7 +164,10 @@ mod tests {
         let version: DateTime<Utc> = "2026-11-26T13:45:01Z".parse().expect("time");
         let row = StatusRow::new(&event(), version);
         assert_eq!(row.key().0, "INV-2026-000123");
-        assert_eq!((row.stage, row.status, row.previous_status), (Stage::Reconciliation, Status::Ingested, Some(Status::Submitted)));
+        assert_eq!(
+            (row.stage, row.status, row.previous_status),
+            (Stage::Reconciliation, Status::Ingested, Some(Status::Submitted))
+        );
         assert_eq!(row.amount.to_string(), "1250.50");
         assert_eq!((row.partition, row.net_days, row.due_date.to_string().as_str()), (7, 30, "2026-12-25"));
         assert_eq!(row.event_id.to_string(), "0b9c6f5e-3c1f-4d8e-9a51-2f7f2c1d4e11");

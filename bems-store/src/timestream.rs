@@ -64,7 +64,9 @@ fn ms(at: DateTime<Utc>) -> i64 {
 fn in_window(window: Window) -> String {
     match window.last_minutes {
         Some(m) => format!("time >= ago({m}m)"),
-        None => format!("time >= from_milliseconds({}) AND time < from_milliseconds({})", ms(window.from), ms(window.to)),
+        None => {
+            format!("time >= from_milliseconds({}) AND time < from_milliseconds({})", ms(window.from), ms(window.to))
+        }
     }
 }
 
@@ -97,7 +99,11 @@ struct Row<'a> {
 
 impl Row<'_> {
     fn text(&self, column: &'static str) -> Result<&str, QueryError> {
-        self.row.get(column).map(String::as_str).ok_or(QueryError::MissingColumn { engine: ENGINE, query: self.query, column })
+        self.row.get(column).map(String::as_str).ok_or(QueryError::MissingColumn {
+            engine: ENGINE,
+            query: self.query,
+            column,
+        })
     }
 
     fn optional(&self, column: &str) -> Option<&str> {
@@ -179,12 +185,12 @@ impl TimestreamQueries {
         Ok(rows(&self.pages(query).await?))
     }
 
-    fn base(&self, window: Window) -> String {
+    fn base(window: Window) -> String {
         format!("measure_name = '{}' AND {}", columns::MEASURE_NAME, in_window(window))
     }
 
-    fn business(&self, window: Window) -> String {
-        format!("{} AND invoice_id NOT LIKE '{SMOKE_INVOICE_PREFIX}%'", self.base(window))
+    fn business(window: Window) -> String {
+        format!("{} AND invoice_id NOT LIKE '{SMOKE_INVOICE_PREFIX}%'", TimestreamQueries::base(window))
     }
 
     /// The history query of `invoice`.
@@ -215,7 +221,7 @@ impl TimestreamQueries {
              HAVING max_by(status, time) NOT IN ({}) AND max(time) < {cutoff} \
              ORDER BY last_change ASC LIMIT {limit}",
             self.table,
-            self.base(window),
+            TimestreamQueries::base(window),
             terminal.join(", "),
         )
     }
@@ -226,7 +232,7 @@ impl TimestreamQueries {
             "SELECT to_milliseconds(bin(time, {bucket_secs}s)) AS bucket_ms, stage, count(*) AS changes FROM {} \
              WHERE {} GROUP BY bin(time, {bucket_secs}s), stage ORDER BY bucket_ms",
             self.table,
-            self.business(window)
+            TimestreamQueries::business(window)
         )
     }
 
@@ -244,7 +250,7 @@ impl TimestreamQueries {
             p("0.9"),
             p("0.99"),
             self.table,
-            self.business(window)
+            TimestreamQueries::business(window)
         )
     }
 
@@ -254,7 +260,7 @@ impl TimestreamQueries {
             "SELECT currency, due_date, net_days, count(*) AS invoices, sum(amount) AS amount FROM {} \
              WHERE {} AND status = 'submitted' GROUP BY currency, due_date, net_days",
             self.table,
-            self.business(window)
+            TimestreamQueries::business(window)
         )
     }
 
@@ -269,13 +275,13 @@ impl TimestreamQueries {
             "SELECT invoice_id, amount, currency, vendor_id, due_date FROM {} WHERE {} AND status = 'submitted' \
              ORDER BY amount * CASE currency{case} ELSE 1.0 END DESC, invoice_id LIMIT {limit}",
             self.table,
-            self.business(window)
+            TimestreamQueries::business(window)
         )
     }
 
     /// The visible-count query.
     pub fn visible_query(&self, window: Window) -> String {
-        format!("SELECT count(*) AS changes FROM {} WHERE {}", self.table, self.base(window))
+        format!("SELECT count(*) AS changes FROM {} WHERE {}", self.table, TimestreamQueries::base(window))
     }
 }
 
@@ -320,7 +326,8 @@ pub fn history_entries(rows: &Rows) -> Result<Vec<HistoryEntry>, QueryError> {
 /// and `approx_percentile` at 0.5, 0.9 and 0.99.
 fn summary(r: &Row<'_>, prefix: &str) -> LatencySummary {
     #[allow(clippy::cast_possible_truncation, reason = "milliseconds")]
-    let ms = |q: &str| r.optional(&format!("{prefix}_{q}")).and_then(|v| v.parse::<f64>().ok()).map(|v| v.round() as i64);
+    let ms =
+        |q: &str| r.optional(&format!("{prefix}_{q}")).and_then(|v| v.parse::<f64>().ok()).map(|v| v.round() as i64);
     let n = r.optional(&format!("{prefix}_n")).and_then(|v| v.parse().ok()).unwrap_or(0);
     LatencySummary::exact(n, ms("5"), ms("9"), ms("99"))
 }
@@ -507,22 +514,55 @@ mod tests {
     #[test]
     fn history_rows_are_read_by_name_with_nulls_as_none() {
         let answer = page(
-            &["stage", "time", "status", "previous_status", "event_id", "amount", "currency", "due_date", "stage_latency_ms", "end_to_end_latency_ms"],
             &[
-                &[Some("ingestion"), Some("2026-11-26 13:45:00.123000000"), Some("submitted"), None, Some("e-1"), Some("1250.5"), Some("EUR"), Some("2026-12-25"), None, None],
-                &[Some("reconciliation"), Some("2026-11-26 13:45:01.346000000"), Some("ingested"), Some("submitted"), Some("e-2"), Some("1250.5"), Some("EUR"), Some("2026-12-25"), Some("1223"), Some("1223")],
+                "stage",
+                "time",
+                "status",
+                "previous_status",
+                "event_id",
+                "amount",
+                "currency",
+                "due_date",
+                "stage_latency_ms",
+                "end_to_end_latency_ms",
+            ],
+            &[
+                &[
+                    Some("ingestion"),
+                    Some("2026-11-26 13:45:00.123000000"),
+                    Some("submitted"),
+                    None,
+                    Some("e-1"),
+                    Some("1250.5"),
+                    Some("EUR"),
+                    Some("2026-12-25"),
+                    None,
+                    None,
+                ],
+                &[
+                    Some("reconciliation"),
+                    Some("2026-11-26 13:45:01.346000000"),
+                    Some("ingested"),
+                    Some("submitted"),
+                    Some("e-2"),
+                    Some("1250.5"),
+                    Some("EUR"),
+                    Some("2026-12-25"),
+                    Some("1223"),
+                    Some("1223"),
+                ],
             ],
         );
         let entries = history_entries(&rows(&[answer])).expect("entries");
         assert_eq!(entries.len(), 2);
-        assert_eq!((entries[0].status, entries[0].previous_status, entries[0].stage_latency_ms), (Status::Submitted, None, None));
+        assert_eq!(
+            (entries[0].status, entries[0].previous_status, entries[0].stage_latency_ms),
+            (Status::Submitted, None, None)
+        );
         assert_eq!(entries[1].occurred_at, "2026-11-26T13:45:01.346Z".parse::<DateTime<Utc>>().expect("time"));
         assert_eq!(entries[1].amount, Some("1250.5".parse().expect("decimal")));
         assert_eq!(entries[1].end_to_end_latency_ms, Some(1223));
         let broken = page(&["time"], &[&[Some("2026-11-26 13:45:00.123000000")]]);
-        assert!(matches!(
-            history_entries(&rows(&[broken])),
-            Err(QueryError::MissingColumn { column: "stage", .. })
-        ));
+        assert!(matches!(history_entries(&rows(&[broken])), Err(QueryError::MissingColumn { column: "stage", .. })));
     }
 }

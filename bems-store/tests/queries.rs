@@ -38,22 +38,22 @@ fn lifecycle(i: usize, now: DateTime<Utc>, rng: &mut fastrand::Rng) -> Vec<Statu
         _ => Decimal::new(i64::from(rng.u32(100..10_000_000)), 2),
     };
     let net_days = [30_u16, 60, 90][i % 3];
-    let submitted = (now - Duration::milliseconds(rng.i64(1_000..600_000))).duration_trunc(Duration::milliseconds(1)).expect("ms");
+    let submitted =
+        (now - Duration::milliseconds(rng.i64(1_000..600_000))).duration_trunc(Duration::milliseconds(1)).expect("ms");
     let mut at = submitted;
     let mut previous: Option<(Status, DateTime<Utc>)> = None;
     let mut out = Vec::new();
     for (n, (stage, status)) in steps.into_iter().enumerate() {
-        let (stage, status) = if rejected && n == 3 { (Stage::Authorization, Status::Rejected) } else { (stage, status) };
+        let (stage, status) =
+            if rejected && n == 3 { (Stage::Authorization, Status::Rejected) } else { (stage, status) };
         if at > now {
             break;
         }
         let mut e = event(&invoice, stage, status, at);
         e.currency = bems_core::Currency::new(currency).expect("currency");
         e.amount = bems_core::Amount::new(amount).expect("amount");
-        e.payment_terms = bems_core::PaymentTerms::net(
-            e.issue_date,
-            bems_core::NetDays::new(i64::from(net_days)).expect("net days"),
-        );
+        e.payment_terms =
+            bems_core::PaymentTerms::net(e.issue_date, bems_core::NetDays::new(i64::from(net_days)).expect("net days"));
         if let Some((p, t)) = previous {
             e.previous_status = Some(p);
             e.previous_occurred_at = Some(t);
@@ -63,7 +63,8 @@ fn lifecycle(i: usize, now: DateTime<Utc>, rng: &mut fastrand::Rng) -> Vec<Statu
             e.reason = Some(bems_core::fields::Reason::new("over the approval limit").expect("reason"));
         }
         if i == 0 {
-            e.metadata.producer = bems_core::fields::Producer::new(bems_core::contract::CANARY_PRODUCER).expect("producer");
+            e.metadata.producer =
+                bems_core::fields::Producer::new(bems_core::contract::CANARY_PRODUCER).expect("producer");
         }
         out.push(StatusRow::new(&e, at + Duration::milliseconds(rng.i64(5..900))));
         // Every fifth invoice stalls after its second change.
@@ -148,7 +149,13 @@ async fn every_query_answers_what_the_rows_say() {
         business.iter().filter(|r| r.status == Status::Posted).filter_map(|r| r.end_to_end_latency_ms).collect();
     check_summary("end to end", latencies.end_to_end, &mut e2e);
     let mut visibility: Vec<i64> = client
-        .query(&format!("SELECT occurred_at, stored_at FROM {}.status_changes WHERE producer <> 'bems-canary'", pg.schema()), &[])
+        .query(
+            &format!(
+                "SELECT occurred_at, stored_at FROM {}.status_changes WHERE producer <> 'bems-canary'",
+                pg.schema()
+            ),
+            &[],
+        )
         .await
         .expect("rows")
         .iter()
@@ -230,10 +237,14 @@ async fn every_query_answers_what_the_rows_say() {
         )
         .await
         .expect("drift");
-    let mismatches =
-        bems_store::postgres::check::rollup_mismatches(&client, pg.schema(), window.from - Duration::hours(1), window.to)
-            .await
-            .expect("check");
+    let mismatches = bems_store::postgres::check::rollup_mismatches(
+        &client,
+        pg.schema(),
+        window.from - Duration::hours(1),
+        window.to,
+    )
+    .await
+    .expect("check");
     assert_eq!(mismatches.len(), 1, "{mismatches:?}");
     assert!(mismatches[0].what.ends_with("changes"), "{mismatches:?}");
     drop_schema(&client, &pg).await;

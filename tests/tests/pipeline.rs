@@ -23,8 +23,8 @@ use bems_e2e::{
     Cell, Merged, Outage, Throttle, dimension, environment, event, idempotency_table, measure, moto_config,
     stored_rows, timestream_table,
 };
-use bems_lambda::postgres::PostgresSink;
 use bems_lambda::idempotency::DynamoDbStore;
+use bems_lambda::postgres::PostgresSink;
 use bems_lambda::processor::StageProcessor;
 use bems_lambda::sqs::{EventSource, RunnerOptions, SqsDeadLetter};
 use bems_lambda::stages::{Approvals, PurchaseOrders, Rules};

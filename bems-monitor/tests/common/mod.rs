@@ -10,6 +10,69 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// A PostgreSQL server of the test's own that the local cell starts
+/// (`scripts/postgres` with this port, data directory and run directory),
+/// so that the test can stop and start it under the running cell.
+pub(crate) struct PrivatePostgres {
+    pub(crate) port: u16,
+    data: std::path::PathBuf,
+    run: std::path::PathBuf,
+}
+
+impl PrivatePostgres {
+    /// Settings for a new server (not started).
+    pub(crate) fn new() -> PrivatePostgres {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_or(55_433, |a| a.port());
+        PrivatePostgres {
+            port,
+            data: format!("/var/tmp/bems-postgres-monitor-{port}-{}", std::process::id()).into(),
+            run: std::env::temp_dir().join(format!("bems-pg-monitor-{port}")),
+        }
+    }
+
+    /// The variables that point `scripts/postgres` at it.
+    pub(crate) fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("BEMS_PG_PORT", self.port.to_string()),
+            ("BEMS_PG_DATA", self.data.display().to_string()),
+            ("BEMS_RUN", self.run.display().to_string()),
+        ]
+    }
+
+    /// Its connection string.
+    pub(crate) fn url(&self) -> String {
+        format!("postgres://bems:bems@127.0.0.1:{}/bems", self.port)
+    }
+
+    /// Runs `scripts/postgres <command>` on it.
+    pub(crate) fn script(&self, command: &str) {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/postgres");
+        let out = Command::new(script).arg(command).envs(self.env()).output().expect("scripts/postgres");
+        assert!(out.status.success(), "scripts/postgres {command}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/postgres");
+        let _ = Command::new(script).arg("purge").envs(self.env()).output();
+        let _ = std::fs::remove_dir_all(&self.run);
+    }
+}
+
+/// The shared test PostgreSQL (`BEMS_POSTGRES_URL`), or `None` (skipped).
+pub(crate) fn postgres() -> Option<String> {
+    let url = std::env::var("BEMS_POSTGRES_URL").ok();
+    if url.is_none() {
+        assert!(
+            std::env::var_os("BEMS_REQUIRE_POSTGRES").is_none(),
+            "BEMS_REQUIRE_POSTGRES=1 but no BEMS_POSTGRES_URL"
+        );
+        eprintln!("skipped: set BEMS_POSTGRES_URL (scripts/test does)");
+    }
+    url
+}
+
 /// The emulators' endpoints, or `None` (the test is skipped, saying so).
 pub(crate) fn emulators() -> Option<(String, String)> {
     let (Ok(localstack), Ok(moto)) = (std::env::var("BEMS_LOCALSTACK_URL"), std::env::var("BEMS_MOTO_URL")) else {
@@ -35,16 +98,26 @@ pub(crate) struct LocalCell {
 }
 
 impl LocalCell {
-    /// Starts `bems-monitor` with `args` on the emulators.
+    /// Starts `bems-monitor` with `args` on the emulators, its store on
+    /// the shared test PostgreSQL (`BEMS_POSTGRES_URL`).
     pub(crate) fn start(localstack: &str, moto: &str, args: &[&str]) -> LocalCell {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_bems-monitor"))
-            .args(args)
-            .env("BEMS_LOCALSTACK_URL", localstack)
-            .env("BEMS_MOTO_URL", moto)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start bems-monitor");
+        LocalCell::start_with(localstack, moto, args, None)
+    }
+
+    /// Starts `bems-monitor` with `args` on the emulators; with `private`,
+    /// the cell starts that PostgreSQL server itself (and deletes it).
+    pub(crate) fn start_with(
+        localstack: &str,
+        moto: &str,
+        args: &[&str],
+        private: Option<&PrivatePostgres>,
+    ) -> LocalCell {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_bems-monitor"));
+        command.args(args).env("BEMS_LOCALSTACK_URL", localstack).env("BEMS_MOTO_URL", moto);
+        if let Some(private) = private {
+            command.env_remove("BEMS_POSTGRES_URL").envs(private.env());
+        }
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("start bems-monitor");
         let (lines_tx, lines) = mpsc::channel::<String>();
         let stdout = child.stdout.take().expect("stdout");
         std::thread::spawn(move || {
@@ -115,10 +188,11 @@ pub(crate) fn spec(cell: &str) -> bems_core::routing::CellSpec {
 }
 
 /// Runs `bems smoke`'s check against the local cell `cell` (its API `api`
-/// with `key`, its store on moto), waiting `timeout` per step.
+/// with `key`, its store on the PostgreSQL at `store`), waiting `timeout`
+/// per step.
 pub(crate) fn smoke_within(
     localstack: &str,
-    moto: &str,
+    store: &str,
     cell: &str,
     api: &str,
     key: &str,
@@ -135,7 +209,8 @@ pub(crate) fn smoke_within(
         let spec = spec(cell);
         let ingress = bems_ops::ingress::Ingress { rest_api_id: api.to_owned(), api_key: key.to_owned() };
         let url = ingress.localstack_url(localstack, bems_core::Stage::Ingestion);
-        let store = bems_ops::smoke::MotoStore { url: moto.to_owned(), spec: spec.clone() };
+        let choice = bems_ops::store::StoreChoice::Postgres { url: store.to_owned() };
+        let store = bems_ops::store::open(&choice, &spec, &config).await.expect("the store");
         let options = bems_ops::smoke::Options { timeout, poll: Duration::from_secs(1) };
         bems_ops::smoke::smoke(&spec, &url, key, &store, &aws_sdk_sqs::Client::new(&config), options)
             .await
@@ -144,6 +219,6 @@ pub(crate) fn smoke_within(
 }
 
 /// [`smoke_within`] with a minute per step.
-pub(crate) fn smoke(localstack: &str, moto: &str, cell: &str, api: &str, key: &str) -> bems_ops::smoke::Report {
-    smoke_within(localstack, moto, cell, api, key, Duration::from_secs(60))
+pub(crate) fn smoke(localstack: &str, store: &str, cell: &str, api: &str, key: &str) -> bems_ops::smoke::Report {
+    smoke_within(localstack, store, cell, api, key, Duration::from_secs(60))
 }

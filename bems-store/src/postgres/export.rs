@@ -137,7 +137,7 @@ impl<W: Write> Write for Hashing<W> {
 
 /// Where rows go.
 enum Sink<W: Write> {
-    Csv(csv::Writer<Hashing<W>>),
+    Csv(Box<csv::Writer<Hashing<W>>>),
     Jsonl(Hashing<W>),
 }
 
@@ -181,7 +181,7 @@ pub async fn export<W: Write>(
         Format::Csv => {
             let mut w = csv::Writer::from_writer(file);
             w.write_record(COLUMNS).map_err(std::io::Error::other)?;
-            Sink::Csv(w)
+            Sink::Csv(Box::new(w))
         }
         Format::Jsonl => Sink::Jsonl(file),
     };
@@ -198,7 +198,9 @@ pub async fn export<W: Write>(
             continue;
         }
         let select = match format {
-            Format::Csv => format!("SELECT {} FROM {}", COLUMNS.map(|c| format!("{c}::text")).join(", "), schema.table(&table)),
+            Format::Csv => {
+                format!("SELECT {} FROM {}", COLUMNS.map(|c| format!("{c}::text")).join(", "), schema.table(&table))
+            }
             Format::Jsonl => {
                 format!("SELECT row_to_json(t)::text FROM (SELECT {columns} FROM {}", schema.table(&table))
             }
@@ -248,7 +250,10 @@ pub async fn export<W: Write>(
     file.flush()?;
     let counted: i64 = tx
         .query_one(
-            &format!("SELECT count(*) FROM {} WHERE occurred_at >= $1 AND occurred_at < $2", schema.table("status_changes")),
+            &format!(
+                "SELECT count(*) FROM {} WHERE occurred_at >= $1 AND occurred_at < $2",
+                schema.table("status_changes")
+            ),
             &[&from, &to],
         )
         .await

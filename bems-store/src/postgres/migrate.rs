@@ -116,12 +116,7 @@ pub async fn migrate(client: &mut tokio_postgres::Client, schema: &Schema) -> Re
             return Err(MigrateError::Unknown(version));
         };
         if m.checksum() != checksum {
-            return Err(MigrateError::Changed {
-                version,
-                name: m.name,
-                recorded: checksum,
-                current: m.checksum(),
-            });
+            return Err(MigrateError::Changed { version, name: m.name, recorded: checksum, current: m.checksum() });
         }
         done.already.push(version);
     }

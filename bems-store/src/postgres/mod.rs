@@ -26,6 +26,8 @@ mod queries;
 pub mod write;
 
 pub use queries::PgQueries;
+/// A connection ([`Postgres::connect`]).
+pub use tokio_postgres::Client;
 
 /// The engine's name in errors.
 pub(crate) const ENGINE: &str = "postgres";
@@ -44,11 +46,7 @@ impl Schema {
             && name.len() <= 63
             && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
             && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-        if ok {
-            Ok(Schema(name))
-        } else {
-            Err(ConfigError::Schema(name))
-        }
+        if ok { Ok(Schema(name)) } else { Err(ConfigError::Schema(name)) }
     }
 
     /// The schema of the cell `cell`
@@ -128,11 +126,7 @@ impl Postgres {
             None => "localhost".into(),
         };
         let port = self.config.get_ports().first().copied().unwrap_or(5432);
-        format!(
-            "{}@{host}:{port}/{}",
-            self.config.get_user().unwrap_or("?"),
-            self.config.get_dbname().unwrap_or("?")
-        )
+        format!("{}@{host}:{port}/{}", self.config.get_user().unwrap_or("?"), self.config.get_dbname().unwrap_or("?"))
     }
 
     /// A `psql` command that opens the store (the password from
@@ -271,7 +265,7 @@ impl From<StoreError> for crate::query::QueryError {
     fn from(e: StoreError) -> crate::query::QueryError {
         crate::query::QueryError::Engine {
             engine: ENGINE,
-            message: e.to_string(),
+            message: format!("{}: {}", e.step, e.message),
             transient: e.class == ErrorClass::Unavailable,
             source: Box::new(e),
         }
@@ -313,8 +307,9 @@ mod tests {
 
     #[test]
     fn the_description_and_psql_command_name_the_server_and_schema() {
-        let pg = Postgres::new("postgres://bems:secret@127.0.0.1:5499/bems", Schema::new("bems_local").expect("schema"))
-            .expect("url");
+        let pg =
+            Postgres::new("postgres://bems:secret@127.0.0.1:5499/bems", Schema::new("bems_local").expect("schema"))
+                .expect("url");
         assert_eq!(pg.describe(), "bems@127.0.0.1:5499/bems");
         assert!(!format!("{pg:?}").contains("secret"), "{pg:?}");
         assert_eq!(

@@ -125,7 +125,8 @@ pub async fn in_default(
     client: &tokio_postgres::Client,
     schema: &Schema,
 ) -> Result<(i64, Option<DateTime<Utc>>, Option<DateTime<Utc>>), StoreError> {
-    let row = client.query_one(&in_default_sql(schema), &[]).await.map_err(|e| StoreError::new("default partition", e))?;
+    let row =
+        client.query_one(&in_default_sql(schema), &[]).await.map_err(|e| StoreError::new("default partition", e))?;
     Ok((row.get(0), row.get(1), row.get(2)))
 }
 

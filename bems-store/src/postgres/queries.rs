@@ -197,7 +197,8 @@ impl Queries for PgQueries {
     async fn latencies(&self, window: Window) -> Result<Latencies, QueryError> {
         let step = "latencies";
         let (rollup, rows) = (self.t("status_minute"), self.t("status_changes"));
-        let closed = "minute >= date_trunc('minute', $1::timestamptz) AND minute < date_trunc('minute', now()) AND minute < $2";
+        let closed =
+            "minute >= date_trunc('minute', $1::timestamptz) AND minute < date_trunc('minute', now()) AND minute < $2";
         let open = "occurred_at >= greatest(date_trunc('minute', now()), date_trunc('minute', $1::timestamptz)) \
                     AND occurred_at < $2 AND producer <> $3";
         let from_rollup = |kind: &str, column: &str| {
@@ -216,11 +217,7 @@ impl Queries for PgQueries {
             from_rollup("v", "visibility_ms"),
             from_rollup("s", "stage_latency_ms"),
             from_rollup("e", "end_to_end_ms"),
-            from_rows(
-                "v",
-                "greatest(0, trunc(extract(epoch FROM stored_at - occurred_at) * 1000))::int8",
-                "",
-            ),
+            from_rows("v", "greatest(0, trunc(extract(epoch FROM stored_at - occurred_at) * 1000))::int8", ""),
             from_rows("s", "greatest(0, stage_latency_ms)", "AND stage_latency_ms IS NOT NULL"),
             from_rows(
                 "e",

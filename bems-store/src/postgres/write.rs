@@ -77,7 +77,10 @@ impl RowOutcome {
     /// Whether the row is stored as it should be (nothing to retry or
     /// dead-letter).
     pub fn is_done(&self) -> bool {
-        matches!(self, RowOutcome::Inserted | RowOutcome::Replaced { .. } | RowOutcome::Duplicate | RowOutcome::Stale { .. })
+        matches!(
+            self,
+            RowOutcome::Inserted | RowOutcome::Replaced { .. } | RowOutcome::Duplicate | RowOutcome::Stale { .. }
+        )
     }
 
     /// Why the row cannot be stored, for a dead-letter queue.
@@ -150,10 +153,10 @@ impl Statements {
     async fn prepare(client: &Client, schema: &Schema) -> Result<Statements, StoreError> {
         let (columns, unnest) = (column_list(), unnest_all());
         let t = |name: &str| schema.table(name);
-        let prepare = |sql: String| async move { client.prepare(&sql).await.map_err(|e| StoreError::new("prepare", e)) };
+        let prepare =
+            |sql: String| async move { client.prepare(&sql).await.map_err(|e| StoreError::new("prepare", e)) };
         let select_columns = format!("{columns}, stored_at");
-        let update_set: Vec<String> =
-            COLUMNS.iter().skip(3).map(|(n, _)| format!("{n} = u.{n}")).collect();
+        let update_set: Vec<String> = COLUMNS.iter().skip(3).map(|(n, _)| format!("{n} = u.{n}")).collect();
         Ok(Statements {
             insert: prepare(format!(
                 "INSERT INTO {} ({columns}) SELECT * FROM {unnest} \
@@ -191,12 +194,19 @@ impl Statements {
                    first_seen = least(i.first_seen, excluded.first_seen), \
                    {latest}",
                 table = t("invoices"),
-                latest = ["latest_at", "latest_version", "latest_stage", "latest_status", "latest_event_id", "terminal"]
-                    .map(|c| format!(
-                        "{c} = CASE WHEN (excluded.latest_at, excluded.latest_version) >= (i.latest_at, i.latest_version) \
+                latest = [
+                    "latest_at",
+                    "latest_version",
+                    "latest_stage",
+                    "latest_status",
+                    "latest_event_id",
+                    "terminal"
+                ]
+                .map(|c| format!(
+                    "{c} = CASE WHEN (excluded.latest_at, excluded.latest_version) >= (i.latest_at, i.latest_version) \
                          THEN excluded.{c} ELSE i.{c} END"
-                    ))
-                    .join(", ")
+                ))
+                .join(", ")
             ))
             .await?,
             status_minute: prepare(format!(
@@ -450,9 +460,7 @@ impl<'a> Columns<'a> {
 
 /// A stored row as read back.
 pub(crate) fn read_row(row: &tokio_postgres::Row) -> Result<(StatusRow, DateTime<Utc>), StoreError> {
-    let bad = |column: &'static str| {
-        move |e: tokio_postgres::Error| StoreError::new(column, e)
-    };
+    let bad = |column: &'static str| move |e: tokio_postgres::Error| StoreError::new(column, e);
     let stage: String = row.try_get("stage").map_err(bad("read stage"))?;
     let status: String = row.try_get("status").map_err(bad("read status"))?;
     let previous: Option<String> = row.try_get("previous_status").map_err(bad("read previous_status"))?;
@@ -489,7 +497,7 @@ pub(crate) fn read_row(row: &tokio_postgres::Row) -> Result<(StatusRow, DateTime
 /// What to do with a row whose key is stored.
 enum Decision {
     Outcome(RowOutcome),
-    Replace { old: StatusRow, stored_at: DateTime<Utc> },
+    Replace { old: Box<StatusRow>, stored_at: DateTime<Utc> },
 }
 
 fn decide(new: &StatusRow, old: StatusRow, stored_at: DateTime<Utc>) -> Decision {
@@ -500,11 +508,15 @@ fn decide(new: &StatusRow, old: StatusRow, stored_at: DateTime<Utc>) -> Decision
             Decision::Outcome(if fields.is_empty() { RowOutcome::Duplicate } else { RowOutcome::Conflict { fields } })
         }
         Greater => Decision::Outcome(RowOutcome::Stale { stored: old.version }),
-        Less => Decision::Replace { old, stored_at },
+        Less => Decision::Replace { old: Box::new(old), stored_at },
     }
 }
 
-async fn write_round(tx: &Transaction<'_>, st: &Statements, rows: &[&StatusRow]) -> Result<Vec<RowOutcome>, StoreError> {
+async fn write_round(
+    tx: &Transaction<'_>,
+    st: &Statements,
+    rows: &[&StatusRow],
+) -> Result<Vec<RowOutcome>, StoreError> {
     let columns = Columns::of(rows);
     let inserted: HashMap<RowKey, DateTime<Utc>> = tx
         .query(&st.insert, &columns.params())
@@ -580,7 +592,16 @@ async fn write_round(tx: &Transaction<'_>, st: &Statements, rows: &[&StatusRow])
         for ((minute, stage, partition), d) in &status_rows {
             statements.push((
                 &st.status_minute,
-                vec![minute, stage, partition, &d.changes, &d.synthetic, &d.visibility, &d.stage_latency, &d.end_to_end],
+                vec![
+                    minute,
+                    stage,
+                    partition,
+                    &d.changes,
+                    &d.synthetic,
+                    &d.visibility,
+                    &d.stage_latency,
+                    &d.end_to_end,
+                ],
             ));
         }
         for ((minute, partition, currency, week, days), (n, amount)) in &money_rows {

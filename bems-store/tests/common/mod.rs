@@ -74,9 +74,5 @@ pub async fn assert_rollups_match(client: &tokio_postgres::Client, pg: &Postgres
 
 /// Rows in a table of the test's schema.
 pub async fn count(client: &tokio_postgres::Client, pg: &Postgres, table: &str) -> i64 {
-    client
-        .query_one(&format!("SELECT count(*) FROM {}.{table}", pg.schema()), &[])
-        .await
-        .expect("count")
-        .get(0)
+    client.query_one(&format!("SELECT count(*) FROM {}.{table}", pg.schema()), &[]).await.expect("count").get(0)
 }
