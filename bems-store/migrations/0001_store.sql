@@ -132,3 +132,17 @@ CREATE FUNCTION add_counts(a bigint[], b bigint[]) RETURNS bigint[]
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
     RETURN ARRAY(SELECT coalesce(x, 0) + coalesce(y, 0)
                  FROM unnest(a, b) WITH ORDINALITY AS t(x, y, i) ORDER BY i);
+
+-- Per minute, partition and currency: the ten largest submitted
+-- (non-synthetic) invoices by amount, ties by invoice id, for the
+-- high-value panel: the largest of a window at any exchange rates are
+-- among these. New submissions are merged in by the writer; a corrected
+-- submission recomputes its minute's entries from the rows.
+CREATE TABLE largest_minute (
+    minute      timestamptz NOT NULL,
+    partition   smallint    NOT NULL,
+    currency    text        NOT NULL,
+    amounts     numeric[]   NOT NULL,
+    invoice_ids text[]      NOT NULL,
+    PRIMARY KEY (minute, partition, currency)
+);

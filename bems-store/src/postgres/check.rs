@@ -1,5 +1,5 @@
 //! The rollups against the rows they summarise: [`rollup_mismatches`]
-//! recomputes both rollups from `status_changes` and lists every
+//! recomputes the three rollups from `status_changes` and lists every
 //! difference. The tests run it after every fault; `bems store check`
 //! runs it for an operator (with a window, since on a large store it reads
 //! every row of it).
@@ -12,7 +12,7 @@ use crate::histogram::LATENCY_BOUNDS_MS;
 /// One difference between a rollup and the rows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mismatch {
-    /// `status_minute` or `money_minute`.
+    /// `status_minute`, `money_minute` or `largest_minute`.
     pub rollup: &'static str,
     /// The rollup row's key and the figure, as text.
     pub what: String,
@@ -81,6 +81,22 @@ pub async fn rollup_mismatches(
          FROM a FULL JOIN b USING (minute, partition, currency, due_week, net_days) \
          WHERE a.invoices IS DISTINCT FROM b.invoices OR a.amount IS DISTINCT FROM b.amount ORDER BY 1, 2, 3, 4, 5"
     );
+    let largest = schema.table("largest_minute");
+    let largest_sql = format!(
+        "WITH ranked AS (SELECT date_trunc('minute', occurred_at) AS minute, partition, currency, amount, invoice_id, \
+             row_number() OVER (PARTITION BY date_trunc('minute', occurred_at), partition, currency \
+                                ORDER BY amount DESC, invoice_id) AS n \
+           FROM {rows} WHERE occurred_at >= date_trunc('minute', $1::timestamptz) AND occurred_at < $2 \
+             AND producer <> $3 AND status = 'submitted'), \
+         a AS (SELECT minute, partition, currency, array_agg(amount ORDER BY n)::text AS amounts, \
+                 array_agg(invoice_id ORDER BY n)::text AS ids FROM ranked WHERE n <= 10 GROUP BY 1, 2, 3), \
+         b AS (SELECT minute, partition, currency, amounts::text AS amounts, invoice_ids::text AS ids FROM {largest} \
+               WHERE {in_window} AND cardinality(amounts) > 0) \
+         SELECT coalesce(a.minute, b.minute), coalesce(a.partition, b.partition), coalesce(a.currency, b.currency), \
+                a.amounts || ' ' || a.ids, b.amounts || ' ' || b.ids \
+         FROM a FULL JOIN b USING (minute, partition, currency) \
+         WHERE a.amounts IS DISTINCT FROM b.amounts OR a.ids IS DISTINCT FROM b.ids ORDER BY 1, 2, 3"
+    );
     let step = "check the rollups";
     let mut out = Vec::new();
     for r in client.query(&status_sql, &[&from, &to, &canary, &bounds]).await.map_err(|e| StoreError::new(step, e))? {
@@ -101,6 +117,15 @@ pub async fn rollup_mismatches(
             what: format!("{minute} p{partition} {currency} week of {week} net {days}: invoices / amount"),
             rows: r.get::<_, Option<String>>(5).unwrap_or_else(|| "none".into()),
             stored: r.get::<_, Option<String>>(6).unwrap_or_else(|| "none".into()),
+        });
+    }
+    for r in client.query(&largest_sql, &[&from, &to, &canary]).await.map_err(|e| StoreError::new(step, e))? {
+        let (minute, partition, currency): (DateTime<Utc>, i16, String) = (r.get(0), r.get(1), r.get(2));
+        out.push(Mismatch {
+            rollup: "largest_minute",
+            what: format!("{minute} p{partition} {currency}: the ten largest"),
+            rows: r.get::<_, Option<String>>(3).unwrap_or_else(|| "none".into()),
+            stored: r.get::<_, Option<String>>(4).unwrap_or_else(|| "none".into()),
         });
     }
     Ok(out)

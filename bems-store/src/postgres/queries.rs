@@ -13,6 +13,8 @@ use bems_core::{Stage, Status};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
+use tokio_postgres::types::ToSql;
+
 use super::{ENGINE, Postgres, StoreError};
 use crate::histogram::{self, BUCKETS, LATENCY_BOUNDS_MS};
 use crate::query::{
@@ -196,49 +198,56 @@ impl Queries for PgQueries {
 
     async fn latencies(&self, window: Window) -> Result<Latencies, QueryError> {
         let step = "latencies";
-        let (rollup, rows) = (self.t("status_minute"), self.t("status_changes"));
-        let closed =
-            "minute >= date_trunc('minute', $1::timestamptz) AND minute < date_trunc('minute', now()) AND minute < $2";
-        let open = "occurred_at >= greatest(date_trunc('minute', now()), date_trunc('minute', $1::timestamptz)) \
-                    AND occurred_at < $2 AND producer <> $3";
-        let from_rollup = |kind: &str, column: &str| {
-            format!(
-                "SELECT '{kind}', i::int4 - 1, sum(v)::int8 FROM {rollup}, unnest({column}) WITH ORDINALITY AS u(v, i) \
-                 WHERE {closed} GROUP BY i"
-            )
-        };
-        let from_rows = |kind: &str, value: &str, filter: &str| {
-            format!(
-                "SELECT '{kind}', width_bucket({value}, $4::int8[]) - 1, count(*) FROM {rows} \
-                 WHERE {open} {filter} GROUP BY 2"
-            )
-        };
-        let sql = [
-            from_rollup("v", "visibility_ms"),
-            from_rollup("s", "stage_latency_ms"),
-            from_rollup("e", "end_to_end_ms"),
-            from_rows("v", "greatest(0, trunc(extract(epoch FROM stored_at - occurred_at) * 1000))::int8", ""),
-            from_rows("s", "greatest(0, stage_latency_ms)", "AND stage_latency_ms IS NOT NULL"),
-            from_rows(
-                "e",
-                "greatest(0, end_to_end_latency_ms)",
-                "AND status = 'posted' AND end_to_end_latency_ms IS NOT NULL",
-            ),
-        ]
-        .join(" UNION ALL ");
+        // The closed minutes: one row of per-bucket sums of the three
+        // histograms (element by element: cheaper than unnesting every
+        // array); the open minute: its rows, bucketed in one pass.
+        let sums: Vec<String> = ["visibility_ms", "stage_latency_ms", "end_to_end_ms"]
+            .iter()
+            .flat_map(|column| (1..=BUCKETS).map(move |i| format!("coalesce(sum({column}[{i}]), 0)::int8")))
+            .collect();
+        let rollup = format!(
+            "SELECT {} FROM {} WHERE minute >= date_trunc('minute', $1::timestamptz) \
+               AND minute < date_trunc('minute', now()) AND minute < $2",
+            sums.join(", "),
+            self.t("status_minute")
+        );
+        let rows = format!(
+            "SELECT v, s, e, count(*) FROM ( \
+               SELECT width_bucket(greatest(0, trunc(extract(epoch FROM stored_at - occurred_at) * 1000))::int8, $3::int8[]) AS v, \
+                      CASE WHEN stage_latency_ms IS NOT NULL \
+                        THEN width_bucket(greatest(0, stage_latency_ms), $3::int8[]) END AS s, \
+                      CASE WHEN status = 'posted' AND end_to_end_latency_ms IS NOT NULL \
+                        THEN width_bucket(greatest(0, end_to_end_latency_ms), $3::int8[]) END AS e \
+               FROM {} WHERE occurred_at >= greatest(date_trunc('minute', now()), date_trunc('minute', $1::timestamptz)) \
+                 AND occurred_at < $2 AND producer <> $4 \
+             ) r GROUP BY GROUPING SETS ((v), (s), (e))",
+            self.t("status_changes")
+        );
         let bounds = LATENCY_BOUNDS_MS.to_vec();
         let canary = CANARY_PRODUCER;
+        let client = self.client().await?;
+        let (closed_params, open_params): ([&(dyn ToSql + Sync); 2], [&(dyn ToSql + Sync); 4]) =
+            ([&window.from, &window.to], [&window.from, &window.to, &bounds, &canary]);
+        let (closed, open) = tokio::try_join!(client.query_one(&rollup, &closed_params), client.query(&rows, &open_params))
+        .map_err(|e| QueryError::from(StoreError::new(step, e)))?;
         let mut hist = [[0_i64; BUCKETS]; 3];
-        for r in self.query(step, &sql, &[&window.from, &window.to, &canary, &bounds]).await? {
-            let kind: &str = r.get(0);
-            let i = usize::try_from(r.get::<_, i32>(1)).map_err(|_| bad(step, "bucket", "negative"))?;
-            let k = match kind {
-                "v" => 0,
-                "s" => 1,
-                _ => 2,
-            };
-            if let Some(slot) = hist[k].get_mut(i) {
-                *slot += r.get::<_, i64>(2);
+        for (k, h) in hist.iter_mut().enumerate() {
+            for (i, slot) in h.iter_mut().enumerate() {
+                *slot = closed.get::<_, i64>(k * BUCKETS + i);
+            }
+        }
+        for r in open {
+            let n: i64 = r.get(3);
+            // At most one of the three is set in a grouping-set row (a
+            // row without that latency has none, and counts nowhere;
+            // GREATEST would have made its null a 0, hence the CASEs).
+            for (k, h) in hist.iter_mut().enumerate() {
+                if let Some(b) = r.get::<_, Option<i32>>(k) {
+                    let i = usize::try_from(b - 1).map_err(|_| bad(step, "bucket", &b.to_string()))?;
+                    if let Some(slot) = h.get_mut(i) {
+                        *slot += n;
+                    }
+                }
             }
         }
         Ok(Latencies {
@@ -284,12 +293,34 @@ impl Queries for PgQueries {
         limit: u32,
     ) -> Result<Vec<Submitted>, QueryError> {
         let step = "largest submitted";
+        // The closed minutes' ten largest per partition and currency (the
+        // largest of the window at any rates are among them), the open
+        // minute's submissions, ranked; then each one's vendor and due date.
         let sql = format!(
-            "SELECT invoice_id, amount, s.currency, vendor_id, due_date FROM {} s \
-               LEFT JOIN unnest($4::text[], $5::float8[]) AS r(currency, rate) ON r.currency = s.currency \
-             WHERE occurred_at >= $1 AND occurred_at < $2 AND producer <> $3 AND status = 'submitted' \
-             ORDER BY amount::float8 * coalesce(rate, 1) DESC, invoice_id LIMIT $6",
-            self.t("status_changes")
+            "WITH candidates AS ( \
+               SELECT u.invoice_id, u.amount, l.currency FROM {largest} l, \
+                 unnest(l.invoice_ids, l.amounts) AS u(invoice_id, amount) \
+               WHERE l.minute >= date_trunc('minute', $1::timestamptz) AND l.minute < date_trunc('minute', now()) \
+                 AND l.minute < $2 \
+               UNION ALL \
+               SELECT invoice_id, amount, currency FROM {rows} \
+               WHERE occurred_at >= greatest(date_trunc('minute', now()), date_trunc('minute', $1::timestamptz)) \
+                 AND occurred_at < $2 AND producer <> $3 AND status = 'submitted' \
+             ), top AS ( \
+               SELECT c.invoice_id, c.amount, c.currency, \
+                 row_number() OVER (ORDER BY c.amount::float8 * coalesce(r.rate, 1) DESC, c.invoice_id) AS rank \
+               FROM candidates c LEFT JOIN unnest($4::text[], $5::float8[]) AS r(currency, rate) \
+                 ON r.currency = c.currency \
+               ORDER BY rank LIMIT $6 \
+             ) \
+             SELECT t.invoice_id, t.amount, t.currency, s.vendor_id, s.due_date FROM top t \
+             JOIN LATERAL (SELECT vendor_id, due_date FROM {rows} s \
+               WHERE s.invoice_id = t.invoice_id AND s.status = 'submitted' AND s.amount = t.amount \
+                 AND s.occurred_at >= date_trunc('minute', $1::timestamptz) AND s.occurred_at < $2 \
+               ORDER BY s.occurred_at LIMIT 1) s ON true \
+             ORDER BY t.rank",
+            largest = self.t("largest_minute"),
+            rows = self.t("status_changes"),
         );
         let (currencies, factors): (Vec<&str>, Vec<f64>) = rates.iter().copied().unzip();
         let canary = CANARY_PRODUCER;

@@ -13,10 +13,12 @@
 //! - the same version with other content is a [`RowOutcome::Conflict`]
 //!   naming the fields, for the dead-letter queue.
 //!
-//! A batch is one transaction: `INSERT … ON CONFLICT DO NOTHING RETURNING`
-//! tells which keys were new; the others are read `FOR UPDATE` and
-//! compared here; then the replacements, the versions, the invoices and
-//! the rollup changes, pipelined. The rollups change only by what really
+//! A batch is one transaction of two round trips when its rows are new:
+//! `BEGIN` with one statement that inserts the rows (`ON CONFLICT DO
+//! NOTHING RETURNING`: which keys were new) and their first versions; then
+//! the invoices, the rollup changes and `COMMIT`, pipelined. Rows whose key
+//! was stored are read `FOR UPDATE` and compared here, and a replacement
+//! is updated and its version appended, in between. The rollups change only by what really
 //! changed (a replaced row's old values out, its new ones in), so a
 //! redelivery leaves them as they are.
 //!
@@ -27,14 +29,14 @@
 //! ([`StoreError`], classified by [`super::ErrorClass`]) and nothing of it
 //! is stored: the caller retries by redelivery.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 
 use bems_core::{Stage, Status};
 use chrono::{DateTime, DurationRound, NaiveDate, Utc};
 use futures_util::future::try_join_all;
 use rust_decimal::Decimal;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Statement, Transaction};
+use tokio_postgres::{Client, GenericClient, Statement};
 
 use super::{ErrorClass, Postgres, Schema, StoreError};
 use crate::histogram::{self, BUCKETS};
@@ -140,6 +142,8 @@ fn column_list() -> String {
 
 /// The statements of one connection, prepared once.
 struct Statements {
+    begin: Statement,
+    commit: Statement,
     insert: Statement,
     existing: Statement,
     update: Statement,
@@ -147,6 +151,8 @@ struct Statements {
     invoices: Statement,
     status_minute: Statement,
     money_minute: Statement,
+    largest_merge: Statement,
+    largest_recompute: Statement,
 }
 
 impl Statements {
@@ -158,11 +164,19 @@ impl Statements {
         let select_columns = format!("{columns}, stored_at");
         let update_set: Vec<String> = COLUMNS.iter().skip(3).map(|(n, _)| format!("{n} = u.{n}")).collect();
         Ok(Statements {
+            begin: prepare("BEGIN".to_owned()).await?,
+            commit: prepare("COMMIT".to_owned()).await?,
+            // The new rows and their first versions in one statement.
             insert: prepare(format!(
-                "INSERT INTO {} ({columns}) SELECT * FROM {unnest} \
-                 ON CONFLICT (invoice_id, stage, occurred_at) DO NOTHING \
-                 RETURNING invoice_id, stage, occurred_at, stored_at",
-                t("status_changes")
+                "WITH inserted AS ( \
+                   INSERT INTO {rows} ({columns}) SELECT * FROM {unnest} \
+                   ON CONFLICT (invoice_id, stage, occurred_at) DO NOTHING RETURNING * \
+                 ), first_versions AS ( \
+                   INSERT INTO {versions} ({columns}, stored_at) SELECT {columns}, stored_at FROM inserted \
+                 ) \
+                 SELECT invoice_id, stage, occurred_at, stored_at FROM inserted",
+                rows = t("status_changes"),
+                versions = t("status_change_versions"),
             ))
             .await?,
             existing: prepare(format!(
@@ -227,6 +241,31 @@ impl Statements {
                  ON CONFLICT (minute, partition, currency, due_week, net_days) DO UPDATE SET \
                    invoices = m.invoices + excluded.invoices, amount = m.amount + excluded.amount",
                 t("money_minute")
+            ))
+            .await?,
+            largest_merge: prepare(format!(
+                "INSERT INTO {table} AS m (minute, partition, currency, amounts, invoice_ids) \
+                 SELECT $1, $2, $3, array_agg(a ORDER BY a DESC, i), array_agg(i ORDER BY a DESC, i) \
+                   FROM (SELECT a, i FROM unnest($4::numeric[], $5::text[]) AS u(a, i) ORDER BY a DESC, i LIMIT 10) t \
+                 ON CONFLICT (minute, partition, currency) DO UPDATE SET (amounts, invoice_ids) = ( \
+                   SELECT array_agg(a ORDER BY a DESC, i), array_agg(i ORDER BY a DESC, i) FROM ( \
+                     SELECT a, i FROM unnest(m.amounts || excluded.amounts, m.invoice_ids || excluded.invoice_ids) \
+                       AS u(a, i) ORDER BY a DESC, i LIMIT 10) t)",
+                table = t("largest_minute")
+            ))
+            .await?,
+            largest_recompute: prepare(format!(
+                "INSERT INTO {table} (minute, partition, currency, amounts, invoice_ids) \
+                 SELECT $1, $2, $3, coalesce(array_agg(amount ORDER BY amount DESC, invoice_id), '{{}}'), \
+                        coalesce(array_agg(invoice_id ORDER BY amount DESC, invoice_id), '{{}}') \
+                   FROM (SELECT amount, invoice_id FROM {rows} \
+                         WHERE occurred_at >= $1 AND occurred_at < $1 + interval '1 minute' AND partition = $2 \
+                           AND currency = $3 AND status = 'submitted' AND producer <> $4 \
+                         ORDER BY amount DESC, invoice_id LIMIT 10) t \
+                 ON CONFLICT (minute, partition, currency) DO UPDATE \
+                   SET amounts = excluded.amounts, invoice_ids = excluded.invoice_ids",
+                table = t("largest_minute"),
+                rows = t("status_changes")
             ))
             .await?,
         })
@@ -323,51 +362,73 @@ impl Writer {
 async fn write_batch(connection: &mut Connection, rows: &[StatusRow]) -> Result<Vec<RowOutcome>, StoreError> {
     let step = "write";
     let Connection { client, statements } = connection;
-    let tx = client.transaction().await.map_err(|e| StoreError::new(step, e))?;
-    match write_rows(&tx, statements, rows).await {
-        Ok(out) => {
-            tx.commit().await.map_err(|e| StoreError::new("commit", e))?;
-            Ok(out)
-        }
-        Err(e) if e.class == ErrorClass::Data => {
-            tx.rollback().await.map_err(|e| StoreError::new(step, e))?;
-            tracing::info!(error = %e, rows = rows.len(), "batch refused for its data; writing row by row");
-            let mut tx = client.transaction().await.map_err(|e| StoreError::new(step, e))?;
-            let mut out = Vec::with_capacity(rows.len());
-            for row in rows {
-                let savepoint = tx.savepoint("bems_row").await.map_err(|e| StoreError::new(step, e))?;
-                match write_rows(&savepoint, statements, std::slice::from_ref(row)).await {
-                    Ok(mut one) => {
-                        savepoint.commit().await.map_err(|e| StoreError::new(step, e))?;
-                        out.push(one.pop().unwrap_or(RowOutcome::Duplicate));
-                    }
-                    Err(e) if e.class == ErrorClass::Data => {
-                        savepoint.rollback().await.map_err(|e| StoreError::new(step, e))?;
-                        out.push(RowOutcome::Invalid { sqlstate: e.sqlstate, message: e.message });
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            tx.commit().await.map_err(|e| StoreError::new("commit", e))?;
-            Ok(out)
-        }
-        Err(e) => Err(e),
+    // BEGIN goes out with the first INSERT, and COMMIT with the last
+    // statements: two round trips for a batch of new rows. If a statement
+    // fails, PostgreSQL ends the transaction at that COMMIT without
+    // committing, and the error comes back here.
+    let (begun, written) =
+        tokio::join!(client.execute(&statements.begin, &[]), write_rows(&*client, statements, rows, true));
+    let error = match (begun, written) {
+        (Ok(_), Ok(out)) => return Ok(out),
+        (Err(e), _) => StoreError::new("begin", e),
+        (Ok(_), Err(e)) => e,
+    };
+    // Whatever is left of the transaction (nothing, if COMMIT ended it).
+    if !client.is_closed() {
+        client.batch_execute("ROLLBACK").await.map_err(|e| StoreError::new(step, e))?;
     }
+    if error.class != ErrorClass::Data {
+        return Err(error);
+    }
+    tracing::info!(error = %error, rows = rows.len(), "batch refused for its data; writing row by row");
+    let mut tx = client.transaction().await.map_err(|e| StoreError::new(step, e))?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let savepoint = tx.savepoint("bems_row").await.map_err(|e| StoreError::new(step, e))?;
+        match write_rows(&savepoint, statements, std::slice::from_ref(row), false).await {
+            Ok(mut one) => {
+                savepoint.commit().await.map_err(|e| StoreError::new(step, e))?;
+                out.push(one.pop().unwrap_or(RowOutcome::Duplicate));
+            }
+            Err(e) if e.class == ErrorClass::Data => {
+                savepoint.rollback().await.map_err(|e| StoreError::new(step, e))?;
+                out.push(RowOutcome::Invalid { sqlstate: e.sqlstate, message: e.message });
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    tx.commit().await.map_err(|e| StoreError::new("commit", e))?;
+    Ok(out)
 }
 
 /// Writes `rows` in rounds of distinct keys (a key twice in one batch is
-/// written, then compared with itself, in order).
-async fn write_rows(tx: &Transaction<'_>, st: &Statements, rows: &[StatusRow]) -> Result<Vec<RowOutcome>, StoreError> {
+/// written, then compared with itself, in order); with `commit`, the last
+/// round's statements end with the transaction's COMMIT.
+async fn write_rows<C: GenericClient + Sync>(
+    c: &C,
+    st: &Statements,
+    rows: &[StatusRow],
+    commit: bool,
+) -> Result<Vec<RowOutcome>, StoreError> {
+    // A row's round: how many rows before it have its key.
+    let mut seen: HashMap<RowKey, usize> = HashMap::new();
+    let mut rounds: Vec<Vec<usize>> = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
+        let n = seen.entry(row.key()).or_default();
+        if rounds.len() <= *n {
+            rounds.push(Vec::new());
+        }
+        rounds[*n].push(i);
+        *n += 1;
+    }
     let mut out: Vec<Option<RowOutcome>> = vec![None; rows.len()];
-    let mut pending: Vec<usize> = (0..rows.len()).collect();
-    while !pending.is_empty() {
-        let mut seen = HashSet::new();
-        let (round, later): (Vec<usize>, Vec<usize>) = pending.iter().partition(|i| seen.insert(rows[**i].key()));
-        let outcomes = write_round(tx, st, &round.iter().map(|i| &rows[*i]).collect::<Vec<_>>()).await?;
+    let last = rounds.len().saturating_sub(1);
+    for (r, round) in rounds.into_iter().enumerate() {
+        let members: Vec<&StatusRow> = round.iter().map(|i| &rows[*i]).collect();
+        let outcomes = write_round(c, st, &members, commit && r == last).await?;
         for (i, o) in round.into_iter().zip(outcomes) {
             out[i] = Some(o);
         }
-        pending = later;
     }
     Ok(out.into_iter().map(|o| o.unwrap_or(RowOutcome::Duplicate)).collect())
 }
@@ -512,10 +573,11 @@ fn decide(new: &StatusRow, old: StatusRow, stored_at: DateTime<Utc>) -> Decision
     }
 }
 
-async fn write_round(
-    tx: &Transaction<'_>,
+async fn write_round<C: GenericClient + Sync>(
+    tx: &C,
     st: &Statements,
     rows: &[&StatusRow],
+    commit: bool,
 ) -> Result<Vec<RowOutcome>, StoreError> {
     let columns = Columns::of(rows);
     let inserted: HashMap<RowKey, DateTime<Utc>> = tx
@@ -569,6 +631,7 @@ async fn write_round(
                     outcomes[i] = Some(RowOutcome::Replaced { previous: old.version });
                     rollup.add(&old, stored_at, -1);
                     rollup.add(row, stored_at, 1);
+                    rollup.replaced(&old, row);
                     changed.push(row);
                     replaced.push(row);
                 }
@@ -579,38 +642,47 @@ async fn write_round(
         let columns = Columns::of(&replaced);
         tx.execute(&st.update, &columns.params()).await.map_err(|e| StoreError::new("replace", e))?;
     }
+    // The inserted rows' first versions went in with them; a replaced
+    // row's new version is appended here.
+    let versions = Columns::of(&replaced);
+    let invoices = Invoices::of(&changed);
+    let (version_params, invoice_params) = (versions.params(), invoices.params());
+    let mut statements: Vec<(&Statement, Vec<&(dyn ToSql + Sync)>)> = Vec::new();
+    if !replaced.is_empty() {
+        statements.push((&st.versions, version_params.to_vec()));
+    }
     if !changed.is_empty() {
-        let versions = Columns::of(&changed);
-        let invoices = Invoices::of(&changed);
-        let invoice_params = invoices.params();
-        let mut statements: Vec<(&Statement, Vec<&(dyn ToSql + Sync)>)> =
-            vec![(&st.versions, versions.params().to_vec()), (&st.invoices, invoice_params.to_vec())];
-        // Keys in order, so that two transactions touching the same rows
-        // lock them in the same order.
-        let status_rows: Vec<_> = rollup.status.iter().filter(|(_, d)| !d.is_zero()).collect();
-        let money_rows: Vec<_> = rollup.money.iter().filter(|(_, d)| d.0 != 0 || !d.1.is_zero()).collect();
-        for ((minute, stage, partition), d) in &status_rows {
-            statements.push((
-                &st.status_minute,
-                vec![
-                    minute,
-                    stage,
-                    partition,
-                    &d.changes,
-                    &d.synthetic,
-                    &d.visibility,
-                    &d.stage_latency,
-                    &d.end_to_end,
-                ],
-            ));
-        }
-        for ((minute, partition, currency, week, days), (n, amount)) in &money_rows {
-            statements.push((&st.money_minute, vec![minute, partition, currency, week, days, n, amount]));
-        }
-        // Pipelined: one round trip for all of them.
+        statements.push((&st.invoices, invoice_params.to_vec()));
+    }
+    // Keys in order, so that two transactions touching the same rows lock
+    // them in the same order.
+    let status_rows: Vec<_> = rollup.status.iter().filter(|(_, d)| !d.is_zero()).collect();
+    let money_rows: Vec<_> = rollup.money.iter().filter(|(_, d)| d.0 != 0 || !d.1.is_zero()).collect();
+    for ((minute, stage, partition), d) in &status_rows {
+        statements.push((
+            &st.status_minute,
+            vec![minute, stage, partition, &d.changes, &d.synthetic, &d.visibility, &d.stage_latency, &d.end_to_end],
+        ));
+    }
+    for ((minute, partition, currency, week, days), (n, amount)) in &money_rows {
+        statements.push((&st.money_minute, vec![minute, partition, currency, week, days, n, amount]));
+    }
+    // A minute being recomputed reads this round's rows itself.
+    let canary = bems_core::contract::CANARY_PRODUCER;
+    for (key, (amounts, ids)) in rollup.largest.iter().filter(|(k, _)| !rollup.recompute.contains(*k)) {
+        statements.push((&st.largest_merge, vec![&key.0, &key.1, &key.2, amounts, ids]));
+    }
+    for key in &rollup.recompute {
+        statements.push((&st.largest_recompute, vec![&key.0, &key.1, &key.2, &canary]));
+    }
+    if commit {
+        statements.push((&st.commit, Vec::new()));
+    }
+    // Pipelined: one round trip for all of them.
+    if !statements.is_empty() {
         try_join_all(statements.iter().map(|(statement, params)| tx.execute(*statement, params)))
             .await
-            .map_err(|e| StoreError::new("versions, invoices and rollups", e))?;
+            .map_err(|e| StoreError::new("versions, invoices, rollups and commit", e))?;
     }
     Ok(outcomes.into_iter().map(|o| o.unwrap_or(RowOutcome::Duplicate)).collect())
 }
@@ -703,12 +775,18 @@ impl StatusDelta {
 
 type StatusKey = (DateTime<Utc>, &'static str, i16);
 type MoneyKey = (DateTime<Utc>, i16, String, NaiveDate, i16);
+type LargestKey = (DateTime<Utc>, i16, String);
 
 /// The rollups' change from the rows a round wrote.
 #[derive(Default)]
 struct Rollup {
     status: BTreeMap<StatusKey, StatusDelta>,
     money: BTreeMap<MoneyKey, (i64, Decimal)>,
+    /// New submissions, to merge into their minute's largest.
+    largest: BTreeMap<LargestKey, (Vec<Decimal>, Vec<String>)>,
+    /// Minutes whose largest a replaced submission changes: recomputed
+    /// from the rows.
+    recompute: std::collections::BTreeSet<LargestKey>,
 }
 
 /// The minute of `at`.
@@ -739,6 +817,23 @@ impl Rollup {
             let m = self.money.entry(key).or_default();
             m.0 += sign;
             m.1 += if sign < 0 { -row.amount } else { row.amount };
+            let key = (minute, row.partition, row.currency.clone());
+            if sign > 0 {
+                let l = self.largest.entry(key).or_default();
+                l.0.push(row.amount);
+                l.1.push(row.invoice_id.clone());
+            }
+        }
+    }
+
+    /// A replacement of `old` by `new`: the largest of their minutes are
+    /// recomputed when either was a submission (synthetic or not: the
+    /// recomputation reads the rows as they are).
+    fn replaced(&mut self, old: &StatusRow, new: &StatusRow) {
+        for row in [old, new] {
+            if row.status == Status::Submitted {
+                self.recompute.insert((minute_of(row.occurred_at), row.partition, row.currency.clone()));
+            }
         }
     }
 }
@@ -791,7 +886,7 @@ mod tests {
 
     #[test]
     fn statements_list_every_column_once() {
-        let names: HashSet<&str> = COLUMNS.iter().map(|(n, _)| *n).collect();
+        let names: std::collections::HashSet<&str> = COLUMNS.iter().map(|(n, _)| *n).collect();
         assert_eq!(names.len(), COLUMNS.len());
         assert!(unnest_all().starts_with("unnest($1::text[], $2::text[], $3::timestamptz[]"));
         assert!(unnest_all().ends_with("producer, version)"));
