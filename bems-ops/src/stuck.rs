@@ -8,7 +8,7 @@
 //!   "dead-lettered after maxReceiveCount receives"; or
 //! - its latest status change is not terminal and older than the SLA: it has
 //!   not reached its next stage in time (from the cell's store, through
-//!   [`bems_store::query::Queries::open_since`]).
+//!   [`bems_store::query::Queries::open_invoices`]).
 //!
 //! Reading a DLQ must not consume it: messages are received with a short
 //! visibility timeout and released at once. On a FIFO DLQ a receive returns

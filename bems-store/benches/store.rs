@@ -335,8 +335,8 @@ async fn queries(url: &str) {
         window.from,
         Utc::now() + chrono::Duration::minutes(3),
     )
-        .await
-        .expect("check");
+    .await
+    .expect("check");
     println!(
         "rollups of the last hour against its rows: {} mismatches (the check took {:.1} s)",
         mismatches.len(),
@@ -364,7 +364,8 @@ fn main() {
         if what == "peak" {
             let pg = fresh(&url, "bench_peak").await;
             let now = Utc::now();
-            let rate = load(&pg, "PEAK", 3_600_000, now - chrono::Duration::minutes(58), Duration::from_secs(3_600)).await;
+            let rate =
+                load(&pg, "PEAK", 3_600_000, now - chrono::Duration::minutes(58), Duration::from_secs(3_600)).await;
             println!("loaded 3,600,000 rows into bench_peak at {rate:.0} rows/s");
         }
     });

@@ -6,7 +6,7 @@
 //!   advisory lock, never by a writer at start-up.
 //! - [`partitions`]: monthly partitions created ahead, and the rows that
 //!   landed in the default partition (an alarm).
-//! - [`write`]: the writer, with Timestream's idempotency contract.
+//! - [`mod@write`]: the writer, with Timestream's idempotency contract.
 //! - [`PgQueries`]: the query layer ([`crate::query::Queries`]).
 //! - [`check`]: the rollups against the rows they summarise.
 //! - [`export`]: an auditor's export of a period, with its manifest.

@@ -228,8 +228,9 @@ impl Queries for PgQueries {
         let client = self.client().await?;
         let (closed_params, open_params): ([&(dyn ToSql + Sync); 2], [&(dyn ToSql + Sync); 4]) =
             ([&window.from, &window.to], [&window.from, &window.to, &bounds, &canary]);
-        let (closed, open) = tokio::try_join!(client.query_one(&rollup, &closed_params), client.query(&rows, &open_params))
-        .map_err(|e| QueryError::from(StoreError::new(step, e)))?;
+        let (closed, open) =
+            tokio::try_join!(client.query_one(&rollup, &closed_params), client.query(&rows, &open_params))
+                .map_err(|e| QueryError::from(StoreError::new(step, e)))?;
         let mut hist = [[0_i64; BUCKETS]; 3];
         for (k, h) in hist.iter_mut().enumerate() {
             for (i, slot) in h.iter_mut().enumerate() {
