@@ -107,6 +107,23 @@ pub fn is_transient<E: aws_smithy_types::error::metadata::ProvideErrorMetadata>(
     }
 }
 
+/// An AWS SDK error as one short line: the service's code and message
+/// when the service answered (the raw response stays out of it), otherwise
+/// the transport failure (connection refused, timeout), so that a dead
+/// endpoint is named as such.
+#[cfg(feature = "aws-errors")]
+#[cfg_attr(docsrs, doc(cfg(feature = "aws-errors")))]
+pub fn describe<E>(e: &E) -> String
+where
+    E: aws_smithy_types::error::metadata::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match (e.code(), e.message()) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code.to_owned(),
+        _ => aws_smithy_types::error::display::DisplayErrorContext(e).to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -575,6 +575,13 @@ async fn main() -> anyhow::Result<()> {
             );
         }
     }
+    if let Some(LocalStore::Postgres { pg, .. }) = target.local.as_ref().map(|l| &l.store) {
+        if args.keep {
+            println!("store: kept; open it: {}", pg.psql_command());
+        } else {
+            println!("store: {} (schema {}; deleted with the cell, --keep keeps it)", pg.describe(), pg.schema());
+        }
+    }
     let Some(local) = target.local else { return Ok(()) };
     if !args.keep {
         bems_ops::provision::teardown(&clients, &spec).await.context("delete the cell")?;
@@ -596,10 +603,14 @@ async fn main() -> anyhow::Result<()> {
         println!("bems-monitor: cell {} deleted", args.cell);
     }
     if let LocalStore::Postgres { started: true, .. } = &local.store {
-        // The data of a server this run started goes with it, unless kept.
-        let command = if args.keep { "down" } else { "purge" };
-        let status = std::process::Command::new(postgres_script()).arg(command).status().context("stop PostgreSQL")?;
-        anyhow::ensure!(status.success(), "scripts/postgres {command} failed ({status})");
+        if args.keep {
+            println!("bems-monitor: PostgreSQL left running for the kept store; `scripts/postgres purge` deletes it");
+        } else {
+            // A server this run started goes, with its data.
+            let status =
+                std::process::Command::new(postgres_script()).arg("purge").status().context("stop PostgreSQL")?;
+            anyhow::ensure!(status.success(), "scripts/postgres purge failed ({status})");
+        }
     }
     if local.started_emulators {
         let status =

@@ -207,6 +207,19 @@ pub(crate) struct StoreState {
 }
 
 impl Panels {
+    /// Takes the parts the store answers (visible, series, latencies,
+    /// money, largest invoices) from `from`.
+    pub(crate) fn take_store_parts(&mut self, from: Panels) {
+        self.visible = from.visible;
+        self.series = from.series;
+        self.visibility_ms = from.visibility_ms;
+        self.end_to_end_ms = from.end_to_end_ms;
+        self.currencies = from.currencies;
+        self.due_weeks = from.due_weeks;
+        self.terms = from.terms;
+        self.high_value = from.high_value;
+    }
+
     /// Adds `amount` of `currency`, due on `due`, to the cash-outflow weeks.
     pub(crate) fn add_due(&mut self, currency: &str, due: chrono::NaiveDate, amount: f64) {
         use chrono::Datelike;
@@ -467,26 +480,18 @@ impl State {
     /// Takes a store poll's panels, or, when the store did not answer,
     /// keeps the last ones and names the store as failing.
     pub(crate) fn apply_store(&mut self, polled: Panels, health: crate::panels::StoreHealth) {
-        match health.error {
-            None => {
-                let p = &mut self.panels;
-                p.visible = polled.visible;
-                p.series = polled.series;
-                p.visibility_ms = polled.visibility_ms;
-                p.end_to_end_ms = polled.end_to_end_ms;
-                p.currencies = polled.currencies;
-                p.due_weeks = polled.due_weeks;
-                p.terms = polled.terms;
-                p.high_value = polled.high_value;
-                self.store.ok = true;
-                self.store.error = None;
-                self.store.answered_at = Some(now_unix());
-            }
-            Some(error) => {
-                self.store.ok = false;
-                self.store.error = Some(error);
-            }
+        if health.error.is_none() {
+            self.panels.take_store_parts(polled);
         }
+        self.record_health(health);
+    }
+
+    fn record_health(&mut self, health: crate::panels::StoreHealth) {
+        self.store.ok = health.error.is_none();
+        if self.store.ok {
+            self.store.answered_at = Some(now_unix());
+        }
+        self.store.error = health.error;
     }
 
     /// Seconds since the start.
@@ -576,20 +581,11 @@ impl State {
     /// Replaces the panels with a poll's answers (AWS); when the store
     /// did not answer, its panels keep their last values.
     pub(crate) fn replace_panels(&mut self, panels: Panels, health: crate::panels::StoreHealth) {
-        let answered = health.error.is_none();
-        let store_parts = panels.clone();
         let last = std::mem::replace(&mut self.panels, panels);
-        if !answered {
-            let p = &mut self.panels;
-            p.visible = last.visible;
-            p.series = last.series;
-            p.end_to_end_ms = last.end_to_end_ms;
-            p.currencies = last.currencies;
-            p.due_weeks = last.due_weeks;
-            p.terms = last.terms;
-            p.high_value = last.high_value;
+        if health.error.is_some() {
+            self.panels.take_store_parts(last);
         }
-        self.apply_store(store_parts, health);
+        self.record_health(health);
     }
 
     /// The invoices whose latest stored status is not terminal and older

@@ -87,17 +87,5 @@ pub fn is_localstack(endpoint: &str) -> bool {
         .is_some_and(|body| body.contains("\"services\""))
 }
 
-/// An AWS SDK error as one short line: the service's code and message when
-/// the service answered (the raw response stays out of it), otherwise the
-/// transport failure (connection refused, timeout), so that a dead endpoint
-/// is named as such.
-pub(crate) fn describe<E>(e: &E) -> String
-where
-    E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + 'static,
-{
-    match (e.code(), e.message()) {
-        (Some(code), Some(message)) => format!("{code}: {message}"),
-        (Some(code), None) => code.to_owned(),
-        _ => aws_sdk_sqs::error::DisplayErrorContext(e).to_string(),
-    }
-}
+/// An AWS SDK error as one short line (`bems_core::retry::describe`).
+pub(crate) use bems_core::retry::describe;

@@ -168,7 +168,7 @@ impl TimestreamQueries {
             let page = self.client.query().query_string(query).set_next_token(token).send().await.map_err(|e| {
                 QueryError::Engine {
                     engine: ENGINE,
-                    message: describe(&e),
+                    message: bems_core::retry::describe(&e),
                     transient: bems_core::retry::is_transient(&e),
                     source: Box::new(e),
                 }
@@ -282,19 +282,6 @@ impl TimestreamQueries {
     /// The visible-count query.
     pub fn visible_query(&self, window: Window) -> String {
         format!("SELECT count(*) AS changes FROM {} WHERE {}", self.table, TimestreamQueries::base(window))
-    }
-}
-
-/// An SDK error in one line: the service's code and message, or the
-/// transport failure.
-fn describe<E>(e: &E) -> String
-where
-    E: aws_sdk_timestreamquery::error::ProvideErrorMetadata + std::error::Error + 'static,
-{
-    match (e.code(), e.message()) {
-        (Some(code), Some(message)) => format!("{code}: {message}"),
-        (Some(code), None) => code.to_owned(),
-        _ => aws_sdk_timestreamquery::error::DisplayErrorContext(e).to_string(),
     }
 }
 
