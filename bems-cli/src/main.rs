@@ -199,10 +199,13 @@ enum Command {
 
 #[derive(Subcommand)]
 enum StoreCommand {
-    /// Apply the committed migrations the cell's schema lacks (in one transaction, under an advisory lock).
+    /// Apply the committed migrations the cell's schema lacks (in one transaction, under an advisory lock), then make the writer and reader roles and grant them their privileges.
     Migrate {
         #[command(flatten)]
         store: PostgresArgs,
+        /// Leave the roles alone (the connecting user lacks CREATEROLE, or an administrator manages roles).
+        #[arg(long)]
+        no_roles: bool,
     },
     /// Create the monthly partitions from this month on, moving any of their rows out of the default partition.
     Partitions {
@@ -511,7 +514,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Store { command } => match command {
-            StoreCommand::Migrate { store } => {
+            StoreCommand::Migrate { store, no_roles } => {
                 let (pg, mut client) = store.connect().await?;
                 let done = bems_store::postgres::migrate::migrate(&mut client, pg.schema()).await?;
                 println!(
@@ -521,6 +524,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     done.applied,
                     done.already
                 );
+                if !no_roles {
+                    bems_store::postgres::roles::grant(&mut client, pg.schema()).await?;
+                    println!(
+                        "roles: {} (insert and update the status tables), {} (select only)",
+                        bems_core::contract::DB_WRITER,
+                        bems_core::contract::DB_READER
+                    );
+                }
             }
             StoreCommand::Partitions { store, ahead } => {
                 let (pg, mut client) = store.connect().await?;

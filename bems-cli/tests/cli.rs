@@ -377,7 +377,8 @@ async fn store_commands_migrate_read_check_and_export_the_postgres_store() {
     };
     let out = run(&["store", "migrate"]);
     assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("applied [1]"), "{}", String::from_utf8_lossy(&out.stdout));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("applied [1]") && stdout.contains("roles: bems_writer"), "{stdout}");
     let out = run(&["store", "partitions", "--ahead", "1"]);
     assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
 

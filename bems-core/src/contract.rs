@@ -152,9 +152,22 @@ pub mod env {
     /// (`postgres://user:password@host:port/database`, or the key=value
     /// form); the schema is the cell's ([`crate::routing::CellSpec::postgres_schema`]).
     pub const POSTGRES_URL: &str = "BEMS_POSTGRES_URL";
+    /// How the PostgreSQL writer logs in: `password` (the connection
+    /// string's, the default) or `iam` (an RDS IAM token per connection,
+    /// signed with the function's role; the string then needs
+    /// `sslmode=verify-full`).
+    pub const POSTGRES_AUTH: &str = "BEMS_POSTGRES_AUTH";
     /// The Region, set by Lambda itself.
     pub const REGION: &str = "AWS_REGION";
 }
+
+/// The PostgreSQL store's login of the status writer: it may insert and
+/// update the status tables, nothing else (`bems_store::postgres::roles`);
+/// the cell template grants the writer's function `rds-db:connect` as it.
+pub const DB_WRITER: &str = "bems_writer";
+/// The PostgreSQL store's login of the readers (CLI, monitor, BI tools):
+/// `SELECT` only.
+pub const DB_READER: &str = "bems_reader";
 
 /// A function of the cell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

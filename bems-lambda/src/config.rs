@@ -242,6 +242,20 @@ pub struct PostgresConfig {
     /// The store: the server from `BEMS_POSTGRES_URL` (its password never
     /// printed) and the cell's schema.
     pub postgres: bems_store::postgres::Postgres,
+    /// How it logs in (`BEMS_POSTGRES_AUTH`).
+    pub auth: PostgresAuth,
+}
+
+/// How the PostgreSQL writer logs in.
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PostgresAuth {
+    /// The connection string's password.
+    Password,
+    /// An RDS IAM token per connection, signed with the function's role
+    /// (`bems_store::postgres::iam`).
+    Iam,
 }
 
 #[cfg(feature = "postgres")]
@@ -260,7 +274,20 @@ impl PostgresConfig {
         let schema = bems_store::postgres::Schema::of_cell(&writer.cell_id);
         let postgres = bems_store::postgres::Postgres::new(&url, schema)
             .map_err(|e| ConfigError::new(env::POSTGRES_URL, e.to_string()))?;
-        Ok(PostgresConfig { writer, postgres })
+        let auth = match vars.optional(env::POSTGRES_AUTH).as_deref() {
+            None | Some("password") => PostgresAuth::Password,
+            Some("iam") => PostgresAuth::Iam,
+            Some(other) => {
+                return Err(ConfigError::new(env::POSTGRES_AUTH, format!("is {other:?}, not password or iam")));
+            }
+        };
+        if auth == PostgresAuth::Iam && !postgres.requires_tls() {
+            return Err(ConfigError::new(
+                env::POSTGRES_URL,
+                "must set sslmode=verify-full (and sslrootcert) with BEMS_POSTGRES_AUTH=iam: a token is sent only over TLS",
+            ));
+        }
+        Ok(PostgresConfig { writer, postgres, auth })
     }
 }
 
@@ -391,6 +418,15 @@ mod tests {
         assert_eq!((config.writer.max_receive_count, config.writer.partitions.get()), (5, 16));
         assert_eq!(config.postgres.schema().as_str(), "bems_prod_eu_1");
         assert!(!format!("{config:?}").contains("secret"), "the password stays out of logs");
+        assert_eq!(config.auth, PostgresAuth::Password);
+        vars.insert(env::POSTGRES_AUTH, "kerberos");
+        assert_eq!(PostgresConfig::from_lookup(lookup(&vars)).expect_err("auth").variable(), env::POSTGRES_AUTH);
+        vars.insert(env::POSTGRES_AUTH, "iam");
+        let error = PostgresConfig::from_lookup(lookup(&vars)).expect_err("iam without tls");
+        assert_eq!(error.variable(), env::POSTGRES_URL);
+        assert!(error.to_string().contains("sslmode=verify-full"), "{error}");
+        vars.insert(env::POSTGRES_URL, "postgres://bems_writer@db.internal:5432/bems?sslmode=verify-full");
+        assert_eq!(PostgresConfig::from_lookup(lookup(&vars)).expect("iam").auth, PostgresAuth::Iam);
         vars.insert(env::MAX_RECEIVE_COUNT, "0");
         assert_eq!(PostgresConfig::from_lookup(lookup(&vars)).expect_err("zero").variable(), env::MAX_RECEIVE_COUNT);
     }

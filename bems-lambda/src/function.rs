@@ -238,7 +238,17 @@ pub async fn run_postgres_writer() -> Result<(), lambda_runtime::Error> {
     let config = crate::config::PostgresConfig::from_env()?;
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     crate::telemetry::init_logs();
-    let store = bems_store::postgres::write::Writer::new(config.postgres);
+    let postgres = match config.auth {
+        crate::config::PostgresAuth::Password => config.postgres,
+        crate::config::PostgresAuth::Iam => {
+            let (Some(credentials), Some(region)) = (sdk.credentials_provider(), sdk.region()) else {
+                return Err("BEMS_POSTGRES_AUTH=iam needs AWS credentials and a Region (AWS_REGION)".into());
+            };
+            let tokens = bems_store::postgres::iam::RdsIamAuth::new(credentials, region.as_ref());
+            config.postgres.with_password_source(std::sync::Arc::new(tokens))?
+        }
+    };
+    let store = bems_store::postgres::write::Writer::new(postgres);
     if let Err(e) = store.connect().await {
         tracing::warn!(error = %e, "the store does not answer yet; the first batch will connect");
     }

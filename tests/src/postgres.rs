@@ -82,6 +82,7 @@ pub struct PrivateServer {
     port: u16,
     data: PathBuf,
     run: PathBuf,
+    tls: bool,
 }
 
 fn script() -> PathBuf {
@@ -96,12 +97,32 @@ fn free_port() -> u16 {
 impl PrivateServer {
     /// A new server, started.
     pub fn start() -> PrivateServer {
+        PrivateServer::started(false)
+    }
+
+    /// A new server that takes TLS connections only (`BEMS_PG_TLS=1`: a
+    /// CA of its own, a certificate for `localhost` only), started.
+    pub fn start_tls() -> PrivateServer {
+        PrivateServer::started(true)
+    }
+
+    fn started(tls: bool) -> PrivateServer {
         let port = free_port();
         let data = PathBuf::from(format!("/var/tmp/bems-postgres-test-{port}-{}", std::process::id()));
         let run = std::env::temp_dir().join(format!("bems-pg-run-{port}"));
-        let server = PrivateServer { port, data, run };
+        let server = PrivateServer { port, data, run, tls };
         server.script("up");
         server
+    }
+
+    /// Its port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The certificate of its CA (a TLS server's).
+    pub fn ca_file(&self) -> PathBuf {
+        self.data.join("ca.crt")
     }
 
     fn script(&self, command: &str) {
@@ -110,6 +131,7 @@ impl PrivateServer {
             .env("BEMS_PG_PORT", self.port.to_string())
             .env("BEMS_PG_DATA", &self.data)
             .env("BEMS_RUN", &self.run)
+            .env("BEMS_PG_TLS", if self.tls { "1" } else { "0" })
             .output()
             .expect("run scripts/postgres");
         assert!(
@@ -120,9 +142,18 @@ impl PrivateServer {
         );
     }
 
-    /// Its connection string.
+    /// Its connection string, as the owner `bems` (a TLS server's by the
+    /// name its certificate carries, verified against its CA).
     pub fn url(&self) -> String {
-        format!("postgres://bems:bems@127.0.0.1:{}/bems", self.port)
+        if self.tls {
+            format!(
+                "postgres://bems:bems@localhost:{}/bems?sslmode=verify-full&sslrootcert={}",
+                self.port,
+                self.ca_file().display()
+            )
+        } else {
+            format!("postgres://bems:bems@127.0.0.1:{}/bems", self.port)
+        }
     }
 
     /// Starts it again (after [`PrivateServer::crash`] or

@@ -9,11 +9,18 @@
 //!   `bems redrive` restores every row.
 //!
 //! After each, the rollups equal the rows.
+//!
+//! And how the writer reaches a store on AWS, against a server that takes
+//! TLS connections only (as RDS with `rds.force_ssl=1`): the certificate
+//! verified against the given CA and the server's name; an RDS IAM token
+//! (SigV4, signed locally) as each new connection's password, a broken
+//! connection opened again within the batch with a new token; the writer
+//! and reader roles allowed exactly their statements.
 
 use std::time::{Duration, Instant};
 
 use bems_core::{Stage, Status};
-use bems_e2e::postgres::{PrivateServer, cell_store, count, rollup_mismatches, wait_for_count};
+use bems_e2e::postgres::{PrivateServer, cell_store, count, postgres_url, rollup_mismatches, wait_for_count};
 use bems_e2e::{Cell, environment, event};
 use bems_lambda::postgres::PostgresSink;
 use bems_lambda::sqs::{EventSource, RunnerOptions, SqsDeadLetter};
@@ -173,4 +180,195 @@ async fn a_longer_outage_dead_letters_as_store_unavailable_and_redrive_restores_
     assert_whole(&cell, &pg, N).await;
     let _ = stop.send(true);
     let _ = writer.await;
+}
+
+/// A server of the machine's binaries is there to start (`scripts/test`
+/// started the shared one); otherwise the test skips.
+fn servers_here() -> bool {
+    postgres_url().is_some()
+}
+
+#[tokio::test]
+async fn tls_is_verified_against_the_given_ca_and_the_server_s_name_and_required() {
+    if !servers_here() {
+        return;
+    }
+    let server = PrivateServer::start_tls();
+    let schema = bems_store::postgres::Schema::new("tls_check").expect("schema");
+    let url = |host: &str, params: &str| format!("postgres://bems:bems@{host}:{}/bems?{params}", server.port());
+    let ca = format!("sslrootcert={}", server.ca_file().display());
+
+    let pg = Postgres::new(&url("localhost", &format!("sslmode=verify-full&{ca}")), schema.clone()).expect("url");
+    let client = pg.connect().await.expect("a verified TLS connection");
+    let row = client
+        .query_one("SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
+        .await
+        .expect("pg_stat_ssl");
+    let (ssl, version): (bool, String) = (row.get(0), row.get(1));
+    assert!(ssl, "the connection is encrypted");
+    eprintln!("TLS {version}");
+
+    // The platform's roots do not hold the server's CA.
+    let error = Postgres::new(&url("localhost", "sslmode=require"), schema.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect_err("a CA nobody gave");
+    assert!(error.message.contains("certificate"), "{error}");
+    // The certificate names localhost, not 127.0.0.1.
+    let error = Postgres::new(&url("127.0.0.1", &format!("sslmode=verify-full&{ca}")), schema.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect_err("another name");
+    assert!(error.message.contains("certificate"), "{error}");
+    // In the clear, the server refuses (pg_hba: hostnossl reject).
+    let error = Postgres::new(&url("localhost", "sslmode=disable"), schema.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect_err("in the clear");
+    assert_eq!(error.sqlstate.as_deref(), Some("28000"), "{error}");
+    // `prefer` is verified too: it never falls back to an unverified server.
+    let error =
+        Postgres::new(&url("localhost", ""), schema).expect("url").connect().await.expect_err("prefer, unknown CA");
+    assert!(error.message.contains("certificate"), "{error}");
+}
+
+/// The clock the IAM tokens are signed at: moved by the test.
+static TOKEN_TIME: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1_796_644_800);
+
+fn token_clock() -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + Duration::from_secs(TOKEN_TIME.load(std::sync::atomic::Ordering::SeqCst))
+}
+
+#[tokio::test]
+async fn the_writer_logs_in_with_a_new_iam_token_per_connection_and_may_only_write() {
+    use aws_credential_types::Credentials;
+    use aws_credential_types::provider::SharedCredentialsProvider;
+    use bems_core::contract::{DB_READER, DB_WRITER};
+    use bems_store::postgres::iam::{RdsIamAuth, auth_token};
+    use bems_store::postgres::{Schema, migrate, partitions, roles};
+    use std::sync::atomic::Ordering;
+
+    if !servers_here() {
+        return;
+    }
+    let server = PrivateServer::start_tls();
+    let owner = Postgres::new(&server.url(), Schema::new("bems_iam").expect("schema")).expect("url");
+    let mut admin = owner.connect().await.expect("owner");
+    migrate::migrate(&mut admin, owner.schema()).await.expect("migrate");
+    partitions::ensure(&mut admin, owner.schema(), chrono::Utc::now() - chrono::Duration::days(31), 2)
+        .await
+        .expect("partitions");
+    roles::grant(&mut admin, owner.schema()).await.expect("roles");
+    roles::grant(&mut admin, owner.schema()).await.expect("roles again: idempotent");
+
+    // The server cannot check a SigV4 signature; RDS does. Here the role's
+    // password is set to the token the writer must present, so a login
+    // proves the writer sent exactly that token, over verified TLS.
+    let credentials = Credentials::new("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", None, None, "test");
+    let token = |user: &str| {
+        auth_token("localhost", server.port(), user, "eu-west-1", &credentials, token_clock()).expect("token")
+    };
+    let set_password = |user: &str| format!("ALTER ROLE {user} PASSWORD '{}'", token(user));
+    admin.batch_execute(&set_password(DB_WRITER)).await.expect("writer's password");
+    let tokens =
+        RdsIamAuth::new(SharedCredentialsProvider::new(credentials.clone()), "eu-west-1").with_clock(token_clock);
+    let writer_url = format!(
+        "postgres://{DB_WRITER}@localhost:{}/bems?sslmode=verify-full&sslrootcert={}",
+        server.port(),
+        server.ca_file().display()
+    );
+    let as_writer = Postgres::new(&writer_url, owner.schema().clone())
+        .expect("url")
+        .with_password_source(std::sync::Arc::new(tokens.clone()))
+        .expect("TLS required");
+    // Without TLS required, no token is sent.
+    let plain = format!("postgres://{DB_WRITER}@localhost:{}/bems", server.port());
+    let refused =
+        Postgres::new(&plain, owner.schema().clone()).expect("url").with_password_source(std::sync::Arc::new(tokens));
+    assert!(refused.expect_err("prefer").to_string().contains("only over TLS"));
+
+    let at = chrono::Utc::now() - chrono::Duration::minutes(5);
+    let rows = |from: usize| -> Vec<bems_store::StatusRow> {
+        (from..from + 10)
+            .map(|i| {
+                let e = event(&format!("INV-IAM-{i:04}"), Stage::Ingestion, Status::Submitted, None, 0);
+                let mut e = e;
+                e.occurred_at = at;
+                bems_store::StatusRow::new(&e, at + chrono::Duration::seconds(1))
+            })
+            .collect()
+    };
+    let writer = bems_store::postgres::write::Writer::new(as_writer.clone());
+    let outcomes = writer.write(&rows(0)).await.expect("written with the first token");
+    assert!(outcomes.iter().all(|o| o.is_done()), "{outcomes:?}");
+
+    // A thaw after the token's 15 minutes: the connection is gone (cut
+    // here), the clock moved on, and only the new token logs in. The
+    // writer reconnects once within the batch, signing a new token.
+    // (A role may end its own sessions: a second writer connection cuts
+    // the first.)
+    let killer = as_writer.connect().await.expect("a second connection");
+    TOKEN_TIME.fetch_add(16 * 60, Ordering::SeqCst);
+    admin.batch_execute(&set_password(DB_WRITER)).await.expect("writer's next password");
+    let cut: i64 = killer
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = $1 AND pid <> pg_backend_pid()",
+            &[&DB_WRITER],
+        )
+        .await
+        .expect("terminate")
+        .get(0);
+    assert_eq!(cut, 1, "the writer's one connection");
+    drop(killer);
+    let outcomes = writer.write(&rows(10)).await.expect("written after reconnecting with a new token");
+    assert!(outcomes.iter().all(|o| o.is_done()), "{outcomes:?}");
+    let stored: i64 = admin
+        .query_one(&format!("SELECT count(*) FROM {}.status_changes", owner.schema()), &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(stored, 20);
+
+    // The writer may not delete, truncate or change the schema.
+    let client = as_writer.connect().await.expect("writer");
+    for sql in [
+        format!("DELETE FROM {}.status_changes", owner.schema()),
+        format!("TRUNCATE {}.status_change_versions", owner.schema()),
+        format!("UPDATE {}.status_change_versions SET producer = 'x'", owner.schema()),
+        format!("CREATE TABLE {}.x (a int)", owner.schema()),
+    ] {
+        let error = client.batch_execute(&sql).await.expect_err(&sql);
+        assert_eq!(error.code().map(|c| c.code()), Some("42501"), "{sql}: {error}");
+    }
+    // The reader may only select.
+    admin.batch_execute(&format!("ALTER ROLE {DB_READER} PASSWORD 'reader'")).await.expect("reader's password");
+    let reader_url = format!(
+        "postgres://{DB_READER}:reader@localhost:{}/bems?sslmode=verify-full&sslrootcert={}",
+        server.port(),
+        server.ca_file().display()
+    );
+    let reader = Postgres::new(&reader_url, owner.schema().clone()).expect("url").connect().await.expect("reader");
+    let n: i64 = reader
+        .query_one(&format!("SELECT count(*) FROM {}.invoices", owner.schema()), &[])
+        .await
+        .expect("select")
+        .get(0);
+    assert_eq!(n, 20);
+    let error = reader
+        .batch_execute(&format!("UPDATE {}.invoices SET producer = 'x'", owner.schema()))
+        .await
+        .expect_err("reader update");
+    assert_eq!(error.code().map(|c| c.code()), Some("42501"));
+    let superuser: bool = reader
+        .query_one(
+            "SELECT bool_or(rolsuper OR rolcreaterole OR rolcreatedb) FROM pg_roles WHERE rolname = ANY($1)",
+            &[&vec![DB_WRITER, DB_READER]],
+        )
+        .await
+        .expect("roles")
+        .get(0);
+    assert!(!superuser, "neither role is a superuser or may create roles or databases");
 }

@@ -1,28 +1,38 @@
 //! The store on PostgreSQL.
 //!
 //! - [`Postgres`]: where the store is (a connection string and the cell's
-//!   schema) and how to connect; every connection runs in UTC.
+//!   schema) and how to connect ([`connect`]: TLS, verified; a password
+//!   from the string or a [`connect::PasswordSource`] such as an RDS IAM
+//!   token, [`iam`]); every connection runs in UTC.
 //! - [`migrate`]: the committed migrations, applied by a command under an
 //!   advisory lock, never by a writer at start-up.
 //! - [`partitions`]: monthly partitions created ahead, and the rows that
 //!   landed in the default partition (an alarm).
 //! - [`mod@write`]: the writer, with Timestream's idempotency contract.
+//! - [`roles`]: the writer's and readers' database roles and grants.
 //! - [`PgQueries`]: the query layer ([`crate::query::Queries`]).
 //! - [`check`]: the rollups against the rows they summarise.
 //! - [`export`]: an auditor's export of a period, with its manifest.
 //!
 //! Errors are classified by SQLSTATE ([`ErrorClass`]), never by their text.
 
+use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
 
 pub mod check;
+pub mod connect;
 pub mod export;
+#[cfg(feature = "rds-iam")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rds-iam")))]
+pub mod iam;
 pub mod migrate;
 pub mod partitions;
 mod queries;
+pub mod roles;
 pub mod write;
 
 pub use queries::PgQueries;
@@ -83,34 +93,90 @@ pub enum ConfigError {
     /// The schema name is not a plain lowercase identifier.
     #[error("{0:?} is not a schema name (lowercase letters, digits and _, at most 63 bytes)")]
     Schema(String),
+    /// `sslmode` or `sslrootcert` cannot work.
+    #[error("the PostgreSQL connection string's TLS settings: {0}")]
+    Tls(String),
+    /// A password fetched per connection (an IAM token) over a connection
+    /// that may not be encrypted.
+    #[error(
+        "a password from {0} is sent only over TLS: set sslmode=verify-full (and sslrootcert) in the connection string"
+    )]
+    PasswordWithoutTls(String),
+    /// The connection string names no host to connect to over TCP.
+    #[error("the PostgreSQL connection string names no TCP host")]
+    NoHost,
 }
 
-/// Where the store is: a server and the cell's schema in it.
+/// Where the store is: a server and the cell's schema in it, and how to
+/// connect to it.
 #[derive(Clone)]
 pub struct Postgres {
     config: tokio_postgres::Config,
     schema: Schema,
+    tls: connect::TlsParams,
+    /// `None` for `sslmode=disable`.
+    connector: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    password: Option<Arc<dyn connect::PasswordSource>>,
 }
 
 impl fmt::Debug for Postgres {
     // The configuration holds the password.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Postgres").field("server", &self.describe()).field("schema", &self.schema).finish()
+        f.debug_struct("Postgres")
+            .field("server", &self.describe())
+            .field("schema", &self.schema)
+            .field("tls", &self.tls)
+            .field("password", &self.password)
+            .finish()
     }
 }
 
 impl Postgres {
     /// The store in `schema` of the server at `url`
-    /// (`postgres://user:password@host:port/database` or the key=value form).
+    /// (`postgres://user:password@host:port/database?sslmode=verify-full&sslrootcert=ca.pem`
+    /// or the key=value form; TLS as [`connect`] says). A CA file that
+    /// cannot be read is refused here, not at the first connection.
     pub fn new(url: &str, schema: Schema) -> Result<Postgres, ConfigError> {
+        let (url, tls) = connect::take_tls_params(url)?;
         let mut config: tokio_postgres::Config = url.parse().map_err(ConfigError::Url)?;
+        config.ssl_mode(connect::driver_mode(&tls));
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
         if config.get_application_name().is_none() {
             config.application_name("bems");
         }
-        Ok(Postgres { config, schema })
+        let connector = connect::connector(&tls)?;
+        Ok(Postgres { config, schema, tls, connector, password: None })
+    }
+
+    /// Each new connection's password from `source` (an RDS IAM token:
+    /// [`iam::RdsIamAuth`]) instead of the connection string; refused
+    /// unless the connection string requires TLS.
+    pub fn with_password_source(mut self, source: Arc<dyn connect::PasswordSource>) -> Result<Postgres, ConfigError> {
+        if self.tls.mode != connect::SslMode::Require {
+            return Err(ConfigError::PasswordWithoutTls(format!("{source:?}")));
+        }
+        if self.tcp_host().is_none() {
+            return Err(ConfigError::NoHost);
+        }
+        self.password = Some(source);
+        Ok(self)
+    }
+
+    /// Whether connections are made over TLS only (`sslmode=require` or
+    /// stronger).
+    pub fn requires_tls(&self) -> bool {
+        self.tls.mode == connect::SslMode::Require
+    }
+
+    fn tcp_host(&self) -> Option<(&str, u16)> {
+        match self.config.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => {
+                Some((h.as_str(), self.config.get_ports().first().copied().unwrap_or(5432)))
+            }
+            _ => None,
+        }
     }
 
     /// The cell's schema.
@@ -143,23 +209,51 @@ impl Postgres {
             .get_password()
             .map(|p| format!("PGPASSWORD={} ", String::from_utf8_lossy(p)))
             .unwrap_or_default();
+        let tls = match (&self.tls.mode, &self.tls.root_cert) {
+            (connect::SslMode::Require, Some(ca)) => format!("PGSSLMODE=verify-full PGSSLROOTCERT={} ", ca.display()),
+            (connect::SslMode::Require, None) => "PGSSLMODE=verify-full PGSSLROOTCERT=system ".to_owned(),
+            (connect::SslMode::Disable, _) => "PGSSLMODE=disable ".to_owned(),
+            (connect::SslMode::Prefer, _) => String::new(),
+        };
         format!(
-            "{password}PGOPTIONS='-c search_path={}' psql -h {host} -p {port} -U {user} -d {}",
+            "{password}{tls}PGOPTIONS='-c search_path={}' psql -h {host} -p {port} -U {user} -d {}",
             self.schema,
             self.config.get_dbname().unwrap_or("postgres"),
         )
     }
 
-    /// A new connection, its driver task spawned on the current Tokio
-    /// runtime, in UTC, without JIT.
+    /// A new connection (TLS as configured, a fresh password from the
+    /// [`connect::PasswordSource`] if there is one), its driver task
+    /// spawned on the current Tokio runtime, in UTC, without JIT.
     pub async fn connect(&self) -> Result<tokio_postgres::Client, StoreError> {
-        let (client, connection) =
-            self.config.connect(tokio_postgres::NoTls).await.map_err(|e| StoreError::new("connect", e))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "postgres connection ended");
+        let mut config = Cow::Borrowed(&self.config);
+        if let (Some(source), Some((host, port))) = (&self.password, self.tcp_host()) {
+            let user = self.config.get_user().unwrap_or("postgres");
+            let password = source.password(host, port, user).await.map_err(StoreError::password)?;
+            config.to_mut().password(password);
+        }
+        let client = match &self.connector {
+            Some(tls) => {
+                let (client, connection) =
+                    config.connect(tls.clone()).await.map_err(|e| StoreError::new("connect", e))?;
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, "postgres connection ended");
+                    }
+                });
+                client
             }
-        });
+            None => {
+                let (client, connection) =
+                    config.connect(tokio_postgres::NoTls).await.map_err(|e| StoreError::new("connect", e))?;
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(error = %e, "postgres connection ended");
+                    }
+                });
+                client
+            }
+        };
         // UTC, so that minutes and weeks are the same for every client;
         // no JIT, whose compilation costs the panels' small queries more
         // than it saves (PostgreSQL's cost estimates for a partitioned
@@ -227,9 +321,9 @@ pub struct StoreError {
     pub sqlstate: Option<String>,
     /// The server's message (and detail), or the connection failure.
     pub message: String,
-    /// The driver's error.
+    /// The driver's error, or the password source's.
     #[source]
-    pub source: tokio_postgres::Error,
+    pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
 impl StoreError {
@@ -246,7 +340,13 @@ impl StoreError {
             }
             None => (None, chain(&e)),
         };
-        StoreError { step, class: classify(&e), sqlstate, message, source: e }
+        StoreError { step, class: classify(&e), sqlstate, message, source: Box::new(e) }
+    }
+
+    /// The password source failed (credentials not loaded): the server
+    /// was not contacted; try again later.
+    pub fn password(e: connect::BoxError) -> StoreError {
+        StoreError { step: "password", class: ErrorClass::Unavailable, sqlstate: None, message: chain(&*e), source: e }
     }
 }
 
