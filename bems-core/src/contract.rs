@@ -193,12 +193,12 @@ impl Function {
 
     /// Its `Function` metrics dimension, and the end of its Lambda
     /// function's name: `ingestion-processor`, `route-forwarder`,
-    /// `timestream-writer`.
+    /// `status-writer` (either store's writer).
     pub fn metrics_name(self) -> String {
         match self {
             Function::Processor(stage) => format!("{stage}-processor"),
             Function::RouteForwarder => "route-forwarder".to_owned(),
-            Function::StatusWriter => "timestream-writer".to_owned(),
+            Function::StatusWriter => "status-writer".to_owned(),
         }
     }
 
@@ -206,10 +206,16 @@ impl Function {
     pub fn binary(self) -> String {
         match self {
             Function::Processor(stage) => format!("invoice-{stage}-processor"),
-            other => other.metrics_name(),
+            Function::RouteForwarder => "route-forwarder".to_owned(),
+            Function::StatusWriter => POSTGRES_WRITER_BINARY.to_owned(),
         }
     }
 }
+
+/// The status writer's binary for the PostgreSQL store (the default).
+pub const POSTGRES_WRITER_BINARY: &str = "postgres-writer";
+/// The status writer's binary for Timestream for LiveAnalytics.
+pub const TIMESTREAM_WRITER_BINARY: &str = "timestream-writer";
 
 /// The bus of the cell `cell`: `bems-<cell>`.
 pub fn bus_name(cell: &CellId) -> String {
@@ -366,7 +372,8 @@ mod tests {
         .unwrap();
         assert_eq!(spec.function_name(Function::Processor(Stage::Posting)), "bems-c1-posting-processor");
         assert_eq!(Function::Processor(Stage::Posting).binary(), "invoice-posting-processor");
-        assert_eq!(spec.function_name(Function::StatusWriter), "bems-c1-timestream-writer");
+        assert_eq!(spec.function_name(Function::StatusWriter), "bems-c1-status-writer");
+        assert_eq!(Function::StatusWriter.binary(), POSTGRES_WRITER_BINARY);
         assert_eq!(spec.bus_dlq_name(), "bems-c1-bus-dlq");
         assert_eq!(spec.queue_arn(&spec.status_queue_name()), "arn:aws:sqs:eu-west-1:123456789012:bems-c1-status.fifo");
         assert_eq!(bus_name(spec.cell_id()), spec.bus_name());

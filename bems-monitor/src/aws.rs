@@ -370,13 +370,13 @@ mod tests {
         series
             .insert(id("ingestion-processor", "Processed", None), vec![(1_795_700_040, 90.0), (1_795_700_100, 100.0)]);
         series.insert(id("ingestion-processor", "Failed", Some("transient")), vec![(1_795_700_040, 10.0)]);
-        series.insert(id("timestream-writer", "Processed", None), vec![(1_795_700_040, 300.0)]);
+        series.insert(id("status-writer", "Processed", None), vec![(1_795_700_040, 300.0)]);
         let mut panels = Panels::default();
         apply_counts(&mut panels, &counted, &series);
         assert_eq!(panels.stage_errors["ingestion"], (200, 10));
         assert_eq!(panels.error_series[&1_795_700_040]["ingestion"], (100, 10));
         assert_eq!(panels.failures["Processed"], 490);
         assert_eq!(panels.failures["Failed transient"], 10);
-        assert!(!panels.stage_errors.contains_key("timestream-writer"));
+        assert!(!panels.stage_errors.contains_key("status-writer"));
     }
 }

@@ -99,7 +99,7 @@ pub(super) fn monitoring(
         // passes the SLA within minutes of the first event and would hold
         // the composite alarm in ALARM, so that no other critical alarm
         // pages again. It pages only with a store; the warnings stay.
-        let paging_condition = (queue == "StatusQueue").then_some("WithTimestream");
+        let paging_condition = (queue == "StatusQueue").then_some("WithStore");
         let id = format!("{p}DlqNotEmptyAlarm");
         resources.insert(
             id.clone(),
@@ -204,7 +204,7 @@ pub(super) fn monitoring(
             "Type": "AWS::CloudWatch::Alarm",
             "Properties": {
                 "AlarmName": format!("bems-{cell}-visibility-p99-over-sla"),
-                "AlarmDescription": "p99 of event time to stored in Timestream (the writer's VisibilityLatency) is above the SLA.",
+                "AlarmDescription": "p99 of event time to stored (the status writer's VisibilityLatency) is above the SLA.",
                 "Metrics": [
                     {
                         "Id": "latency",
@@ -249,7 +249,7 @@ pub(super) fn monitoring(
             "Properties": {
                 "AlarmName": critical_alarm_name(spec),
                 "AlarmDescription": "Any critical alarm of the cell: one page, however many parts broke.",
-                "AlarmRule": { "Fn::If": ["WithTimestream", sub(&rule(&with_store)), sub(&rule(&without_store))] },
+                "AlarmRule": { "Fn::If": ["WithStore", sub(&rule(&with_store)), sub(&rule(&without_store))] },
                 "AlarmActions": [reference("AlertsCritical")],
             },
         }),
@@ -434,7 +434,13 @@ fn service_alarms(spec: &CellSpec, resources: &mut BTreeMap<String, Value>) -> V
     // concurrency quota reached: the queues wait).
     for function in Function::ALL {
         let (logical, name) = (function_logical_id(function), spec.function_name(function));
-        let condition = (function == Function::StatusWriter).then_some("WithTimestream");
+        let condition = (function == Function::StatusWriter).then_some("WithStore");
+        // The status writer is one of two functions, by store.
+        let function_ref = if function == Function::StatusWriter {
+            json!({ "Fn::If": ["WithPostgres", reference("PostgresWriter"), reference("TimestreamWriter")] })
+        } else {
+            reference(&logical)
+        };
         for (metric, what) in [("Errors", "invocations failed as a whole"), ("Throttles", "invocations were throttled")]
         {
             let metrics = json!([{
@@ -443,7 +449,7 @@ fn service_alarms(spec: &CellSpec, resources: &mut BTreeMap<String, Value>) -> V
                     "Metric": {
                         "Namespace": "AWS/Lambda",
                         "MetricName": metric,
-                        "Dimensions": [{ "Name": "FunctionName", "Value": reference(&logical) }],
+                        "Dimensions": [{ "Name": "FunctionName", "Value": function_ref.clone() }],
                     },
                     "Period": 60,
                     "Stat": "Sum",

@@ -7,12 +7,24 @@ use serde_json::Value;
 use super::*;
 
 /// The resource types of `cell.json` the emulator cell leaves out:
-/// LocalStack cannot run them (functions: no Docker; Timestream, WAF, the
-/// archive: no provider), or they only serve what it cannot run (alarms,
-/// dashboard, logs, the nested stacks whose rules it takes inline, the
-/// account's API Gateway logging role).
+/// LocalStack cannot run them (functions: no Docker; Timestream, RDS, WAF,
+/// the archive: no provider), or they only serve what it cannot run
+/// (alarms, dashboard, logs, the database's network and the writer's CA
+/// layer, the nested stacks whose rules it takes inline, the account's API
+/// Gateway logging role). The local cell's store is a PostgreSQL server of
+/// its own (`scripts/postgres`).
 pub const AWS_ONLY_TYPES: &[&str] = &[
     "AWS::Serverless::Function",
+    "AWS::Serverless::LayerVersion",
+    "AWS::RDS::DBCluster",
+    "AWS::RDS::DBInstance",
+    "AWS::RDS::DBSubnetGroup",
+    "AWS::RDS::DBClusterParameterGroup",
+    "AWS::EC2::VPC",
+    "AWS::EC2::Subnet",
+    "AWS::EC2::VPCEndpoint",
+    "AWS::EC2::SecurityGroup",
+    "AWS::EC2::SecurityGroupIngress",
     "AWS::Logs::LogGroup",
     "AWS::Timestream::Database",
     "AWS::Timestream::Table",
@@ -41,6 +53,9 @@ pub fn emulator_template(spec: &CellSpec, defaults: &TemplateDefaults) -> Value 
     let mut template = main_stack(spec, defaults);
     let Some(root) = template.as_object_mut() else { return template };
     root.remove("Transform");
+    // Its parameters are given by `bems provision` (Store=none), which
+    // leaves every store resource out anyway.
+    root.remove("Rules");
     if let Some(Value::Object(resources)) = root.get_mut("Resources") {
         let dropped = AWS_ONLY_TYPES;
         let function_role = |r: &Value| {
@@ -92,7 +107,7 @@ pub fn emulator_template(spec: &CellSpec, defaults: &TemplateDefaults) -> Value 
         }
     }
     if let Some(Value::Object(outputs)) = root.get_mut("Outputs") {
-        outputs.retain(|id, _| !id.starts_with("Alerts") && id != "TimestreamDatabase");
+        outputs.retain(|id, o| !id.starts_with("Alerts") && o.get("Condition").is_none());
     }
     template
 }

@@ -38,12 +38,17 @@ struct Lambda<'a> {
     env: Value,
     /// The template condition it exists under, if any.
     condition: Option<&'a str>,
+    /// Its `VpcConfig` and layers (the PostgreSQL writer's), if any.
+    vpc: Option<Value>,
+    layers: Vec<Value>,
 }
 
-/// The six functions (`AWS::Serverless::Function`, arm64, built by
+/// The functions (`AWS::Serverless::Function`, arm64, built by
 /// cargo-lambda from `bems-lambda`): the four processors (their stage
-/// queue), the route forwarder (the four route queues) and the Timestream
-/// writer (the status queue, only with `Store=timestream`).
+/// queue), the route forwarder (the four route queues) and the status
+/// writer (the status queue): the PostgreSQL writer in the database's VPC
+/// with `Store=aurora` or `existing`, the Timestream writer with
+/// `Store=timestream`, none with `Store=none`.
 ///
 /// Each has its own role (`AWS::IAM::Role`) naming exactly the resources it
 /// touches: given `Role`, SAM creates no role of its own, so none of the
@@ -92,6 +97,8 @@ pub(super) fn functions(spec: &CellSpec, defaults: &TemplateDefaults, resources:
                 (env::IDEMPOTENCY_TABLE): reference("IdempotencyTable"),
             }),
             condition: None,
+            vpc: None,
+            layers: Vec::new(),
         });
     }
     // The forwarder reads the route queues and publishes to the topics;
@@ -111,11 +118,34 @@ pub(super) fn functions(spec: &CellSpec, defaults: &TemplateDefaults, resources:
             (env::ACCOUNT_ID): reference("AWS::AccountId"),
         }),
         condition: None,
+        vpc: None,
+        layers: Vec::new(),
+    });
+    // The status writer: one function per store kind, the same name (at
+    // most one exists).
+    all.push(Lambda {
+        logical: "PostgresWriter".to_owned(),
+        name: spec.function_name(Function::StatusWriter),
+        binary: bems_core::contract::POSTGRES_WRITER_BINARY.to_owned(),
+        sources: vec!["StatusQueue".to_owned()],
+        concurrency: "WriterMaximumConcurrency",
+        statements: [vec![sqs_send("StatusDlq")], crate::database::writer_statements()].concat(),
+        env: json!({
+            (env::CELL_ID): cell,
+            (env::PARTITIONS): partitions,
+            (env::DLQ_URL): reference("StatusDlq"),
+            (env::MAX_RECEIVE_COUNT): reference("MaxReceiveCount"),
+            (env::POSTGRES_URL): crate::database::writer_url(),
+            (env::POSTGRES_AUTH): "iam",
+        }),
+        condition: Some("WithPostgres"),
+        vpc: Some(crate::database::writer_vpc()),
+        layers: vec![reference("DatabaseCaLayer")],
     });
     all.push(Lambda {
-        logical: function_logical_id(Function::StatusWriter),
+        logical: "TimestreamWriter".to_owned(),
         name: spec.function_name(Function::StatusWriter),
-        binary: Function::StatusWriter.binary(),
+        binary: bems_core::contract::TIMESTREAM_WRITER_BINARY.to_owned(),
         sources: vec!["StatusQueue".to_owned()],
         concurrency: "WriterMaximumConcurrency",
         statements: vec![
@@ -132,6 +162,8 @@ pub(super) fn functions(spec: &CellSpec, defaults: &TemplateDefaults, resources:
             (env::TIMESTREAM_TABLE): bems_core::contract::TIMESTREAM_TABLE,
         }),
         condition: Some("WithTimestream"),
+        vpc: None,
+        layers: Vec::new(),
     });
     for function in all {
         insert(function, defaults, resources);
@@ -207,17 +239,20 @@ fn insert(f: Lambda<'_>, defaults: &TemplateDefaults, resources: &mut BTreeMap<S
             }],
         },
     });
+    let mut skips = vec![
+        json!({ "id": "CKV_AWS_115", "comment": "Bounded by each event source's MaximumConcurrency instead: reserved concurrency fails on new accounts, whose concurrency quota is reduced." }),
+        json!({ "id": "CKV_AWS_116", "comment": "Invoked by an SQS event source: failures go back to the queue and its DLQ; a Lambda DLQ applies to asynchronous invocations only." }),
+    ];
+    if f.vpc.is_none() {
+        skips.push(json!({ "id": "CKV_AWS_117", "comment": "Calls only AWS public endpoints (SQS, SNS, EventBridge, Timestream, DynamoDB) with IAM, nothing in a VPC; a VPC would add endpoint or NAT cost and cold-start time for nothing. (The PostgreSQL writer, which reaches a database, runs in its VPC.)" }));
+    }
     let mut function = json!({
         "Type": "AWS::Serverless::Function",
         "DependsOn": [logs],
         "Metadata": {
             "BuildMethod": "rust-cargolambda",
             "BuildProperties": { "Binary": f.binary },
-            "checkov": { "skip": [
-                { "id": "CKV_AWS_115", "comment": "Bounded by each event source's MaximumConcurrency instead: reserved concurrency fails on new accounts, whose concurrency quota is reduced." },
-                { "id": "CKV_AWS_116", "comment": "Invoked by an SQS event source: failures go back to the queue and its DLQ; a Lambda DLQ applies to asynchronous invocations only." },
-                { "id": "CKV_AWS_117", "comment": "Calls only AWS public endpoints (SQS, EventBridge, Timestream, DynamoDB) with IAM; a VPC would add NAT cost and cold-start time for nothing." },
-            ] },
+            "checkov": { "skip": skips },
         },
         "Properties": {
             "FunctionName": f.name,
@@ -234,6 +269,12 @@ fn insert(f: Lambda<'_>, defaults: &TemplateDefaults, resources: &mut BTreeMap<S
             "Events": events,
         },
     });
+    if let Some(vpc) = f.vpc {
+        function["Properties"]["VpcConfig"] = vpc;
+    }
+    if !f.layers.is_empty() {
+        function["Properties"]["Layers"] = json!(f.layers);
+    }
     if let Some(condition) = f.condition {
         for resource in [&mut log_group, &mut role_resource, &mut function] {
             resource["Condition"] = json!(condition);

@@ -75,6 +75,7 @@ use serde_json::{Value, json};
 mod alarms;
 pub mod api;
 mod dashboard;
+pub mod database;
 mod emulator;
 mod functions;
 mod ingress;
@@ -203,13 +204,15 @@ fn capitalized(text: &str) -> String {
 }
 
 /// A function's logical id: `IngestionProcessor`, `RouteForwarder`,
-/// `TimestreamWriter`; its role is `<id>Role`, its log group `<id>Logs`.
+/// `StatusWriter`; a function's role is `<id>Role`, its log group `<id>Logs`.
 fn function_logical_id(function: bems_core::contract::Function) -> String {
     use bems_core::contract::Function;
     match function {
         Function::Processor(stage) => format!("{}Processor", pascal(stage)),
         Function::RouteForwarder => "RouteForwarder".to_owned(),
-        Function::StatusWriter => "TimestreamWriter".to_owned(),
+        // Either store's writer, in the alarms' ids (the functions
+        // themselves are `PostgresWriter` and `TimestreamWriter`).
+        Function::StatusWriter => "StatusWriter".to_owned(),
     }
 }
 
@@ -358,7 +361,7 @@ fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
     // Without a store, the status changes wait for a consumer of the user's
     // own: as long as SQS keeps anything, not its default four days.
     status_queue["Properties"]["MessageRetentionPeriod"] =
-        json!({ "Fn::If": ["WithTimestream", { "Ref": "AWS::NoValue" }, 1_209_600] });
+        json!({ "Fn::If": ["WithStore", { "Ref": "AWS::NoValue" }, 1_209_600] });
     resources.insert("StatusQueue".into(), status_queue);
     let topics: Vec<Value> = Stage::ALL.iter().map(|s| reference(&format!("{}Topic", pascal(*s)))).collect();
     resources.insert("StatusQueuePolicy".into(), queue_policy("StatusQueue", &topics));
@@ -479,6 +482,7 @@ fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
     monitoring(spec, &mut resources, &mut outputs);
     resources.insert("Dashboard".into(), dashboard(spec));
     timestream(spec, &mut resources, &mut outputs);
+    database::database(spec, defaults, &mut resources, &mut outputs);
     outputs.insert("BusName".into(), json!({ "Value": reference("Bus") }));
     outputs.insert("BusArn".into(), json!({ "Value": get_att("Bus", "Arn") }));
     outputs.insert("BusDlqUrl".into(), json!({ "Value": reference("BusDlq") }));
@@ -487,7 +491,7 @@ fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
     outputs.insert("UnroutedQueueUrl".into(), json!({ "Value": reference("UnroutedQueue") }));
     outputs.insert("SmokeQueueUrl".into(), json!({ "Value": reference("SmokeQueue") }));
 
-    json!({
+    let mut template = json!({
         "AWSTemplateFormatVersion": "2010-09-09",
         "Transform": "AWS::Serverless-2016-10-31",
         "Description": format!(
@@ -498,8 +502,12 @@ fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
             "Bems": { "cellId": cell, "partitions": spec.partitions().get() },
             // The nested stacks' TemplateURLs are local file names, which
             // `sam deploy` (or `aws cloudformation package`) uploads and
-            // rewrites: exactly what W3002 warns about.
-            "cfn-lint": { "config": { "ignore_checks": ["W3002"] } },
+            // rewrites: exactly what W3002 warns about. W1030: VpcId,
+            // SubnetIds and DatabaseSecurityGroupId default to empty and
+            // are used only under the conditions whose Rules require them
+            // (cfn-lint checks the empty defaults against the id patterns;
+            // the warning cannot be suppressed on a SAM function alone).
+            "cfn-lint": { "config": { "ignore_checks": ["W3002", "W1030"] } },
         },
         "Parameters": {
             "MaxReceiveCount": {
@@ -605,8 +613,8 @@ fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
             },
             "Store": {
                 "Type": "String",
-                "AllowedValues": ["timestream", "none"],
-                "Description": "Where status changes are stored. timestream: Timestream for LiveAnalytics, only for accounts that already use it (closed to new customers since 2025-06-20). none: no store and no status writer; the status-change queue still receives every status change and keeps it 14 days for a consumer of your own (its age and depth alarms warn; they page only with a store).",
+                "AllowedValues": ["aurora", "existing", "timestream", "none"],
+                "Description": "Where status changes are stored. aurora: an Aurora PostgreSQL Serverless v2 cluster of the cell's (DatabaseNetwork, Aurora* parameters). existing: your RDS or Aurora PostgreSQL (Database* parameters, VpcId, SubnetIds). timestream: Timestream for LiveAnalytics, only for accounts that already use it (closed to new customers since 2025-06-20). none: no store and no status writer; the status-change queue keeps every status change 14 days for a consumer of your own (its age and depth alarms warn; they page only with a store).",
             },
             "MemoryRetentionHours": {
                 "Type": "Number",
@@ -625,11 +633,18 @@ fn main_stack(spec: &CellSpec, defaults: &TemplateDefaults) -> Value {
         },
         "Conditions": {
             "HasAlertEmail": { "Fn::Not": [{ "Fn::Equals": [reference("AlertEmail"), ""] }] },
-            "WithTimestream": { "Fn::Equals": [reference("Store"), "timestream"] },
             "WithApiGatewayAccount": { "Fn::Equals": [reference("ConfigureApiGatewayAccount"), "true"] },
             "WithIdempotencyTable": { "Fn::Not": [{ "Fn::Equals": [reference("IdempotencyTable"), ""] }] },
         },
+        "Rules": database::rules(),
         "Resources": resources,
         "Outputs": outputs,
-    })
+    });
+    // The store's parameters and conditions beside the rest.
+    for (section, more) in [("Parameters", database::parameters()), ("Conditions", database::conditions())] {
+        if let (Some(into), Value::Object(more)) = (template[section].as_object_mut(), more) {
+            into.extend(more);
+        }
+    }
+    template
 }

@@ -77,42 +77,72 @@ fn required(template: &Value, name: &str) -> Value {
 fn the_store_is_chosen_explicitly_and_none_runs_no_writer() {
     let template = cell();
     let allowed = required(&template, "Store");
-    assert_eq!(allowed, serde_json::json!(["timestream", "none"]));
+    assert_eq!(allowed, serde_json::json!(["aurora", "existing", "timestream", "none"]));
     assert_eq!(
         template["Conditions"]["WithTimestream"],
         serde_json::json!({ "Fn::Equals": [{ "Ref": "Store" }, "timestream"] })
     );
-    // Everything of the writer and the store exists only with a store.
+    assert_eq!(
+        template["Conditions"]["WithStore"],
+        serde_json::json!({ "Fn::Not": [{ "Fn::Equals": [{ "Ref": "Store" }, "none"] }] })
+    );
+    // Everything of a writer and a store exists only with that store.
     let writer_parts: Vec<&String> = resources(&template)
         .iter()
         .filter(|(id, r)| {
-            id.starts_with("TimestreamWriter")
-                || r["Type"].as_str().is_some_and(|t| t.starts_with("AWS::Timestream::"))
-                || r["Properties"]["Metrics"].to_string().contains("\"TimestreamWriter\"")
+            id.starts_with("TimestreamWriter") || r["Type"].as_str().is_some_and(|t| t.starts_with("AWS::Timestream::"))
         })
         .map(|(id, _)| id)
         .collect();
-    assert!(writer_parts.len() >= 7, "{writer_parts:?}");
+    assert!(writer_parts.len() >= 5, "{writer_parts:?}");
     for id in writer_parts {
-        assert_eq!(resources(&template)[id]["Condition"], "WithTimestream", "{id} exists without a store");
+        assert_eq!(resources(&template)[id]["Condition"], "WithTimestream", "{id} exists without Timestream");
+    }
+    let database_parts: Vec<&String> = resources(&template)
+        .iter()
+        .filter(|(id, r)| {
+            id.starts_with("PostgresWriter")
+                || r["Type"].as_str().is_some_and(|t| t.starts_with("AWS::RDS::") || t.starts_with("AWS::EC2::"))
+                || r["Type"] == "AWS::Serverless::LayerVersion"
+        })
+        .map(|(id, _)| id)
+        .collect();
+    assert!(database_parts.len() >= 14, "{database_parts:?}");
+    for id in database_parts {
+        let condition = resources(&template)[id]["Condition"].as_str().unwrap_or_default();
+        assert!(
+            ["WithPostgres", "WithAurora", "WithAuroraReader", "WithNewNetwork", "WithSqsEndpoint"]
+                .contains(&condition),
+            "{id} exists without a PostgreSQL store ({condition:?})"
+        );
+    }
+    for id in resources(&template).keys().filter(|id| id.starts_with("StatusWriter")) {
+        assert_eq!(resources(&template)[id]["Condition"], "WithStore", "{id} exists without a store");
     }
     // Without a store nothing reads the status queue: its age alarm must
     // not hold the composite alarm in ALARM (a composite pages on a change
     // of state only, so every later critical fault would go unpaged).
     let status_age = &resources(&template)["StatusQueueOverSlaAlarm"];
-    assert_eq!(status_age["Condition"], "WithTimestream");
+    assert_eq!(status_age["Condition"], "WithStore");
     let composite = &resources(&template)["CriticalCompositeAlarm"]["Properties"]["AlarmRule"]["Fn::If"];
-    assert_eq!(composite[0], "WithTimestream");
+    assert_eq!(composite[0], "WithStore");
     assert!(!composite[2].to_string().contains("StatusQueueOverSlaAlarm"), "{}", composite[2]);
     assert_eq!(
         resources(&template)["StatusQueue"]["Properties"]["MessageRetentionPeriod"],
-        serde_json::json!({ "Fn::If": ["WithTimestream", { "Ref": "AWS::NoValue" }, 1_209_600] }),
+        serde_json::json!({ "Fn::If": ["WithStore", { "Ref": "AWS::NoValue" }, 1_209_600] }),
         "without a store the status changes wait 14 days for a consumer of the user's own"
     );
     // Nothing unconditional refers to them.
     for (id, r) in resources(&template).iter().filter(|(_, r)| r.get("Condition").is_none()) {
         let text = r.to_string();
-        for part in ["\"TimestreamWriter\"", "\"TimestreamTable\"", "\"TimestreamDatabase\""] {
+        for part in [
+            "\"TimestreamWriter\"",
+            "\"TimestreamTable\"",
+            "\"TimestreamDatabase\"",
+            "\"PostgresWriter\"",
+            "\"AuroraCluster\"",
+            "\"WriterSecurityGroup\"",
+        ] {
             assert!(!text.contains(part), "{id} refers to {part}, which Store=none does not create");
         }
     }
@@ -129,7 +159,7 @@ fn consumers_are_bounded_by_their_event_sources_not_by_reserved_concurrency() {
     assert!(!template.to_string().contains("ReservedConcurrentExecutions"));
     let partitions = u64::from(spec(16).partitions().get());
     let functions = of_type(&template, "AWS::Serverless::Function");
-    assert_eq!(functions.len(), 6);
+    assert_eq!(functions.len(), 7);
     for (id, f) in functions {
         let events = f["Properties"]["Events"].as_object().expect("events");
         assert!(!events.is_empty(), "{id}");
@@ -138,7 +168,7 @@ fn consumers_are_bounded_by_their_event_sources_not_by_reserved_concurrency() {
                 .as_str()
                 .unwrap_or_else(|| panic!("{id}: an event source without MaximumConcurrency"));
             let p = &template["Parameters"][parameter];
-            let groups = if id == "TimestreamWriter" { 4 * partitions } else { partitions };
+            let groups = if id.ends_with("Writer") { 4 * partitions } else { partitions };
             assert_eq!(p["Default"].as_u64(), Some(groups.max(2)), "{id}: {parameter}");
             assert_eq!((p["MinValue"].as_u64(), p["MaxValue"].as_u64()), (Some(2), Some(1000)), "{parameter}");
         }
@@ -353,8 +383,9 @@ fn what_holds_events_is_retained() {
             assert_eq!(r["UpdateReplacePolicy"], "Retain", "{id}");
         }
     }
-    // The key, the archive, 4 x 2 + 1 + 1 DLQs, the unrouted queue, 6 + 1 log groups.
-    assert_eq!(held.len(), 1 + 1 + 10 + 1 + 7, "{held:?}");
+    // The key, the archive, 4 x 2 + 1 + 1 DLQs, the unrouted queue, 7 + 1
+    // log groups (a writer's per store kind).
+    assert_eq!(held.len(), 1 + 1 + 10 + 1 + 8, "{held:?}");
 }
 
 /// *fix*: each stage's model refuses what no rule of the cell routes: a

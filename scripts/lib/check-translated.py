@@ -23,8 +23,10 @@ import botocore.loaders
 from samtranslator.parser.parser import Parser
 from samtranslator.translator.translator import Translator
 
-# The required parameters, as a first deployment sets them.
-PARAMETERS = {"Store": "timestream", "ConfigureApiGatewayAccount": "true"}
+# The required parameters, as a first deployment sets them (the store is a
+# condition, which the translator leaves to CloudFormation: every store's
+# resources are translated).
+PARAMETERS = {"Store": "aurora", "ConfigureApiGatewayAccount": "true"}
 
 
 def translate(template):
@@ -41,12 +43,22 @@ def check_cell(cell, problems):
     for rid, r in cell["Resources"].items():
         if r["Type"] == "AWS::Serverless::Function":
             r["Properties"]["CodeUri"] = f"s3://bems-artifacts/{rid}.zip"
+        elif r["Type"] == "AWS::Serverless::LayerVersion":
+            r["Properties"]["ContentUri"] = f"s3://bems-artifacts/{rid}.zip"
     translated = translate(cell)
     resources = translated["Resources"]
     ours = {rid for rid, r in cell["Resources"].items() if r["Type"] == "AWS::IAM::Role"}
     functions = {rid: r for rid, r in resources.items() if r["Type"] == "AWS::Lambda::Function"}
-    if len(functions) != 6:
-        problems.append(f"expected 6 functions after the transform, found {sorted(functions)}")
+    # Four processors, the forwarder, and the status writer of each store
+    # kind (PostgreSQL, Timestream), of which a stack creates at most one.
+    if len(functions) != 7:
+        problems.append(f"expected 7 functions after the transform, found {sorted(functions)}")
+    writer = functions.get("PostgresWriter", {}).get("Properties", {})
+    if not writer.get("VpcConfig", {}).get("SubnetIds"):
+        problems.append("the PostgreSQL writer has no VpcConfig after the transform")
+    layers = [r for r in resources.values() if r["Type"] == "AWS::Lambda::LayerVersion"]
+    if len(layers) != 1 or not writer.get("Layers"):
+        problems.append(f"the PostgreSQL writer's CA layer: {len(layers)} layer(s), Layers {writer.get('Layers')}")
     for rid, r in resources.items():
         kind = r["Type"]
         if kind == "AWS::IAM::Role" and rid not in ours:
@@ -61,8 +73,8 @@ def check_cell(cell, problems):
         if "ReservedConcurrentExecutions" in f["Properties"]:
             problems.append(f"function {rid} reserves concurrency")
     mappings = [r for r in resources.values() if r["Type"] == "AWS::Lambda::EventSourceMapping"]
-    if len(mappings) != 4 + 4 + 1:
-        problems.append(f"expected 9 event source mappings, found {len(mappings)}")
+    if len(mappings) != 4 + 4 + 2:
+        problems.append(f"expected 10 event source mappings, found {len(mappings)}")
     for m in mappings:
         p = m["Properties"]
         if p.get("FunctionResponseTypes") != ["ReportBatchItemFailures"]:
