@@ -49,7 +49,8 @@ const EXTENSIONS: &[&str] = &[".rs", ".md", ".toml", ".json", ".yaml", ".yml", "
 /// Paths that the tools make as they run, or the user downloads (AWS's
 /// RDS CA bundle, git-ignored): named in the docs, absent from a fresh
 /// clone.
-const GENERATED: &[&str] = &["target", ".bems", "fuzz/corpus", "fuzz/artifacts", "fuzz/coverage", "infra/ca/rds-ca.pem"];
+const GENERATED: &[&str] =
+    &["target", ".bems", "fuzz/corpus", "fuzz/artifacts", "fuzz/coverage", "infra/ca/rds-ca.pem"];
 
 /// Whether a token reads as a path into the repository.
 fn is_path(token: &str, top: &BTreeSet<String>) -> bool {

@@ -189,7 +189,8 @@ async fn ensure_postgres(args: &Args) -> anyhow::Result<(String, bool)> {
     let url = String::from_utf8_lossy(&env.stdout)
         .trim()
         .strip_prefix("BEMS_POSTGRES_URL=")
-        .map(str::to_owned)
+        // Quoted for the shell (a TLS server's URL holds `&`).
+        .map(|v| v.trim_matches('\'').to_owned())
         .context("scripts/postgres env printed no BEMS_POSTGRES_URL")?;
     let answers = std::process::Command::new(&script).arg("status").output().is_ok_and(|o| o.status.success());
     if answers {

@@ -21,7 +21,8 @@ use super::*;
 /// - the services: EventBridge failed invocations (critical) and events it
 ///   could not even dead-letter (critical: lost), throttled rules (warning),
 ///   API 5xx (critical) and 4xx (warning) rates, each function's errors and
-///   throttles (warning);
+///   throttles (warning); the Aurora cluster above 90% of its maximum
+///   capacity for 15 minutes (warning, `Store=aurora`);
 /// - a composite alarm `bems-C-critical` that is in alarm when any critical
 ///   one is, for a single page.
 pub(super) fn monitoring(
@@ -428,6 +429,31 @@ fn service_alarms(spec: &CellSpec, resources: &mut BTreeMap<String, Value>) -> V
             "AlertsWarning",
         ),
     );
+
+    // The Aurora cluster at its maximum capacity: queries and writes slow
+    // down, the status queue's age grows next (its alarms page).
+    let mut capacity = alarm(
+        spec.resource_name("database-at-max-capacity"),
+        "The Aurora cluster has used more than 90% of AuroraMaxCapacity for 15 minutes: raise AuroraMaxCapacity (max_connections follows it) before the status queue falls behind.",
+        json!([{
+            "Id": "acu",
+            "MetricStat": {
+                "Metric": {
+                    "Namespace": "AWS/RDS",
+                    "MetricName": "ACUUtilization",
+                    "Dimensions": [{ "Name": "DBClusterIdentifier", "Value": reference("AuroraCluster") }],
+                },
+                "Period": 60,
+                "Stat": "Average",
+            },
+            "ReturnData": true,
+        }]),
+        json!(90),
+        (15, 15),
+        "AlertsWarning",
+    );
+    capacity["Condition"] = json!("WithAurora");
+    resources.insert("DatabaseCapacityAlarm".into(), capacity);
 
     // Each function: invocations that failed as a whole (a crash, a
     // timeout: the whole batch comes back) and throttles (the account's

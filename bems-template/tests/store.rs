@@ -87,6 +87,7 @@ fn each_store_and_network_choice_creates_its_parts_and_only_those() {
         "TimestreamWriter",
         "TimestreamTable",
         "StatusWriterErrorsAlarm",
+        "DatabaseCapacityAlarm",
     ];
     let of = |parameters: &[(&str, &str)]| -> BTreeSet<&str> {
         let made = created(&template, parameters);
@@ -117,6 +118,7 @@ fn each_store_and_network_choice_creates_its_parts_and_only_those() {
             "DatabaseCaLayer",
             "PostgresWriter",
             "StatusWriterErrorsAlarm",
+            "DatabaseCapacityAlarm",
         ])
     );
     let with_reader = of(&[("Store", "aurora"), ("AuroraReader", "true")]);
