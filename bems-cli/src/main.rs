@@ -230,35 +230,91 @@ enum StoreCommand {
 struct PostgresArgs {
     #[command(flatten)]
     cell: CellArgs,
-    /// The store's connection string.
+    /// The store's connection string (or the Data API's --cluster-arn and --secret-arn).
     #[arg(long, env = "BEMS_POSTGRES_URL", hide_env_values = true)]
-    postgres_url: String,
+    postgres_url: Option<String>,
+    #[command(flatten)]
+    data_api: DataApiArgs,
+}
+
+/// Where a store command's statements run.
+enum Session {
+    /// A connection.
+    Connection(Box<bems_store::postgres::Postgres>, bems_store::postgres::Client),
+    /// The RDS Data API.
+    DataApi(bems_store::postgres::data_api::DataApi),
 }
 
 impl PostgresArgs {
-    /// The store and a connection to it.
+    /// The store and a connection to it (`store check` reads through one).
     async fn connect(&self) -> anyhow::Result<(bems_store::postgres::Postgres, bems_store::postgres::Client)> {
-        let pg = bems_ops::store::postgres(&self.postgres_url, &self.cell.spec()?)?;
+        let url = self.postgres_url.as_deref().context(
+            "--postgres-url (or BEMS_POSTGRES_URL): this command reads through a connection, not the Data API",
+        )?;
+        let pg = bems_ops::store::postgres(url, &self.cell.spec()?)?;
         let client = pg.connect().await?;
         Ok((pg, client))
+    }
+
+    /// A connection, or the Data API when --cluster-arn is given.
+    async fn session(&self) -> anyhow::Result<Session> {
+        match self.data_api.target()? {
+            Some(target) => {
+                let config = bems_ops::aws_config(Some(&self.cell.region)).await;
+                Ok(Session::DataApi(bems_ops::store::data_api(&target, &self.cell.spec()?, &config)))
+            }
+            None => {
+                let (pg, client) = self.connect().await?;
+                Ok(Session::Connection(Box::new(pg), client))
+            }
+        }
+    }
+}
+
+/// The RDS Data API's way to an Aurora cluster in a private network.
+#[derive(Args)]
+struct DataApiArgs {
+    /// The Aurora cluster's ARN, to go through the RDS Data API (the stack's DatabaseClusterArn output).
+    #[arg(long, env = "BEMS_DATA_API_CLUSTER")]
+    cluster_arn: Option<String>,
+    /// With --cluster-arn: the secret the Data API logs in with (DatabaseSecretArn: the master user's).
+    #[arg(long, env = "BEMS_DATA_API_SECRET")]
+    secret_arn: Option<String>,
+    /// With --cluster-arn: the database.
+    #[arg(long, env = "BEMS_DATA_API_DATABASE", default_value = bems_core::contract::DATABASE_NAME)]
+    database: String,
+}
+
+impl DataApiArgs {
+    /// The target, if --cluster-arn is given.
+    fn target(&self) -> anyhow::Result<Option<bems_ops::store::DataApiTarget>> {
+        let Some(cluster_arn) = self.cluster_arn.clone() else { return Ok(None) };
+        let secret_arn =
+            self.secret_arn.clone().context("--cluster-arn needs --secret-arn (or BEMS_DATA_API_SECRET)")?;
+        Ok(Some(bems_ops::store::DataApiTarget { cluster_arn, secret_arn, database: self.database.clone() }))
     }
 }
 
 /// Which store a command reads.
 #[derive(Args)]
 struct StoreArgs {
-    /// The cell's store: postgres (with --postgres-url) or timestream.
-    #[arg(long = "store", value_parser = ["postgres", "timestream"], default_value = "postgres", env = "BEMS_STORE")]
+    /// The cell's store: postgres (with --postgres-url), data-api (PostgreSQL through the RDS Data API: --cluster-arn, --secret-arn) or timestream.
+    #[arg(long = "store", value_parser = ["postgres", "data-api", "timestream"], default_value = "postgres", env = "BEMS_STORE")]
     kind: String,
     /// With --store postgres: the store's connection string.
     #[arg(long, env = "BEMS_POSTGRES_URL", hide_env_values = true)]
     postgres_url: Option<String>,
+    #[command(flatten)]
+    data_api: DataApiArgs,
 }
 
 impl StoreArgs {
     fn choice(&self) -> anyhow::Result<bems_ops::store::StoreChoice> {
         Ok(match self.kind.as_str() {
             "timestream" => bems_ops::store::StoreChoice::Timestream { endpoint: None },
+            "data-api" => bems_ops::store::StoreChoice::DataApi(
+                self.data_api.target()?.context("--store data-api needs --cluster-arn (or BEMS_DATA_API_CLUSTER)")?,
+            ),
             _ => bems_ops::store::StoreChoice::Postgres {
                 url: self
                     .postgres_url
@@ -514,33 +570,29 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Store { command } => match command {
-            StoreCommand::Migrate { store, no_roles } => {
-                let (pg, mut client) = store.connect().await?;
-                let done = bems_store::postgres::migrate::migrate(&mut client, pg.schema()).await?;
-                println!(
-                    "schema {} on {}: applied {:?}, already there {:?}",
-                    pg.schema(),
-                    pg.describe(),
-                    done.applied,
-                    done.already
-                );
-                if !no_roles {
-                    bems_store::postgres::roles::grant(&mut client, pg.schema()).await?;
-                    println!(
-                        "roles: {} (insert and update the status tables), {} (select only)",
-                        bems_core::contract::DB_WRITER,
-                        bems_core::contract::DB_READER
-                    );
+            StoreCommand::Migrate { store, no_roles } => match store.session().await? {
+                Session::Connection(pg, mut client) => {
+                    migrate(&mut client, pg.schema(), &pg.describe(), no_roles).await?;
                 }
-            }
+                Session::DataApi(mut api) => {
+                    let (schema, place) = (bems_store::postgres::SqlStore::schema(&api).clone(), api.describe());
+                    migrate(&mut api, &schema, &place, no_roles).await?;
+                }
+            },
             StoreCommand::Partitions { store, ahead } => {
-                let (pg, mut client) = store.connect().await?;
-                let done =
-                    bems_store::postgres::partitions::ensure(&mut client, pg.schema(), chrono::Utc::now(), ahead)
-                        .await?;
+                let done = match store.session().await? {
+                    Session::Connection(pg, mut client) => {
+                        bems_store::postgres::partitions::ensure(&mut client, pg.schema(), chrono::Utc::now(), ahead)
+                            .await?
+                    }
+                    Session::DataApi(mut api) => {
+                        let schema = bems_store::postgres::SqlStore::schema(&api).clone();
+                        bems_store::postgres::partitions::ensure(&mut api, &schema, chrono::Utc::now(), ahead).await?
+                    }
+                };
                 println!(
                     "schema {}: created {:?}; {} already there; {} row(s) moved out of the default partition",
-                    pg.schema(),
+                    bems_store::postgres::Schema::of_cell(store.cell.spec()?.cell_id()),
                     done.created,
                     done.existing.len(),
                     done.moved
@@ -709,4 +761,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Applies the migrations to `schema` on `session` (a connection or the
+/// Data API), then, unless `no_roles`, makes the writer and reader roles.
+async fn migrate(
+    session: &mut impl bems_store::postgres::sql::Transactional,
+    schema: &bems_store::postgres::Schema,
+    place: &str,
+    no_roles: bool,
+) -> anyhow::Result<()> {
+    let done = bems_store::postgres::migrate::migrate(session, schema).await?;
+    println!("schema {schema} on {place}: applied {:?}, already there {:?}", done.applied, done.already);
+    if !no_roles {
+        bems_store::postgres::roles::grant(session, schema).await?;
+        println!(
+            "roles: {} (insert and update the status tables), {} (select only)",
+            bems_core::contract::DB_WRITER,
+            bems_core::contract::DB_READER
+        );
+    }
+    Ok(())
 }

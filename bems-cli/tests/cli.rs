@@ -2,7 +2,7 @@
 //! and PostgreSQL: `send`, `stuck`, `redrive`, `replay` on LocalStack;
 //! `store migrate|partitions|check`, `history` (and `--versions`), `stuck`'s
 //! over-SLA check and `export` on the test PostgreSQL; `history` on moto's
-//! Timestream.
+//! Timestream and through moto's RDS Data API.
 //!
 //! moto's Timestream query engine does not run SQL: it answers a query
 //! with the result registered for that exact query text
@@ -350,6 +350,86 @@ async fn history_reads_timestream_answers_off_the_wire() {
     let out = bems(&moto, &versions);
     assert_eq!(code(&out), 1);
     assert!(String::from_utf8_lossy(&out.stderr).contains("timestream does not keep the versions"));
+}
+
+/// `history --store data-api` through moto's RDS Data API, which runs no
+/// SQL: it answers a cluster's first statement with the result registered
+/// (`/moto-api/static/rds-data/statement-results`). So this checks the
+/// wiring (the SDK's call, the named parameters, an answer shaped as the
+/// Data API returns Aurora PostgreSQL's types, read by column type); the
+/// SQL is the one every PostgreSQL test runs, and what Aurora returns is
+/// untested here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_reads_the_data_api_s_answer_by_column_type() {
+    let Some(moto) = endpoint("BEMS_MOTO_URL") else { return };
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let cluster = format!("arn:aws:rds:us-east-1:123456789012:cluster:bems-{nanos}");
+    let text = |v: &str| serde_json::json!({ "stringValue": v });
+    let none = serde_json::json!({ "isNull": true });
+    let types = [
+        "timestamptz",
+        "text",
+        "text",
+        "text",
+        "uuid",
+        "numeric",
+        "text",
+        "date",
+        "int8",
+        "int8",
+        "text",
+        "timestamptz",
+        "timestamptz",
+    ];
+    let answer = serde_json::json!({
+        "records": [[
+            text("2026-11-26 13:45:00.123"), text("ingestion"), text("submitted"), none.clone(),
+            text("0b1e5f0e-3c3a-4f53-9a6e-0c7a0f1f2a3b"), text("1234.50"), text("EUR"), text("2026-12-26"),
+            none.clone(), { "longValue": 1877 }, none,
+            text("2026-11-26 13:45:01.5"), text("2026-11-26 13:45:01.9"),
+        ]],
+        "columnMetadata": types.iter().map(|t| serde_json::json!({ "typeName": t })).collect::<Vec<_>>(),
+    });
+    let body = serde_json::json!({ "region": "us-east-1", "results": [answer] });
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let response = agent
+        .post(&format!("{moto}/moto-api/static/rds-data/statement-results"))
+        .send(body.to_string())
+        .expect("moto answers");
+    assert_eq!(response.status(), 201, "moto took the canned result");
+    let secret = "arn:aws:secretsmanager:us-east-1:123456789012:secret:bems-reader";
+    let args = [
+        "history",
+        "INV-DAPI-1",
+        "--cell",
+        "cli-dapi",
+        "--store",
+        "data-api",
+        "--cluster-arn",
+        &cluster,
+        "--secret-arn",
+        secret,
+        "--json",
+    ];
+    let out = bems(&moto, &args);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let entries = stdout_json(&out);
+    assert_eq!(entries.as_array().map(Vec::len), Some(1), "{entries}");
+    assert_eq!(entries[0]["occurredAt"], "2026-11-26T13:45:00.123Z");
+    assert_eq!(entries[0]["stage"], "ingestion");
+    assert_eq!(entries[0]["previousStatus"], Value::Null);
+    assert_eq!(entries[0]["eventId"], "0b1e5f0e-3c3a-4f53-9a6e-0c7a0f1f2a3b");
+    assert_eq!(entries[0]["amount"], "1234.50");
+    assert_eq!(entries[0]["dueDate"], "2026-12-26");
+    assert_eq!(
+        (&entries[0]["stageLatencyMs"], &entries[0]["endToEndLatencyMs"]),
+        (&Value::Null, &serde_json::json!(1877))
+    );
+    assert_eq!(entries[0]["storedAt"], "2026-11-26T13:45:01.900Z");
+    // Without the secret, the command says what is missing.
+    let out = bems(&moto, &args[..8]);
+    assert_eq!(code(&out), 1);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--secret-arn"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// The store's commands against the test PostgreSQL: migrate and

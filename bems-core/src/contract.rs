@@ -161,6 +161,9 @@ pub mod env {
     pub const REGION: &str = "AWS_REGION";
 }
 
+/// The PostgreSQL database the cells' schemas live in (the cell template's
+/// Aurora cluster creates it; the Data API's default).
+pub const DATABASE_NAME: &str = "bems";
 /// The PostgreSQL store's login of the status writer: it may insert and
 /// update the status tables, nothing else (`bems_store::postgres::roles`);
 /// the cell template grants the writer's function `rds-db:connect` as it.

@@ -100,9 +100,19 @@ struct Args {
     #[arg(long, env = "BEMS_MOTO_URL", default_value = "http://127.0.0.1:4599")]
     moto: String,
     /// The cell's store: postgres (locally: a server of `scripts/postgres`,
-    /// started if needed) or timestream (locally: moto's).
-    #[arg(long, value_parser = ["postgres", "timestream"], default_value = "postgres")]
+    /// started if needed), data-api (with `--aws`: the Aurora cluster
+    /// through the RDS Data API, `--cluster-arn` and `--secret-arn`) or
+    /// timestream (locally: moto's).
+    #[arg(long, value_parser = ["postgres", "data-api", "timestream"], default_value = "postgres")]
     store: String,
+    /// With `--aws --store data-api`: the Aurora cluster's ARN (the stack's
+    /// DatabaseClusterArn output).
+    #[arg(long, env = "BEMS_DATA_API_CLUSTER")]
+    cluster_arn: Option<String>,
+    /// With `--aws --store data-api`: the secret the Data API logs in with
+    /// (a reader's, or the stack's DatabaseSecretArn).
+    #[arg(long, env = "BEMS_DATA_API_SECRET")]
+    secret_arn: Option<String>,
     /// The PostgreSQL server of the store (default locally: the one
     /// `scripts/postgres` runs, started if needed; required with `--aws
     /// --store postgres`).
@@ -267,6 +277,10 @@ struct LocalCell {
 
 /// Starts the emulators if needed and provisions the cell on them.
 async fn local_target(args: &Args) -> anyhow::Result<Target> {
+    anyhow::ensure!(
+        args.store != "data-api",
+        "--store data-api reads a deployed cell's Aurora cluster: use it with --aws"
+    );
     let started_emulators = ensure_emulators(&args.localstack)?;
     let spec = CellSpec::new(
         CellId::new(&args.cell).context("--cell")?,
@@ -339,6 +353,11 @@ async fn aws_target(args: &Args) -> anyhow::Result<Target> {
     })?;
     let choice = match args.store.as_str() {
         "timestream" => bems_ops::store::StoreChoice::Timestream { endpoint: args.timestream_endpoint.clone() },
+        "data-api" => bems_ops::store::StoreChoice::DataApi(bems_ops::store::DataApiTarget {
+            cluster_arn: args.cluster_arn.clone().context("--aws --store data-api needs --cluster-arn")?,
+            secret_arn: args.secret_arn.clone().context("--aws --store data-api needs --secret-arn")?,
+            database: bems_core::contract::DATABASE_NAME.to_owned(),
+        }),
         _ => bems_ops::store::StoreChoice::Postgres {
             url: args
                 .postgres_url

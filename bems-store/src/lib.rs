@@ -24,7 +24,8 @@
 //! - [`query`]: the query layer, [`query::Queries`], and its answers.
 //! - [`histogram`]: the latency histograms of the rollups and their
 //!   percentiles, with the error stated.
-//! - [`postgres`]: the PostgreSQL store.
+//! - [`postgres`]: the PostgreSQL store, on a connection or (feature
+//!   `data-api`) through the RDS Data API.
 //! - [`timestream`]: the Timestream queries.
 //!
 //! [`Store`] is either engine behind one type, for a program that picks
@@ -68,9 +69,12 @@ pub use row::StatusRow;
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Store {
-    /// PostgreSQL.
+    /// PostgreSQL, on a connection.
     #[cfg(feature = "postgres")]
     Postgres(Box<postgres::PgQueries>),
+    /// PostgreSQL (Aurora) through the RDS Data API.
+    #[cfg(feature = "data-api")]
+    DataApi(Box<postgres::data_api::DataApi>),
     /// Timestream for LiveAnalytics.
     #[cfg(feature = "timestream")]
     Timestream(timestream::TimestreamQueries),
@@ -84,6 +88,8 @@ impl Store {
         match self {
             #[cfg(feature = "postgres")]
             Store::Postgres(q) => format!("postgres {} schema {}", q.postgres().describe(), q.postgres().schema()),
+            #[cfg(feature = "data-api")]
+            Store::DataApi(q) => format!("postgres {} schema {}", q.describe(), postgres::SqlStore::schema(&**q)),
             #[cfg(feature = "timestream")]
             Store::Timestream(q) => format!("timestream {}", q.table()),
         }
@@ -97,6 +103,8 @@ macro_rules! each_engine {
         match $self {
             #[cfg(feature = "postgres")]
             Store::Postgres($q) => $call,
+            #[cfg(feature = "data-api")]
+            Store::DataApi($q) => $call,
             #[cfg(feature = "timestream")]
             Store::Timestream($q) => $call,
         }

@@ -44,7 +44,7 @@ pub const AURORA_ENGINE_VERSION: &str = "15.10";
 /// Its cluster parameter group family.
 const AURORA_FAMILY: &str = "aurora-postgresql15";
 /// The database every cell's schema lives in.
-pub const DATABASE_NAME: &str = "bems";
+pub use bems_core::contract::DATABASE_NAME;
 /// The Aurora master user: the migration owner, its password in a
 /// Secrets Manager secret RDS manages (and rotates).
 pub const MASTER_USER: &str = "bems_owner";

@@ -11,10 +11,13 @@
 //! write rows, not to change tables (`bems store migrate` does).
 //!
 //! The migrations name no schema: each runs with `search_path` set to the
-//! cell's, so one set of files serves every cell.
+//! cell's, so one set of files serves every cell. They run on a connection
+//! or through the RDS Data API (statement by statement, in the same
+//! transaction), the same SQL.
 
 use sha2::{Digest, Sha256};
 
+use super::sql::{Param, Transaction, Transactional};
 use super::{Schema, StoreError};
 
 /// One committed migration.
@@ -88,30 +91,34 @@ pub(crate) fn lock_key(schema: &Schema) -> i64 {
     i64::from_be_bytes(first)
 }
 
-/// Applies the migrations `schema` lacks (creating the schema if needed).
-pub async fn migrate(client: &mut tokio_postgres::Client, schema: &Schema) -> Result<Migrated, MigrateError> {
+/// Applies the migrations `schema` lacks (creating the schema if needed),
+/// in one transaction on `session` (a connection, or the Data API).
+pub async fn migrate(session: &mut impl Transactional, schema: &Schema) -> Result<Migrated, MigrateError> {
     let step = "migrate";
-    let tx = client.transaction().await.map_err(|e| StoreError::new(step, e))?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_key(schema)]).await.map_err(|e| StoreError::new(step, e))?;
-    tx.batch_execute(&format!(
-        "CREATE SCHEMA IF NOT EXISTS {schema};
-         CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (
-             version    integer     PRIMARY KEY,
-             name       text        NOT NULL,
-             checksum   text        NOT NULL,
-             applied_at timestamptz NOT NULL DEFAULT now()
-         );
-         SET LOCAL search_path TO {schema}, pg_catalog;"
-    ))
-    .await
-    .map_err(|e| StoreError::new(step, e))?;
+    let tx = session.begin(step).await?;
+    tx.execute(step, "SELECT pg_advisory_xact_lock($1)", &[Param::Int(lock_key(schema))]).await?;
+    tx.script(
+        step,
+        &format!(
+            "CREATE SCHEMA IF NOT EXISTS {schema};
+             CREATE TABLE IF NOT EXISTS {schema}.schema_migrations (
+                 version    integer     PRIMARY KEY,
+                 name       text        NOT NULL,
+                 checksum   text        NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now()
+             );
+             SET LOCAL search_path TO {schema}, pg_catalog;"
+        ),
+    )
+    .await?;
     let recorded = tx
-        .query(&format!("SELECT version, checksum FROM {schema}.schema_migrations ORDER BY version"), &[])
-        .await
-        .map_err(|e| StoreError::new(step, e))?;
+        .rows(step, &format!("SELECT version, checksum FROM {schema}.schema_migrations ORDER BY version"), &[])
+        .await?;
     let mut done = Migrated { applied: Vec::new(), already: Vec::new() };
     for row in &recorded {
-        let (version, checksum): (i32, String) = (row.get(0), row.get(1));
+        let read = |e| StoreError::answer(step, e);
+        let (version, checksum) = (row.int(0).map_err(read)?, row.text(1).map_err(read)?);
+        let version = i32::try_from(version).map_err(|_| MigrateError::Unknown(i32::MAX))?;
         let Some(m) = MIGRATIONS.iter().find(|m| m.version == version) else {
             return Err(MigrateError::Unknown(version));
         };
@@ -121,16 +128,16 @@ pub async fn migrate(client: &mut tokio_postgres::Client, schema: &Schema) -> Re
         done.already.push(version);
     }
     for m in MIGRATIONS.iter().filter(|m| !done.already.contains(&m.version)) {
-        tx.batch_execute(m.sql).await.map_err(|e| StoreError::new("migrate: apply", e))?;
+        tx.script("migrate: apply", m.sql).await?;
         tx.execute(
-            &format!("INSERT INTO {schema}.schema_migrations (version, name, checksum) VALUES ($1, $2, $3)"),
-            &[&m.version, &m.name, &m.checksum()],
+            step,
+            &format!("INSERT INTO {schema}.schema_migrations (version, name, checksum) VALUES ($1::int8, $2, $3)"),
+            &[Param::Int(i64::from(m.version)), Param::Text(m.name.to_owned()), Param::Text(m.checksum())],
         )
-        .await
-        .map_err(|e| StoreError::new(step, e))?;
+        .await?;
         done.applied.push(m.version);
     }
-    tx.commit().await.map_err(|e| StoreError::new(step, e))?;
+    tx.commit().await?;
     Ok(done)
 }
 

@@ -25,6 +25,9 @@ use tokio_postgres::error::SqlState;
 
 pub mod check;
 pub mod connect;
+#[cfg(feature = "data-api")]
+#[cfg_attr(docsrs, doc(cfg(feature = "data-api")))]
+pub mod data_api;
 pub mod export;
 #[cfg(feature = "rds-iam")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rds-iam")))]
@@ -33,9 +36,10 @@ pub mod migrate;
 pub mod partitions;
 mod queries;
 pub mod roles;
+pub mod sql;
 pub mod write;
 
-pub use queries::PgQueries;
+pub use queries::{PgQueries, SqlStore};
 /// A connection ([`Postgres::connect`]).
 pub use tokio_postgres::Client;
 
@@ -341,6 +345,23 @@ impl StoreError {
             None => (None, chain(&e)),
         };
         StoreError { step, class: classify(&e), sqlstate, message, source: Box::new(e) }
+    }
+
+    /// An answer the caller could not read (a value of another type than
+    /// the statement promises).
+    pub fn answer(step: &'static str, e: crate::query::QueryError) -> StoreError {
+        StoreError { step, class: ErrorClass::Refused, sqlstate: None, message: e.to_string(), source: Box::new(e) }
+    }
+
+    /// A failure of another transport (the Data API): `class` decided by
+    /// the caller from the error's type, never its text.
+    pub fn other(
+        step: &'static str,
+        class: ErrorClass,
+        message: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    ) -> StoreError {
+        StoreError { step, class, sqlstate: None, message, source }
     }
 
     /// The password source failed (credentials not loaded): the server

@@ -13,6 +13,7 @@
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 
 use super::migrate::lock_key;
+use super::sql::{Param, Transaction, Transactional};
 use super::{Schema, StoreError};
 
 /// The partitioned tables.
@@ -50,70 +51,75 @@ pub struct Ensured {
 
 /// Creates `schema`'s partitions for `months` months from the month of
 /// `from` (and that month), moving any of their rows out of the default
-/// partition. One transaction, under the schema's advisory lock.
+/// partition. One transaction on `session` (a connection, or the Data API),
+/// under the schema's advisory lock.
 pub async fn ensure(
-    client: &mut tokio_postgres::Client,
+    session: &mut impl Transactional,
     schema: &Schema,
     from: DateTime<Utc>,
     months: u32,
 ) -> Result<Ensured, StoreError> {
     let step = "partitions";
-    let tx = client.transaction().await.map_err(|e| StoreError::new(step, e))?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock_key(schema)]).await.map_err(|e| StoreError::new(step, e))?;
+    let tx = session.begin(step).await?;
+    tx.execute(step, "SELECT pg_advisory_xact_lock($1)", &[Param::Int(lock_key(schema))]).await?;
     let mut done = Ensured::default();
     let mut month = month_of(from);
     for _ in 0..=months {
         let (lo, hi) = (start(month), start(next_month(month)));
+        let range = [Param::Time(lo), Param::Time(hi)];
         for table in TABLES {
             let name = partition_name(table, month);
-            let exists: bool = tx
-                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&schema.table(&name)])
-                .await
-                .map_err(|e| StoreError::new(step, e))?
-                .get(0);
+            let exists = tx
+                .rows(step, "SELECT to_regclass($1) IS NOT NULL", &[Param::Text(schema.table(&name))])
+                .await?
+                .first()
+                .map(|r| r.boolean(0))
+                .transpose()
+                .map_err(|e| StoreError::answer(step, e))?
+                .unwrap_or(false);
             if exists {
                 done.existing.push(name);
                 continue;
             }
             let (parent, default) = (schema.table(table), schema.table(&format!("{table}_default")));
-            let stranded: i64 = tx
-                .query_one(
+            let stranded = tx
+                .rows(
+                    step,
                     &format!("SELECT count(*) FROM {default} WHERE occurred_at >= $1 AND occurred_at < $2"),
-                    &[&lo, &hi],
+                    &range,
                 )
-                .await
-                .map_err(|e| StoreError::new(step, e))?
-                .get(0);
+                .await?
+                .first()
+                .map(|r| r.int(0))
+                .transpose()
+                .map_err(|e| StoreError::answer(step, e))?
+                .unwrap_or(0);
             let bounds = format!("FOR VALUES FROM ('{}') TO ('{}')", lo.to_rfc3339(), hi.to_rfc3339());
             let create = format!("CREATE TABLE {} PARTITION OF {parent} {bounds}", schema.table(&name));
             if stranded == 0 {
-                tx.batch_execute(&create).await.map_err(|e| StoreError::new(step, e))?;
+                tx.script(step, &create).await?;
             } else {
                 // The default partition is detached while the month's rows
                 // move, then attached again (which checks it holds none).
-                tx.batch_execute(&format!("ALTER TABLE {parent} DETACH PARTITION {default}; {create};"))
-                    .await
-                    .map_err(|e| StoreError::new(step, e))?;
+                tx.script(step, &format!("ALTER TABLE {parent} DETACH PARTITION {default}; {create};")).await?;
                 let moved = tx
                     .execute(
+                        step,
                         &format!(
                             "WITH gone AS (DELETE FROM {default} WHERE occurred_at >= $1 AND occurred_at < $2 RETURNING *) \
                              INSERT INTO {parent} SELECT * FROM gone"
                         ),
-                        &[&lo, &hi],
+                        &range,
                     )
-                    .await
-                    .map_err(|e| StoreError::new(step, e))?;
-                tx.batch_execute(&format!("ALTER TABLE {parent} ATTACH PARTITION {default} DEFAULT"))
-                    .await
-                    .map_err(|e| StoreError::new(step, e))?;
+                    .await?;
+                tx.script(step, &format!("ALTER TABLE {parent} ATTACH PARTITION {default} DEFAULT")).await?;
                 done.moved += moved;
             }
             done.created.push(name);
         }
         month = next_month(month);
     }
-    tx.commit().await.map_err(|e| StoreError::new(step, e))?;
+    tx.commit().await?;
     Ok(done)
 }
 

@@ -1,27 +1,37 @@
-//! The query layer on PostgreSQL.
+//! The query layer on PostgreSQL, over either transport.
 //!
 //! Panels over a window read the rollups for the window's closed minutes
 //! and the raw rows for the open one (the minute of the server's `now()`),
 //! so a panel costs about the same whatever the event rate: the rollup has
 //! one row per minute and message group, the open minute at most a
 //! minute's rows (found through the BRIN index on `occurred_at`).
+//!
+//! Each question is one function over a [`SqlStore`] (a store's schema
+//! and an [`Executor`]): [`PgQueries`] runs it on a connection, the Data
+//! API's query layer (feature `data-api`) through the RDS Data API, with
+//! the same SQL.
 
 use std::sync::Arc;
 
 use bems_core::contract::CANARY_PRODUCER;
 use bems_core::{Stage, Status};
-use chrono::{DateTime, Utc};
-use rust_decimal::Decimal;
+use chrono::DateTime;
 
-use tokio_postgres::types::ToSql;
-
-use super::{ENGINE, Postgres, StoreError};
+use super::sql::{Executor, Param, Row, array_literal};
+use super::{ENGINE, Postgres, Schema, StoreError};
 use crate::histogram::{self, BUCKETS, LATENCY_BOUNDS_MS};
 use crate::query::{
     HistoryEntry, Latencies, MoneyRow, OpenInvoice, Queries, QueryError, StageCount, Submitted, Window,
 };
 
-/// The query layer over one store: one connection, opened on first use
+/// A PostgreSQL store the query layer reads: its schema, and where its
+/// statements run.
+pub trait SqlStore: Executor {
+    /// The cell's schema.
+    fn schema(&self) -> &Schema;
+}
+
+/// The query layer over one store, on a connection: opened on first use
 /// and again after it breaks, shared by concurrent queries (PostgreSQL
 /// pipelines them).
 pub struct PgQueries {
@@ -71,61 +81,72 @@ impl PgQueries {
         *guard = Some(client.clone());
         Ok(client)
     }
+}
 
-    async fn query(
-        &self,
-        step: &'static str,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<Vec<tokio_postgres::Row>, QueryError> {
+impl Executor for PgQueries {
+    async fn rows(&self, query: &'static str, sql: &str, params: &[Param]) -> Result<Vec<Row>, QueryError> {
         let client = self.client().await?;
-        client.query(sql, params).await.map_err(|e| StoreError::new(step, e).into())
-    }
-
-    fn t(&self, name: &str) -> String {
-        self.pg.schema().table(name)
-    }
-
-    async fn entries(&self, step: &'static str, table: &str, invoice: &str) -> Result<Vec<HistoryEntry>, QueryError> {
-        let sql = format!(
-            "SELECT occurred_at, stage, status, previous_status, event_id, amount, currency, due_date, \
-               stage_latency_ms, end_to_end_latency_ms, reason, version, stored_at \
-             FROM {} WHERE invoice_id = $1 \
-               AND occurred_at >= coalesce((SELECT first_seen FROM {} WHERE invoice_id = $1), '-infinity') \
-             ORDER BY occurred_at, stage, version",
-            self.t(table),
-            self.t("invoices")
-        );
-        let mut out = Vec::new();
-        for r in self.query(step, &sql, &[&invoice]).await? {
-            let previous: Option<String> = r.get(3);
-            out.push(HistoryEntry {
-                occurred_at: r.get(0),
-                stage: stage(step, r.get(1))?,
-                status: status(step, r.get(2))?,
-                previous_status: previous.as_deref().map(|p| status(step, p)).transpose()?,
-                event_id: r.get::<_, uuid::Uuid>(4).to_string(),
-                amount: Some(r.get(5)),
-                currency: Some(r.get(6)),
-                due_date: Some(r.get(7)),
-                stage_latency_ms: r.get(8),
-                end_to_end_latency_ms: r.get(9),
-                reason: r.get(10),
-                version: Some(r.get(11)),
-                stored_at: Some(r.get(12)),
-            });
-        }
-        Ok(out)
+        let bound: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params.iter().map(Param::as_sql).collect();
+        let rows = client.query(sql, &bound).await.map_err(|e| StoreError::new(query, e))?;
+        rows.iter().map(|r| super::sql::from_pg(query, r)).collect()
     }
 }
 
-impl Queries for PgQueries {
+impl SqlStore for PgQueries {
+    fn schema(&self) -> &Schema {
+        self.pg.schema()
+    }
+}
+
+/// `store`'s table `name`, schema-qualified.
+fn t(store: &impl SqlStore, name: &str) -> String {
+    store.schema().table(name)
+}
+
+async fn entries(
+    store: &impl SqlStore,
+    step: &'static str,
+    table: &str,
+    invoice: &str,
+) -> Result<Vec<HistoryEntry>, QueryError> {
+    let sql = format!(
+        "SELECT occurred_at, stage, status, previous_status, event_id, amount, currency, due_date, \
+           stage_latency_ms, end_to_end_latency_ms, reason, version, stored_at \
+         FROM {} WHERE invoice_id = $1 \
+           AND occurred_at >= coalesce((SELECT first_seen FROM {} WHERE invoice_id = $1), '-infinity') \
+         ORDER BY occurred_at, stage, version",
+        t(store, table),
+        t(store, "invoices")
+    );
+    let mut out = Vec::new();
+    for r in store.rows(step, &sql, &[Param::Text(invoice.to_owned())]).await? {
+        out.push(HistoryEntry {
+            occurred_at: r.time(0)?,
+            stage: stage(step, &r.text(1)?)?,
+            status: status(step, &r.text(2)?)?,
+            previous_status: r.opt_text(3)?.as_deref().map(|p| status(step, p)).transpose()?,
+            event_id: r.text(4)?,
+            amount: Some(r.decimal(5)?),
+            currency: Some(r.text(6)?),
+            due_date: Some(r.date(7)?),
+            stage_latency_ms: r.opt_int(8)?,
+            end_to_end_latency_ms: r.opt_int(9)?,
+            reason: r.opt_text(10)?,
+            version: Some(r.time(11)?),
+            stored_at: Some(r.time(12)?),
+        });
+    }
+    Ok(out)
+}
+
+/// Every question, the same SQL over either transport.
+impl<S: SqlStore> Queries for S {
     async fn history(&self, invoice: &str) -> Result<Vec<HistoryEntry>, QueryError> {
-        self.entries("history", "status_changes", invoice).await
+        entries(self, "history", "status_changes", invoice).await
     }
 
     async fn versions(&self, invoice: &str) -> Result<Vec<HistoryEntry>, QueryError> {
-        self.entries("versions", "status_change_versions", invoice).await
+        entries(self, "versions", "status_change_versions", invoice).await
     }
 
     async fn open_invoices(&self, window: Window, sla_secs: u32, limit: u32) -> Result<Vec<OpenInvoice>, QueryError> {
@@ -134,16 +155,17 @@ impl Queries for PgQueries {
         let sql = format!(
             "SELECT invoice_id, latest_stage, latest_status, latest_event_id, latest_at FROM {} \
              WHERE NOT terminal AND latest_at >= $1 AND latest_at < $2 ORDER BY latest_at LIMIT $3",
-            self.t("invoices")
+            t(self, "invoices")
         );
+        let params = [Param::Time(since), Param::Time(cutoff), Param::Int(i64::from(limit))];
         let mut out = Vec::new();
-        for r in self.query(step, &sql, &[&since, &cutoff, &i64::from(limit)]).await? {
+        for r in self.rows(step, &sql, &params).await? {
             out.push(OpenInvoice {
-                invoice_id: r.get(0),
-                stage: stage(step, r.get(1))?,
-                status: status(step, r.get(2))?,
-                event_id: r.get::<_, uuid::Uuid>(3).to_string(),
-                last_change: r.get(4),
+                invoice_id: r.text(0)?,
+                stage: stage(step, &r.text(1)?)?,
+                status: status(step, &r.text(2)?)?,
+                event_id: r.text(3)?,
+                last_change: r.time(4)?,
             });
         }
         Ok(out)
@@ -152,9 +174,10 @@ impl Queries for PgQueries {
     async fn stage_counts(&self, window: Window, bucket_secs: u32) -> Result<Vec<StageCount>, QueryError> {
         let step = "stage counts";
         let bucket = i64::from(bucket_secs.max(1));
+        let canary = Param::Text(CANARY_PRODUCER.to_owned());
         // Whole minutes come from the rollup; a finer bucket needs the rows.
-        let sql = if bucket % 60 == 0 {
-            format!(
+        let (sql, params) = if bucket % 60 == 0 {
+            let sql = format!(
                 "SELECT minute, stage, sum(changes)::int8 FROM {rollup} \
                    WHERE minute >= date_trunc('minute', $1::timestamptz) AND minute < date_trunc('minute', now()) \
                      AND minute < $2 GROUP BY 1, 2 \
@@ -162,29 +185,24 @@ impl Queries for PgQueries {
                  SELECT date_trunc('minute', occurred_at), stage, count(*) FROM {rows} \
                    WHERE occurred_at >= greatest(date_trunc('minute', now()), date_trunc('minute', $1::timestamptz)) \
                      AND occurred_at < $2 AND producer <> $3 GROUP BY 1, 2",
-                rollup = self.t("status_minute"),
-                rows = self.t("status_changes"),
-            )
+                rollup = t(self, "status_minute"),
+                rows = t(self, "status_changes"),
+            );
+            (sql, vec![Param::Time(window.from), Param::Time(window.to), canary])
         } else {
-            format!(
+            let sql = format!(
                 "SELECT date_bin(make_interval(secs => $4::float8), occurred_at, timestamptz 'epoch'), stage, count(*) FROM {} \
                    WHERE occurred_at >= $1 AND occurred_at < $2 AND producer <> $3 GROUP BY 1, 2",
-                self.t("status_changes")
-            )
-        };
-        let canary = CANARY_PRODUCER;
-        let bucket_f = bucket as f64;
-        let rows = if bucket % 60 == 0 {
-            self.query(step, &sql, &[&window.from, &window.to, &canary]).await?
-        } else {
-            self.query(step, &sql, &[&window.from, &window.to, &canary, &bucket_f]).await?
+                t(self, "status_changes")
+            );
+            #[allow(clippy::cast_precision_loss)] // at most 4,294,967,295 seconds: exact in an f64
+            let seconds = bucket as f64;
+            (sql, vec![Param::Time(window.from), Param::Time(window.to), canary, Param::Float(seconds)])
         };
         let mut sums: std::collections::BTreeMap<(i64, Stage), u64> = std::collections::BTreeMap::new();
-        for r in rows {
-            let at: DateTime<Utc> = r.get(0);
-            let s = stage(step, r.get(1))?;
-            let start = at.timestamp().div_euclid(bucket) * bucket;
-            *sums.entry((start, s)).or_default() += count(step, r.get(2))?;
+        for r in self.rows(step, &sql, &params).await? {
+            let start = r.time(0)?.timestamp().div_euclid(bucket) * bucket;
+            *sums.entry((start, stage(step, &r.text(1)?)?)).or_default() += count(step, r.int(2)?)?;
         }
         Ok(sums
             .into_iter()
@@ -209,41 +227,43 @@ impl Queries for PgQueries {
             "SELECT {} FROM {} WHERE minute >= date_trunc('minute', $1::timestamptz) \
                AND minute < date_trunc('minute', now()) AND minute < $2",
             sums.join(", "),
-            self.t("status_minute")
+            t(self, "status_minute")
         );
         let rows = format!(
             "SELECT v, s, e, count(*) FROM ( \
-               SELECT width_bucket(greatest(0, trunc(extract(epoch FROM stored_at - occurred_at) * 1000))::int8, $3::int8[]) AS v, \
+               SELECT width_bucket(greatest(0, trunc(extract(epoch FROM stored_at - occurred_at) * 1000))::int8, $3::text::int8[]) AS v, \
                       CASE WHEN stage_latency_ms IS NOT NULL \
-                        THEN width_bucket(greatest(0, stage_latency_ms), $3::int8[]) END AS s, \
+                        THEN width_bucket(greatest(0, stage_latency_ms), $3::text::int8[]) END AS s, \
                       CASE WHEN status = 'posted' AND end_to_end_latency_ms IS NOT NULL \
-                        THEN width_bucket(greatest(0, end_to_end_latency_ms), $3::int8[]) END AS e \
+                        THEN width_bucket(greatest(0, end_to_end_latency_ms), $3::text::int8[]) END AS e \
                FROM {} WHERE occurred_at >= greatest(date_trunc('minute', now()), date_trunc('minute', $1::timestamptz)) \
                  AND occurred_at < $2 AND producer <> $4 \
              ) r GROUP BY GROUPING SETS ((v), (s), (e))",
-            self.t("status_changes")
+            t(self, "status_changes")
         );
-        let bounds = LATENCY_BOUNDS_MS.to_vec();
-        let canary = CANARY_PRODUCER;
-        let client = self.client().await?;
-        let (closed_params, open_params): ([&(dyn ToSql + Sync); 2], [&(dyn ToSql + Sync); 4]) =
-            ([&window.from, &window.to], [&window.from, &window.to, &bounds, &canary]);
+        let closed_params = [Param::Time(window.from), Param::Time(window.to)];
+        let open_params = [
+            Param::Time(window.from),
+            Param::Time(window.to),
+            Param::Text(array_literal(&LATENCY_BOUNDS_MS)),
+            Param::Text(CANARY_PRODUCER.to_owned()),
+        ];
         let (closed, open) =
-            tokio::try_join!(client.query_one(&rollup, &closed_params), client.query(&rows, &open_params))
-                .map_err(|e| QueryError::from(StoreError::new(step, e)))?;
+            tokio::try_join!(self.rows(step, &rollup, &closed_params), self.rows(step, &rows, &open_params))?;
+        let closed = closed.first().ok_or(QueryError::MissingColumn { engine: ENGINE, query: step, column: "sums" })?;
         let mut hist = [[0_i64; BUCKETS]; 3];
         for (k, h) in hist.iter_mut().enumerate() {
             for (i, slot) in h.iter_mut().enumerate() {
-                *slot = closed.get::<_, i64>(k * BUCKETS + i);
+                *slot = closed.int(k * BUCKETS + i)?;
             }
         }
         for r in open {
-            let n: i64 = r.get(3);
+            let n = r.int(3)?;
             // At most one of the three is set in a grouping-set row (a
             // row without that latency has none, and counts nowhere;
             // GREATEST would have made its null a 0, hence the CASEs).
             for (k, h) in hist.iter_mut().enumerate() {
-                if let Some(b) = r.get::<_, Option<i32>>(k) {
+                if let Some(b) = r.opt_int(k)? {
                     let i = usize::try_from(b - 1).map_err(|_| bad(step, "bucket", &b.to_string()))?;
                     if let Some(slot) = h.get_mut(i) {
                         *slot += n;
@@ -270,18 +290,19 @@ impl Queries for PgQueries {
                  WHERE occurred_at >= greatest(date_trunc('minute', now()), date_trunc('minute', $1::timestamptz)) \
                    AND occurred_at < $2 AND producer <> $3 AND status = 'submitted' \
              ) m GROUP BY 1, 2, 3 HAVING sum(invoices) <> 0 ORDER BY 1, 2, 3",
-            rollup = self.t("money_minute"),
-            rows = self.t("status_changes"),
+            rollup = t(self, "money_minute"),
+            rows = t(self, "status_changes"),
         );
-        let canary = CANARY_PRODUCER;
+        let params = [Param::Time(window.from), Param::Time(window.to), Param::Text(CANARY_PRODUCER.to_owned())];
         let mut out = Vec::new();
-        for r in self.query(step, &sql, &[&window.from, &window.to, &canary]).await? {
+        for r in self.rows(step, &sql, &params).await? {
+            let net_days = r.int(2)?;
             out.push(MoneyRow {
-                currency: r.get(0),
-                due_week: r.get(1),
-                net_days: r.get(2),
-                invoices: count(step, r.get(3))?,
-                amount: r.get::<_, Decimal>(4),
+                currency: r.text(0)?,
+                due_week: r.date(1)?,
+                net_days: i16::try_from(net_days).map_err(|_| bad(step, "net_days", &net_days.to_string()))?,
+                invoices: count(step, r.int(3)?)?,
+                amount: r.decimal(4)?,
             });
         }
         Ok(out)
@@ -310,7 +331,7 @@ impl Queries for PgQueries {
              ), top AS ( \
                SELECT c.invoice_id, c.amount, c.currency, \
                  row_number() OVER (ORDER BY c.amount::float8 * coalesce(r.rate, 1) DESC, c.invoice_id) AS rank \
-               FROM candidates c LEFT JOIN unnest($4::text[], $5::float8[]) AS r(currency, rate) \
+               FROM candidates c LEFT JOIN unnest($4::text::text[], $5::text::float8[]) AS r(currency, rate) \
                  ON r.currency = c.currency \
                ORDER BY rank LIMIT $6 \
              ) \
@@ -320,24 +341,29 @@ impl Queries for PgQueries {
                  AND s.occurred_at >= date_trunc('minute', $1::timestamptz) AND s.occurred_at < $2 \
                ORDER BY s.occurred_at LIMIT 1) s ON true \
              ORDER BY t.rank",
-            largest = self.t("largest_minute"),
-            rows = self.t("status_changes"),
+            largest = t(self, "largest_minute"),
+            rows = t(self, "status_changes"),
         );
         let (currencies, factors): (Vec<&str>, Vec<f64>) = rates.iter().copied().unzip();
-        let canary = CANARY_PRODUCER;
-        let rows = self
-            .query(step, &sql, &[&window.from, &window.to, &canary, &currencies, &factors, &i64::from(limit)])
-            .await?;
-        Ok(rows
-            .iter()
-            .map(|r| Submitted {
-                invoice_id: r.get(0),
-                amount: r.get(1),
-                currency: r.get(2),
-                vendor_id: r.get(3),
-                due_date: r.get(4),
-            })
-            .collect())
+        let params = [
+            Param::Time(window.from),
+            Param::Time(window.to),
+            Param::Text(CANARY_PRODUCER.to_owned()),
+            Param::Text(array_literal(&currencies)),
+            Param::Text(array_literal(&factors)),
+            Param::Int(i64::from(limit)),
+        ];
+        let mut out = Vec::new();
+        for r in self.rows(step, &sql, &params).await? {
+            out.push(Submitted {
+                invoice_id: r.text(0)?,
+                amount: r.decimal(1)?,
+                currency: r.text(2)?,
+                vendor_id: r.text(3)?,
+                due_date: r.date(4)?,
+            });
+        }
+        Ok(out)
     }
 
     async fn visible(&self, window: Window) -> Result<u64, QueryError> {
@@ -349,10 +375,10 @@ impl Queries for PgQueries {
                   + (SELECT count(*) FROM {rows} \
                        WHERE occurred_at >= greatest(date_trunc('minute', now()), date_trunc('minute', $1::timestamptz)) \
                          AND occurred_at < $2)",
-            rollup = self.t("status_minute"),
-            rows = self.t("status_changes"),
+            rollup = t(self, "status_minute"),
+            rows = t(self, "status_changes"),
         );
-        let row = self.query(step, &sql, &[&window.from, &window.to]).await?;
-        count(step, row.first().map_or(0, |r| r.get(0)))
+        let rows = self.rows(step, &sql, &[Param::Time(window.from), Param::Time(window.to)]).await?;
+        count(step, rows.first().map_or(Ok(0), |r| r.int(0))?)
     }
 }

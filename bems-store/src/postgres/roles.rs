@@ -21,6 +21,7 @@
 
 use bems_core::contract::{DB_READER, DB_WRITER};
 
+use super::sql::{Param, Transaction, Transactional};
 use super::{Schema, StoreError};
 
 /// The advisory lock the grants take (`b"bemsrole"` as a number).
@@ -65,18 +66,16 @@ pub fn grant_sql(schema: &Schema) -> String {
 }
 
 /// Makes the roles and grants their privileges on `schema`, in one
-/// transaction. The caller needs `CREATEROLE` (the RDS master user has it)
-/// and to own the schema's tables (it ran the migrations).
-pub async fn grant(client: &mut tokio_postgres::Client, schema: &Schema) -> Result<(), StoreError> {
-    let transaction = client.transaction().await.map_err(|e| StoreError::new("grant", e))?;
+/// transaction on `session` (a connection, or the Data API). The caller
+/// needs `CREATEROLE` (the RDS master user has it) and to own the schema's
+/// tables (it ran the migrations).
+pub async fn grant(session: &mut impl Transactional, schema: &Schema) -> Result<(), StoreError> {
+    let tx = session.begin("grant").await?;
     // Roles belong to the whole server: one grant at a time, whatever the
     // schema, or two cells' first grants could both create a role.
-    transaction
-        .execute("SELECT pg_advisory_xact_lock($1)", &[&ROLES_LOCK])
-        .await
-        .map_err(|e| StoreError::new("grant", e))?;
-    transaction.batch_execute(&grant_sql(schema)).await.map_err(|e| StoreError::new("grant", e))?;
-    transaction.commit().await.map_err(|e| StoreError::new("grant", e))
+    tx.execute("grant", "SELECT pg_advisory_xact_lock($1)", &[Param::Int(ROLES_LOCK)]).await?;
+    tx.script("grant", &grant_sql(schema)).await?;
+    tx.commit().await
 }
 
 #[cfg(test)]
