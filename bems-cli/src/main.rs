@@ -256,9 +256,11 @@ impl PostgresArgs {
         Ok((pg, client))
     }
 
-    /// A connection, or the Data API when --cluster-arn is given.
+    /// A connection when --postgres-url is given, else the Data API when
+    /// --cluster-arn is.
     async fn session(&self) -> anyhow::Result<Session> {
-        match self.data_api.target()? {
+        let target = if self.postgres_url.is_some() { None } else { self.data_api.target()? };
+        match target {
             Some(target) => {
                 let config = bems_ops::aws_config(Some(&self.cell.region)).await;
                 Ok(Session::DataApi(bems_ops::store::data_api(&target, &self.cell.spec()?, &config)))

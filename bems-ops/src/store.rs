@@ -33,8 +33,9 @@ pub enum StoreChoice {
 pub struct DataApiTarget {
     /// The cluster's ARN (the template's `DatabaseClusterArn` output).
     pub cluster_arn: String,
-    /// The secret's ARN (`DatabaseSecretArn`: the master user's, for
-    /// migrations; a reader's for reads).
+    /// The secret's ARN: a password login's (`DatabaseSecretArn`, the
+    /// master user's); the writer and reader log in with IAM tokens only,
+    /// which the Data API does not take.
     pub secret_arn: String,
     /// The database (`bems`).
     pub database: String,

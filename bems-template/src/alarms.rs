@@ -444,7 +444,9 @@ fn service_alarms(spec: &CellSpec, resources: &mut BTreeMap<String, Value>) -> V
                     "Dimensions": [{ "Name": "DBClusterIdentifier", "Value": reference("AuroraCluster") }],
                 },
                 "Period": 60,
-                "Stat": "Average",
+                // The busiest instance: with a reader, an average over the
+                // two would hide a saturated writer.
+                "Stat": "Maximum",
             },
             "ReturnData": true,
         }]),

@@ -10,8 +10,10 @@
 //!   endpoint whose policy allows only that. Its credentials come from
 //!   Lambda's environment and its IAM tokens are signed locally, so it
 //!   calls neither STS nor RDS. `existing` puts the writer in the given
-//!   subnets; `SqsEndpoint=present` when they already reach SQS (a NAT, or
-//!   an endpoint with private DNS, of which a VPC may have only one).
+//!   subnets, which reach SQS already (`SqsEndpoint=present`, the default:
+//!   a NAT or an SQS endpoint); `SqsEndpoint=create` adds the endpoint
+//!   there too, whose private DNS then carries every SQS call of that VPC,
+//!   so only for a VPC where nothing else calls SQS.
 //! - **Security groups.** The writer's may reach the database on its port
 //!   and HTTPS (the endpoint); the database's admits the writer only; the
 //!   endpoint's admits the writer only.
@@ -252,7 +254,7 @@ fn security_groups(spec: &CellSpec, resources: &mut BTreeMap<String, Value>) {
                         "DestinationSecurityGroupId": { "Fn::If": ["WithAurora", get_att("AuroraSecurityGroup", "GroupId"), reference("DatabaseSecurityGroupId")] },
                     },
                     {
-                        "Description": "AWS APIs (SQS, for dead letters) through the VPC's interface endpoint or NAT",
+                        "Description": "AWS APIs (SQS, for dead letters) through the interface endpoint or a NAT",
                         "IpProtocol": "tcp",
                         "FromPort": 443,
                         "ToPort": 443,
@@ -269,7 +271,7 @@ fn security_groups(spec: &CellSpec, resources: &mut BTreeMap<String, Value>) {
             "Type": "AWS::EC2::SecurityGroupIngress",
             "Condition": "WithPostgres",
             "Properties": {
-                "Description": "The cell's status writer",
+                "Description": "The status writer of the cell",
                 "GroupId": { "Fn::If": ["WithAurora", get_att("AuroraSecurityGroup", "GroupId"), reference("DatabaseSecurityGroupId")] },
                 "IpProtocol": "tcp",
                 "FromPort": { "Fn::If": ["WithAurora", 5432, reference("DatabasePort")] },
@@ -308,7 +310,7 @@ fn security_groups(spec: &CellSpec, resources: &mut BTreeMap<String, Value>) {
                 "GroupDescription": format!("{}: the SQS interface endpoint; in from the status writer only", spec.resource_name("sqs-endpoint")),
                 "VpcId": vpc(),
                 "SecurityGroupIngress": [{
-                    "Description": "The cell's status writer",
+                    "Description": "The status writer of the cell",
                     "IpProtocol": "tcp",
                     "FromPort": 443,
                     "ToPort": 443,
@@ -442,8 +444,8 @@ pub(super) fn parameters() -> Value {
         "VpcCidr": {
             "Type": "String",
             "Default": "10.42.0.0/16",
-            "AllowedPattern": "^(\\d{1,3}\\.){3}\\d{1,3}/(1[6-9]|2[0-4])$",
-            "Description": "With DatabaseNetwork=create: the new VPC's range (/16 to /24; two subnets of a sixteenth of it each).",
+            "AllowedPattern": "^(\\d{1,3}\\.){3}\\d{1,3}/(1[6-9])$",
+            "Description": "With DatabaseNetwork=create: the new VPC's range, /16 to /19 (its two private subnets are /20s).",
         },
         "VpcId": {
             "Type": "String",
@@ -457,9 +459,9 @@ pub(super) fn parameters() -> Value {
         },
         "SqsEndpoint": {
             "Type": "String",
-            "Default": "create",
+            "Default": "present",
             "AllowedValues": ["create", "present"],
-            "Description": "With existing subnets: create an SQS interface endpoint (private DNS) for the writer's dead letters, or present when the subnets already reach SQS (a NAT, or an SQS endpoint with private DNS: a VPC may have only one).",
+            "Description": "With existing subnets: present (the default) when they already reach SQS (a NAT, or an SQS endpoint with private DNS); create adds an SQS interface endpoint with private DNS for the writer's dead letters, which then carries every SQS call of the whole VPC and admits only those: use it only in a VPC where nothing else calls SQS (a VPC may have one such endpoint). DatabaseNetwork=create always adds it.",
         },
         "AuroraEngineVersion": {
             "Type": "String",

@@ -129,12 +129,15 @@ fn each_store_and_network_choice_creates_its_parts_and_only_those() {
     for absent in ["DatabaseVpc", "PrivateSubnetA", "SqsInterfaceEndpoint", "EndpointSecurityGroup"] {
         assert!(!given.contains(absent), "{absent}");
     }
-    // Given subnets without a way to SQS: an endpoint in them.
+    // Given subnets reach SQS by default (the endpoint's private DNS would
+    // carry the whole VPC's SQS calls); asked, an endpoint in them.
     let given = of(&[("Store", "aurora"), ("DatabaseNetwork", "existing")]);
+    assert!(!given.contains("SqsInterfaceEndpoint") && !given.contains("DatabaseVpc"));
+    let given = of(&[("Store", "aurora"), ("DatabaseNetwork", "existing"), ("SqsEndpoint", "create")]);
     assert!(given.contains("SqsInterfaceEndpoint") && !given.contains("DatabaseVpc"));
     // The user's database: only the writer, its network access and trust.
     assert_eq!(
-        of(&[("Store", "existing"), ("SqsEndpoint", "present")]),
+        of(&[("Store", "existing")]),
         set(&[
             "WriterSecurityGroup",
             "DatabaseIngressFromWriter",
@@ -292,4 +295,35 @@ fn only_the_writer_reaches_the_database_and_only_its_dead_letters_leave_the_vpc(
             );
         }
     }
+}
+
+/// EC2 refuses a security group or rule description with other characters
+/// than these ("a-z, A-Z, 0-9, spaces, and ._-:/()#,@[]+=&;{}!$*", EC2 API
+/// reference, `IpRange.Description` and `CreateSecurityGroup`): an
+/// apostrophe fails the deployment.
+#[test]
+fn security_group_descriptions_use_only_what_ec2_accepts() {
+    let template = cell();
+    let ok = |text: &str| text.chars().all(|c| c.is_ascii_alphanumeric() || " ._-:/()#,@[]+=&;{}!$*".contains(c));
+    let mut seen = 0;
+    for (id, r) in resources(&template) {
+        let p = &r["Properties"];
+        let mut texts: Vec<&Value> = Vec::new();
+        match r["Type"].as_str() {
+            Some("AWS::EC2::SecurityGroup") => {
+                texts.push(&p["GroupDescription"]);
+                for rules in ["SecurityGroupIngress", "SecurityGroupEgress"] {
+                    texts.extend(p[rules].as_array().into_iter().flatten().map(|rule| &rule["Description"]));
+                }
+            }
+            Some("AWS::EC2::SecurityGroupIngress" | "AWS::EC2::SecurityGroupEgress") => texts.push(&p["Description"]),
+            _ => continue,
+        }
+        for text in texts {
+            let text = text.as_str().unwrap_or_else(|| panic!("{id}: a description that is not text: {text}"));
+            assert!(ok(text), "{id}: EC2 refuses {text:?}");
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 9, "three groups, their rules, and the ingress rule of the database");
 }

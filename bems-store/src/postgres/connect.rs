@@ -8,7 +8,10 @@
 //! encrypted to a server nobody checked protects nothing, and an IAM token
 //! is a credential. `prefer` (the default) still connects in the clear to
 //! a server that offers no TLS, as libpq does, so a local server without
-//! certificates works unchanged; `require` and stronger refuse it.
+//! certificates works unchanged; `require` and stronger refuse it. A
+//! server that offers TLS with a certificate no given root signs (a
+//! distribution's self-signed "snakeoil" one) is refused even under
+//! `prefer`: give its CA as `sslrootcert`, or `sslmode=disable`.
 //!
 //! The roots are the `sslrootcert` file when given (the RDS CA bundle for
 //! a direct connection to RDS or Aurora), else the platform's store

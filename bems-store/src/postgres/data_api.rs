@@ -16,7 +16,13 @@
 //! minutes assume). The cluster needs `EnableHttpEndpoint` (the cell
 //! template sets it) and the caller `rds-data:ExecuteStatement`,
 //! `BeginTransaction`, `CommitTransaction`, `RollbackTransaction` on the
-//! cluster and `secretsmanager:GetSecretValue` on the secret.
+//! cluster, `secretsmanager:GetSecretValue` on the secret and
+//! `kms:Decrypt` on the key that encrypts it (the cell key).
+//!
+//! A transaction dropped uncommitted (a failed migration) is rolled back
+//! by a task spawned on the runtime; a process that exits first leaves it
+//! to the Data API, which ends a transaction after three minutes without a
+//! call, holding its locks until then.
 //!
 //! Tested here for its wiring only (moto answers `ExecuteStatement` with
 //! registered results and runs no SQL; LocalStack's Data API is not in its
@@ -236,7 +242,6 @@ impl Transaction for DataApiTransaction<'_> {
     }
 
     async fn commit(mut self) -> Result<(), StoreError> {
-        self.done = true;
         self.api
             .client
             .commit_transaction()
@@ -246,6 +251,8 @@ impl Transaction for DataApiTransaction<'_> {
             .send()
             .await
             .map_err(|e| failure("commit", e))?;
+        // Only a committed transaction is spared the rollback.
+        self.done = true;
         Ok(())
     }
 }
