@@ -261,16 +261,20 @@ async fn replay_on_localstack_says_it_cannot() {
     assert!(stderr.contains("LocalStack") && stderr.contains("cannot replay"), "{stderr}");
 }
 
+/// Registers canned `results` with moto's `service` (`timestream/query-results`,
+/// `rds-data/statement-results`), in its default Region and account: the
+/// ones requests with the "test" key land in.
+fn moto_results(moto: &str, service: &str, results: &Value) {
+    let body = serde_json::json!({ "region": "us-east-1", "results": results });
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let response =
+        agent.post(&format!("{moto}/moto-api/static/{service}")).send(body.to_string()).expect("moto answers");
+    assert_eq!(response.status(), 201, "moto took the canned result");
+}
+
 /// Registers `answer` as moto's result for the query text `query`.
 fn moto_answer(moto: &str, query: &str, answer: &Value) {
-    // moto's default account: the one requests with the "test" key land in.
-    let body = serde_json::json!({ "region": "us-east-1", "results": { query: [answer] } });
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let response = agent
-        .post(&format!("{moto}/moto-api/static/timestream/query-results"))
-        .send(body.to_string())
-        .expect("moto answers");
-    assert_eq!(response.status(), 201, "moto took the canned result");
+    moto_results(moto, "timestream/query-results", &serde_json::json!({ query: [answer] }));
 }
 
 fn spec(cell: &str) -> bems_core::routing::CellSpec {
@@ -390,13 +394,7 @@ async fn history_reads_the_data_api_s_answer_by_column_type() {
         ]],
         "columnMetadata": types.iter().map(|t| serde_json::json!({ "typeName": t })).collect::<Vec<_>>(),
     });
-    let body = serde_json::json!({ "region": "us-east-1", "results": [answer] });
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let response = agent
-        .post(&format!("{moto}/moto-api/static/rds-data/statement-results"))
-        .send(body.to_string())
-        .expect("moto answers");
-    assert_eq!(response.status(), 201, "moto took the canned result");
+    moto_results(&moto, "rds-data/statement-results", &serde_json::json!([answer]));
     let secret = "arn:aws:secretsmanager:us-east-1:123456789012:secret:bems-reader";
     let args = [
         "history",

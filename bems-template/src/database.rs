@@ -543,13 +543,11 @@ pub(super) fn conditions() -> Value {
         "WithStore": { "Fn::Not": [store_is("none")] },
         "WithNewNetwork": { "Fn::And": [store_is("aurora"), { "Fn::Equals": [reference("DatabaseNetwork"), "create"] }] },
         "WithAuroraReader": { "Fn::And": [store_is("aurora"), { "Fn::Equals": [reference("AuroraReader"), "true"] }] },
+        // The cell's own network always; given subnets when asked.
         "WithSqsEndpoint": {
             "Fn::And": [
-                { "Fn::Or": [store_is("aurora"), store_is("existing")] },
-                { "Fn::Or": [
-                    { "Fn::And": [store_is("aurora"), { "Fn::Equals": [reference("DatabaseNetwork"), "create"] }] },
-                    { "Fn::Equals": [reference("SqsEndpoint"), "create"] },
-                ] },
+                { "Condition": "WithPostgres" },
+                { "Fn::Or": [{ "Condition": "WithNewNetwork" }, { "Fn::Equals": [reference("SqsEndpoint"), "create"] }] },
             ],
         },
     })

@@ -145,14 +145,19 @@ impl PrivateServer {
     /// Its connection string, as the owner `bems` (a TLS server's by the
     /// name its certificate carries, verified against its CA).
     pub fn url(&self) -> String {
+        self.url_as("bems:bems")
+    }
+
+    /// Its connection string as `login` (`user` or `user:password`).
+    pub fn url_as(&self, login: &str) -> String {
         if self.tls {
             format!(
-                "postgres://bems:bems@localhost:{}/bems?sslmode=verify-full&sslrootcert={}",
+                "postgres://{login}@localhost:{}/bems?sslmode=verify-full&sslrootcert={}",
                 self.port,
                 self.ca_file().display()
             )
         } else {
-            format!("postgres://bems:bems@127.0.0.1:{}/bems", self.port)
+            format!("postgres://{login}@127.0.0.1:{}/bems", self.port)
         }
     }
 

@@ -275,12 +275,7 @@ async fn the_writer_logs_in_with_a_new_iam_token_per_connection_and_may_only_wri
     admin.batch_execute(&set_password(DB_WRITER)).await.expect("writer's password");
     let tokens =
         RdsIamAuth::new(SharedCredentialsProvider::new(credentials.clone()), "eu-west-1").with_clock(token_clock);
-    let writer_url = format!(
-        "postgres://{DB_WRITER}@localhost:{}/bems?sslmode=verify-full&sslrootcert={}",
-        server.port(),
-        server.ca_file().display()
-    );
-    let as_writer = Postgres::new(&writer_url, owner.schema().clone())
+    let as_writer = Postgres::new(&server.url_as(DB_WRITER), owner.schema().clone())
         .expect("url")
         .with_password_source(std::sync::Arc::new(tokens.clone()))
         .expect("TLS required");
@@ -345,12 +340,11 @@ async fn the_writer_logs_in_with_a_new_iam_token_per_connection_and_may_only_wri
     }
     // The reader may only select.
     admin.batch_execute(&format!("ALTER ROLE {DB_READER} PASSWORD 'reader'")).await.expect("reader's password");
-    let reader_url = format!(
-        "postgres://{DB_READER}:reader@localhost:{}/bems?sslmode=verify-full&sslrootcert={}",
-        server.port(),
-        server.ca_file().display()
-    );
-    let reader = Postgres::new(&reader_url, owner.schema().clone()).expect("url").connect().await.expect("reader");
+    let reader = Postgres::new(&server.url_as(&format!("{DB_READER}:reader")), owner.schema().clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect("reader");
     let n: i64 = reader
         .query_one(&format!("SELECT count(*) FROM {}.invoices", owner.schema()), &[])
         .await

@@ -16,7 +16,6 @@
 //! `aws-sdk-rds`, whose whole service client would be compiled for this
 //! one function (see `docs/store.md`).
 
-use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
@@ -119,15 +118,18 @@ impl PasswordSource for RdsIamAuth {
     }
 }
 
-/// The query parameters of `token` (tests).
-#[doc(hidden)]
-pub fn token_params(token: &str) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
-    token.split_once('?').map(|(_, q)| form_urlencoded::parse(q.as_bytes()).collect()).unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
+    use std::borrow::Cow;
+
     use super::*;
+
+    const HOST: &str = "db.cluster-x.eu-west-1.rds.amazonaws.com";
+
+    /// The query parameters of `token`.
+    fn token_params(token: &str) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
+        token.split_once('?').map(|(_, q)| form_urlencoded::parse(q.as_bytes()).collect()).unwrap_or_default()
+    }
 
     fn at() -> SystemTime {
         // 2026-12-07T12:00:00Z
@@ -137,15 +139,8 @@ mod tests {
     #[test]
     fn a_token_is_a_presigned_connect_for_the_user_valid_fifteen_minutes() {
         let credentials = Credentials::new("AKIDEXAMPLE", "secret", Some("token/with+chars=".into()), None, "test");
-        let token = auth_token(
-            "db.cluster-x.eu-west-1.rds.amazonaws.com",
-            5432,
-            "bems_writer",
-            "eu-west-1",
-            &credentials,
-            at(),
-        )
-        .expect("token");
+        let sign = |at| auth_token(HOST, 5432, "bems_writer", "eu-west-1", &credentials, at);
+        let token = sign(at()).expect("token");
         assert!(token.starts_with("db.cluster-x.eu-west-1.rds.amazonaws.com:5432/?Action=connect&DBUser=bems_writer&"));
         let params = token_params(&token);
         let get = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.to_string());
@@ -169,24 +164,8 @@ mod tests {
         };
         assert_eq!(sorted(&token), sorted(botocore));
         // The same inputs sign the same token; another second another.
-        let again = auth_token(
-            "db.cluster-x.eu-west-1.rds.amazonaws.com",
-            5432,
-            "bems_writer",
-            "eu-west-1",
-            &credentials,
-            at(),
-        );
-        assert_eq!(again.expect("again"), token);
-        let later = auth_token(
-            "db.cluster-x.eu-west-1.rds.amazonaws.com",
-            5432,
-            "bems_writer",
-            "eu-west-1",
-            &credentials,
-            at() + Duration::from_secs(1),
-        );
-        assert_ne!(later.expect("later"), token);
+        assert_eq!(sign(at()).expect("again"), token);
+        assert_ne!(sign(at() + Duration::from_secs(1)).expect("later"), token);
     }
 
     #[test]

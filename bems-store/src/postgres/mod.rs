@@ -237,26 +237,8 @@ impl Postgres {
             config.to_mut().password(password);
         }
         let client = match &self.connector {
-            Some(tls) => {
-                let (client, connection) =
-                    config.connect(tls.clone()).await.map_err(|e| StoreError::new("connect", e))?;
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!(error = %e, "postgres connection ended");
-                    }
-                });
-                client
-            }
-            None => {
-                let (client, connection) =
-                    config.connect(tokio_postgres::NoTls).await.map_err(|e| StoreError::new("connect", e))?;
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!(error = %e, "postgres connection ended");
-                    }
-                });
-                client
-            }
+            Some(tls) => open(&config, tls.clone()).await?,
+            None => open(&config, tokio_postgres::NoTls).await?,
         };
         // UTC, so that minutes and weeks are the same for every client;
         // no JIT, whose compilation costs the panels' small queries more
@@ -265,6 +247,22 @@ impl Postgres {
         client.batch_execute("SET TIME ZONE 'UTC'; SET jit = off").await.map_err(|e| StoreError::new("connect", e))?;
         Ok(client)
     }
+}
+
+/// A connection made with `tls`, its driver task spawned on the current
+/// Tokio runtime.
+async fn open<T>(config: &tokio_postgres::Config, tls: T) -> Result<tokio_postgres::Client, StoreError>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = config.connect(tls).await.map_err(|e| StoreError::new("connect", e))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "postgres connection ended");
+        }
+    });
+    Ok(client)
 }
 
 /// What an error means for the caller, from its SQLSTATE.

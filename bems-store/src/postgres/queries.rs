@@ -86,8 +86,7 @@ impl PgQueries {
 impl Executor for PgQueries {
     async fn rows(&self, query: &'static str, sql: &str, params: &[Param]) -> Result<Vec<Row>, QueryError> {
         let client = self.client().await?;
-        let bound: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params.iter().map(Param::as_sql).collect();
-        let rows = client.query(sql, &bound).await.map_err(|e| StoreError::new(query, e))?;
+        let rows = client.query(sql, &super::sql::bound(params)).await.map_err(|e| StoreError::new(query, e))?;
         rows.iter().map(|r| super::sql::from_pg(query, r)).collect()
     }
 }

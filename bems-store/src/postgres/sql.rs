@@ -90,7 +90,8 @@ impl Transactional for tokio_postgres::Client {
     }
 }
 
-fn bound(params: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
+/// `params` as `tokio-postgres` binds them.
+pub(crate) fn bound(params: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
     params.iter().map(Param::as_sql).collect()
 }
 
