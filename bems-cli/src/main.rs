@@ -215,6 +215,32 @@ enum StoreCommand {
         #[arg(long, default_value_t = 3)]
         ahead: u32,
     },
+    /// Move the months older than --keep-months out of the store: each month's status changes and their versions exported (gzipped) to --to, checked there, recorded, then its partitions dropped.
+    Archive {
+        #[command(flatten)]
+        store: PostgresArgs,
+        /// Months kept in the store, the current one included (at least 1).
+        #[arg(long, default_value_t = 3)]
+        keep_months: u32,
+        /// Where the files go: s3://bucket/prefix, or a directory.
+        #[arg(long)]
+        to: String,
+        /// csv or jsonl.
+        #[arg(long, value_parser = ["csv", "jsonl"], default_value = "csv")]
+        format: String,
+        /// gzip or none.
+        #[arg(long, value_parser = ["gzip", "none"], default_value = "gzip")]
+        compression: String,
+        /// Size of each part of an S3 upload, MiB (at least 5; a file takes at most 10,000).
+        #[arg(long, default_value_t = 32)]
+        part_size_mib: usize,
+        /// List the months that would be archived, and stop.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check the store: rows waiting in the default partition, and the rollups against the rows (exit 4 on a problem).
     Check {
         #[command(flatten)]
@@ -547,9 +573,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 store.history(invoice.as_str()).await?
             };
+            let archived = store.archived(invoice.as_str()).await?;
             if json {
-                print_json(&entries)?;
-            } else if entries.is_empty() {
+                print_json(&serde_json::json!({ "entries": entries, "archived": archived }))?;
+            } else if entries.is_empty() && archived.is_empty() {
                 println!("no history for {invoice} in cell {} ({})", spec.cell_id(), store.describe());
             } else {
                 for e in &entries {
@@ -568,6 +595,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         e.event_id,
                         e.reason.as_deref().map(|r| format!("  ({r})")).unwrap_or_default()
                     );
+                }
+                for a in &archived {
+                    let file =
+                        if versions { a.versions.as_deref().unwrap_or("(no versions file)") } else { &a.changes };
+                    println!("{}: archived at {file}", a.month.format("%Y-%m"));
                 }
             }
         }
@@ -599,6 +631,37 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     done.existing.len(),
                     done.moved
                 );
+            }
+            StoreCommand::Archive { store, keep_months, to, format, compression, part_size_mib, dry_run, json } => {
+                let format = if format == "jsonl" {
+                    bems_store::postgres::export::Format::Jsonl
+                } else {
+                    bems_store::postgres::export::Format::Csv
+                };
+                let compression = if compression == "none" {
+                    bems_store::postgres::export::Compression::None
+                } else {
+                    bems_store::postgres::export::Compression::Gzip
+                };
+                let encoding = bems_store::postgres::export::Encoding { format, compression };
+                let job = ArchiveJob { keep_months, encoding, dry_run, json };
+                let config = bems_ops::aws_config(Some(&store.cell.region)).await;
+                let target = if to.starts_with("s3://") {
+                    Target::S3(
+                        bems_ops::archive::S3Target::from_config(&config, &to)?.with_part_size(part_size_mib << 20),
+                    )
+                } else {
+                    Target::Directory(bems_store::postgres::archive::Directory::new(&to))
+                };
+                match store.session().await? {
+                    Session::Connection(pg, mut client) => {
+                        job.run(&mut client, pg.schema(), &target).await?;
+                    }
+                    Session::DataApi(mut api) => {
+                        let schema = bems_store::postgres::SqlStore::schema(&api).clone();
+                        job.run(&mut api, &schema, &target).await?;
+                    }
+                }
             }
             StoreCommand::Check { store, window_hours } => {
                 let (pg, client) = store.connect().await?;
@@ -784,4 +847,78 @@ async fn migrate(
         );
     }
     Ok(())
+}
+
+/// Where `bems store archive` writes.
+enum Target {
+    S3(bems_ops::archive::S3Target),
+    Directory(bems_store::postgres::archive::Directory),
+}
+
+/// `bems store archive`'s choices.
+struct ArchiveJob {
+    keep_months: u32,
+    encoding: bems_store::postgres::export::Encoding,
+    dry_run: bool,
+    json: bool,
+}
+
+impl ArchiveJob {
+    async fn run(
+        &self,
+        session: &mut impl bems_store::postgres::sql::Transactional,
+        schema: &bems_store::postgres::Schema,
+        target: &Target,
+    ) -> anyhow::Result<()> {
+        match target {
+            Target::S3(t) => self.run_to(session, schema, t).await,
+            Target::Directory(t) => self.run_to(session, schema, t).await,
+        }
+    }
+
+    async fn run_to(
+        &self,
+        session: &mut impl bems_store::postgres::sql::Transactional,
+        schema: &bems_store::postgres::Schema,
+        target: &impl bems_store::postgres::archive::Target,
+    ) -> anyhow::Result<()> {
+        use bems_store::postgres::archive;
+        let months = archive::months(session, schema, self.keep_months, chrono::Utc::now()).await?;
+        if self.dry_run {
+            if self.json {
+                print_json(&months)?;
+            } else {
+                let names: Vec<String> = months.iter().map(|m| m.format("%Y-%m").to_string()).collect();
+                println!("schema {schema}: would archive {names:?} (keeping {} month(s))", self.keep_months);
+            }
+            return Ok(());
+        }
+        let mut done = Vec::new();
+        for month in months {
+            let archived = archive::archive_month(session, schema, month, target, self.encoding)
+                .await
+                .with_context(|| format!("archive {}", month.format("%Y-%m")))?;
+            if !self.json {
+                for f in &archived.files {
+                    println!(
+                        "{} {}: {} row(s) to {} ({} bytes, sha256 {})",
+                        month.format("%Y-%m"),
+                        f.table,
+                        f.rows,
+                        f.location,
+                        f.bytes,
+                        f.sha256
+                    );
+                }
+                println!("{}: partitions dropped", month.format("%Y-%m"));
+            }
+            done.push(archived);
+        }
+        if self.json {
+            print_json(&done)?;
+        } else if done.is_empty() {
+            println!("schema {schema}: nothing older than {} month(s) to archive", self.keep_months);
+        }
+        Ok(())
+    }
 }

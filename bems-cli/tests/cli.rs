@@ -339,7 +339,9 @@ async fn history_reads_timestream_answers_off_the_wire() {
     };
     let out = bems(&moto, &args("INV-HIST-1", true));
     assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
-    let entries = stdout_json(&out);
+    let answer = stdout_json(&out);
+    assert_eq!(answer["archived"], serde_json::json!([]), "Timestream archives nothing");
+    let entries = &answer["entries"];
     assert_eq!(entries.as_array().map(Vec::len), Some(2), "{entries}");
     assert_eq!(entries[0]["status"], "submitted");
     assert_eq!(entries[0]["occurredAt"], "2026-11-26T13:45:00.123Z");
@@ -411,7 +413,8 @@ async fn history_reads_the_data_api_s_answer_by_column_type() {
     ];
     let out = bems(&moto, &args);
     assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
-    let entries = stdout_json(&out);
+    let answer = stdout_json(&out);
+    let entries = &answer["entries"];
     assert_eq!(entries.as_array().map(Vec::len), Some(1), "{entries}");
     assert_eq!(entries[0]["occurredAt"], "2026-11-26T13:45:00.123Z");
     assert_eq!(entries[0]["stage"], "ingestion");
@@ -430,6 +433,22 @@ async fn history_reads_the_data_api_s_answer_by_column_type() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--secret-arn"), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// moto's URL, the test PostgreSQL's, and a cell name of its own starting
+/// with `prefix`; `None` (skipped) without them.
+fn postgres_cell(prefix: &str) -> Option<(String, String, String)> {
+    let moto = endpoint("BEMS_MOTO_URL")?;
+    let Ok(url) = std::env::var("BEMS_POSTGRES_URL") else {
+        assert!(
+            std::env::var_os("BEMS_REQUIRE_POSTGRES").is_none(),
+            "BEMS_REQUIRE_POSTGRES=1 but BEMS_POSTGRES_URL is not set"
+        );
+        eprintln!("skipped: set BEMS_POSTGRES_URL (scripts/test does)");
+        return None;
+    };
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    Some((moto, url, format!("{prefix}-{nanos:08x}")))
+}
+
 /// The store's commands against the test PostgreSQL: migrate and
 /// partitions, then rows written by the writer (an invoice stalled at
 /// reconciliation, with a corrected submission) read back by `history`,
@@ -437,17 +456,7 @@ async fn history_reads_the_data_api_s_answer_by_column_type() {
 /// and SHA-256 are checked against the file here), and `store check`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_commands_migrate_read_check_and_export_the_postgres_store() {
-    let Some(moto) = endpoint("BEMS_MOTO_URL") else { return };
-    let Ok(url) = std::env::var("BEMS_POSTGRES_URL") else {
-        assert!(
-            std::env::var_os("BEMS_REQUIRE_POSTGRES").is_none(),
-            "BEMS_REQUIRE_POSTGRES=1 but BEMS_POSTGRES_URL is not set"
-        );
-        eprintln!("skipped: set BEMS_POSTGRES_URL (scripts/test does)");
-        return;
-    };
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
-    let cell = format!("cli-pg-{nanos:08x}");
+    let Some((moto, url, cell)) = postgres_cell("cli-pg") else { return };
     let run = |args: &[&str]| {
         let mut all: Vec<&str> = args.to_vec();
         all.extend(["--cell", &cell, "--partitions", "2", "--postgres-url", &url]);
@@ -456,7 +465,7 @@ async fn store_commands_migrate_read_check_and_export_the_postgres_store() {
     let out = run(&["store", "migrate"]);
     assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("applied [1]") && stdout.contains("roles: bems_writer"), "{stdout}");
+    assert!(stdout.contains("applied [1, 2]") && stdout.contains("roles: bems_writer"), "{stdout}");
     let out = run(&["store", "partitions", "--ahead", "1"]);
     assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
 
@@ -492,11 +501,13 @@ async fn store_commands_migrate_read_check_and_export_the_postgres_store() {
 
     let out = run(&["history", "INV-CLI-1", "--json"]);
     assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
-    let history = stdout_json(&out);
+    let answer = stdout_json(&out);
+    let history = &answer["entries"];
     assert_eq!(history.as_array().map(Vec::len), Some(2), "{history}");
+    assert_eq!(answer["archived"], serde_json::json!([]));
     assert_eq!((history[0]["status"].as_str(), history[0]["amount"].as_str()), (Some("submitted"), Some("1200.00")));
     let out = run(&["history", "INV-CLI-1", "--versions", "--json"]);
-    let versions = stdout_json(&out);
+    let versions = stdout_json(&out)["entries"].clone();
     let amounts: Vec<&str> = versions.as_array().expect("list").iter().filter_map(|v| v["amount"].as_str()).collect();
     assert_eq!(amounts, ["1250.50", "1200.00", "1250.50"], "both versions of the submission, then the change");
 
@@ -543,6 +554,143 @@ async fn store_commands_migrate_read_check_and_export_the_postgres_store() {
     }
     let _ = std::fs::remove_dir_all(&dir);
     let client = pg.connect().await.expect("connect");
+    client.batch_execute(&format!("DROP SCHEMA {} CASCADE", pg.schema())).await.expect("drop");
+}
+
+/// `store archive` to moto's S3: the months older than three go to gzipped
+/// files (one sent in parts), whose bytes are the manifests' and hold every
+/// row; the partitions go; `history` says where the invoice's rows are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_archive_moves_old_months_to_s3_and_history_says_where() {
+    let Some((moto, url, cell)) = postgres_cell("cli-arc") else { return };
+    let run = |args: &[&str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--cell", &cell, "--partitions", "2", "--postgres-url", &url]);
+        bems(&moto, &all)
+    };
+    assert_eq!(code(&run(&["store", "migrate", "--no-roles"])), 0);
+    let pg = bems_ops::store::postgres(&url, &spec(&cell)).expect("store");
+    let mut client = pg.connect().await.expect("connect");
+    let now = chrono::Utc::now();
+    bems_store::postgres::partitions::ensure(&mut client, pg.schema(), now - chrono::Duration::days(160), 6)
+        .await
+        .expect("partitions");
+
+    // Five months ago, enough changes to send in parts (JSON lines,
+    // uncompressed: about 10 MiB, three 5 MiB parts); four months ago, one.
+    let months: Vec<chrono::NaiveDate> = [5, 4]
+        .map(|n| {
+            bems_store::postgres::partitions::month_of(now).checked_sub_months(chrono::Months::new(n)).expect("month")
+        })
+        .to_vec();
+    let event =
+        bems_core::InvoiceEvent::from_json(&std::fs::read(fixture("example-invoice-event.json")).expect("fixture"))
+            .expect("event");
+    let writer = bems_store::postgres::write::Writer::new(pg.clone());
+    let change = |invoice: String, month: chrono::NaiveDate, second: i64| {
+        let mut e = event.clone();
+        e.invoice_id = bems_core::fields::InvoiceId::new(invoice).expect("id");
+        e.event_id = bems_core::fields::EventId::random();
+        e.occurred_at = chrono::TimeZone::from_utc_datetime(&chrono::Utc, &month.and_hms_opt(0, 0, 0).expect("time"))
+            + chrono::Duration::days(2)
+            + chrono::Duration::seconds(second);
+        bems_store::StatusRow::new(&e, e.occurred_at + chrono::Duration::seconds(1))
+    };
+    let rows: Vec<bems_store::StatusRow> = (0..14_000).map(|i| change(format!("INV-ARC-{i}"), months[0], i)).collect();
+    for batch in rows.chunks(1_000) {
+        writer.write(batch).await.expect("write");
+    }
+    writer.write(&[change("INV-ARC-GZ".to_owned(), months[1], 0)]).await.expect("write");
+
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&moto)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new("test", "test", None, None, "bems-cli-tests"))
+        .load()
+        .await;
+    let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&config).force_path_style(true).build());
+    let bucket = cell.clone();
+    s3.create_bucket().bucket(&bucket).send().await.expect("bucket");
+    let to = format!("s3://{bucket}/archive");
+
+    let out = run(&["store", "archive", "--to", &to, "--dry-run", "--json"]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let planned = stdout_json(&out);
+    assert!(
+        months.iter().all(|m| planned.as_array().is_some_and(|p| p.contains(&Value::from(m.to_string())))),
+        "{planned}"
+    );
+
+    // The older month in parts, uncompressed; then the other, gzipped in one piece.
+    let runs: [(&[&str], chrono::NaiveDate, u64); 2] = [
+        (
+            &["--keep-months", "5", "--format", "jsonl", "--compression", "none", "--part-size-mib", "5"],
+            months[0],
+            14_000,
+        ),
+        (&["--keep-months", "3"], months[1], 1),
+    ];
+    for (options, month, rows) in runs {
+        let mut args = vec!["store", "archive", "--to", &to, "--json"];
+        args.extend(options);
+        let out = run(&args);
+        assert_eq!(code(&out), 0, "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let done = stdout_json(&out);
+        let this = done.as_array().expect("months").iter().find(|m| m["month"] == month.to_string());
+        for file in this.expect("the month")["files"].as_array().expect("files") {
+            let get = |location: &str| {
+                let key = location.strip_prefix(&format!("s3://{bucket}/")).expect("in the bucket").to_owned();
+                let s3 = s3.clone();
+                let bucket = bucket.clone();
+                async move {
+                    let object = s3.get_object().bucket(bucket).key(key).send().await.expect("object");
+                    object.body.collect().await.expect("body").into_bytes()
+                }
+            };
+            let location = file["location"].as_str().expect("location");
+            let bytes = get(location).await;
+            use sha2::Digest;
+            let digest: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(file["sha256"], digest.as_str(), "{location}: the recorded hash is the object's");
+            assert_eq!(file["bytes"], bytes.len());
+            let text = if location.ends_with(".gz") {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut text).expect("gzip");
+                text.lines().skip(1).map(|l| format!("{l}\n")).collect()
+            } else {
+                String::from_utf8(bytes.to_vec()).expect("UTF-8")
+            };
+            assert_eq!(text.lines().count() as u64, rows, "{location}: every row");
+            let manifest: Value =
+                serde_json::from_slice(&get(file["manifest"].as_str().expect("manifest")).await).expect("JSON");
+            assert_eq!((manifest["rows"].as_u64(), &manifest["sha256"]), (Some(rows), &file["sha256"]));
+        }
+        let parts: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_tables WHERE schemaname = $1 AND tablename LIKE $2",
+                &[&pg.schema().to_string(), &format!("%{}", month.format("_%Y_%m"))],
+            )
+            .await
+            .expect("partitions")
+            .get(0);
+        assert_eq!(parts, 0, "{month}: the partitions are dropped");
+    }
+
+    let out = run(&["history", "INV-ARC-7"]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let month = months[0].format("%Y-%m");
+    let expected = format!("{month}: archived at {to}/{}/status_changes/month={month}/", pg.schema());
+    assert!(stdout.contains(&expected), "{stdout}");
+    assert!(!stdout.contains("no history"), "{stdout}");
+    // A bad target is named.
+    let out = run(&["store", "archive", "--to", "s3://"]);
+    assert_eq!(code(&out), 1);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("expected s3://bucket"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     client.batch_execute(&format!("DROP SCHEMA {} CASCADE", pg.schema())).await.expect("drop");
 }
 

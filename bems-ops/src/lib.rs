@@ -18,6 +18,8 @@
 //!   query layer of `bems-store`: `bems history`, the over-SLA check,
 //!   the smoke test's last step.
 //! - [`replay`]: archived events of a time window back on the bus.
+//! - [`archive`]: S3 as the place `bems store archive` moves old months
+//!   of the PostgreSQL store to.
 //! - [`smoke`]: one marked invoice through a deployed cell's API, followed
 //!   through every stage into the store (`bems smoke`).
 //!
@@ -26,6 +28,7 @@
 //! configuration chain, so `AWS_ENDPOINT_URL=http://127.0.0.1:4566` points
 //! it at LocalStack.
 
+pub mod archive;
 pub mod ingress;
 pub mod provision;
 pub mod redrive;

@@ -121,6 +121,10 @@ impl query::Queries for Store {
         each_engine!(self, q => q.versions(invoice).await)
     }
 
+    async fn archived(&self, invoice: &str) -> Result<Vec<query::ArchivedMonth>, query::QueryError> {
+        each_engine!(self, q => q.archived(invoice).await)
+    }
+
     async fn open_invoices(
         &self,
         window: query::Window,

@@ -50,6 +50,20 @@ impl Window {
     }
 }
 
+/// A month of an invoice's status changes moved out of the store
+/// (`bems store archive`): where its files are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct ArchivedMonth {
+    /// The month (its first day).
+    pub month: chrono::NaiveDate,
+    /// The file of the month's status changes.
+    pub changes: String,
+    /// The file of every version of them.
+    pub versions: Option<String>,
+}
+
 /// One status change of an invoice, or one version of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -256,6 +270,11 @@ pub trait Queries {
     /// Every version of `invoice`'s rows (the first write and each
     /// correction), oldest first.
     fn versions(&self, invoice: &str) -> impl Future<Output = Result<Vec<HistoryEntry>, QueryError>> + Send;
+
+    /// The archived months that may hold `invoice`'s status changes (from
+    /// the month it was first seen to its latest change's), oldest first:
+    /// what [`Queries::history`] no longer finds in the store.
+    fn archived(&self, invoice: &str) -> impl Future<Output = Result<Vec<ArchivedMonth>, QueryError>> + Send;
 
     /// Invoices whose latest status is not terminal and changed in
     /// `window` but more than `sla_secs` before its end, oldest first, at

@@ -328,6 +328,12 @@ impl Queries for TimestreamQueries {
         Err(QueryError::Unsupported { engine: ENGINE, what: "the versions of a row (a correction replaces it)" })
     }
 
+    /// None: Timestream keeps its rows for the table's retention and
+    /// moves none elsewhere.
+    async fn archived(&self, _: &str) -> Result<Vec<crate::query::ArchivedMonth>, QueryError> {
+        Ok(Vec::new())
+    }
+
     async fn open_invoices(&self, window: Window, sla_secs: u32, limit: u32) -> Result<Vec<OpenInvoice>, QueryError> {
         let rows = self.rows(&self.open_query(window, sla_secs, limit)).await?;
         rows.iter()

@@ -255,6 +255,27 @@ impl Transaction for DataApiTransaction<'_> {
         self.done = true;
         Ok(())
     }
+
+    async fn rollback(mut self) -> Result<(), StoreError> {
+        self.done = true;
+        self.api
+            .client
+            .rollback_transaction()
+            .resource_arn(&self.api.cluster_arn)
+            .secret_arn(&self.api.secret_arn)
+            .transaction_id(&self.id)
+            .send()
+            .await
+            .map_err(|e| failure("rollback", e))?;
+        Ok(())
+    }
+
+    /// The Data API answers at most 1 MiB per call (Aurora User Guide,
+    /// "Data API limitations"): 500 exported rows of about 1 KiB of JSON
+    /// each stay well inside it.
+    fn fetch_rows(&self) -> u32 {
+        500
+    }
 }
 
 impl Drop for DataApiTransaction<'_> {

@@ -1,6 +1,6 @@
 //! An auditor's export of a period: every status change with
-//! `occurred_at` in `[from, to)`, as CSV or JSON lines, with a manifest
-//! that lets the auditor check the file is complete.
+//! `occurred_at` in `[from, to)`, as CSV or JSON lines, optionally gzipped,
+//! with a manifest that lets the auditor check the file is complete.
 //!
 //! The export reads one consistent snapshot (a `REPEATABLE READ READ
 //! ONLY` transaction), partition by partition in `occurred_at` order, a
@@ -8,16 +8,23 @@
 //! grow with the period. Within the snapshot it counts the period's rows
 //! again and fails if the file holds another number. The manifest
 //! ([`Manifest`]) gives the bounds, the row count (per partition too) and
-//! the SHA-256 of the file: `sha256sum` and `wc -l` check it.
+//! the SHA-256 of the file as stored: `sha256sum` and `wc -l` check it.
+//!
+//! It runs on a connection or through the Data API (the same SQL; the
+//! Data API fetches fewer rows at a time, [`Transaction::fetch_rows`]),
+//! and writes to any [`Output`]: a file ([`Blocking`]), or an archive's
+//! upload ([`super::archive`]).
 
 use std::io::Write;
 
 use chrono::{DateTime, Utc};
+use flate2::write::GzEncoder;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::migrate::hex;
-use super::partitions::{month_of, partition_name};
+use super::partitions::{TABLES, month_of, partition_name};
+use super::sql::{Cell, Transaction, Transactional, single_int, table_exists};
 use super::{Schema, StoreError};
 
 /// The exported columns, in file order.
@@ -60,6 +67,36 @@ pub enum Format {
     Jsonl,
 }
 
+/// Whether the file is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// As written.
+    None,
+    /// gzip (RFC 1952): `zcat` reads it, and so do Athena and Spark.
+    Gzip,
+}
+
+impl Compression {
+    /// The file name's ending for it (`.gz`, or none).
+    pub fn extension(self) -> &'static str {
+        match self {
+            Compression::None => "",
+            Compression::Gzip => ".gz",
+        }
+    }
+}
+
+impl Format {
+    /// The file name's ending (`csv`, `jsonl`).
+    pub fn extension(self) -> &'static str {
+        match self {
+            Format::Csv => "csv",
+            Format::Jsonl => "jsonl",
+        }
+    }
+}
+
 /// What an export wrote.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -67,21 +104,26 @@ pub enum Format {
 pub struct Manifest {
     /// The cell's schema.
     pub schema: String,
+    /// The table exported: `status_changes` (each row's latest version),
+    /// or `status_change_versions` (every version).
+    pub table: String,
     /// Inclusive start of the period.
     pub from: DateTime<Utc>,
     /// Exclusive end.
     pub to: DateTime<Utc>,
     /// The file's format.
     pub format: Format,
+    /// Its compression.
+    pub compression: Compression,
     /// The columns, in order.
     pub columns: Vec<String>,
     /// Data rows written (CSV: lines after the header).
     pub rows: u64,
     /// Rows per partition read, in order.
     pub partitions: Vec<(String, u64)>,
-    /// SHA-256 of the whole file, hex.
+    /// SHA-256 of the whole file as written (compressed, if it is), hex.
     pub sha256: String,
-    /// Bytes written.
+    /// Bytes written (compressed, if the file is).
     pub bytes: u64,
     /// When the snapshot was taken (the server's clock).
     pub snapshot_at: DateTime<Utc>,
@@ -95,8 +137,11 @@ pub enum ExportError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// Writing the file failed.
-    #[error("export: writing the file: {0}")]
+    #[error("export: writing the file")]
     Io(#[from] std::io::Error),
+    /// No such table to export.
+    #[error("export: no table {0} (the row tables are status_changes and status_change_versions)")]
+    UnknownTable(String),
     /// `to` is not after `from`.
     #[error("export: the period is empty ({from} is not before {to})")]
     EmptyPeriod {
@@ -116,164 +161,247 @@ pub enum ExportError {
     },
 }
 
-/// Hashes and counts what passes through.
-struct Hashing<W> {
-    inner: W,
+/// Where an export's bytes go, a chunk at a time.
+pub trait Output: Send {
+    /// Takes `chunk` (the next bytes of the file).
+    fn write(&mut self, chunk: Vec<u8>) -> impl Future<Output = std::io::Result<()>> + Send;
+}
+
+/// A [`std::io::Write`] as an [`Output`]: a file written in place (a few
+/// hundred kilobytes per fetch; the CLI's export blocks on it).
+#[derive(Debug)]
+pub struct Blocking<W>(pub W);
+
+impl<W: Write + Send> Output for Blocking<W> {
+    async fn write(&mut self, chunk: Vec<u8>) -> std::io::Result<()> {
+        self.0.write_all(&chunk)
+    }
+}
+
+/// Compresses (or not), hashes and counts the file's bytes on their way
+/// out.
+struct Encoder {
+    gzip: Option<GzEncoder<Vec<u8>>>,
     hash: Sha256,
     bytes: u64,
 }
 
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hash.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
+impl Encoder {
+    fn new(compression: Compression) -> Encoder {
+        let gzip = match compression {
+            Compression::None => None,
+            // Level 6, gzip's own default: most of level 9's ratio at a
+            // fraction of its time (BENCHMARKS.md, the archive).
+            Compression::Gzip => Some(GzEncoder::new(Vec::new(), flate2::Compression::default())),
+        };
+        Encoder { gzip, hash: Sha256::new(), bytes: 0 }
     }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
+
+    /// `raw` as the file's next bytes.
+    fn encode(&mut self, raw: Vec<u8>) -> std::io::Result<Vec<u8>> {
+        let out = match &mut self.gzip {
+            None => raw,
+            Some(gz) => {
+                gz.write_all(&raw)?;
+                std::mem::take(gz.get_mut())
+            }
+        };
+        Ok(self.seen(out))
+    }
+
+    /// The file's last bytes, and its hash.
+    fn finish(mut self) -> std::io::Result<(Vec<u8>, String, u64)> {
+        let last = match self.gzip.take() {
+            None => Vec::new(),
+            Some(gz) => gz.finish()?,
+        };
+        let last = self.seen(last);
+        Ok((last, hex(&self.hash.finalize()), self.bytes))
+    }
+
+    fn seen(&mut self, out: Vec<u8>) -> Vec<u8> {
+        self.hash.update(&out);
+        self.bytes += out.len() as u64;
+        out
     }
 }
 
-/// Where rows go.
-enum Sink<W: Write> {
-    Csv(Box<csv::Writer<Hashing<W>>>),
-    Jsonl(Hashing<W>),
+/// Rows as the file's text, before compression.
+enum Rows {
+    Csv(Box<csv::Writer<Vec<u8>>>),
+    Jsonl(Vec<u8>),
 }
 
-/// Rows fetched from the cursor at a time.
-const FETCH: i64 = 5_000;
+impl Rows {
+    /// The text written since last taken.
+    fn take(&mut self) -> std::io::Result<Vec<u8>> {
+        Ok(match self {
+            Rows::Csv(w) => {
+                // A writer per fetch: `csv` hands its buffer back only
+                // by value.
+                let done = std::mem::replace(w, Box::new(csv::Writer::from_writer(Vec::new())));
+                done.into_inner().map_err(|e| e.into_error())?
+            }
+            Rows::Jsonl(buffer) => std::mem::take(buffer),
+        })
+    }
+}
 
-/// Exports `schema`'s status changes of `[from, to)` to `out`.
-pub async fn export<W: Write>(
-    client: &mut tokio_postgres::Client,
+/// How a file is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Encoding {
+    /// CSV or JSON lines.
+    pub format: Format,
+    /// Compressed or not.
+    pub compression: Compression,
+}
+
+/// Exports `schema`'s status changes of `[from, to)` to `out`, in one
+/// snapshot of `session` (a connection, or the Data API).
+pub async fn export<W: Write + Send>(
+    session: &mut impl Transactional,
     schema: &Schema,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     format: Format,
     out: W,
 ) -> Result<Manifest, ExportError> {
+    let tx = snapshot(session, "export").await?;
+    let encoding = Encoding { format, compression: Compression::None };
+    let manifest = export_table(&tx, schema, "status_changes", from, to, encoding, &mut Blocking(out)).await?;
+    tx.commit().await?;
+    Ok(manifest)
+}
+
+/// A `REPEATABLE READ READ ONLY` transaction on `session`: one snapshot
+/// for every [`export_table`] in it.
+pub async fn snapshot<'a, S: Transactional>(session: &'a mut S, step: &'static str) -> Result<S::Tx<'a>, StoreError> {
+    let tx = session.begin(step).await?;
+    // The first statement of the transaction, so both transports take it.
+    tx.script(step, "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?;
+    Ok(tx)
+}
+
+/// Exports `table`'s rows (a row table: [`TABLES`]) of `[from, to)` in
+/// `tx`'s snapshot ([`snapshot`]) to `out`.
+pub async fn export_table(
+    tx: &impl Transaction,
+    schema: &Schema,
+    table: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    encoding: Encoding,
+    out: &mut impl Output,
+) -> Result<Manifest, ExportError> {
     if from >= to {
         return Err(ExportError::EmptyPeriod { from, to });
     }
+    if !TABLES.contains(&table) {
+        return Err(ExportError::UnknownTable(table.to_owned()));
+    }
     let step = "export";
-    let tx = client
-        .build_transaction()
-        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-        .read_only(true)
-        .start()
-        .await
-        .map_err(|e| StoreError::new(step, e))?;
-    let snapshot_at: DateTime<Utc> =
-        tx.query_one("SELECT now()", &[]).await.map_err(|e| StoreError::new(step, e))?.get(0);
+    let answer = |e| StoreError::answer(step, e);
+    let snapshot_at =
+        tx.rows(step, "SELECT now()", &[]).await?.first().map(|r| r.time(0)).transpose().map_err(answer)?;
+    let snapshot_at = snapshot_at.unwrap_or_else(Utc::now);
     // The months the period touches, then the default partition.
     let mut tables = Vec::new();
     let mut month = month_of(from);
     while month <= month_of(to - chrono::Duration::microseconds(1)) {
-        tables.push(partition_name("status_changes", month));
+        tables.push(partition_name(table, month));
         month = month.checked_add_months(chrono::Months::new(1)).unwrap_or(chrono::NaiveDate::MAX);
     }
-    tables.push("status_changes_default".to_owned());
+    tables.push(format!("{table}_default"));
 
-    let file = Hashing { inner: out, hash: Sha256::new(), bytes: 0 };
-    // The CSV writer buffers a few kilobytes before it writes through.
-    let mut sink = match format {
+    let mut encoder = Encoder::new(encoding.compression);
+    let mut rows = match encoding.format {
         Format::Csv => {
-            let mut w = csv::Writer::from_writer(file);
+            let mut w = csv::Writer::from_writer(Vec::new());
             w.write_record(COLUMNS).map_err(std::io::Error::other)?;
-            Sink::Csv(Box::new(w))
+            Rows::Csv(Box::new(w))
         }
-        Format::Jsonl => Sink::Jsonl(file),
+        Format::Jsonl => Rows::Jsonl(Vec::new()),
     };
     let columns = COLUMNS.join(", ");
+    let fetch = format!("FETCH {} FROM bems_export", tx.fetch_rows().max(1));
     let mut written = 0_u64;
     let mut partitions = Vec::new();
-    for table in tables {
-        let exists: bool = tx
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&schema.table(&table)])
-            .await
-            .map_err(|e| StoreError::new(step, e))?
-            .get(0);
-        if !exists {
+    for name in tables {
+        if !table_exists(tx, step, schema, &name).await? {
             continue;
         }
-        let select = match format {
+        let select = match encoding.format {
             Format::Csv => {
-                format!("SELECT {} FROM {}", COLUMNS.map(|c| format!("{c}::text")).join(", "), schema.table(&table))
+                format!("SELECT {} FROM {}", COLUMNS.map(|c| format!("{c}::text")).join(", "), schema.table(&name))
             }
             Format::Jsonl => {
-                format!("SELECT row_to_json(t)::text FROM (SELECT {columns} FROM {}", schema.table(&table))
+                format!("SELECT row_to_json(t)::text FROM (SELECT {columns} FROM {}", schema.table(&name))
             }
         };
-        let close = if format == Format::Jsonl { ") t" } else { "" };
+        let close = if encoding.format == Format::Jsonl { ") t" } else { "" };
         // Bounds as literals: a cursor declaration takes no parameters.
+        // (The version orders a key's rows in the versions table; the
+        // key is unique in the other.)
         let sql = format!(
             "DECLARE bems_export NO SCROLL CURSOR FOR {select} WHERE occurred_at >= '{}' AND occurred_at < '{}' \
-             ORDER BY occurred_at, invoice_id, stage{close}",
+             ORDER BY occurred_at, invoice_id, stage, version{close}",
             from.to_rfc3339(),
             to.to_rfc3339(),
         );
-        tx.batch_execute(&sql).await.map_err(|e| StoreError::new(step, e))?;
+        tx.script(step, &sql).await?;
         let mut in_table = 0_u64;
         loop {
-            let rows = tx
-                .query(&format!("FETCH {FETCH} FROM bems_export"), &[])
-                .await
-                .map_err(|e| StoreError::new(step, e))?;
-            for row in &rows {
-                match &mut sink {
-                    Sink::Csv(w) => {
-                        let values: Vec<String> =
-                            (0..COLUMNS.len()).map(|i| row.get::<_, Option<String>>(i).unwrap_or_default()).collect();
-                        w.write_record(&values).map_err(std::io::Error::other)?;
+            let fetched = tx.rows(step, &fetch, &[]).await?;
+            for row in &fetched {
+                match &mut rows {
+                    Rows::Csv(w) => {
+                        let values = row.cells().iter().map(|cell| match cell {
+                            Cell::Text(text) => text.as_bytes(),
+                            _ => b"",
+                        });
+                        w.write_record(values).map_err(std::io::Error::other)?;
                     }
-                    Sink::Jsonl(file) => {
-                        let line: String = row.get(0);
-                        file.write_all(line.as_bytes())?;
-                        file.write_all(b"\n")?;
+                    Rows::Jsonl(buffer) => {
+                        buffer.extend_from_slice(row.text(0).map_err(answer)?.as_bytes());
+                        buffer.push(b'\n');
                     }
                 }
             }
-            in_table += rows.len() as u64;
-            if (rows.len() as i64) < FETCH {
+            in_table += fetched.len() as u64;
+            out.write(encoder.encode(rows.take()?)?).await?;
+            if (fetched.len() as u64) < u64::from(tx.fetch_rows().max(1)) {
                 break;
             }
         }
-        tx.batch_execute("CLOSE bems_export").await.map_err(|e| StoreError::new(step, e))?;
+        tx.script(step, "CLOSE bems_export").await?;
         written += in_table;
-        partitions.push((table, in_table));
+        partitions.push((name, in_table));
     }
-    let mut file = match sink {
-        Sink::Csv(w) => w.into_inner().map_err(|e| e.into_error())?,
-        Sink::Jsonl(file) => file,
-    };
-    file.flush()?;
-    let counted: i64 = tx
-        .query_one(
-            &format!(
-                "SELECT count(*) FROM {} WHERE occurred_at >= $1 AND occurred_at < $2",
-                schema.table("status_changes")
-            ),
-            &[&from, &to],
-        )
-        .await
-        .map_err(|e| StoreError::new(step, e))?
-        .get(0);
-    tx.commit().await.map_err(|e| StoreError::new(step, e))?;
+    let (last, sha256, bytes) = encoder.finish()?;
+    out.write(last).await?;
+    let counted = single_int(
+        tx,
+        step,
+        &format!("SELECT count(*) FROM {} WHERE occurred_at >= $1 AND occurred_at < $2", schema.table(table)),
+        &[super::sql::Param::Time(from), super::sql::Param::Time(to)],
+    )
+    .await?;
     let counted = u64::try_from(counted).unwrap_or(0);
     if counted != written {
         return Err(ExportError::Incomplete { written, counted });
     }
     Ok(Manifest {
         schema: schema.to_string(),
+        table: table.to_owned(),
         from,
         to,
-        format,
+        format: encoding.format,
+        compression: encoding.compression,
         columns: COLUMNS.iter().map(|c| (*c).to_owned()).collect(),
         rows: written,
         partitions,
-        sha256: hex(&file.hash.finalize()),
-        bytes: file.bytes,
+        sha256,
+        bytes,
         snapshot_at,
     })
 }

@@ -32,8 +32,10 @@ pub struct Migration {
 }
 
 /// Every migration, in order.
-pub const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, name: "store", sql: include_str!("../../migrations/0001_store.sql") }];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "store", sql: include_str!("../../migrations/0001_store.sql") },
+    Migration { version: 2, name: "archives", sql: include_str!("../../migrations/0002_archives.sql") },
+];
 
 impl Migration {
     /// The SHA-256 of its SQL, hex.

@@ -13,6 +13,8 @@
 //! - [`PgQueries`]: the query layer ([`crate::query::Queries`]).
 //! - [`check`]: the rollups against the rows they summarise.
 //! - [`export`]: an auditor's export of a period, with its manifest.
+//! - [`archive`]: old months moved to an object store and dropped, once
+//!   what was stored is checked.
 //!
 //! Errors are classified by SQLSTATE ([`ErrorClass`]), never by their text.
 
@@ -23,6 +25,7 @@ use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
 
+pub mod archive;
 pub mod check;
 pub mod connect;
 #[cfg(feature = "data-api")]

@@ -13,7 +13,7 @@
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 
 use super::migrate::lock_key;
-use super::sql::{Param, Transaction, Transactional};
+use super::sql::{Param, Transaction, Transactional, single_int, table_exists};
 use super::{Schema, StoreError};
 
 /// The partitioned tables.
@@ -69,31 +69,18 @@ pub async fn ensure(
         let range = [Param::Time(lo), Param::Time(hi)];
         for table in TABLES {
             let name = partition_name(table, month);
-            let exists = tx
-                .rows(step, "SELECT to_regclass($1) IS NOT NULL", &[Param::Text(schema.table(&name))])
-                .await?
-                .first()
-                .map(|r| r.boolean(0))
-                .transpose()
-                .map_err(|e| StoreError::answer(step, e))?
-                .unwrap_or(false);
-            if exists {
+            if table_exists(&tx, step, schema, &name).await? {
                 done.existing.push(name);
                 continue;
             }
             let (parent, default) = (schema.table(table), schema.table(&format!("{table}_default")));
-            let stranded = tx
-                .rows(
-                    step,
-                    &format!("SELECT count(*) FROM {default} WHERE occurred_at >= $1 AND occurred_at < $2"),
-                    &range,
-                )
-                .await?
-                .first()
-                .map(|r| r.int(0))
-                .transpose()
-                .map_err(|e| StoreError::answer(step, e))?
-                .unwrap_or(0);
+            let stranded = single_int(
+                &tx,
+                step,
+                &format!("SELECT count(*) FROM {default} WHERE occurred_at >= $1 AND occurred_at < $2"),
+                &range,
+            )
+            .await?;
             let bounds = format!("FOR VALUES FROM ('{}') TO ('{}')", lo.to_rfc3339(), hi.to_rfc3339());
             let create = format!("CREATE TABLE {} PARTITION OF {parent} {bounds}", schema.table(&name));
             if stranded == 0 {

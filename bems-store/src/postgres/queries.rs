@@ -21,7 +21,7 @@ use super::sql::{Executor, Param, Row, array_literal};
 use super::{ENGINE, Postgres, Schema, StoreError};
 use crate::histogram::{self, BUCKETS, LATENCY_BOUNDS_MS};
 use crate::query::{
-    HistoryEntry, Latencies, MoneyRow, OpenInvoice, Queries, QueryError, StageCount, Submitted, Window,
+    ArchivedMonth, HistoryEntry, Latencies, MoneyRow, OpenInvoice, Queries, QueryError, StageCount, Submitted, Window,
 };
 
 /// A PostgreSQL store the query layer reads: its schema, and where its
@@ -146,6 +146,26 @@ impl<S: SqlStore> Queries for S {
 
     async fn versions(&self, invoice: &str) -> Result<Vec<HistoryEntry>, QueryError> {
         entries(self, "versions", "status_change_versions", invoice).await
+    }
+
+    async fn archived(&self, invoice: &str) -> Result<Vec<ArchivedMonth>, QueryError> {
+        let step = "archived";
+        let sql = format!(
+            "SELECT a.month, a.location, v.location FROM {archives} a \
+               JOIN {invoices} i ON i.invoice_id = $1 \
+               LEFT JOIN {archives} v ON v.month = a.month AND v.table_name = 'status_change_versions' \
+             WHERE a.table_name = 'status_changes' \
+               AND a.month >= date_trunc('month', i.first_seen AT TIME ZONE 'UTC')::date \
+               AND a.month <= (i.latest_at AT TIME ZONE 'UTC')::date \
+             ORDER BY a.month",
+            archives = t(self, "archives"),
+            invoices = t(self, "invoices")
+        );
+        let mut out = Vec::new();
+        for r in self.rows(step, &sql, &[Param::Text(invoice.to_owned())]).await? {
+            out.push(ArchivedMonth { month: r.date(0)?, changes: r.text(1)?, versions: r.opt_text(2)? });
+        }
+        Ok(out)
     }
 
     async fn open_invoices(&self, window: Window, sla_secs: u32, limit: u32) -> Result<Vec<OpenInvoice>, QueryError> {

@@ -80,6 +80,16 @@ pub trait Transaction: Send + Sync {
 
     /// Commits.
     fn commit(self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Rolls back now, rather than when dropped (which, for the Data API,
+    /// is a request nobody waits for).
+    fn rollback(self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Rows to fetch from a cursor at a time: as many as fit the
+    /// transport's answer.
+    fn fetch_rows(&self) -> u32 {
+        5_000
+    }
 }
 
 impl Transactional for tokio_postgres::Client {
@@ -88,6 +98,38 @@ impl Transactional for tokio_postgres::Client {
     async fn begin(&mut self, step: &'static str) -> Result<tokio_postgres::Transaction<'_>, StoreError> {
         self.transaction().await.map_err(|e| StoreError::new(step, e))
     }
+}
+
+/// Whether `schema`'s `table` exists, in `tx`.
+pub(crate) async fn table_exists(
+    tx: &impl Transaction,
+    step: &'static str,
+    schema: &super::Schema,
+    table: &str,
+) -> Result<bool, StoreError> {
+    tx.rows(step, "SELECT to_regclass($1) IS NOT NULL", &[Param::Text(schema.table(table))])
+        .await?
+        .first()
+        .map(|r| r.boolean(0))
+        .transpose()
+        .map_err(|e| StoreError::answer(step, e))
+        .map(|exists| exists.unwrap_or(false))
+}
+
+/// The single `int8` that `sql` answers (a count), 0 for no row.
+pub(crate) async fn single_int(
+    tx: &impl Transaction,
+    step: &'static str,
+    sql: &str,
+    params: &[Param],
+) -> Result<i64, StoreError> {
+    tx.rows(step, sql, params)
+        .await?
+        .first()
+        .map(|r| r.int(0))
+        .transpose()
+        .map_err(|e| StoreError::answer(step, e))
+        .map(|n| n.unwrap_or(0))
 }
 
 /// `params` as `tokio-postgres` binds them.
@@ -111,6 +153,10 @@ impl Transaction for tokio_postgres::Transaction<'_> {
 
     async fn commit(self) -> Result<(), StoreError> {
         tokio_postgres::Transaction::commit(self).await.map_err(|e| StoreError::new("commit", e))
+    }
+
+    async fn rollback(self) -> Result<(), StoreError> {
+        tokio_postgres::Transaction::rollback(self).await.map_err(|e| StoreError::new("rollback", e))
     }
 }
 
@@ -425,7 +471,8 @@ mod tests {
         // The committed migrations split into their statements.
         for m in super::super::migrate::MIGRATIONS {
             let parts = split_statements(m.sql);
-            assert!(parts.len() > 10, "{}: {}", m.name, parts.len());
+            let least = if m.version == 1 { 10 } else { 1 };
+            assert!(parts.len() >= least, "{}: {}", m.name, parts.len());
             assert!(parts.iter().all(|p| !p.trim().is_empty() && !p.trim_end().ends_with(';')));
         }
     }
