@@ -7,13 +7,16 @@
 //! - `queries`: every panel query and the history of one invoice, over a
 //!   one-hour window at the peak rate (3.6 million rows in the last hour)
 //!   with only that hour stored, then with 20 million rows spread over the
-//!   13 monthly partitions of a retention period, and over wider windows.
+//!   13 monthly partitions of a retention period, and over wider windows;
+//! - `archive`: one month of a million status changes archived to a
+//!   directory (both row tables: two million rows exported, checked,
+//!   recorded, dropped), as CSV plain and gzipped, one after the other.
 //!
 //! Every row goes through the writer (so the rollups, versions and
 //! invoices are what the writer makes), and the rollups are checked
 //! against the rows of the last hour at the end.
 //!
-//! `cargo bench -p bems-store --bench store -- write|queries|all`
+//! `cargo bench -p bems-store --bench store -- write|queries|archive|all`
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -345,6 +348,44 @@ async fn queries(url: &str) {
     assert!(mismatches.is_empty(), "{mismatches:?}");
 }
 
+/// A month of `ROWS` status changes archived, plain and gzipped.
+async fn archive(url: &str) {
+    use bems_store::postgres::archive::{Directory, archive_month};
+    use bems_store::postgres::export::{Compression, Encoding, Format};
+    const ROWS: u64 = 1_000_000;
+    let month = partitions::month_of(Utc::now()).checked_sub_months(chrono::Months::new(6)).expect("month");
+    let start = chrono::TimeZone::from_utc_datetime(&Utc, &month.and_hms_opt(0, 0, 0).expect("midnight"));
+    let dir = std::env::temp_dir().join("bems-bench-archive");
+    for compression in [Compression::None, Compression::Gzip] {
+        let name = format!("bench_archive_{compression:?}").to_lowercase();
+        let pg = fresh(url, &name).await;
+        let rate = load(&pg, "ARC", ROWS, start, Duration::from_secs(27 * 86_400)).await;
+        let mut client = pg.connect().await.expect("connect");
+        let _ = std::fs::remove_dir_all(&dir);
+        let (cpu0, own0) = cpu_seconds();
+        let t = Instant::now();
+        let encoding = Encoding { format: Format::Csv, compression };
+        let done =
+            archive_month(&mut client, pg.schema(), month, &Directory::new(&dir), encoding).await.expect("archive");
+        let secs = t.elapsed().as_secs_f64();
+        let (cpu1, own1) = cpu_seconds();
+        let rows: u64 = done.files.iter().map(|f| f.rows).sum();
+        let bytes: u64 = done.files.iter().map(|f| f.bytes).sum();
+        #[allow(clippy::cast_precision_loss)]
+        let (rows_f, mb) = (rows as f64, bytes as f64 / 1e6);
+        println!(
+            "archive csv {compression:?}: {rows} rows (loaded at {rate:.0} rows/s) in {secs:.1} s = {:.0} rows/s; \
+             {mb:.1} MB = {:.0} bytes/row; CPU: this process {:.1} s, machine {:.1} s",
+            rows_f / secs,
+            bytes as f64 / rows_f,
+            own1 - own0,
+            cpu1 - cpu0
+        );
+        client.batch_execute(&format!("DROP SCHEMA {name} CASCADE")).await.expect("drop");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn main() {
     let Ok(url) = std::env::var("BEMS_POSTGRES_URL") else {
         eprintln!("set BEMS_POSTGRES_URL (scripts/bench-store starts a server and sets it)");
@@ -359,6 +400,9 @@ fn main() {
         }
         if what == "queries" || what == "all" {
             queries(&url).await;
+        }
+        if what == "archive" || what == "all" {
+            archive(&url).await;
         }
         // The peak hour alone, left in schema bench_peak, to look at plans.
         if what == "peak" {

@@ -155,6 +155,7 @@ pub(super) fn database(
     network(spec, resources);
     security_groups(spec, resources);
     aurora(spec, resources, outputs);
+    archive(spec, resources, outputs);
     resources.insert(
         "DatabaseCaLayer".into(),
         json!({
@@ -174,6 +175,67 @@ pub(super) fn database(
         "WriterSecurityGroupId".into(),
         json!({ "Condition": "WithPostgres", "Value": get_att("WriterSecurityGroup", "GroupId") }),
     );
+}
+
+/// The bucket `bems store archive` moves months older than the hot ones
+/// to (docs/store.md "Archiving old months"): under the cell key, private,
+/// TLS only, versioned, kept when the stack goes; files move to Glacier
+/// Instant Retrieval (still read by Athena) after 90 days, and parts of an
+/// upload that never finished are removed after 7.
+fn archive(spec: &CellSpec, resources: &mut BTreeMap<String, Value>, outputs: &mut BTreeMap<String, Value>) {
+    resources.insert(
+        "StoreArchive".into(),
+        retained(json!({
+            "Type": "AWS::S3::Bucket",
+            "Condition": "WithPostgres",
+            "Metadata": { "checkov": { "skip": [
+                {
+                    "id": "CKV_AWS_18",
+                    "comment": "Written once a month by bems store archive and read through Athena: CloudTrail data events record that (infra/README.md), without a bucket of access logs per cell.",
+                },
+                {
+                    "id": "CKV_AWS_144",
+                    "comment": "A copy in another Region is the operator's choice (cost, data residency); the store's own backups and the versioned files cover a lost object.",
+                },
+            ] } },
+            "Properties": {
+                "VersioningConfiguration": { "Status": "Enabled" },
+                "BucketEncryption": { "ServerSideEncryptionConfiguration": [{
+                    "ServerSideEncryptionByDefault": { "SSEAlgorithm": "aws:kms", "KMSMasterKeyID": get_att("CellKey", "Arn") },
+                    "BucketKeyEnabled": true,
+                }] },
+                "PublicAccessBlockConfiguration": security::private_bucket(),
+                "OwnershipControls": { "Rules": [{ "ObjectOwnership": "BucketOwnerEnforced" }] },
+                "LifecycleConfiguration": { "Rules": [
+                    {
+                        "Id": "cold-after-90-days",
+                        "Status": "Enabled",
+                        "Transitions": [{ "StorageClass": "GLACIER_IR", "TransitionInDays": 90 }],
+                        "NoncurrentVersionExpiration": { "NoncurrentDays": 30 },
+                    },
+                    {
+                        "Id": "unfinished-uploads",
+                        "Status": "Enabled",
+                        "AbortIncompleteMultipartUpload": { "DaysAfterInitiation": 7 },
+                    },
+                ] },
+                "Tags": tags(spec, "store-archive"),
+            },
+        })),
+    );
+    resources.insert(
+        "StoreArchivePolicy".into(),
+        json!({
+            "Type": "AWS::S3::BucketPolicy",
+            "Condition": "WithPostgres",
+            "Properties": {
+                "Bucket": reference("StoreArchive"),
+                "PolicyDocument": { "Version": "2012-10-17", "Statement": [security::tls_only("StoreArchive")] },
+            },
+        }),
+    );
+    outputs
+        .insert("StoreArchiveUrl".into(), json!({ "Condition": "WithPostgres", "Value": sub("s3://${StoreArchive}") }));
 }
 
 fn network(spec: &CellSpec, resources: &mut BTreeMap<String, Value>) {

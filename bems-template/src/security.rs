@@ -596,7 +596,7 @@ fn monitoring_access(spec: &CellSpec, resources: &mut BTreeMap<String, Value>, o
 }
 
 /// Every public access block on.
-fn private_bucket() -> Value {
+pub(super) fn private_bucket() -> Value {
     json!({
         "BlockPublicAcls": true,
         "BlockPublicPolicy": true,
@@ -606,7 +606,7 @@ fn private_bucket() -> Value {
 }
 
 /// Refuses every request to `bucket` that is not over TLS.
-fn tls_only(bucket: &str) -> Value {
+pub(super) fn tls_only(bucket: &str) -> Value {
     json!({
         "Sid": "tls-only",
         "Effect": "Deny",

@@ -193,6 +193,40 @@ fn the_cluster_is_encrypted_with_the_cell_key_tls_only_iam_authenticated_and_out
     assert!(p["VpcSecurityGroupIds"].to_string().contains("AuroraSecurityGroup"));
 }
 
+/// The archive's bucket: with either PostgreSQL store only, under the cell
+/// key, private, TLS only, versioned, kept when the stack goes.
+#[test]
+fn the_archive_bucket_is_private_encrypted_with_the_cell_key_and_kept() {
+    let template = cell();
+    for (store, expected) in [("aurora", true), ("existing", true), ("timestream", false), ("none", false)] {
+        let made = created(&template, &[("Store", store)]);
+        for id in ["StoreArchive", "StoreArchivePolicy"] {
+            assert_eq!(made.contains(id), expected, "{id} with Store={store}");
+        }
+    }
+    let r = resources(&template);
+    let bucket = &r["StoreArchive"];
+    assert_eq!((&bucket["DeletionPolicy"], &bucket["UpdateReplacePolicy"]), (&json!("Retain"), &json!("Retain")));
+    let p = &bucket["Properties"];
+    let encryption = &p["BucketEncryption"]["ServerSideEncryptionConfiguration"][0];
+    assert_eq!(encryption["ServerSideEncryptionByDefault"]["SSEAlgorithm"], "aws:kms");
+    assert_eq!(
+        encryption["ServerSideEncryptionByDefault"]["KMSMasterKeyID"],
+        json!({ "Fn::GetAtt": ["CellKey", "Arn"] })
+    );
+    assert_eq!(encryption["BucketKeyEnabled"], true, "one KMS request per object, not per part");
+    let block = &p["PublicAccessBlockConfiguration"];
+    for setting in ["BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets"] {
+        assert_eq!(block[setting], true, "{setting}");
+    }
+    assert_eq!(p["VersioningConfiguration"]["Status"], "Enabled");
+    let rules = p["LifecycleConfiguration"]["Rules"].as_array().expect("rules");
+    assert!(rules.iter().any(|r| r["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] == 7));
+    let deny = &r["StoreArchivePolicy"]["Properties"]["PolicyDocument"]["Statement"][0];
+    assert_eq!((&deny["Effect"], &deny["Condition"]["Bool"]["aws:SecureTransport"]), (&json!("Deny"), &json!("false")));
+    assert_eq!(template["Outputs"]["StoreArchiveUrl"]["Value"], json!({ "Fn::Sub": "s3://${StoreArchive}" }));
+}
+
 #[test]
 fn the_writer_logs_in_as_its_role_with_iam_over_verified_tls_from_its_vpc() {
     let template = cell();

@@ -2,9 +2,9 @@
 //!
 //! The store keeps a few months hot; older ones go to an object store
 //! (S3, through `bems-ops`; or a directory, [`Directory`]) as gzipped CSV
-//! or JSON lines, one file per month and row table, with its manifest
-//! beside it, laid out for Athena's partition projection
-//! (`<schema>/<table>/month=YYYY-MM/…`, [`key`]). [`archive_month`]:
+//! or JSON lines, one file per month and row table, laid out for Athena's
+//! partition projection (`<schema>/<table>/month=YYYY-MM/…`, [`key`]),
+//! with its manifest apart ([`manifest_key`]). [`archive_month`]:
 //!
 //! 1. exports both row tables of the month in one snapshot (a `REPEATABLE
 //!    READ` transaction, [`super::export`]) straight into the target, and
@@ -178,10 +178,21 @@ impl ArchiveError {
 }
 
 /// The key of `table`'s file for `month`:
-/// `<schema>/<table>/month=YYYY-MM/<table>_YYYY_MM.csv.gz`.
+/// `<schema>/<table>/month=YYYY-MM/<table>_YYYY_MM.csv.gz`: a folder per
+/// table and month, as Athena's partition projection reads them.
 pub fn key(schema: &Schema, table: &str, month: NaiveDate, encoding: Encoding) -> String {
+    format!("{schema}/{}", relative(table, month, encoding))
+}
+
+/// The key of its manifest: under `<schema>/manifests/`, apart from the
+/// data, because Athena reads every file under a table's location.
+pub fn manifest_key(schema: &Schema, table: &str, month: NaiveDate, encoding: Encoding) -> String {
+    format!("{schema}/manifests/{}.manifest.json", relative(table, month, encoding))
+}
+
+fn relative(table: &str, month: NaiveDate, encoding: Encoding) -> String {
     format!(
-        "{schema}/{table}/month={:04}-{:02}/{}.{}{}",
+        "{table}/month={:04}-{:02}/{}.{}{}",
         month.year(),
         month.month(),
         partition_name(table, month),
@@ -297,7 +308,7 @@ async fn export_file<T: Target>(
         }
     };
     upload.finish().await.map_err(ArchiveError::target(location.clone()))?;
-    let manifest_key = format!("{key}.manifest.json");
+    let manifest_key = manifest_key(schema, table, month, encoding);
     let manifest_location = target.location(&manifest_key);
     let body = serde_json::to_vec_pretty(&manifest).map_err(std::io::Error::other);
     let body = body.map_err(ArchiveError::target(manifest_location.clone()))?;
@@ -492,6 +503,10 @@ mod tests {
         assert_eq!(
             key(&schema, "status_change_versions", month, plain),
             "cell_eu_1/status_change_versions/month=2026-03/status_change_versions_2026_03.jsonl"
+        );
+        assert_eq!(
+            manifest_key(&schema, "status_changes", month, gz),
+            "cell_eu_1/manifests/status_changes/month=2026-03/status_changes_2026_03.csv.gz.manifest.json"
         );
     }
 }
