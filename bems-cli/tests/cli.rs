@@ -465,7 +465,7 @@ async fn store_commands_migrate_read_check_and_export_the_postgres_store() {
     let out = run(&["store", "migrate"]);
     assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("applied [1, 2]") && stdout.contains("roles: bems_writer"), "{stdout}");
+    assert!(stdout.contains("applied [1, 2, 3]") && stdout.contains("roles: bems_writer"), "{stdout}");
     let out = run(&["store", "partitions", "--ahead", "1"]);
     assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
 

@@ -231,6 +231,22 @@ pub fn store_name(cell: &CellId) -> String {
     format!("bems_{}", cell.as_str().replace('-', "_"))
 }
 
+/// The statement that makes the monthly partitions of the store schema
+/// `schema` from the time `from` for `months` months ahead (SQL
+/// expressions), through the schema's `ensure_partitions` function
+/// (bems-store's migration 0003): what `bems store partitions` runs and
+/// what the cell template's daily schedule sends through the Data API.
+pub fn ensure_partitions_sql(schema: &str, from: &str, months: &str) -> String {
+    format!("SELECT partition_name, created, moved FROM {schema}.ensure_partitions({from}, {months})")
+}
+
+/// The statement that fails, naming the count and the range, while status
+/// changes wait in the store schema `schema`'s default partition (the
+/// template's daily check).
+pub fn check_default_partition_sql(schema: &str) -> String {
+    format!("SELECT {schema}.check_default_partition()")
+}
+
 impl CellSpec {
     fn prefix(&self) -> String {
         bus_name(self.cell_id())
@@ -321,6 +337,12 @@ impl CellSpec {
     /// The standard queue EventBridge sends what it cannot deliver to.
     pub fn bus_dlq_name(&self) -> String {
         format!("{}-bus-dlq", self.prefix())
+    }
+    /// The standard queue where the store's daily upkeep statements go
+    /// when they fail after their retries (EventBridge Scheduler's
+    /// dead-letter queue: Scheduler takes no FIFO queue).
+    pub fn store_upkeep_dlq_name(&self) -> String {
+        format!("{}-store-upkeep-dlq", self.prefix())
     }
     /// The REST API.
     pub fn api_name(&self) -> String {

@@ -133,15 +133,30 @@ async fn a_row_of_a_month_without_partition_lands_in_the_default_and_moves_out_w
     assert_eq!(out, [RowOutcome::Inserted]);
     let (n, oldest, _) = partitions::in_default(&client, pg.schema()).await.expect("default");
     assert_eq!((n, oldest), (1, Some(far)));
+    // The template's daily check fails, naming the count.
+    let check = partitions::check_default_sql(pg.schema());
+    let e = client.query_one(&check, &[]).await.expect_err("rows in the default partition");
+    let db = e.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "P0001");
+    assert!(db.message().contains("1 status change(s)") && db.message().contains("bems store partitions"), "{db}");
     let made = partitions::ensure(&mut client, pg.schema(), far, 0).await.expect("partitions");
     assert_eq!(made.created, ["status_changes_2029_03", "status_change_versions_2029_03"]);
     assert_eq!(made.moved, 2, "the row and its first version");
     assert_eq!(partitions::in_default(&client, pg.schema()).await.expect("default").0, 0);
     let history = bems_store::postgres::PgQueries::new(pg.clone()).history("INV-FAR-1").await.expect("history");
     assert_eq!(history.len(), 1);
+    let n: i64 = client.query_one(&check, &[]).await.expect("the check passes").get(0);
+    assert_eq!(n, 0);
     // Idempotent: a second run creates nothing.
     let again = partitions::ensure(&mut client, pg.schema(), far, 0).await.expect("partitions");
     assert!(again.created.is_empty());
+    assert_eq!(again.existing, ["status_changes_2029_03", "status_change_versions_2029_03"]);
+    // Months ahead are bounded, and the function's lock is the commands'.
+    let e = partitions::ensure(&mut client, pg.schema(), far, 121).await.expect_err("121 months");
+    assert!(e.to_string().contains("months ahead must be 0 to 120"), "{e}");
+    let key: i64 =
+        client.query_one(&format!("SELECT {}.upkeep_lock_key()", pg.schema()), &[]).await.expect("lock key").get(0);
+    assert_eq!(key, migrate::lock_key(pg.schema()));
     assert_rollups_match(&client, &pg).await;
     drop_schema(&client, &pg).await;
 }
@@ -151,17 +166,18 @@ async fn migrations_apply_once_and_a_changed_one_is_refused() {
     let Some((pg, mut client)) = store().await else { return };
     let again = migrate::migrate(&mut client, pg.schema()).await.expect("again");
     assert!(again.applied.is_empty());
-    assert_eq!(again.already, [1, 2]);
+    assert_eq!(again.already, [1, 2, 3]);
     // A store migrated by the previous release gains only the new one.
     client
         .batch_execute(&format!(
-            "DROP TABLE {0}.archives; DELETE FROM {0}.schema_migrations WHERE version = 2",
+            "DROP TABLE {0}.archives; DROP FUNCTION {0}.ensure_partitions, {0}.check_default_partition, {0}.upkeep_lock_key; \
+             DELETE FROM {0}.schema_migrations WHERE version IN (2, 3)",
             pg.schema()
         ))
         .await
         .expect("back to version 1");
     let upgraded = migrate::migrate(&mut client, pg.schema()).await.expect("upgrade");
-    assert_eq!((upgraded.applied, upgraded.already), (vec![2], vec![1]));
+    assert_eq!((upgraded.applied, upgraded.already), (vec![2, 3], vec![1]));
     client
         .execute(&format!("UPDATE {}.schema_migrations SET checksum = 'edited' WHERE version = 1", pg.schema()), &[])
         .await

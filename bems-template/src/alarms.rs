@@ -22,7 +22,8 @@ use super::*;
 ///   could not even dead-letter (critical: lost), throttled rules (warning),
 ///   API 5xx (critical) and 4xx (warning) rates, each function's errors and
 ///   throttles (warning); the Aurora cluster above 90% of its maximum
-///   capacity for 15 minutes (warning, `Store=aurora`);
+///   capacity for 15 minutes and a failed daily store upkeep (warnings,
+///   `Store=aurora`);
 /// - a composite alarm `bems-C-critical` that is in alarm when any critical
 ///   one is, for a single page.
 pub(super) fn monitoring(
@@ -199,6 +200,22 @@ pub(super) fn monitoring(
         ),
     );
     critical.push("UnroutedNotEmptyAlarm".into());
+    // The store's daily upkeep failed after its retries: partitions not
+    // made ahead (before the first `bems store migrate`, or the database
+    // refused), or rows waiting in the default partition. Nothing is lost
+    // (such rows stay in the default partition), so it warns.
+    let mut upkeep = sqs_alarm(
+        spec.resource_name("store-upkeep-failed"),
+        "A daily store upkeep statement failed after its retries (the dead-letter message holds the database's answer): partitions for the months ahead not made, or status changes waiting in the default partition. Run bems store partitions and bems store check (docs/store.md)."
+            .into(),
+        "StoreUpkeepDlq",
+        "ApproximateNumberOfMessagesVisible",
+        json!(0),
+        1,
+        "AlertsWarning",
+    );
+    upkeep["Condition"] = json!("WithAurora");
+    resources.insert("StoreUpkeepFailedAlarm".into(), upkeep);
     resources.insert(
         "VisibilityOverSlaAlarm".into(),
         json!({

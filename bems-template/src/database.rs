@@ -156,6 +156,7 @@ pub(super) fn database(
     security_groups(spec, resources);
     aurora(spec, resources, outputs);
     archive(spec, resources, outputs);
+    upkeep(spec, resources);
     resources.insert(
         "DatabaseCaLayer".into(),
         json!({
@@ -236,6 +237,112 @@ fn archive(spec: &CellSpec, resources: &mut BTreeMap<String, Value>, outputs: &m
     );
     outputs
         .insert("StoreArchiveUrl".into(), json!({ "Condition": "WithPostgres", "Value": sub("s3://${StoreArchive}") }));
+}
+
+/// Months ahead the daily schedule keeps partitions for.
+pub const PARTITIONS_AHEAD: u32 = 3;
+
+/// The store's daily upkeep on Aurora, with no function to run: two
+/// EventBridge Scheduler schedules call the RDS Data API's
+/// `ExecuteStatement` (a universal target) as the master user, one
+/// statement each: the schema's `ensure_partitions` (migration 0003; what
+/// `bems store partitions` runs) for [`PARTITIONS_AHEAD`] months, then its
+/// `check_default_partition`, which fails while rows wait in the default
+/// partition. A call that fails after its retries (before `bems store
+/// migrate` made the functions, or the check) lands in a dead-letter queue
+/// with the database's message, and the queue's alarm warns.
+fn upkeep(spec: &CellSpec, resources: &mut BTreeMap<String, Value>) {
+    let schema = bems_core::contract::store_name(spec.cell_id());
+    resources.insert(
+        "StoreUpkeepDlq".into(),
+        with_condition(standard_dlq(spec.cell_id().as_str(), &spec.store_upkeep_dlq_name()), "WithAurora"),
+    );
+    let secret = get_att("AuroraCluster", "MasterUserSecret.SecretArn");
+    resources.insert(
+        "StoreUpkeepRole".into(),
+        json!({
+            "Type": "AWS::IAM::Role",
+            "Condition": "WithAurora",
+            "Properties": {
+                "Description": "EventBridge Scheduler runs the store's daily upkeep statements through the RDS Data API, and nothing else.",
+                "AssumeRolePolicyDocument": {
+                    "Version": "2012-10-17",
+                    "Statement": [{
+                        "Effect": "Allow",
+                        "Principal": { "Service": "scheduler.amazonaws.com" },
+                        "Action": "sts:AssumeRole",
+                        "Condition": { "StringEquals": { "aws:SourceAccount": sub("${AWS::AccountId}") } },
+                    }],
+                },
+                "Policies": [{
+                    "PolicyName": "store-upkeep",
+                    "PolicyDocument": {
+                        "Version": "2012-10-17",
+                        "Statement": [
+                            { "Effect": "Allow", "Action": "rds-data:ExecuteStatement", "Resource": get_att("AuroraCluster", "DBClusterArn") },
+                            { "Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": secret },
+                            { "Effect": "Allow", "Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Resource": get_att("CellKey", "Arn") },
+                            { "Effect": "Allow", "Action": "sqs:SendMessage", "Resource": get_att("StoreUpkeepDlq", "Arn") },
+                        ],
+                    },
+                }],
+            },
+        }),
+    );
+    let statement = |sql: String| {
+        let input = json!({
+            "ResourceArn": "${AuroraCluster.DBClusterArn}",
+            "SecretArn": "${AuroraCluster.MasterUserSecret.SecretArn}",
+            "Database": DATABASE_NAME,
+            "Sql": sql,
+        });
+        sub(&input.to_string())
+    };
+    let ahead = PARTITIONS_AHEAD.to_string();
+    for (id, name, cron, what, sql) in [
+        (
+            "StorePartitionsSchedule",
+            "store-partitions",
+            "cron(15 2 * * ? *)",
+            "makes the monthly partitions for the months ahead",
+            bems_core::contract::ensure_partitions_sql(&schema, "now()", &ahead),
+        ),
+        (
+            "StoreDefaultPartitionSchedule",
+            "store-default-partition",
+            "cron(45 2 * * ? *)",
+            "fails while status changes wait in the default partition",
+            bems_core::contract::check_default_partition_sql(&schema),
+        ),
+    ] {
+        resources.insert(
+            id.into(),
+            json!({
+                "Type": "AWS::Scheduler::Schedule",
+                "Condition": "WithAurora",
+                "Properties": {
+                    "Name": spec.resource_name(name),
+                    "Description": format!("Daily, through the RDS Data API: {what} (docs/store.md)."),
+                    "ScheduleExpression": cron,
+                    "ScheduleExpressionTimezone": "UTC",
+                    "FlexibleTimeWindow": { "Mode": "OFF" },
+                    "State": "ENABLED",
+                    "Target": {
+                        "Arn": sub("arn:${AWS::Partition}:scheduler:::aws-sdk:rdsdata:executeStatement"),
+                        "RoleArn": get_att("StoreUpkeepRole", "Arn"),
+                        "Input": statement(sql),
+                        "RetryPolicy": { "MaximumRetryAttempts": 5, "MaximumEventAgeInSeconds": 3600 },
+                        "DeadLetterConfig": { "Arn": get_att("StoreUpkeepDlq", "Arn") },
+                    },
+                },
+            }),
+        );
+    }
+}
+
+fn with_condition(mut resource: Value, condition: &str) -> Value {
+    resource["Condition"] = json!(condition);
+    resource
 }
 
 fn network(spec: &CellSpec, resources: &mut BTreeMap<String, Value>) {

@@ -374,18 +374,20 @@ fn what_holds_events_is_retained() {
     let template = cell();
     let mut held: Vec<&String> = Vec::new();
     for (id, r) in resources(&template) {
-        let keeps =
-            matches!(r["Type"].as_str(), Some("AWS::KMS::Key" | "AWS::Events::Archive" | "AWS::Logs::LogGroup"))
-                || (r["Type"] == "AWS::SQS::Queue" && (id.ends_with("Dlq") || id == "UnroutedQueue"));
+        let keeps = matches!(
+            r["Type"].as_str(),
+            Some("AWS::KMS::Key" | "AWS::Events::Archive" | "AWS::Logs::LogGroup" | "AWS::S3::Bucket")
+        ) || (r["Type"] == "AWS::SQS::Queue" && (id.ends_with("Dlq") || id == "UnroutedQueue"));
         if keeps {
             held.push(id);
             assert_eq!(r["DeletionPolicy"], "Retain", "{id}");
             assert_eq!(r["UpdateReplacePolicy"], "Retain", "{id}");
         }
     }
-    // The key, the archive, 4 x 2 + 1 + 1 DLQs, the unrouted queue, 7 + 1
-    // log groups (a writer's per store kind).
-    assert_eq!(held.len(), 1 + 1 + 10 + 1 + 8, "{held:?}");
+    // The key, the archive, 4 x 2 + 1 + 1 + 1 DLQs (the store upkeep's
+    // too), the unrouted queue, 7 + 1 log groups (a writer's per store
+    // kind), the store's archive bucket.
+    assert_eq!(held.len(), 1 + 1 + 11 + 1 + 8 + 1, "{held:?}");
 }
 
 /// *fix*: each stage's model refuses what no rule of the cell routes: a

@@ -227,6 +227,67 @@ fn the_archive_bucket_is_private_encrypted_with_the_cell_key_and_kept() {
     assert_eq!(template["Outputs"]["StoreArchiveUrl"]["Value"], json!({ "Fn::Sub": "s3://${StoreArchive}" }));
 }
 
+/// The daily upkeep on Aurora: two schedules call the Data API with the
+/// statements `bems store partitions` and the store's check run, as a role
+/// that may do that only; failures dead-letter and warn.
+#[test]
+fn the_daily_upkeep_runs_the_store_s_own_statements_through_the_data_api() {
+    let template = cell();
+    for (store, expected) in [("aurora", true), ("existing", false), ("timestream", false), ("none", false)] {
+        let made = created(&template, &[("Store", store)]);
+        for id in [
+            "StorePartitionsSchedule",
+            "StoreDefaultPartitionSchedule",
+            "StoreUpkeepRole",
+            "StoreUpkeepDlq",
+            "StoreUpkeepFailedAlarm",
+        ] {
+            assert_eq!(made.contains(id), expected, "{id} with Store={store}");
+        }
+    }
+    let r = resources(&template);
+    let schema = bems_store::postgres::Schema::of_cell(&bems_core::fields::CellId::new("prod-eu-1").expect("cell"));
+    let months = bems_template::database::PARTITIONS_AHEAD.to_string();
+    for (id, sql) in [
+        ("StorePartitionsSchedule", bems_store::postgres::partitions::ensure_sql(&schema, "now()", &months)),
+        ("StoreDefaultPartitionSchedule", bems_store::postgres::partitions::check_default_sql(&schema)),
+    ] {
+        let p = &r[id]["Properties"];
+        assert_eq!(p["ScheduleExpressionTimezone"], "UTC");
+        let target = &p["Target"];
+        assert_eq!(
+            target["Arn"],
+            json!({ "Fn::Sub": "arn:${AWS::Partition}:scheduler:::aws-sdk:rdsdata:executeStatement" })
+        );
+        let input: Value = serde_json::from_str(target["Input"]["Fn::Sub"].as_str().expect("input")).expect("JSON");
+        assert_eq!(input["Sql"], sql.as_str(), "{id}: the statement the store runs");
+        assert_eq!(input["ResourceArn"], "${AuroraCluster.DBClusterArn}");
+        assert_eq!(input["SecretArn"], "${AuroraCluster.MasterUserSecret.SecretArn}");
+        assert_eq!(input["Database"], bems_core::contract::DATABASE_NAME);
+        assert_eq!(target["DeadLetterConfig"]["Arn"], json!({ "Fn::GetAtt": ["StoreUpkeepDlq", "Arn"] }));
+        assert!(target["RetryPolicy"]["MaximumRetryAttempts"].as_u64().is_some_and(|n| n > 0));
+    }
+    let statements = r["StoreUpkeepRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+        .as_array()
+        .expect("statements");
+    let actions: Vec<String> = statements.iter().map(|s| s["Action"].to_string()).collect();
+    assert_eq!(
+        actions,
+        [
+            r#""rds-data:ExecuteStatement""#,
+            r#""secretsmanager:GetSecretValue""#,
+            r#"["kms:Decrypt","kms:GenerateDataKey"]"#,
+            r#""sqs:SendMessage""#
+        ],
+        "the Data API's statement, the secret it logs in with, the key of both, the dead letters; nothing else"
+    );
+    assert_eq!(statements[0]["Resource"], json!({ "Fn::GetAtt": ["AuroraCluster", "DBClusterArn"] }));
+    let trust = &r["StoreUpkeepRole"]["Properties"]["AssumeRolePolicyDocument"]["Statement"][0];
+    assert_eq!(trust["Principal"]["Service"], "scheduler.amazonaws.com");
+    assert!(trust["Condition"]["StringEquals"]["aws:SourceAccount"].is_object(), "only for this account's schedules");
+    assert_eq!(r["StoreUpkeepFailedAlarm"]["Properties"]["AlarmActions"], json!([{ "Ref": "AlertsWarning" }]));
+}
+
 #[test]
 fn the_writer_logs_in_as_its_role_with_iam_over_verified_tls_from_its_vpc() {
     let template = cell();

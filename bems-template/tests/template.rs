@@ -99,6 +99,7 @@ fn committed_template_routes_exactly_as_the_cell_spec_does() {
             spec.bus_dlq_name(),
             spec.unrouted_queue_name(),
             spec.smoke_queue_name(),
+            spec.store_upkeep_dlq_name(),
         ])
         .collect();
     assert_eq!(named("AWS::SQS::Queue", "QueueName"), want_queues);

@@ -32,13 +32,13 @@
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
-use chrono::{DateTime, Datelike, Months, NaiveDate, TimeZone, Utc};
+use chrono::{DateTime, Datelike, Months, NaiveDate, Utc};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::export::{self, Encoding, ExportError, Manifest, Output};
 use super::migrate::{hex, lock_key};
-use super::partitions::{TABLES, month_of, partition_name};
+use super::partitions::{TABLES, month_of, next_month, partition_name, start};
 use super::sql::{Param, Transaction, Transactional, single_int, table_exists};
 use super::{Schema, StoreError};
 
@@ -201,10 +201,6 @@ fn relative(table: &str, month: NaiveDate, encoding: Encoding) -> String {
     )
 }
 
-fn start(month: NaiveDate) -> DateTime<Utc> {
-    Utc.from_utc_datetime(&month.and_hms_opt(0, 0, 0).unwrap_or_default())
-}
-
 /// The months of `schema` that have partitions and are older than the
 /// `keep` months up to `now`'s (which counts as one), oldest first.
 pub async fn months(
@@ -253,7 +249,7 @@ pub async fn archive_month<S: Transactional, T: Target>(
     encoding: Encoding,
 ) -> Result<Archived, ArchiveError> {
     let month = month_of(start(month));
-    let (from, to) = (start(month), start(month.checked_add_months(Months::new(1)).unwrap_or(NaiveDate::MAX)));
+    let (from, to) = (start(month), start(next_month(month)));
     let step = "archive";
 
     // 1 and 2: the files, from one snapshot.

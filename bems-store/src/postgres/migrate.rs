@@ -35,6 +35,7 @@ pub struct Migration {
 pub const MIGRATIONS: &[Migration] = &[
     Migration { version: 1, name: "store", sql: include_str!("../../migrations/0001_store.sql") },
     Migration { version: 2, name: "archives", sql: include_str!("../../migrations/0002_archives.sql") },
+    Migration { version: 3, name: "upkeep", sql: include_str!("../../migrations/0003_upkeep.sql") },
 ];
 
 impl Migration {
@@ -85,8 +86,10 @@ pub enum MigrateError {
     Unknown(i32),
 }
 
-/// The advisory lock key of `schema`'s migrations and partition changes.
-pub(crate) fn lock_key(schema: &Schema) -> i64 {
+/// The advisory lock key of `schema`'s migrations, partition changes and
+/// archives (the schema's `upkeep_lock_key()`, migration 0003, computes the
+/// same for the partitions it makes).
+pub fn lock_key(schema: &Schema) -> i64 {
     let digest = Sha256::digest(format!("bems-store:{schema}").as_bytes());
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);

@@ -3,7 +3,8 @@
 //! `status_changes` and `status_change_versions` are partitioned by month
 //! of `occurred_at` (UTC): `status_changes_2026_12` holds December 2026.
 //! [`ensure`] creates the partitions from a month on, for the months ahead
-//! asked (`bems store partitions`, from a daily schedule on AWS): a writer
+//! asked (`bems store partitions`, and the cell template's daily schedule
+//! on AWS, both through the schema's `ensure_partitions`): a writer
 //! never creates one. A row whose month has no partition lands in the
 //! default partition, so no legitimate row is ever refused for its date;
 //! [`in_default`] counts such rows (the alarm), and [`ensure`] moves them
@@ -12,8 +13,7 @@
 
 use chrono::{DateTime, Datelike, NaiveDate, TimeZone, Utc};
 
-use super::migrate::lock_key;
-use super::sql::{Param, Transaction, Transactional, single_int, table_exists};
+use super::sql::{Param, Transaction, Transactional};
 use super::{Schema, StoreError};
 
 /// The partitioned tables.
@@ -24,11 +24,13 @@ pub fn month_of(at: DateTime<Utc>) -> NaiveDate {
     NaiveDate::from_ymd_opt(at.year(), at.month(), 1).unwrap_or(NaiveDate::MIN)
 }
 
-fn next_month(month: NaiveDate) -> NaiveDate {
+/// The month after `month`.
+pub(crate) fn next_month(month: NaiveDate) -> NaiveDate {
     month.checked_add_months(chrono::Months::new(1)).unwrap_or(NaiveDate::MAX)
 }
 
-fn start(month: NaiveDate) -> DateTime<Utc> {
+/// The first instant of `month` (UTC).
+pub(crate) fn start(month: NaiveDate) -> DateTime<Utc> {
     Utc.from_utc_datetime(&month.and_hms_opt(0, 0, 0).unwrap_or_default())
 }
 
@@ -51,8 +53,10 @@ pub struct Ensured {
 
 /// Creates `schema`'s partitions for `months` months from the month of
 /// `from` (and that month), moving any of their rows out of the default
-/// partition. One transaction on `session` (a connection, or the Data API),
-/// under the schema's advisory lock.
+/// partition: the schema's `ensure_partitions` function (migration 0003,
+/// which the cell template's daily schedule calls too), in one transaction
+/// on `session` (a connection, or the Data API), under the schema's
+/// advisory lock.
 pub async fn ensure(
     session: &mut impl Transactional,
     schema: &Schema,
@@ -61,53 +65,36 @@ pub async fn ensure(
 ) -> Result<Ensured, StoreError> {
     let step = "partitions";
     let tx = session.begin(step).await?;
-    tx.execute(step, "SELECT pg_advisory_xact_lock($1)", &[Param::Int(lock_key(schema))]).await?;
-    let mut done = Ensured::default();
-    let mut month = month_of(from);
-    for _ in 0..=months {
-        let (lo, hi) = (start(month), start(next_month(month)));
-        let range = [Param::Time(lo), Param::Time(hi)];
-        for table in TABLES {
-            let name = partition_name(table, month);
-            if table_exists(&tx, step, schema, &name).await? {
-                done.existing.push(name);
-                continue;
-            }
-            let (parent, default) = (schema.table(table), schema.table(&format!("{table}_default")));
-            let stranded = single_int(
-                &tx,
-                step,
-                &format!("SELECT count(*) FROM {default} WHERE occurred_at >= $1 AND occurred_at < $2"),
-                &range,
-            )
-            .await?;
-            let bounds = format!("FOR VALUES FROM ('{}') TO ('{}')", lo.to_rfc3339(), hi.to_rfc3339());
-            let create = format!("CREATE TABLE {} PARTITION OF {parent} {bounds}", schema.table(&name));
-            if stranded == 0 {
-                tx.script(step, &create).await?;
-            } else {
-                // The default partition is detached while the month's rows
-                // move, then attached again (which checks it holds none).
-                tx.script(step, &format!("ALTER TABLE {parent} DETACH PARTITION {default}; {create};")).await?;
-                let moved = tx
-                    .execute(
-                        step,
-                        &format!(
-                            "WITH gone AS (DELETE FROM {default} WHERE occurred_at >= $1 AND occurred_at < $2 RETURNING *) \
-                             INSERT INTO {parent} SELECT * FROM gone"
-                        ),
-                        &range,
-                    )
-                    .await?;
-                tx.script(step, &format!("ALTER TABLE {parent} ATTACH PARTITION {default} DEFAULT")).await?;
-                done.moved += moved;
-            }
-            done.created.push(name);
-        }
-        month = next_month(month);
-    }
+    let rows = tx
+        .rows(step, &ensure_sql(schema, "$1", "$2::int8::int"), &[Param::Time(from), Param::Int(i64::from(months))])
+        .await?;
     tx.commit().await?;
+    let mut done = Ensured::default();
+    for row in rows {
+        let read = |e| StoreError::answer(step, e);
+        let (name, created, moved) =
+            (row.text(0).map_err(read)?, row.boolean(1).map_err(read)?, row.int(2).map_err(read)?);
+        if created {
+            done.created.push(name);
+            done.moved += u64::try_from(moved).unwrap_or(0);
+        } else {
+            done.existing.push(name);
+        }
+    }
     Ok(done)
+}
+
+/// The statement that makes `schema`'s partitions from the time `from` for
+/// `months` months ahead (SQL expressions): what [`ensure`] runs, and what
+/// the cell template's schedule sends through the Data API.
+pub fn ensure_sql(schema: &Schema, from: &str, months: &str) -> String {
+    bems_core::contract::ensure_partitions_sql(schema.as_str(), from, months)
+}
+
+/// The statement that fails, naming the count and range, when rows wait in
+/// `schema`'s default partition (the template's daily check).
+pub fn check_default_sql(schema: &Schema) -> String {
+    bems_core::contract::check_default_partition_sql(schema.as_str())
 }
 
 /// Rows in the default partition of `status_changes`: how many, and the
