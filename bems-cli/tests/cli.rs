@@ -611,6 +611,15 @@ async fn store_archive_moves_old_months_to_s3_and_history_says_where() {
     let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&config).force_path_style(true).build());
     let bucket = cell.clone();
     s3.create_bucket().bucket(&bucket).send().await.expect("bucket");
+    // Versioned, as the template's bucket is: a write's receipt is its version id.
+    let versioning = aws_sdk_s3::types::VersioningConfiguration::builder()
+        .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled);
+    s3.put_bucket_versioning()
+        .bucket(&bucket)
+        .versioning_configuration(versioning.build())
+        .send()
+        .await
+        .expect("versioning");
     let to = format!("s3://{bucket}/archive");
 
     let out = run(&["store", "archive", "--to", &to, "--dry-run", "--json"]);
@@ -649,6 +658,16 @@ async fn store_archive_moves_old_months_to_s3_and_history_says_where() {
             };
             let location = file["location"].as_str().expect("location");
             let bytes = get(location).await;
+            if rows > 1 {
+                // Sent in parts: a multipart object's ETag ends in "-<parts>".
+                let key = location.strip_prefix(&format!("s3://{bucket}/")).expect("in the bucket");
+                let head = s3.head_object().bucket(&bucket).key(key).send().await.expect("head");
+                assert!(
+                    head.e_tag().is_some_and(|t| t.trim_matches('"').ends_with("-2")),
+                    "{location}: {:?}",
+                    head.e_tag()
+                );
+            }
             use sha2::Digest;
             let digest: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
             assert_eq!(file["sha256"], digest.as_str(), "{location}: the recorded hash is the object's");

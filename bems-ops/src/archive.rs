@@ -2,8 +2,9 @@
 //! `bems store archive --to s3://bucket/prefix` writes to.
 //!
 //! A file is streamed in parts ([`S3Target::with_part_size`], 32 MiB by
-//! default: S3 takes at most 10,000 parts, so up to 312 GiB per file),
-//! each sent with its SHA-256, which S3 checks on receipt; a file smaller
+//! default, doubling every 1,000 parts up to S3's 5 GiB: S3 takes at most
+//! 10,000 parts, so a file of any size a month makes fits), each sent with
+//! its SHA-256, which S3 checks on receipt; a file smaller
 //! than one part goes in one `PutObject` with its SHA-256, so S3 reports
 //! the whole file's hash back and the archive compares it. Objects take
 //! the bucket's default encryption (the cell key, in the template's
@@ -23,7 +24,11 @@ pub const PART_SIZE: usize = 32 << 20;
 /// S3's smallest part (but the last).
 pub const MIN_PART_SIZE: usize = 5 << 20;
 /// S3's most parts per upload.
-const MAX_PARTS: i32 = 10_000;
+const MAX_PARTS: usize = 10_000;
+/// S3's largest part.
+const MAX_PART_SIZE: usize = 5 << 30;
+/// Parts of one size before the size doubles.
+const PARTS_PER_SIZE: usize = 1_000;
 
 /// A bucket and a key prefix.
 #[derive(Debug, Clone)]
@@ -69,9 +74,9 @@ impl S3Target {
         S3Target::new(aws_sdk_s3::Client::new(config), url)
     }
 
-    /// Parts of `bytes` (at least [`MIN_PART_SIZE`]).
+    /// First parts of `bytes` (between [`MIN_PART_SIZE`] and S3's 5 GiB).
     pub fn with_part_size(mut self, bytes: usize) -> S3Target {
-        self.part_size = bytes.max(MIN_PART_SIZE);
+        self.part_size = bytes.clamp(MIN_PART_SIZE, MAX_PART_SIZE);
         self
     }
 
@@ -91,6 +96,13 @@ impl S3Target {
     }
 }
 
+/// What identifies a write: the version id, else the ETag (without the
+/// quotes some answers put around it). "null" is the version id of every
+/// object written while versioning is off or suspended, so not one.
+fn receipt(version_id: Option<&str>, e_tag: Option<&str>) -> Option<String> {
+    version_id.filter(|v| *v != "null").or(e_tag).map(|r| r.trim_matches('"').to_owned())
+}
+
 fn sha256_base64(bytes: &[u8]) -> String {
     base64::encode(Sha256::digest(bytes))
 }
@@ -106,6 +118,14 @@ pub struct S3Upload {
 }
 
 impl S3Upload {
+    /// The size of the next part: the first size, doubled every
+    /// [`PARTS_PER_SIZE`] parts (up to 5 GiB), so that 10,000 parts hold
+    /// 2^10 − 1 thousand first-size parts: 32 PiB of 32 MiB parts.
+    fn part_size(&self) -> usize {
+        let doublings = u32::try_from(self.parts.len() / PARTS_PER_SIZE).unwrap_or(u32::MAX);
+        self.target.part_size.checked_shl(doublings).unwrap_or(MAX_PART_SIZE).min(MAX_PART_SIZE)
+    }
+
     /// Sends the first `len` buffered bytes as the next part.
     async fn send_part(&mut self, len: usize) -> std::io::Result<()> {
         let t = &self.target;
@@ -121,20 +141,23 @@ impl S3Upload {
                     .send()
                     .await
                     .map_err(t.failed("CreateMultipartUpload", &self.key))?;
-                let id = created.upload_id().unwrap_or_default().to_owned();
-                self.upload_id = Some(id.clone());
-                id
+                let id = created.upload_id().ok_or_else(|| {
+                    std::io::Error::other(format!(
+                        "s3://{}/{}: CreateMultipartUpload gave no upload id",
+                        t.bucket, self.key
+                    ))
+                })?;
+                self.upload_id = Some(id.to_owned());
+                id.to_owned()
             }
         };
-        let number = i32::try_from(self.parts.len()).unwrap_or(i32::MAX).saturating_add(1);
-        if number > MAX_PARTS {
+        if self.parts.len() >= MAX_PARTS {
             return Err(std::io::Error::other(format!(
-                "s3://{}/{}: more than {MAX_PARTS} parts of {} MiB; archive with a larger part size",
-                t.bucket,
-                self.key,
-                t.part_size >> 20
+                "s3://{}/{}: more than S3's {MAX_PARTS} parts; archive with a larger --part-size-mib",
+                t.bucket, self.key
             )));
         }
+        let number = i32::try_from(self.parts.len() + 1).unwrap_or(i32::MAX);
         let part: Vec<u8> = self.buffer.drain(..len).collect();
         let checksum = sha256_base64(&part);
         let sent = t
@@ -163,19 +186,21 @@ impl S3Upload {
 impl Output for S3Upload {
     async fn write(&mut self, chunk: Vec<u8>) -> std::io::Result<()> {
         self.buffer.extend_from_slice(&chunk);
-        while self.buffer.len() >= self.target.part_size {
-            self.send_part(self.target.part_size).await?;
+        while self.buffer.len() >= self.part_size() {
+            self.send_part(self.part_size()).await?;
         }
         Ok(())
     }
 }
 
 impl Upload for S3Upload {
-    async fn finish(mut self) -> std::io::Result<()> {
+    /// The receipt is the object's version id in a versioned bucket (the
+    /// template's), else its ETag.
+    async fn finish(mut self) -> std::io::Result<Option<String>> {
         let t = self.target.clone();
-        if self.upload_id.is_none() {
+        let Some(upload_id) = self.upload_id.clone() else {
             let body = std::mem::take(&mut self.buffer);
-            return t
+            let put = t
                 .client
                 .put_object()
                 .bucket(&t.bucket)
@@ -184,23 +209,33 @@ impl Upload for S3Upload {
                 .body(ByteStream::from(body))
                 .send()
                 .await
-                .map(drop)
-                .map_err(t.failed("PutObject", &self.key));
+                .map_err(t.failed("PutObject", &self.key))?;
+            return Ok(receipt(put.version_id(), put.e_tag()));
+        };
+        let completed = async {
+            if !self.buffer.is_empty() {
+                self.send_part(self.buffer.len()).await?;
+            }
+            let parts = CompletedMultipartUpload::builder().set_parts(Some(std::mem::take(&mut self.parts))).build();
+            t.client
+                .complete_multipart_upload()
+                .bucket(&t.bucket)
+                .key(&self.key)
+                .upload_id(&upload_id)
+                .multipart_upload(parts)
+                .send()
+                .await
+                .map_err(t.failed("CompleteMultipartUpload", &self.key))
         }
-        if !self.buffer.is_empty() {
-            self.send_part(self.buffer.len()).await?;
+        .await;
+        match completed {
+            Ok(done) => Ok(receipt(done.version_id(), done.e_tag())),
+            Err(e) => {
+                // No parts left behind to bill.
+                let _ = self.abort().await;
+                Err(e)
+            }
         }
-        let parts = CompletedMultipartUpload::builder().set_parts(Some(std::mem::take(&mut self.parts))).build();
-        t.client
-            .complete_multipart_upload()
-            .bucket(&t.bucket)
-            .key(&self.key)
-            .upload_id(self.upload_id.unwrap_or_default())
-            .multipart_upload(parts)
-            .send()
-            .await
-            .map(drop)
-            .map_err(t.failed("CompleteMultipartUpload", &self.key))
     }
 
     async fn abort(self) -> std::io::Result<()> {
@@ -238,7 +273,7 @@ impl Target for S3Target {
     async fn put(&self, key: &str, body: Vec<u8>) -> std::io::Result<()> {
         let mut upload = self.create(key).await?;
         upload.write(body).await?;
-        upload.finish().await
+        upload.finish().await.map(drop)
     }
 
     async fn stored(&self, key: &str) -> std::io::Result<Stored> {
@@ -263,7 +298,11 @@ impl Target for S3Target {
             .and_then(|b64| base64::decode(b64).ok())
             .filter(|digest| digest.len() == 32)
             .map(|digest| digest.iter().map(|b| format!("{b:02x}")).collect());
-        Ok(Stored { bytes: head.content_length().and_then(|n| u64::try_from(n).ok()).unwrap_or(0), sha256 })
+        let bytes = head
+            .content_length()
+            .and_then(|n| u64::try_from(n).ok())
+            .ok_or_else(|| std::io::Error::other(format!("s3://{}/{object}: HeadObject gave no size", self.bucket)))?;
+        Ok(Stored { bytes, sha256, receipt: receipt(head.version_id(), head.e_tag()) })
     }
 }
 
@@ -288,5 +327,23 @@ mod tests {
             assert!(e.to_string().contains("expected s3://bucket"), "{e}");
         }
         assert_eq!(S3Target::new(client(), "s3://b").expect("url").with_part_size(1).part_size, MIN_PART_SIZE);
+    }
+
+    #[test]
+    fn parts_grow_so_that_ten_thousand_hold_any_month() {
+        let target = S3Target::new(client(), "s3://b").expect("url");
+        let mut upload = S3Upload { target, key: "k".into(), buffer: Vec::new(), upload_id: None, parts: Vec::new() };
+        assert_eq!(upload.part_size(), PART_SIZE);
+        let mut total = 0_u128;
+        for n in 0..MAX_PARTS {
+            if n == 1_000 {
+                assert_eq!(upload.part_size(), 2 * PART_SIZE);
+            }
+            total += upload.part_size() as u128;
+            upload.parts.push(CompletedPart::builder().part_number(1).build());
+        }
+        assert_eq!(upload.part_size(), MAX_PART_SIZE, "never above S3's largest part");
+        // 1,000 parts each of 32 MiB, 64 MiB, ... 5 GiB: far more than a month's 1 TB.
+        assert!(total > 10 << 40, "{total}");
     }
 }

@@ -97,3 +97,7 @@ BEGIN
     RETURN n;
 END
 $$;
+
+-- Only the owner (the migrations' user, the schedule's) makes partitions:
+-- functions are executable by everyone unless taken back.
+REVOKE EXECUTE ON FUNCTION ensure_partitions(timestamptz, integer) FROM PUBLIC;

@@ -16,6 +16,12 @@
 //!    again, records the month in `archives`, then detaches and drops
 //!    them.
 //!
+//! One run of a schema's archive at a time: a run holds an advisory lock
+//! of its own (not the schema's, which the daily partitions take) from its
+//! snapshot to its drop, so when two overlap, the file at a key is the
+//! later run's, and the earlier one's recount sees what the later one
+//! exported or stops.
+//!
 //! Step 3 counts both partitions: the versions table is append-only (the
 //! writer may not update or delete there, [`super::roles`]) and every
 //! write, a correction too, appends a version; so an unchanged count means
@@ -64,8 +70,9 @@ pub trait Target: Send + Sync {
 
 /// A file being written to a [`Target`].
 pub trait Upload: Output {
-    /// Makes the file whole at its key.
-    fn finish(self) -> impl Future<Output = std::io::Result<()>> + Send;
+    /// Makes the file whole at its key; its receipt, when the target gives
+    /// each write one ([`Stored::receipt`]).
+    fn finish(self) -> impl Future<Output = std::io::Result<Option<String>>> + Send;
 
     /// Gives it up: nothing appears at its key.
     fn abort(self) -> impl Future<Output = std::io::Result<()>> + Send;
@@ -79,6 +86,10 @@ pub struct Stored {
     /// The SHA-256 of its bytes, hex, when the target computes one over
     /// the whole file (S3 does for a file sent in one part).
     pub sha256: Option<String>,
+    /// What identifies the write that put it there (S3: the version id in
+    /// a versioned bucket, else the ETag), when the target has one: equal
+    /// to [`Upload::finish`]'s, it is this run's file, not another's.
+    pub receipt: Option<String>,
 }
 
 /// One archived file.
@@ -130,6 +141,15 @@ pub enum ArchiveError {
         #[source]
         source: std::io::Error,
     },
+    /// Asking the target what it holds failed.
+    #[error("archive: reading what is at {location}")]
+    Reading {
+        /// Where.
+        location: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The target holds something other than what was sent.
     #[error(
         "archive: {location} holds {found_bytes} bytes (SHA-256 {found_sha256}) but {sent_bytes} were sent (SHA-256 {sent_sha256}); nothing dropped"
@@ -158,6 +178,13 @@ pub enum ArchiveError {
         /// Rows now.
         now: i64,
     },
+    /// The file at a key is no longer the one this run wrote (another run
+    /// wrote it since).
+    #[error("archive: {location} was written again since this run wrote it; nothing dropped, run the archive again")]
+    Replaced {
+        /// Where.
+        location: String,
+    },
     /// The month has no partition (never made, or archived already).
     #[error("archive: {schema} has no partition for {month} (never made, or archived already)")]
     NoPartition {
@@ -175,6 +202,18 @@ impl ArchiveError {
     fn target(location: String) -> impl FnOnce(std::io::Error) -> ArchiveError {
         move |source| ArchiveError::Target { location, source }
     }
+
+    fn reading(location: String) -> impl FnOnce(std::io::Error) -> ArchiveError {
+        move |source| ArchiveError::Reading { location, source }
+    }
+}
+
+/// A file this run wrote.
+struct Sent {
+    key: String,
+    receipt: Option<String>,
+    file: ArchivedFile,
+    manifest: Manifest,
 }
 
 /// The key of `table`'s file for `month`:
@@ -252,8 +291,14 @@ pub async fn archive_month<S: Transactional, T: Target>(
     let (from, to) = (start(month), start(next_month(month)));
     let step = "archive";
 
-    // 1 and 2: the files, from one snapshot.
+    // 1 and 2: the files, from one snapshot, one run of the schema's
+    // archive at a time (so the file at a key is the last run's, and that
+    // run's recount decides).
     let tx = export::snapshot(session, step).await?;
+    if let Err(e) = tx.execute(step, "SELECT pg_advisory_xact_lock($1)", &[Param::Int(run_lock_key(schema))]).await {
+        let _ = tx.rollback().await;
+        return Err(e.into());
+    }
     let mut sent = Vec::new();
     for table in TABLES {
         let partition = partition_name(table, month);
@@ -273,14 +318,14 @@ pub async fn archive_month<S: Transactional, T: Target>(
 
     // 3: record and drop, if nothing changed.
     let tx = session.begin(step).await?;
-    match record_and_drop(&tx, schema, month, encoding, &sent).await {
+    match record_and_drop(&tx, schema, month, encoding, &sent, target).await {
         Ok(()) => tx.commit().await?,
         Err(e) => {
             let _ = tx.rollback().await;
             return Err(e);
         }
     }
-    Ok(Archived { month, files: sent.into_iter().map(|(_, (file, _))| file).collect() })
+    Ok(Archived { month, files: sent.into_iter().map(|(_, sent)| sent.file).collect() })
 }
 
 /// Exports `table`'s month to `target` and checks what it stored.
@@ -292,7 +337,7 @@ async fn export_file<T: Target>(
     (from, to): (DateTime<Utc>, DateTime<Utc>),
     target: &T,
     encoding: Encoding,
-) -> Result<(ArchivedFile, Manifest), ArchiveError> {
+) -> Result<Sent, ArchiveError> {
     let key = key(schema, table, month, encoding);
     let location = target.location(&key);
     let mut upload = target.create(&key).await.map_err(ArchiveError::target(location.clone()))?;
@@ -303,14 +348,17 @@ async fn export_file<T: Target>(
             return Err(e.into());
         }
     };
-    upload.finish().await.map_err(ArchiveError::target(location.clone()))?;
+    let receipt = upload.finish().await.map_err(ArchiveError::target(location.clone()))?;
     let manifest_key = manifest_key(schema, table, month, encoding);
     let manifest_location = target.location(&manifest_key);
     let body = serde_json::to_vec_pretty(&manifest).map_err(std::io::Error::other);
     let body = body.map_err(ArchiveError::target(manifest_location.clone()))?;
     target.put(&manifest_key, body).await.map_err(ArchiveError::target(manifest_location.clone()))?;
 
-    let stored = target.stored(&key).await.map_err(ArchiveError::target(location.clone()))?;
+    let stored = target.stored(&key).await.map_err(ArchiveError::reading(location.clone()))?;
+    if receipt.is_some() && stored.receipt != receipt {
+        return Err(ArchiveError::Replaced { location });
+    }
     let sha_differs = stored.sha256.as_ref().is_some_and(|found| *found != manifest.sha256);
     if stored.bytes != manifest.bytes || sha_differs {
         return Err(ArchiveError::NotStored {
@@ -329,8 +377,20 @@ async fn export_file<T: Target>(
         bytes: manifest.bytes,
         sha256: manifest.sha256.clone(),
     };
-    Ok((file, manifest))
+    Ok(Sent { key, receipt, file, manifest })
 }
+
+/// The advisory lock one archive run of `schema` holds from its snapshot
+/// to its drop: not the schema's own ([`lock_key`]), which the daily
+/// partitions take and which a long export must not hold.
+fn run_lock_key(schema: &Schema) -> i64 {
+    lock_key(schema) ^ 0x6172_6368_6976_6573 // b"archives"
+}
+
+/// How long step 3 waits for a table lock before giving up (writers
+/// holding the month's rows, readers of the parent table), so that it
+/// never queues the writers behind it for long.
+const LOCK_TIMEOUT: &str = "30s";
 
 /// Step 3, in `tx`.
 async fn record_and_drop(
@@ -338,19 +398,45 @@ async fn record_and_drop(
     schema: &Schema,
     month: NaiveDate,
     encoding: Encoding,
-    sent: &[(String, (ArchivedFile, Manifest))],
+    sent: &[(String, Sent)],
+    target: &impl Target,
 ) -> Result<(), ArchiveError> {
     let step = "archive: drop";
-    tx.execute(step, "SELECT pg_advisory_xact_lock($1)", &[Param::Int(lock_key(schema))]).await?;
-    let partitions: Vec<String> = sent.iter().map(|(p, _)| schema.table(p)).collect();
-    // Writers wait from here to the commit; readers do not.
-    tx.script(step, &format!("LOCK TABLE {} IN SHARE MODE", partitions.join(", "))).await?;
-    for (partition, (file, manifest)) in sent {
-        let exported = manifest.partitions.iter().find(|(p, _)| p == partition).map_or(0, |(_, n)| *n);
-        let now = single_int(tx, step, &format!("SELECT count(*) FROM {}", schema.table(partition)), &[]).await?;
-        if u64::try_from(now).ok() != Some(exported) {
-            return Err(ArchiveError::Changed { partition: partition.clone(), exported, now });
+    // Each statement sees what committed before it, the writers' last rows
+    // included (whatever the server's default isolation).
+    tx.script(step, "SET TRANSACTION ISOLATION LEVEL READ COMMITTED").await?;
+    for key in [run_lock_key(schema), lock_key(schema)] {
+        tx.execute(step, "SELECT pg_advisory_xact_lock($1)", &[Param::Int(key)]).await?;
+    }
+    tx.script(step, &format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")).await?;
+    for (partition, sent) in sent {
+        if !table_exists(tx, step, schema, partition).await? {
+            return Err(ArchiveError::NoPartition { schema: schema.to_string(), month });
         }
+        // No other run can write now (the run lock): the file must still
+        // be this run's.
+        if sent.receipt.is_some() {
+            let location = sent.file.location.clone();
+            let stored = target.stored(&sent.key).await.map_err(ArchiveError::reading(location.clone()))?;
+            if stored.receipt != sent.receipt {
+                return Err(ArchiveError::Replaced { location });
+            }
+        }
+    }
+    let partitions: Vec<String> = sent.iter().map(|(p, _)| schema.table(p)).collect();
+    // Writers to the month wait from here to the commit; everything is
+    // counted before anything is detached.
+    tx.script(step, &format!("LOCK TABLE {} IN SHARE MODE", partitions.join(", "))).await?;
+    for (partition, Sent { manifest, .. }) in sent {
+        let exported = manifest.partitions.iter().find(|(p, _)| p == partition).map(|(_, n)| *n);
+        let now = single_int(tx, step, &format!("SELECT count(*) FROM {}", schema.table(partition)), &[]).await?;
+        if exported.is_none() || u64::try_from(now).ok() != exported {
+            return Err(ArchiveError::Changed { partition: partition.clone(), exported: exported.unwrap_or(0), now });
+        }
+    }
+    // Detaching and dropping lock each parent table (readers and writers
+    // of every month wait): a moment, at the end.
+    for (partition, Sent { file, .. }) in sent {
         tx.execute(
             step,
             &format!(
@@ -431,10 +517,15 @@ impl Output for DirectoryUpload {
 }
 
 impl Upload for DirectoryUpload {
-    async fn finish(self) -> std::io::Result<()> {
+    async fn finish(self) -> std::io::Result<Option<String>> {
         let file = self.file.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
-        std::fs::rename(&self.partial, &self.path)
+        std::fs::rename(&self.partial, &self.path)?;
+        // The rename itself survives a crash once its directory is synced.
+        if let Some(dir) = self.path.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(None)
     }
 
     async fn abort(self) -> std::io::Result<()> {
@@ -463,7 +554,7 @@ impl Target for Directory {
     async fn put(&self, key: &str, body: Vec<u8>) -> std::io::Result<()> {
         let mut upload = self.create(key).await?;
         upload.write(body).await?;
-        upload.finish().await
+        upload.finish().await.map(drop)
     }
 
     async fn stored(&self, key: &str) -> std::io::Result<Stored> {
@@ -477,7 +568,7 @@ impl Target for Directory {
             hash.update(&buffer[..n]);
             bytes += n as u64;
         }
-        Ok(Stored { bytes, sha256: Some(hex(&hash.finalize())) })
+        Ok(Stored { bytes, sha256: Some(hex(&hash.finalize())), receipt: None })
     }
 }
 

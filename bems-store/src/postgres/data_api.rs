@@ -10,7 +10,9 @@
 //!
 //! What the Data API imposes: a statement's answer is at most 1 MiB and
 //! 45 seconds (the panels and the history are far below both; an export
-//! is not run through it); timestamps are sent to the millisecond; each
+//! or archive fetches 500 rows at a time, but its count and its first
+//! fetch, which sorts the month, exceed 45 seconds on a large month: run
+//! those from inside the VPC); timestamps are sent to the millisecond; each
 //! statement outside a transaction is a session of its own, so answers are
 //! in the server's time zone (UTC on Aurora by default, which the panels'
 //! minutes assume). The cluster needs `EnableHttpEndpoint` (the cell
@@ -19,7 +21,9 @@
 //! cluster, `secretsmanager:GetSecretValue` on the secret and
 //! `kms:Decrypt` on the key that encrypts it (the cell key).
 //!
-//! A transaction dropped uncommitted (a failed migration) is rolled back
+//! A transaction given up on is rolled back by
+//! [`super::sql::Transaction::rollback`] where the code awaits it (the
+//! export and the archive); one dropped uncommitted (a failed migration)
 //! by a task spawned on the runtime; a process that exits first leaves it
 //! to the Data API, which ends a transaction after three minutes without a
 //! call, holding its locks until then.

@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 
 use super::migrate::hex;
 use super::partitions::{TABLES, month_of, partition_name};
-use super::sql::{Cell, Transaction, Transactional, single_int, table_exists};
+use super::sql::{Cell, Transaction, Transactional, single_int, single_time, table_exists};
 use super::{Schema, StoreError};
 
 /// The exported columns, in file order.
@@ -277,8 +277,10 @@ pub async fn export<W: Write + Send>(
 /// for every [`export_table`] in it.
 pub async fn snapshot<'a, S: Transactional>(session: &'a mut S, step: &'static str) -> Result<S::Tx<'a>, StoreError> {
     let tx = session.begin(step).await?;
-    // The first statement of the transaction, so both transports take it.
-    tx.script(step, "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY").await?;
+    // The first statement of the transaction, so both transports take it;
+    // times in the file in UTC whatever the session's zone (a connection
+    // sets it, the Data API's follows the cluster's parameters).
+    tx.script(step, "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY; SET LOCAL TimeZone = 'UTC'").await?;
     Ok(tx)
 }
 
@@ -301,9 +303,7 @@ pub async fn export_table(
     }
     let step = "export";
     let answer = |e| StoreError::answer(step, e);
-    let snapshot_at =
-        tx.rows(step, "SELECT now()", &[]).await?.first().map(|r| r.time(0)).transpose().map_err(answer)?;
-    let snapshot_at = snapshot_at.unwrap_or_else(Utc::now);
+    let snapshot_at = single_time(tx, step, "SELECT now()").await?;
     // The months the period touches, then the default partition.
     let mut tables = Vec::new();
     let mut month = month_of(from);
@@ -386,7 +386,7 @@ pub async fn export_table(
         &[super::sql::Param::Time(from), super::sql::Param::Time(to)],
     )
     .await?;
-    let counted = u64::try_from(counted).unwrap_or(0);
+    let counted = u64::try_from(counted).unwrap_or(u64::MAX);
     if counted != written {
         return Err(ExportError::Incomplete { written, counted });
     }

@@ -150,6 +150,13 @@ impl<S: SqlStore> Queries for S {
 
     async fn archived(&self, invoice: &str) -> Result<Vec<ArchivedMonth>, QueryError> {
         let step = "archived";
+        // A schema not yet migrated to version 2 has archived nothing: its
+        // history still answers.
+        let table = Param::Text(t(self, "archives"));
+        let exists = self.rows(step, "SELECT to_regclass($1) IS NOT NULL", &[table]).await?;
+        if !exists.first().map(|r| r.boolean(0)).transpose()?.unwrap_or(false) {
+            return Ok(Vec::new());
+        }
         let sql = format!(
             "SELECT a.month, a.location, v.location FROM {archives} a \
                JOIN {invoices} i ON i.invoice_id = $1 \

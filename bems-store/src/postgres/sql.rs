@@ -116,20 +116,33 @@ pub(crate) async fn table_exists(
         .map(|exists| exists.unwrap_or(false))
 }
 
-/// The single `int8` that `sql` answers (a count), 0 for no row.
+/// The single `int8` that `sql` answers (a count); no row is an error,
+/// never a zero.
 pub(crate) async fn single_int(
     tx: &impl Transaction,
     step: &'static str,
     sql: &str,
     params: &[Param],
 ) -> Result<i64, StoreError> {
-    tx.rows(step, sql, params)
-        .await?
-        .first()
-        .map(|r| r.int(0))
-        .transpose()
-        .map_err(|e| StoreError::answer(step, e))
-        .map(|n| n.unwrap_or(0))
+    let rows = tx.rows(step, sql, params).await?;
+    rows.first().ok_or_else(|| no_row(step)).and_then(|row| row.int(0).map_err(|e| StoreError::answer(step, e)))
+}
+
+/// The single `timestamptz` that `sql` answers; no row is an error.
+pub(crate) async fn single_time(
+    tx: &impl Transaction,
+    step: &'static str,
+    sql: &str,
+) -> Result<DateTime<Utc>, StoreError> {
+    let rows = tx.rows(step, sql, &[]).await?;
+    rows.first().ok_or_else(|| no_row(step)).and_then(|row| row.time(0).map_err(|e| StoreError::answer(step, e)))
+}
+
+fn no_row(step: &'static str) -> StoreError {
+    StoreError::answer(
+        step,
+        QueryError::BadValue { engine: ENGINE, query: step, column: "0", value: "no row".to_owned() },
+    )
 }
 
 /// `params` as `tokio-postgres` binds them.
