@@ -206,6 +206,9 @@ enum StoreCommand {
         /// Leave the roles alone (the connecting user lacks CREATEROLE, or an administrator manages roles).
         #[arg(long)]
         no_roles: bool,
+        /// Set the Data API reader's password from the secret on standard input ({"username": "bems_api_reader", "password": ...}: the template's DatabaseReaderSecret as `aws secretsmanager get-secret-value --query SecretString --output text` prints it).
+        #[arg(long, conflicts_with = "no_roles")]
+        api_reader_secret_stdin: bool,
     },
     /// Create the monthly partitions from this month on, moving any of their rows out of the default partition.
     Partitions {
@@ -305,7 +308,7 @@ struct DataApiArgs {
     /// The Aurora cluster's ARN, to go through the RDS Data API (the stack's DatabaseClusterArn output).
     #[arg(long, env = "BEMS_DATA_API_CLUSTER")]
     cluster_arn: Option<String>,
-    /// With --cluster-arn: the secret the Data API logs in with (DatabaseSecretArn: the master user's).
+    /// With --cluster-arn: the secret the Data API logs in with: DatabaseReaderSecretArn to read (history, stuck), DatabaseSecretArn (the master user's) for store migrate, partitions and archive.
     #[arg(long, env = "BEMS_DATA_API_SECRET")]
     secret_arn: Option<String>,
     /// With --cluster-arn: the database.
@@ -604,15 +607,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Store { command } => match command {
-            StoreCommand::Migrate { store, no_roles } => match store.session().await? {
-                Session::Connection(pg, mut client) => {
-                    migrate(&mut client, pg.schema(), &pg.describe(), no_roles).await?;
+            StoreCommand::Migrate { store, no_roles, api_reader_secret_stdin } => {
+                let password = if api_reader_secret_stdin {
+                    let mut text = String::new();
+                    std::io::stdin()
+                        .read_to_string(&mut text)
+                        .context("read the reader's secret from standard input")?;
+                    Some(api_reader_password(&text)?)
+                } else {
+                    None
+                };
+                let roles = if no_roles { Roles::Leave } else { Roles::Grant { password } };
+                match store.session().await? {
+                    Session::Connection(pg, mut client) => {
+                        migrate(&mut client, pg.schema(), &pg.describe(), roles).await?;
+                    }
+                    Session::DataApi(mut api) => {
+                        let (schema, place) = (bems_store::postgres::SqlStore::schema(&api).clone(), api.describe());
+                        migrate(&mut api, &schema, &place, roles).await?;
+                    }
                 }
-                Session::DataApi(mut api) => {
-                    let (schema, place) = (bems_store::postgres::SqlStore::schema(&api).clone(), api.describe());
-                    migrate(&mut api, &schema, &place, no_roles).await?;
-                }
-            },
+            }
             StoreCommand::Partitions { store, ahead } => {
                 let done = match store.session().await? {
                     Session::Connection(pg, mut client) => {
@@ -830,21 +845,56 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Applies the migrations to `schema` on `session` (a connection or the
 /// Data API), then, unless `no_roles`, makes the writer and reader roles.
+/// What `store migrate` does with the roles.
+enum Roles {
+    /// Nothing (`--no-roles`).
+    Leave,
+    /// Make them and grant their privileges; set the Data API reader's
+    /// password when given.
+    Grant { password: Option<String> },
+}
+
+/// The password of the Data API reader's secret `text` (its JSON), whose
+/// username must be the Data API reader.
+fn api_reader_password(text: &str) -> anyhow::Result<String> {
+    let reader = bems_core::contract::DB_API_READER;
+    let secret: serde_json::Value = serde_json::from_str(text.trim()).context(
+        "--api-reader-secret-stdin: standard input is not the secret's JSON ({\"username\": ..., \"password\": ...})",
+    )?;
+    match secret.get("username").and_then(serde_json::Value::as_str) {
+        Some(name) if name == reader => {}
+        Some(name) => {
+            anyhow::bail!("--api-reader-secret-stdin: username is {name:?}; the Data API reader is {reader:?}")
+        }
+        None => anyhow::bail!("--api-reader-secret-stdin: the secret has no \"username\" (expected {reader:?})"),
+    }
+    match secret.get("password").and_then(serde_json::Value::as_str) {
+        Some(password) if password.len() >= 16 => Ok(password.to_owned()),
+        Some(_) => anyhow::bail!("--api-reader-secret-stdin: \"password\" is shorter than 16 characters"),
+        None => anyhow::bail!("--api-reader-secret-stdin: the secret has no \"password\""),
+    }
+}
+
 async fn migrate(
     session: &mut impl bems_store::postgres::sql::Transactional,
     schema: &bems_store::postgres::Schema,
     place: &str,
-    no_roles: bool,
+    roles: Roles,
 ) -> anyhow::Result<()> {
     let done = bems_store::postgres::migrate::migrate(session, schema).await?;
     println!("schema {schema} on {place}: applied {:?}, already there {:?}", done.applied, done.already);
-    if !no_roles {
+    if let Roles::Grant { password } = roles {
         bems_store::postgres::roles::grant(session, schema).await?;
         println!(
-            "roles: {} (insert and update the status tables), {} (select only)",
+            "roles: {} (insert and update the status tables), {} and {} (select only)",
             bems_core::contract::DB_WRITER,
-            bems_core::contract::DB_READER
+            bems_core::contract::DB_READER,
+            bems_core::contract::DB_API_READER
         );
+        if let Some(password) = password {
+            bems_store::postgres::roles::set_password(session, &password).await?;
+            println!("{}: password set from the secret", bems_core::contract::DB_API_READER);
+        }
     }
     Ok(())
 }

@@ -36,17 +36,28 @@ fn endpoint(var: &str) -> Option<String> {
     }
 }
 
-/// Runs `bems` with `args` against `endpoint`, feeding `stdin`.
+/// Runs `bems` with `args` against `endpoint`.
 fn bems(endpoint: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_bems"))
+    bems_fed(endpoint, args, "")
+}
+
+/// Runs `bems` with `args` against `endpoint`, feeding `stdin`.
+fn bems_fed(endpoint: &str, args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bems"))
         .args(args)
         .env("AWS_ENDPOINT_URL", endpoint)
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
         .env("AWS_REGION", "us-east-1")
         .env_remove("BEMS_CELL")
-        .output()
-        .expect("run bems")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run bems");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("feed bems");
+    child.wait_with_output().expect("bems ends")
 }
 
 fn code(out: &Output) -> i32 {
@@ -462,10 +473,24 @@ async fn store_commands_migrate_read_check_and_export_the_postgres_store() {
         all.extend(["--cell", &cell, "--partitions", "2", "--postgres-url", &url]);
         bems(&moto, &all)
     };
-    let out = run(&["store", "migrate"]);
+    // The Data API reader's password from its secret, as the template
+    // makes it; a secret of another login is refused, naming it.
+    let password = format!("reader-of-{cell}-0123456789");
+    let secret = serde_json::json!({ "username": "bems_api_reader", "password": password }).to_string();
+    let migrate =
+        ["store", "migrate", "--api-reader-secret-stdin", "--cell", &cell, "--partitions", "2", "--postgres-url", &url];
+    let out = bems_fed(&moto, &migrate, r#"{"username": "bems_owner", "password": "0123456789abcdefgh"}"#);
+    assert_eq!(code(&out), 1);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(r#"username is "bems_owner""#),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = bems_fed(&moto, &migrate, &secret);
     assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("applied [1, 2, 3]") && stdout.contains("roles: bems_writer"), "{stdout}");
+    assert!(stdout.contains("bems_api_reader: password set"), "{stdout}");
     let out = run(&["store", "partitions", "--ahead", "1"]);
     assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
 
@@ -520,6 +545,18 @@ async fn store_commands_migrate_read_check_and_export_the_postgres_store() {
 
     let out = run(&["store", "check"]);
     assert_eq!(code(&out), 0, "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+
+    // The Data API reader logs in with the secret's password and may only read.
+    let (_, at_host) = url.split_once('@').expect("a URL with a login");
+    let reader_url = format!("postgres://bems_api_reader:{password}@{at_host}");
+    let reader =
+        bems_ops::store::postgres(&reader_url, &spec(&cell)).expect("reader").connect().await.expect("reader logs in");
+    let n: i64 =
+        reader.query_one(&format!("SELECT count(*) FROM {}.invoices", pg.schema()), &[]).await.expect("select").get(0);
+    assert_eq!(n, 1);
+    let refused =
+        reader.batch_execute(&format!("DELETE FROM {}.invoices", pg.schema())).await.expect_err("reader deletes");
+    assert_eq!(refused.code().map(|c| c.code()), Some("42501"));
 
     let dir = std::env::temp_dir().join(&cell);
     std::fs::create_dir_all(&dir).expect("dir");

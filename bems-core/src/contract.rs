@@ -169,8 +169,13 @@ pub const DATABASE_NAME: &str = "bems";
 /// the cell template grants the writer's function `rds-db:connect` as it.
 pub const DB_WRITER: &str = "bems_writer";
 /// The PostgreSQL store's login of the readers (CLI, monitor, BI tools):
-/// `SELECT` only.
+/// `SELECT` only; on RDS and Aurora with IAM tokens only.
 pub const DB_READER: &str = "bems_reader";
+/// The readers' password login, for the RDS Data API (which logs in with a
+/// secret's password, not an IAM token): `SELECT` only, like
+/// [`DB_READER`]; its password is the cell template's
+/// `DatabaseReaderSecret`, set by `bems store migrate`.
+pub const DB_API_READER: &str = "bems_api_reader";
 
 /// A function of the cell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

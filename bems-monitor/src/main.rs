@@ -109,9 +109,9 @@ struct Args {
     /// DatabaseClusterArn output).
     #[arg(long, env = "BEMS_DATA_API_CLUSTER")]
     cluster_arn: Option<String>,
-    /// With `--aws --store data-api`: the secret the Data API logs in with
-    /// (a password login's: the stack's DatabaseSecretArn; the IAM-only
-    /// reader cannot log in through the Data API).
+    /// With `--aws --store data-api`: the secret the Data API logs in with:
+    /// the stack's DatabaseReaderSecretArn (`bems_api_reader`, SELECT only;
+    /// the IAM-only reader cannot log in through the Data API).
     #[arg(long, env = "BEMS_DATA_API_SECRET")]
     secret_arn: Option<String>,
     /// The PostgreSQL server of the store (default locally: the one

@@ -33,9 +33,10 @@ pub enum StoreChoice {
 pub struct DataApiTarget {
     /// The cluster's ARN (the template's `DatabaseClusterArn` output).
     pub cluster_arn: String,
-    /// The secret's ARN: a password login's (`DatabaseSecretArn`, the
-    /// master user's); the writer and reader log in with IAM tokens only,
-    /// which the Data API does not take.
+    /// The secret's ARN: a password login's, since the Data API takes no
+    /// IAM token: `DatabaseReaderSecretArn` (`bems_api_reader`, SELECT
+    /// only) for reads, `DatabaseSecretArn` (the master user's) for
+    /// migrations, partitions and archives.
     pub secret_arn: String,
     /// The database (`bems`).
     pub database: String,

@@ -47,6 +47,7 @@ pub const AURORA_ENGINE_VERSION: &str = "15.10";
 const AURORA_FAMILY: &str = "aurora-postgresql15";
 /// The database every cell's schema lives in.
 pub use bems_core::contract::DATABASE_NAME;
+use bems_core::contract::DB_API_READER;
 /// The Aurora master user: the migration owner, its password in a
 /// Secrets Manager secret RDS manages (and rotates).
 pub const MASTER_USER: &str = "bems_owner";
@@ -591,11 +592,38 @@ fn aurora(spec: &CellSpec, resources: &mut BTreeMap<String, Value>, outputs: &mu
     // The first instance created is the writer.
     reader["DependsOn"] = json!(["AuroraWriterInstance"]);
     resources.insert("AuroraReaderInstance".into(), reader);
+    // The readers' login through the Data API, which takes a secret's
+    // password and no IAM token: `bems store migrate
+    // --api-reader-secret-stdin` sets the role's password from it.
+    resources.insert(
+        "DatabaseReaderSecret".into(),
+        json!({
+            "Type": "AWS::SecretsManager::Secret",
+            "Condition": "WithAurora",
+            "Metadata": { "checkov": { "skip": [{
+                "id": "CKV2_AWS_57",
+                "comment": "Rotated by hand: put a new password in the secret, then run bems store migrate --api-reader-secret-stdin (infra/README.md); a rotation function would need a route into the VPC for a read-only login.",
+            }] } },
+            "Properties": {
+                "Description": format!("The {DB_API_READER} login (SELECT only) the RDS Data API reads the store with: bems history|stuck --store data-api, bems-monitor --aws."),
+                "KmsKeyId": get_att("CellKey", "Arn"),
+                "GenerateSecretString": {
+                    "SecretStringTemplate": json!({ "username": DB_API_READER }).to_string(),
+                    "GenerateStringKey": "password",
+                    "PasswordLength": 40,
+                    // Characters a connection string or a shell would need quoted.
+                    "ExcludeCharacters": "\"'@/\\:;?&=+%#` ",
+                },
+                "Tags": tags(spec, "database-reader"),
+            },
+        }),
+    );
     for (name, value) in [
         ("DatabaseEndpoint", get_att("AuroraCluster", "Endpoint.Address")),
         ("DatabaseReadEndpoint", get_att("AuroraCluster", "ReadEndpoint.Address")),
         ("DatabaseClusterArn", get_att("AuroraCluster", "DBClusterArn")),
         ("DatabaseSecretArn", get_att("AuroraCluster", "MasterUserSecret.SecretArn")),
+        ("DatabaseReaderSecretArn", reference("DatabaseReaderSecret")),
     ] {
         outputs.insert(name.into(), json!({ "Condition": "WithAurora", "Value": value }));
     }

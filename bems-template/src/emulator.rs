@@ -53,8 +53,8 @@ pub fn emulator_template(spec: &CellSpec, defaults: &TemplateDefaults) -> Value 
     let mut template = main_stack(spec, defaults);
     let Some(root) = template.as_object_mut() else { return template };
     root.remove("Transform");
-    // Its parameters are given by `bems provision` (Store=none), which
-    // leaves every store resource out anyway.
+    // Its parameters are given by `bems provision` (Store=none): every
+    // store resource is left out below.
     root.remove("Rules");
     if let Some(Value::Object(resources)) = root.get_mut("Resources") {
         let dropped = AWS_ONLY_TYPES;
@@ -63,9 +63,14 @@ pub fn emulator_template(spec: &CellSpec, defaults: &TemplateDefaults) -> Value 
                 && r["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]["Principal"]["Service"]
                     == "lambda.amazonaws.com"
         };
+        // What exists only with a store (`bems provision` gives
+        // Store=none, so LocalStack would create none of it).
+        let store_conditions = crate::database::conditions();
+        let for_a_store = |r: &Value| r["Condition"].as_str().is_some_and(|c| store_conditions.get(c).is_some());
         resources.retain(|id, r| {
             !dropped.iter().any(|t| r["Type"] == *t)
                 && !function_role(r)
+                && !for_a_store(r)
                 && !id.starts_with("Alerts")
                 && id != "ApiGatewayLogsRole"
         });

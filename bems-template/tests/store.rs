@@ -191,6 +191,25 @@ fn the_cluster_is_encrypted_with_the_cell_key_tls_only_iam_authenticated_and_out
         assert_eq!(i["DBClusterIdentifier"], json!({ "Ref": "AuroraCluster" }));
     }
     assert!(p["VpcSecurityGroupIds"].to_string().contains("AuroraSecurityGroup"));
+    // The Data API's read-only login: a generated password under the cell
+    // key, for the role the store's grants make.
+    let secret = &r["DatabaseReaderSecret"];
+    assert_eq!(secret["Condition"], "WithAurora");
+    assert_eq!(secret["Properties"]["KmsKeyId"], json!({ "Fn::GetAtt": ["CellKey", "Arn"] }));
+    let generated = &secret["Properties"]["GenerateSecretString"];
+    let username: Value =
+        serde_json::from_str(generated["SecretStringTemplate"].as_str().expect("template")).expect("JSON");
+    assert_eq!(username["username"], bems_core::contract::DB_API_READER);
+    assert_eq!(generated["GenerateStringKey"], "password");
+    assert!(
+        bems_store::postgres::roles::grant_sql(&bems_store::postgres::Schema::new("bems_x").expect("schema")).contains(
+            &format!(
+                "GRANT SELECT ON ALL TABLES IN SCHEMA bems_x TO bems_reader, {}",
+                bems_core::contract::DB_API_READER
+            )
+        )
+    );
+    assert_eq!(template["Outputs"]["DatabaseReaderSecretArn"]["Value"], json!({ "Ref": "DatabaseReaderSecret" }));
 }
 
 /// The archive's bucket: with either PostgreSQL store only, under the cell

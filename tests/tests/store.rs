@@ -246,7 +246,7 @@ fn token_clock() -> std::time::SystemTime {
 async fn the_writer_logs_in_with_a_new_iam_token_per_connection_and_may_only_write() {
     use aws_credential_types::Credentials;
     use aws_credential_types::provider::SharedCredentialsProvider;
-    use bems_core::contract::{DB_READER, DB_WRITER};
+    use bems_core::contract::{DB_API_READER, DB_READER, DB_WRITER};
     use bems_store::postgres::iam::{RdsIamAuth, auth_token};
     use bems_store::postgres::{Schema, migrate, partitions, roles};
     use std::sync::atomic::Ordering;
@@ -356,10 +356,35 @@ async fn the_writer_logs_in_with_a_new_iam_token_per_connection_and_may_only_wri
         .await
         .expect_err("reader update");
     assert_eq!(error.code().map(|c| c.code()), Some("42501"));
+    // The Data API reader: its password set (as a SCRAM verifier: the
+    // server never sees the password), a login that may only select.
+    let api_password = "a-reader-password-from-its-secret";
+    roles::set_password(&mut admin, api_password).await.expect("the Data API reader's password");
+    let api_reader = Postgres::new(&server.url_as(&format!("{DB_API_READER}:{api_password}")), owner.schema().clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect("the Data API reader logs in");
+    let n: i64 = api_reader
+        .query_one(&format!("SELECT count(*) FROM {}.status_changes", owner.schema()), &[])
+        .await
+        .expect("select")
+        .get(0);
+    assert!(n > 0);
+    let error = api_reader
+        .batch_execute(&format!("DELETE FROM {}.invoices", owner.schema()))
+        .await
+        .expect_err("the Data API reader deletes");
+    assert_eq!(error.code().map(|c| c.code()), Some("42501"));
+    let wrong = Postgres::new(&server.url_as(&format!("{DB_API_READER}:not-its-password")), owner.schema().clone())
+        .expect("url")
+        .connect()
+        .await;
+    assert!(wrong.is_err(), "a wrong password is refused");
     let superuser: bool = reader
         .query_one(
             "SELECT bool_or(rolsuper OR rolcreaterole OR rolcreatedb) FROM pg_roles WHERE rolname = ANY($1)",
-            &[&vec![DB_WRITER, DB_READER]],
+            &[&vec![DB_WRITER, DB_READER, DB_API_READER]],
         )
         .await
         .expect("roles")
