@@ -450,7 +450,7 @@ async fn record_and_drop(
                 Param::Text(file.location.clone()),
                 Param::Text(file.manifest.clone()),
                 Param::Text(encoding.format.extension().to_owned()),
-                Param::Text(compression_name(encoding).to_owned()),
+                Param::Text(encoding.compression.as_str().to_owned()),
                 Param::Int(i64::try_from(file.rows).unwrap_or(i64::MAX)),
                 Param::Int(i64::try_from(file.bytes).unwrap_or(i64::MAX)),
                 Param::Text(file.sha256.clone()),
@@ -469,13 +469,6 @@ async fn record_and_drop(
         .await?;
     }
     Ok(())
-}
-
-fn compression_name(encoding: Encoding) -> &'static str {
-    match encoding.compression {
-        export::Compression::None => "none",
-        export::Compression::Gzip => "gzip",
-    }
 }
 
 /// Files under a directory (a mounted volume, or a test's): each appears

@@ -78,6 +78,14 @@ pub enum Compression {
 }
 
 impl Compression {
+    /// Its name, as the manifest and `archives` give it (`none`, `gzip`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+        }
+    }
+
     /// The file name's ending for it (`.gz`, or none).
     pub fn extension(self) -> &'static str {
         match self {
